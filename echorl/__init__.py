@@ -1,0 +1,42 @@
+"""EchoRL: Reinforcement Learning via Rollout Echoing (arXiv 2605.31228).
+
+From verified-success rollouts of advantage-degenerated groups (every rollout succeeded, so every
+group-relative advantage is 0), EchoRL takes the *EchoClip* -- the prefix ending at the
+highest-entropy reasoning step -- and adds its NLL as a small auxiliary term to the RL loss.
+
+Public API (SPEC 3)::
+
+    from echorl import EchoConfig, select_echo_clips
+    sel = select_echo_clips(responses, response_mask, entropy, scores, group_ids, EchoConfig())
+    sel.mask     # [B, L] bool EchoClip tokens
+    sel.metrics  # echo/* scalars
+"""
+
+from echorl.core import (
+    EchoConfig,
+    EchoSelection,
+    apply_echo_advantage,
+    auto_boundary_token_ids,
+    echo_loss_term,
+    echo_normalizer,
+    segment_steps,
+    select_echo_clips,
+    step_aggregates,
+)
+from echorl.stage import EchoStageOutput, run_echo_stage
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EchoConfig",
+    "EchoSelection",
+    "EchoStageOutput",
+    "apply_echo_advantage",
+    "auto_boundary_token_ids",
+    "echo_loss_term",
+    "echo_normalizer",
+    "run_echo_stage",
+    "segment_steps",
+    "select_echo_clips",
+    "step_aggregates",
+]

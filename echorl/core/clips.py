@@ -1,0 +1,312 @@
+"""Which rollouts echo, and where their EchoClip ends (SPEC 2.2-2.3, API of SPEC 3).
+
+:func:`select_echo_clips` is the one entry point both hosts call. It works on eligible rows only
+(usually a third of the batch), so its cost is a few passes over ``[E, L]`` plus one finiteness
+check over the entropy.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from echorl.core.config import EchoConfig
+from echorl.core.registry import Registry
+from echorl.core.steps import boundary_ids_tensor, segment_steps, step_aggregates
+
+# selector name -> fn(h [E, S] float, eligible [E, S] bool, u [E] float in [0, 1)) -> k [E] long (-1 = none)
+SELECTORS: Registry[Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = Registry("selector")
+
+
+class EchoBoundaryWarning(UserWarning):
+    """Non-empty responses with no boundary token at all: the ids likely do not fit the tokenizer."""
+
+
+_warned_no_boundary: set[tuple[int, ...]] = set()
+
+
+@dataclass
+class EchoSelection:
+    """What :func:`select_echo_clips` chose.
+
+    Attributes:
+        mask: ``[B, L] bool``, True on EchoClip tokens (a subset of the response mask, and a prefix
+            of each row's valid positions).
+        metrics: ``echo/*`` scalars of SPEC 2.5 (those that need no advantages or loss).
+        eligible: ``[B] bool`` rollouts eligible by score and group (before step rules and ``per``).
+        peak_step: ``[B] long`` index of the step the clip ends at, ``-1`` without a clip.
+        num_steps: ``[B] long`` steps of eligible rows (``0`` elsewhere).
+        peak_h: ``[B] float`` highest eligible step aggregate of eligible rows (NaN elsewhere).
+    """
+
+    mask: torch.Tensor
+    metrics: dict[str, float]
+    eligible: torch.Tensor
+    peak_step: torch.Tensor
+    num_steps: torch.Tensor
+    peak_h: torch.Tensor
+    group_index: torch.Tensor = field(repr=False)
+
+
+# ---------------------------------------------------------------------------- selectors
+@SELECTORS.register("peak")
+def _select_peak(h: torch.Tensor, eligible: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Highest-aggregate eligible step; ties go to the earliest (``argmax`` returns the first)."""
+    k = h.masked_fill(~eligible, float("-inf")).argmax(dim=1)
+    return k.masked_fill_(~eligible.any(dim=1), -1)
+
+
+@SELECTORS.register("lowest")
+def _select_lowest(h: torch.Tensor, eligible: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Lowest-aggregate eligible step; ties go to the earliest."""
+    k = h.masked_fill(~eligible, float("inf")).argmin(dim=1)
+    return k.masked_fill_(~eligible.any(dim=1), -1)
+
+
+@SELECTORS.register("full")
+def _select_full(h: torch.Tensor, eligible: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The last eligible step (the whole response when the last step is eligible)."""
+    idx = torch.arange(h.shape[1], device=h.device)
+    return torch.where(eligible, idx, -1).amax(dim=1) if h.shape[1] else h.new_zeros(h.shape[0], dtype=torch.long) - 1
+
+
+@SELECTORS.register("random_prefix")
+def _select_random(h: torch.Tensor, eligible: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """A uniformly random eligible step: the ``floor(u * n)``-th eligible step of the row."""
+    n = eligible.sum(dim=1)  # [E]
+    j = (u.to(torch.float64) * n).floor().long().clamp_(max=(n - 1).clamp(min=0))  # [E]
+    cs = eligible.cumsum(dim=1)  # [E, S]
+    k = ((cs > j.unsqueeze(1)) & eligible).int().argmax(dim=1)
+    return k.masked_fill_(n == 0, -1)
+
+
+# ---------------------------------------------------------------------------- inputs
+def _group_codes(group_ids: torch.Tensor | Sequence, B: int, device: torch.device) -> torch.Tensor:
+    """Map uids (a ``[B]`` integer tensor or any sequence of hashables) to codes ``[B] long``."""
+    if torch.is_tensor(group_ids):
+        if group_ids.shape != (B,):
+            raise ValueError(f"group_ids must have shape [B]=[{B}], got {tuple(group_ids.shape)}")
+        if group_ids.dtype.is_floating_point or group_ids.dtype.is_complex or group_ids.dtype == torch.bool:
+            raise ValueError(f"group_ids must be an integer tensor or a sequence of hashables, got dtype {group_ids.dtype}")
+        return torch.unique(group_ids.to(device), return_inverse=True)[1].long()
+    if isinstance(group_ids, (str, bytes)) or len(group_ids) != B:
+        n = "a string" if isinstance(group_ids, (str, bytes)) else f"length {len(group_ids)}"
+        raise ValueError(f"group_ids must be a sequence of B={B} uids, got {n}")
+    arr = np.asarray(group_ids, dtype=object)
+    try:
+        _, codes = np.unique(arr, return_inverse=True)  # sorts in C; uids of one type
+    except TypeError:  # mixed, unorderable uid types: fall back to first-seen codes
+        seen: dict = {}
+        codes = np.fromiter((seen.setdefault(g, len(seen)) for g in group_ids), dtype=np.int64, count=B)
+    return torch.as_tensor(codes.reshape(-1), dtype=torch.long, device=device)
+
+
+def _check_inputs(responses, response_mask, entropy, scores) -> None:
+    for name, t in (("responses", responses), ("response_mask", response_mask), ("entropy", entropy), ("scores", scores)):
+        if not torch.is_tensor(t):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if responses.dim() != 2:
+        raise ValueError(f"responses must have shape [B, L], got {tuple(responses.shape)}")
+    if responses.dtype.is_floating_point or responses.dtype.is_complex or responses.dtype == torch.bool:
+        raise ValueError(f"responses must hold integer token ids, got dtype {responses.dtype}")
+    B, L = responses.shape
+    if response_mask.shape != (B, L):
+        raise ValueError(f"response_mask must have the shape of responses [B, L]={[B, L]}, got {list(response_mask.shape)}")
+    if response_mask.dtype.is_complex:
+        raise ValueError(f"response_mask must be bool, integer or float, got dtype {response_mask.dtype}")
+    if entropy.shape != (B, L):
+        raise ValueError(f"entropy must have the shape of responses [B, L]={[B, L]}, got {list(entropy.shape)}")
+    if not entropy.dtype.is_floating_point:
+        raise ValueError(f"entropy must be a floating tensor, got dtype {entropy.dtype}")
+    if scores.shape != (B,):
+        raise ValueError(f"scores must have shape [B]=[{B}] (one outcome reward per rollout), got {list(scores.shape)}")
+    if scores.dtype.is_complex or scores.dtype == torch.bool:
+        raise ValueError(f"scores must be a real tensor, got dtype {scores.dtype}")
+    for name, t in (("response_mask", response_mask), ("entropy", entropy), ("scores", scores)):
+        if t.device != responses.device:
+            raise ValueError(f"{name} is on {t.device} but responses is on {responses.device}; put them on one device")
+    if scores.dtype.is_floating_point and not bool(torch.isfinite(scores).all()):
+        bad = (~torch.isfinite(scores)).nonzero().flatten()[:5].tolist()
+        raise ValueError(f"scores contain NaN or inf (rows {bad}...); fix the reward function")
+
+
+def _check_entropy_finite(entropy: torch.Tensor, valid: torch.Tensor) -> None:
+    if bool(torch.isfinite(entropy).all()):
+        return
+    bad = ~torch.isfinite(entropy) & valid
+    if bool(bad.any()):
+        rows = bad.any(dim=1).nonzero().flatten()
+        raise ValueError(
+            f"entropy has NaN or inf at {int(bad.sum())} valid response positions (rows {rows[:5].tolist()}...); "
+            "the old-policy entropy pass is broken"
+        )
+
+
+# ---------------------------------------------------------------------------- main entry
+def select_echo_clips(
+    responses: torch.Tensor,
+    response_mask: torch.Tensor,
+    entropy: torch.Tensor,
+    scores: torch.Tensor,
+    group_ids: torch.Tensor | Sequence,
+    cfg: EchoConfig,
+    generator: torch.Generator | None = None,
+) -> EchoSelection:
+    """Select the EchoClip of every eligible rollout (SPEC 2.2-2.3).
+
+    Args:
+        responses: ``[B, L] long`` response token ids.
+        response_mask: ``[B, L]`` 1/True on valid response tokens (bool, integer or float).
+        entropy: ``[B, L] float`` token entropy of the old-policy pass (any float dtype).
+        scores: ``[B] float`` outcome reward per rollout.
+        group_ids: ``[B] long`` tensor or a sequence of ``B`` hashables (verl's uids).
+        cfg: the options; ``cfg.enable``, ``mode`` and ``coef`` are read by the hosts, not here.
+        generator: CPU generator for ``selector='random_prefix'``; default: seeded with ``cfg.seed``.
+            ``B`` uniforms are drawn from it (one per row, used by eligible rows).
+
+    Returns:
+        :class:`EchoSelection`. Inputs are not modified.
+    """
+    if not isinstance(cfg, EchoConfig):
+        raise ValueError(f"cfg must be an EchoConfig, got {type(cfg).__name__}")
+    if not cfg.boundary_token_ids:
+        raise ValueError("cfg.boundary_token_ids is empty (boundary='auto' not resolved): use cfg.resolve_boundary(tokenizer)")
+    _check_inputs(responses, response_mask, entropy, scores)
+    B, L = responses.shape
+    device = responses.device
+    valid = response_mask if response_mask.dtype == torch.bool else response_mask != 0  # [B, L]
+    _check_entropy_finite(entropy, valid)
+    codes = _group_codes(group_ids, B, device)  # [B]
+    lengths = valid.sum(dim=1)  # [B]
+
+    # ---- groups and eligibility (SPEC 2.3); all [B] or [G] sized
+    row_ok = lengths > 0  # empty rows (verl padding rows) are never members nor eligible
+    s = scores.to(torch.float64)
+    G = int(codes.max()) + 1 if B else 0
+    gcode = torch.where(row_ok, codes, G)  # dump bin G for empty rows
+    gmin = torch.full((G + 1,), float("inf"), dtype=torch.float64, device=device).scatter_reduce_(0, gcode, s, "amin")
+    gmax = torch.full((G + 1,), float("-inf"), dtype=torch.float64, device=device).scatter_reduce_(0, gcode, s, "amax")
+    gsize = torch.bincount(gcode, minlength=G + 1)
+    gmin, gmax, gsize = gmin[:G], gmax[:G], gsize[:G]
+    thr = cfg.success_threshold
+    g_real = gsize > 0
+    g_zero_var = g_real & (gmax - gmin <= cfg.tol)
+    g_all_succ = g_real & (gmin >= thr)
+    g_all_fail = g_real & (gmax < thr)
+    g_deg_succ = g_zero_var & g_all_succ
+    success = row_ok & (s >= thr)
+    if cfg.scope == "degenerate":
+        eligible = row_ok & g_deg_succ[codes.clamp(max=max(G - 1, 0))] if G else row_ok
+    else:
+        eligible = success
+    idx = eligible.nonzero().flatten()  # [E]
+    E = idx.numel()
+
+    # ---- steps and clips on eligible rows only (SPEC 2.1-2.2)
+    peak_step = torch.full((B,), -1, dtype=torch.long, device=device)
+    num_steps = torch.zeros(B, dtype=torch.long, device=device)
+    peak_h = torch.full((B,), float("nan"), dtype=torch.float64, device=device)
+    mask = torch.zeros(B, L, dtype=torch.bool, device=device)
+    has_b = torch.zeros(0, dtype=torch.bool, device=device)
+    if E:
+        v_e = valid[idx]  # [E, L]
+        step_id, n_e, has_b = segment_steps(responses[idx], v_e, boundary_ids_tensor(cfg.boundary_token_ids, device))
+        S = int(n_e.max())
+        h, count = step_aggregates(step_id, entropy[idx], S, cfg.step_agg)  # [E, S]
+        step_ok = count >= cfg.min_step_tokens  # [E, S]; nonexistent steps have count 0
+        gen = generator if generator is not None else torch.Generator().manual_seed(cfg.seed)
+        u = torch.rand(B, generator=gen, dtype=torch.float64)[idx.cpu()].to(device)  # [E]
+        k = SELECTORS.get(cfg.selector)(h, step_ok, u)  # [E]
+        ph = h.masked_fill(~step_ok, float("-inf")).amax(dim=1) if S else h.new_full((E,), float("-inf"))
+        has_clip = k >= 0
+        if cfg.per == "group":
+            has_clip &= _best_of_group(codes[idx], idx, ph.to(torch.float64), has_clip, G, B)
+            k = k.masked_fill(~has_clip, -1)
+        clip_e = v_e & (step_id <= k.unsqueeze(1)) & has_clip.unsqueeze(1)  # [E, L]
+        mask[idx] = clip_e
+        peak_step[idx] = k
+        num_steps[idx] = n_e
+        peak_h[idx] = torch.where(torch.isfinite(ph), ph.to(torch.float64), float("nan"))
+
+    if (E == 0 or not bool(has_b.any())) and bool(row_ok.any()):
+        _warn_if_no_boundary(responses, valid, cfg.boundary_token_ids)
+
+    metrics = _selection_metrics(
+        mask=mask, lengths=lengths, row_ok=row_ok, eligible=eligible, codes=codes, peak_step=peak_step,
+        num_steps=num_steps, peak_h=peak_h, g_real=g_real, g_zero_var=g_zero_var, g_all_succ=g_all_succ,
+        g_all_fail=g_all_fail, g_deg_succ=g_deg_succ,
+    )
+    return EchoSelection(mask=mask, metrics=metrics, eligible=eligible, peak_step=peak_step, num_steps=num_steps,
+                         peak_h=peak_h, group_index=codes)
+
+
+def _best_of_group(code_e, idx, ph, has_clip, G, B) -> torch.Tensor:
+    """``per='group'``: among a group's rows with a clip keep the one with the largest peak h; ties
+    go to the first row in batch order. All args ``[E]``; returns ``[E] bool``."""
+    neg = torch.full_like(ph, float("-inf"))
+    cand_h = torch.where(has_clip, ph, neg)
+    best = torch.full((G,), float("-inf"), dtype=ph.dtype, device=ph.device).scatter_reduce_(0, code_e, cand_h, "amax")
+    cand = has_clip & (cand_h == best[code_e])
+    first = torch.full((G,), B, dtype=torch.long, device=ph.device)
+    first.scatter_reduce_(0, code_e, torch.where(cand, idx, B), "amin")
+    return cand & (idx == first[code_e])
+
+
+def _warn_if_no_boundary(responses: torch.Tensor, valid: torch.Tensor, ids: tuple[int, ...]) -> None:
+    """Warn once per id set when a batch of non-empty responses holds no boundary token at all."""
+    if ids in _warned_no_boundary:
+        return
+    if bool((torch.isin(responses, boundary_ids_tensor(ids, responses.device)) & valid).any()):
+        return
+    _warned_no_boundary.add(ids)
+    warnings.warn(
+        f"EchoRL: no response in this batch contains a boundary token {list(ids)}: every response is one step. "
+        "The ids probably do not fit this tokenizer; set echorl.boundary='auto' or the right boundary_token_ids.",
+        EchoBoundaryWarning,
+        stacklevel=3,
+    )
+
+
+def _selection_metrics(*, mask, lengths, row_ok, eligible, codes, peak_step, num_steps, peak_h, g_real,
+                       g_zero_var, g_all_succ, g_all_fail, g_deg_succ) -> dict[str, float]:
+    """``echo/*`` metrics of SPEC 2.5 that the selection alone determines; one device sync."""
+    f64 = torch.float64
+    clipped = peak_step >= 0  # [B]
+    clip_len = mask.sum(dim=1)  # [B]
+    n_groups = g_real.sum().clamp(min=1).to(f64)
+    n_clips = clipped.sum()
+    nc = n_clips.clamp(min=1).to(f64)
+    # Tokens that carry policy gradient under a group-relative baseline: rows of non-zero-variance
+    # groups. EchoRL adds its clip tokens (disjoint from those rows under scope='degenerate').
+    grad_rows = row_ok & ~g_zero_var[codes] if g_real.numel() else row_ok & False
+    total_tokens = lengths.sum().clamp(min=1).to(f64)
+    base_tokens = torch.where(grad_rows, lengths, 0).sum().to(f64)
+    echo_extra = torch.where(grad_rows, 0, clip_len).sum().to(f64)
+    resp_len = lengths.clamp(min=1).to(f64)
+    vals = torch.stack([
+        g_all_succ.sum() / n_groups,
+        g_all_fail.sum() / n_groups,
+        (g_real & ~g_all_succ & ~g_all_fail).sum() / n_groups,
+        g_zero_var.sum() / n_groups,
+        g_deg_succ.sum() / n_groups,
+        eligible.sum().to(f64),
+        n_clips.to(f64),
+        clip_len.sum().to(f64),
+        torch.where(clipped, clip_len / resp_len, 0).sum() / nc,
+        torch.where(clipped, peak_step, 0).sum() / nc,
+        torch.where(clipped, num_steps, 0).sum() / nc,
+        torch.where(clipped, (peak_step + 1) / num_steps.clamp(min=1), 0).sum() / nc,
+        torch.where(clipped, peak_h, 0).nansum() / nc,
+        base_tokens / total_tokens,
+        (base_tokens + echo_extra) / total_tokens,
+    ]).tolist()
+    keys = [
+        "groups_all_success_frac", "groups_all_fail_frac", "groups_mixed_frac", "groups_zero_var_frac",
+        "groups_degenerate_success_frac", "eligible_rollouts", "clips", "clip_tokens", "clip_len_frac",
+        "peak_step", "num_steps", "peak_step_rel", "peak_h", "grad_token_frac_base", "grad_token_frac_echo",
+    ]
+    return {f"echo/{k}": float(v) for k, v in zip(keys, vals)}

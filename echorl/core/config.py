@@ -1,0 +1,173 @@
+"""EchoConfig: every option of the method, typed, defaulted, documented and validated (SPEC 2-3).
+
+Each field carries its help text in ``metadata["help"]``; the docs table and the CLI help are
+generated from it, so the text lives in one place. Construction validates every field and raises
+``ValueError`` naming the field, the bad value and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+QWEN_NEWLINE_IDS: tuple[int, ...] = (198, 271)  # Qwen2/2.5: "\n" and "\n\n"
+
+SCOPES = ("degenerate", "success")
+PERS = ("rollout", "group")
+MODES = ("loss", "advantage")
+BOUNDARIES = ("fixed", "auto")
+
+
+def _help(text: str, **kw: Any) -> Any:
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass(frozen=True)
+class EchoConfig:
+    """Options of EchoRL. Defaults are the paper's setting (SPEC 2)."""
+
+    enable: bool = _help("Turn EchoRL on. False trains the base RLVR method bit-identically.", default=True)
+    boundary: str = _help(
+        "How step boundary tokens are chosen: 'fixed' uses boundary_token_ids; 'auto' derives them "
+        "from the tokenizer (every token whose text ends with a newline) via cfg.resolve_boundary(tok).",
+        default="fixed",
+    )
+    boundary_token_ids: tuple[int, ...] = _help(
+        "Token ids that end a reasoning step (Qwen2/2.5: 198 '\\n', 271 '\\n\\n').", default=QWEN_NEWLINE_IDS
+    )
+    success_threshold: float = _help("A rollout succeeds when its outcome reward >= this.", default=1.0)
+    tol: float = _help("Scores of a group within this of each other count as equal (zero variance).", default=1e-6)
+    scope: str = _help(
+        "Which rollouts give clips: 'degenerate' (successes of all-success zero-variance groups, the "
+        "method) or 'success' (every successful rollout, an ablation).",
+        default="degenerate",
+    )
+    per: str = _help(
+        "'rollout': every eligible rollout yields its clip; 'group': one clip per eligible group "
+        "(the rollout with the largest peak step entropy).",
+        default="rollout",
+    )
+    step_agg: str = _help("Step entropy from token entropies: 'mean', 'sum' or 'max'.", default="mean")
+    min_step_tokens: int = _help("Steps with fewer valid tokens than this cannot be selected.", default=1)
+    selector: str = _help(
+        "Where the clip ends: 'peak' (highest-entropy step, the method), 'lowest', 'full' (last "
+        "eligible step), 'random_prefix' (a uniformly random eligible step, seeded).",
+        default="peak",
+    )
+    seed: int = _help("Seed of the 'random_prefix' selector.", default=0)
+    mode: str = _help(
+        "'loss': add coef * NLL(clip) to the RL loss (the method); 'advantage': add adv_coef to the "
+        "advantage of every clip token (needs no actor change).",
+        default="loss",
+    )
+    coef: float = _help("Weight of the EchoRL NLL term in mode='loss' (authors' flag: 0.001).", default=1e-3)
+    adv_coef: float = _help("Advantage bonus on clip tokens in mode='advantage'.", default=0.1)
+    loss_agg: str = _help(
+        "Denominator of the EchoRL term: 'clip_token_mean' (clip tokens per mini-batch) or "
+        "'token_mean' (the RL token-mean denominator). Fixed before the update.",
+        default="clip_token_mean",
+    )
+
+    # ------------------------------------------------------------------ validation
+    def __post_init__(self) -> None:
+        from echorl.core.clips import SELECTORS
+        from echorl.core.loss import LOSS_AGGS
+        from echorl.core.steps import STEP_AGGS
+
+        ids = self.boundary_token_ids
+        if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence):
+            if hasattr(ids, "__iter__") and not isinstance(ids, (str, bytes)):
+                ids = tuple(ids)  # e.g. an omegaconf ListConfig
+            else:
+                raise ValueError(
+                    f"EchoConfig.boundary_token_ids must be a sequence of token ids, got {ids!r}; "
+                    "for tokenizer-derived ids set boundary='auto'"
+                )
+        try:
+            ids = tuple(int(i) for i in ids)
+        except (TypeError, ValueError):
+            raise ValueError(f"EchoConfig.boundary_token_ids must hold integers, got {self.boundary_token_ids!r}") from None
+        if any(i < 0 for i in ids):
+            raise ValueError(f"EchoConfig.boundary_token_ids must be >= 0, got {ids}")
+        object.__setattr__(self, "boundary_token_ids", ids)
+
+        _choice("boundary", self.boundary, BOUNDARIES)
+        if self.boundary == "fixed" and not ids:
+            raise ValueError("EchoConfig.boundary_token_ids is empty with boundary='fixed'; give ids or use boundary='auto'")
+        _choice("scope", self.scope, SCOPES)
+        _choice("per", self.per, PERS)
+        _choice("mode", self.mode, MODES)
+        _choice("step_agg", self.step_agg, STEP_AGGS.names())
+        _choice("selector", self.selector, SELECTORS.names())
+        _choice("loss_agg", self.loss_agg, LOSS_AGGS.names())
+        for name in ("enable",):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"EchoConfig.{name} must be a bool, got {getattr(self, name)!r}")
+        for name in ("min_step_tokens", "seed"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"EchoConfig.{name} must be an int, got {v!r}")
+        if self.min_step_tokens < 1:
+            raise ValueError(f"EchoConfig.min_step_tokens must be >= 1, got {self.min_step_tokens}")
+        for name in ("success_threshold", "tol", "coef", "adv_coef"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v in (float("inf"), float("-inf")):
+                raise ValueError(f"EchoConfig.{name} must be a finite number, got {v!r}")
+            object.__setattr__(self, name, float(v))
+        if self.tol < 0:
+            raise ValueError(f"EchoConfig.tol must be >= 0, got {self.tol}")
+        if self.coef < 0:
+            raise ValueError(f"EchoConfig.coef must be >= 0 (it weights an NLL term), got {self.coef}")
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def active(self) -> bool:
+        """True when EchoRL changes training at all (enabled with a non-zero weight)."""
+        if not self.enable:
+            return False
+        return (self.coef if self.mode == "loss" else self.adv_coef) != 0.0
+
+    def resolve_boundary(self, tokenizer: Any) -> "EchoConfig":
+        """Return a config whose ``boundary_token_ids`` are set; with boundary='auto' they are derived
+        from ``tokenizer`` (see :func:`echorl.core.steps.auto_boundary_token_ids`)."""
+        if self.boundary != "auto":
+            return self
+        from echorl.core.steps import auto_boundary_token_ids
+
+        return dataclasses.replace(self, boundary_token_ids=auto_boundary_token_ids(tokenizer))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None, prefix: str = "echorl") -> "EchoConfig":
+        """Build from a plain mapping (e.g. a Hydra ``echorl:`` node). Unknown keys are an error that
+        names the dotted key and lists the valid ones."""
+        d = dict(d or {})
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown key(s) {[f'{prefix}.{k}' for k in unknown]}; valid keys: {sorted(names)}")
+        if d.get("boundary_token_ids") in (None, "auto"):
+            if d.get("boundary_token_ids") == "auto":
+                d["boundary"] = "auto"
+            d.pop("boundary_token_ids", None)
+            if d.get("boundary") == "auto":
+                d["boundary_token_ids"] = ()
+        try:
+            return cls(**d)
+        except ValueError as e:
+            raise ValueError(str(e).replace("EchoConfig.", f"{prefix}.")) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["boundary_token_ids"] = list(self.boundary_token_ids)
+        return d
+
+    @classmethod
+    def help_table(cls) -> list[tuple[str, str, Any, str]]:
+        """(name, type, default, help) of every field, for docs and CLI help."""
+        return [(f.name, str(f.type), f.default, f.metadata["help"]) for f in dataclasses.fields(cls)]
+
+
+def _choice(name: str, value: Any, valid: Sequence[str]) -> None:
+    if value not in valid:
+        raise ValueError(f"EchoConfig.{name} must be one of {list(valid)}, got {value!r}")

@@ -1,0 +1,143 @@
+"""Reasoning steps: boundary tokens, step segmentation and step entropy (SPEC 2.1-2.2).
+
+A response is cut into steps at boundary tokens (newlines). On the sequence of *valid* positions
+(``response_mask == 1``; masked positions neither belong to a step nor break one), position ``t``
+ends a step when
+
+* its token is a boundary, the next valid token is not, and the step so far holds a non-boundary
+  token; or
+* ``t`` is the last valid position.
+
+So a run of boundary tokens is one delimiter and belongs to the step it closes, and a leading run
+belongs to the first step. Everything here is vectorised over rows and tokens.
+
+Derivation used by :func:`segment_steps`. Call a valid boundary token whose previous *valid* token
+is a non-boundary a *run start*. After the first non-boundary token every boundary run begins with
+a run start, and the leading run (if any) has none. With ``c_t`` the number of run starts at
+positions ``<= t``, the step index of a valid token is ``c_t`` for a non-boundary token and
+``max(c_t - 1, 0)`` for a boundary token (it closes the step before the run start count ticked).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+
+from echorl.core.registry import Registry
+
+# step_agg name -> fn(flat [N] long bin index, values [N] float, count [nbins] long) -> [nbins] float
+STEP_AGGS: Registry[Callable[..., torch.Tensor]] = Registry("step_agg")
+
+
+def boundary_ids_tensor(ids: Sequence[int] | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Boundary ids as a ``[K] long`` tensor on ``device``."""
+    return torch.as_tensor(list(ids) if not torch.is_tensor(ids) else ids, dtype=torch.long, device=device)
+
+
+def segment_steps(
+    responses: torch.Tensor, valid: torch.Tensor, boundary_ids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Assign every valid response token to its step.
+
+    Args:
+        responses: ``[E, L] long`` token ids.
+        valid: ``[E, L] bool`` valid positions (the response mask).
+        boundary_ids: ``[K] long`` boundary token ids.
+
+    Returns:
+        step_id: ``[E, L] long``, the 0-based step of each valid token, ``-1`` at masked positions.
+        num_steps: ``[E] long``, steps per row (0 for a row without valid tokens).
+        has_boundary: ``[E] bool``, whether the row holds a valid boundary token.
+    """
+    E, L = responses.shape
+    is_b = torch.isin(responses, boundary_ids)  # [E, L]
+    is_b &= valid
+    nonb = valid & ~is_b  # [E, L]
+    # Forward-fill the kind of the last valid token: key = 2*pos + is_nonb on valid positions.
+    pos = torch.arange(L, device=responses.device, dtype=torch.int32)
+    key = torch.where(valid, pos * 2 + nonb.to(torch.int32), -1)  # [E, L] int32
+    last = key.cummax(dim=1).values  # [E, L]: key of the last valid token at or before t
+    del key
+    run_start = torch.zeros_like(is_b)
+    # prev valid token (strictly before t) is a non-boundary  <=>  last[t-1] is odd (and >= 0)
+    run_start[:, 1:] = is_b[:, 1:] & ((last[:, :-1] & 1) == 1)
+    del last
+    c = run_start.cumsum(dim=1, dtype=torch.int32)  # [E, L]
+    del run_start
+    step_id = (c - is_b.to(torch.int32)).clamp_(min=0).to(torch.long)
+    del c
+    step_id.masked_fill_(~valid, -1)
+    num_steps = step_id.amax(dim=1) + 1 if L > 0 else torch.zeros(E, dtype=torch.long, device=responses.device)
+    has_boundary = is_b.any(dim=1)
+    return step_id, num_steps, has_boundary
+
+
+def step_aggregates(
+    step_id: torch.Tensor, entropy: torch.Tensor, num_steps_max: int, step_agg: str = "mean"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Aggregate token entropy per step.
+
+    Args:
+        step_id: ``[E, L] long`` from :func:`segment_steps` (``-1`` = masked).
+        entropy: ``[E, L] float`` token entropy (any float dtype; values at masked positions unused).
+        num_steps_max: ``S``, at least the largest step count of the rows.
+        step_agg: a name in ``STEP_AGGS`` (``mean``, ``sum``, ``max``).
+
+    Returns:
+        h: ``[E, S]`` step aggregates, float64 for float64 input else float32 or wider; 0 where a
+        step does not exist.
+        count: ``[E, S] long`` valid tokens per step (0 where a step does not exist).
+    """
+    fn = STEP_AGGS.get(step_agg)
+    E = step_id.shape[0]
+    S = int(num_steps_max)
+    # One flat bin per (row, step) plus one dump bin per row that absorbs the masked positions.
+    flat = step_id.masked_fill(step_id < 0, S)
+    flat += torch.arange(E, device=step_id.device, dtype=torch.long).unsqueeze(1) * (S + 1)
+    flat = flat.view(-1)  # [E * L]
+    values = entropy.reshape(-1)
+    if values.dtype not in (torch.float32, torch.float64):
+        values = values.float()
+    count = torch.bincount(flat, minlength=E * (S + 1))  # [E * (S + 1)]
+    h = fn(flat, values, count)  # [E * (S + 1)]
+    return h.view(E, S + 1)[:, :S], count.view(E, S + 1)[:, :S]
+
+
+@STEP_AGGS.register("sum")
+def _agg_sum(flat: torch.Tensor, values: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """Sum per bin. ``bincount`` accumulates in float64: wider than float32, as SPEC 2.2 asks."""
+    return torch.bincount(flat, weights=values, minlength=count.numel())
+
+
+@STEP_AGGS.register("mean")
+def _agg_mean(flat: torch.Tensor, values: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """Mean per bin (0 for an empty bin)."""
+    return _agg_sum(flat, values, count) / count.clamp(min=1)
+
+
+@STEP_AGGS.register("max")
+def _agg_max(flat: torch.Tensor, values: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """Max per bin (0 for an empty bin)."""
+    out = torch.full((count.numel(),), float("-inf"), dtype=values.dtype, device=values.device)
+    out.scatter_reduce_(0, flat, values, reduce="amax", include_self=True)
+    return out.masked_fill_(count == 0, 0.0)
+
+
+def auto_boundary_token_ids(tokenizer: Any) -> tuple[int, ...]:
+    """Every vocabulary token whose decoded text ends with a newline (SPEC 2.1, ``boundary='auto'``).
+
+    Catches merged tokens such as Qwen's ``".\\n\\n"`` that fixed ids miss. Special tokens are
+    skipped. Raises ``ValueError`` when the tokenizer has no such token.
+    """
+    vocab = tokenizer.get_vocab()
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    ids = sorted(i for i in set(vocab.values()) if i not in special)
+    texts = tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    found = tuple(i for i, t in zip(ids, texts) if t.endswith("\n"))
+    if not found:
+        raise ValueError(
+            f"boundary='auto': no token of {type(tokenizer).__name__} decodes to text ending in a newline; "
+            "set echorl.boundary='fixed' and echorl.boundary_token_ids explicitly"
+        )
+    return found

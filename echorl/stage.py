@@ -1,0 +1,87 @@
+"""The EchoRL stage: the one call both hosts make between rollout scoring and the actor update.
+
+verl's trainer (:mod:`echorl.verl.trainer`) and the embedded engine (:mod:`echorl.local`) hand it
+the batch's tensors; it returns the EchoClip mask, the fixed loss normaliser (SPEC 2.4), the
+advantages (changed only in ``mode='advantage'``) and the ``echo/*`` metrics (SPEC 2.5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from echorl.core.clips import EchoSelection, select_echo_clips
+from echorl.core.config import EchoConfig
+from echorl.core.loss import apply_echo_advantage, echo_normalizer
+
+
+@dataclass
+class EchoStageOutput:
+    """Result of :func:`run_echo_stage`.
+
+    Attributes:
+        echo_mask: ``[B, L] bool`` clip tokens to train on (all False unless ``cfg.active`` and
+            ``mode='loss'``; in ``mode='advantage'`` the clips are in ``advantages`` instead).
+        echo_denom: the fixed denominator ``D`` of the EchoRL term for one mini-batch.
+        advantages: ``[B, L]`` advantages for the actor (a new tensor in ``mode='advantage'``,
+            the input object otherwise; ``None`` if none was given).
+        selection: the raw :class:`EchoSelection` (for analysis and pictures).
+        metrics: ``echo/*`` scalars.
+    """
+
+    echo_mask: torch.Tensor
+    echo_denom: float
+    advantages: torch.Tensor | None
+    selection: EchoSelection
+    metrics: dict[str, float]
+
+
+def run_echo_stage(
+    responses: torch.Tensor,
+    response_mask: torch.Tensor,
+    entropy: torch.Tensor,
+    scores: torch.Tensor,
+    group_ids: torch.Tensor | Sequence,
+    cfg: EchoConfig,
+    *,
+    advantages: torch.Tensor | None = None,
+    num_minibatches: int = 1,
+    step: int = 0,
+) -> EchoStageOutput:
+    """Select EchoClips and prepare the actor update.
+
+    Args:
+        responses, response_mask, entropy, scores, group_ids: as :func:`select_echo_clips`
+            (``[B, L]``, ``[B, L]``, ``[B, L]``, ``[B]``, ``[B]``).
+        cfg: the options.
+        advantages: ``[B, L] float`` from the base estimator; used for the gradient-token metrics
+            and, in ``mode='advantage'``, returned with the clip bonus added.
+        num_minibatches: optimizer steps per batch, for the normaliser.
+        step: training step; seeds ``selector='random_prefix'`` as ``(cfg.seed, step)``.
+
+    With ``cfg.enable=False`` the selection is still made and reported (what EchoRL *would* echo;
+    ``echo/active`` is 0) but nothing reaches training.
+    """
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + int(step))
+    sel = select_echo_clips(responses, response_mask, entropy, scores, group_ids, cfg, generator=gen)
+    metrics = dict(sel.metrics)
+    active = cfg.active
+    metrics["echo/active"] = float(active)
+    use_loss = active and cfg.mode == "loss"
+    echo_mask = sel.mask if use_loss else torch.zeros_like(sel.mask)
+    denom = echo_normalizer(sel.mask, response_mask, cfg.loss_agg, num_minibatches)
+    metrics["echo/denom"] = denom
+    out_adv = advantages
+    if advantages is not None:
+        if advantages.shape != sel.mask.shape:
+            raise ValueError(f"advantages must have shape [B, L]={list(sel.mask.shape)}, got {list(advantages.shape)}")
+        valid = response_mask != 0
+        if active and cfg.mode == "advantage":
+            out_adv = apply_echo_advantage(advantages, sel.mask, cfg.adv_coef)
+        n_valid = valid.sum().clamp(min=1)
+        with_grad = (advantages != 0) & valid
+        metrics["echo/grad_token_frac_base"] = float(with_grad.sum() / n_valid)
+        metrics["echo/grad_token_frac_echo"] = float((with_grad | sel.mask).sum() / n_valid)
+    return EchoStageOutput(echo_mask=echo_mask, echo_denom=denom, advantages=out_adv, selection=sel, metrics=metrics)
