@@ -1,0 +1,1 @@
+"""Hydra configs (package data): echorl_trainer.yaml composes verl; local.yaml the embedded engine."""
