@@ -55,8 +55,10 @@ def segment_steps(
     is_b &= valid
     nonb = valid & ~is_b  # [E, L]
     # Forward-fill the kind of the last valid token: key = 2*pos + is_nonb on valid positions.
+    # Masked positions get -2 (even: "no non-boundary yet"); -1 would read as odd, i.e. as a
+    # non-boundary, and make a boundary after a leading masked run open a new step.
     pos = torch.arange(L, device=responses.device, dtype=torch.int32)
-    key = torch.where(valid, pos * 2 + nonb.to(torch.int32), -1)  # [E, L] int32
+    key = torch.where(valid, pos * 2 + nonb.to(torch.int32), -2)  # [E, L] int32
     last = key.cummax(dim=1).values  # [E, L]: key of the last valid token at or before t
     del key
     run_start = torch.zeros_like(is_b)
