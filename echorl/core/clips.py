@@ -96,7 +96,8 @@ def _group_codes(group_ids: torch.Tensor | Sequence, B: int, device: torch.devic
     if isinstance(group_ids, (str, bytes)) or len(group_ids) != B:
         n = "a string" if isinstance(group_ids, (str, bytes)) else f"length {len(group_ids)}"
         raise ValueError(f"group_ids must be a sequence of B={B} uids, got {n}")
-    arr = np.asarray(group_ids, dtype=object)
+    # fromiter keeps one object per uid; np.asarray would unpack tuple uids into a 2-D array.
+    arr = np.fromiter(group_ids, dtype=object, count=B)
     try:
         _, codes = np.unique(arr, return_inverse=True)  # sorts in C; uids of one type
     except TypeError:  # mixed, unorderable uid types: fall back to first-seen codes
