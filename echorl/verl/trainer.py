@@ -1,0 +1,76 @@
+"""EchoPPOTrainerSync: verl's v1 synchronous trainer with the EchoRL stage (SPEC 2.2-2.5).
+
+The only change to verl's step is in ``_compute_advantage`` (driver side, after rewards, old-policy
+log-probs + entropy and the base estimator, before the actor update):
+
+1. the parent computes advantages exactly as verl does;
+2. the stage reads ``uid``, ``responses``, ``response_mask``, ``entropy``, ``rm_scores`` and
+   ``advantages`` from TransferQueue (``tq.kv_batch_get``) and the ``is_padding`` tags, and calls
+   :func:`echorl.verl.fields.echo_stage_fields` -> :func:`echorl.stage.run_echo_stage`;
+3. it writes ``echo_mask`` and ``echo_denom`` (and, in ``mode='advantage'``, ``advantages``) with
+   ``tq.kv_batch_put`` and continues with the handle that put returns (an older handle does not
+   list the new fields, and the actor workers would not receive them);
+4. it logs ``echo/*`` into verl's metrics dict.
+
+``_update_actor`` moves the loss's ``actor/echo/loss`` (verl prefixes every actor metric) back to
+``echo/loss``. The trainer mode stays ``sync``: the class is built by EchoRL's task runner
+(:mod:`echorl.main`), not registered under a new mode name, because verl compares
+``trainer_mode == "sync"`` literally in several places.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import transfer_queue as tq
+from transfer_queue import KVBatchMeta
+from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+
+from echorl.core.clips import EchoBoundaryWarning
+from echorl.core.config import EchoConfig
+from echorl.verl.fields import READ_FIELDS, echo_stage_fields, num_minibatches
+
+logger = logging.getLogger(__name__)
+
+
+class EchoPPOTrainerSync(PPOTrainerSync):
+    """verl's ``PPOTrainerSync`` plus the EchoRL stage. ``config`` is the composed
+    ``echorl_trainer`` config (verl's ``ppo_trainer`` + ``echorl:``)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.echo_cfg = EchoConfig.from_dict(config.get("echorl"))
+        self._echo_boundary_resolved = self.echo_cfg.boundary != "auto"
+
+    def _resolve_echo_boundary(self) -> None:
+        if not self._echo_boundary_resolved:  # boundary='auto': ids from the tokenizer, once
+            self.echo_cfg = self.echo_cfg.resolve_boundary(self.tokenizer)
+            logger.warning("EchoRL: boundary='auto' resolved %d boundary token ids", len(self.echo_cfg.boundary_token_ids))
+            self._echo_boundary_resolved = True
+
+    def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        batch = super()._compute_advantage(batch, metrics)
+        self._resolve_echo_boundary()
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=list(READ_FIELDS))
+        is_padding = [bool(tag.get("is_padding", False)) for tag in batch.tags]
+        actor = self.config.actor_rollout_ref.actor
+        n_mini = num_minibatches(len(batch), actor.ppo_mini_batch_size, self.config.actor_rollout_ref.rollout.n)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", EchoBoundaryWarning)
+            fields, out = echo_stage_fields(data, is_padding, self.echo_cfg, num_minibatches=n_mini, step=self.global_steps)
+        for w in caught:  # surface the core's warning in the driver log, not only on stderr
+            if issubclass(w.category, EchoBoundaryWarning):
+                logger.warning("EchoRL: %s (echorl.boundary_token_ids=%s)", w.message, list(self.echo_cfg.boundary_token_ids))
+                metrics["echo/no_boundary_warning"] = 1.0
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        batch = tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=fields)
+        metrics.update(out.metrics)
+        metrics["echo/num_minibatches"] = float(n_mini)
+        return batch
+
+    def _update_actor(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        batch = super()._update_actor(batch, metrics)
+        if "actor/echo/loss" in metrics:
+            metrics["echo/loss"] = metrics.pop("actor/echo/loss")
+        return batch

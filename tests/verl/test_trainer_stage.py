@@ -1,0 +1,158 @@
+"""The verl stage's pure part on a batch laid out as verl's v1 trainer stores it.
+
+Rows are built as the v1 trainer holds them after ``_compute_old_log_prob`` and
+``_compute_advantage``: nested response-aligned fields, token-level ``rm_scores``, a non-tensor
+``uid``; advantages come from verl's real GRPO estimator; the padding rows come from verl's real
+``construct_minimal_padding_template`` (what ``_balance_batch`` appends). The written ``echo_mask``
+must equal the core's selection.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
+from verl.trainer.ppo.padding_utils import construct_minimal_padding_template
+from verl.utils import tensordict_utils as tu
+
+from echorl import EchoConfig, echo_normalizer, select_echo_clips
+from echorl.verl.fields import echo_stage_fields, num_minibatches
+
+NL, NLNL = 198, 271
+G = 4  # rollouts per prompt
+
+
+def _response(g: torch.Generator) -> torch.Tensor:
+    """Words (ids 1000..1999) in 2-4 steps separated by newline tokens."""
+    parts = []
+    for k in range(int(torch.randint(2, 5, (1,), generator=g))):
+        parts.append(torch.randint(1000, 2000, (int(torch.randint(1, 6, (1,), generator=g)),), generator=g))
+        parts.append(torch.tensor([NL if k % 2 else NLNL]))
+    return torch.cat(parts)
+
+
+def make_batch(seed: int = 0, n_pad: int = 2):
+    """Rows: group A all-success, B mixed, C all-fail, D all-success (short), then padding rows.
+
+    Returns (data TensorDict as kv_batch_get returns it, is_padding list, padded tensors dict).
+    """
+    g = torch.Generator().manual_seed(seed)
+    outcome = {"A": [1.0] * G, "B": [1.0, 0.0, 1.0, 0.0], "C": [0.0] * G, "D": [1.0] * G}
+    rows = []
+    for uid, scores in outcome.items():
+        for s in scores:
+            resp = _response(g)
+            r = len(resp)
+            mask = torch.ones(r, dtype=torch.int64)
+            rm = torch.zeros(r)
+            rm[-1] = s  # verl puts the outcome score on the last response token
+            prompt = torch.randint(1000, 2000, (5,), generator=g)
+            rows.append({
+                "prompts": prompt, "responses": resp, "input_ids": torch.cat([prompt, resp]),
+                "attention_mask": torch.ones(5 + r, dtype=torch.int64),
+                "position_ids": torch.arange(5 + r),
+                "response_mask": mask, "loss_mask": mask, "rm_scores": rm,
+                "rollout_log_probs": -torch.rand(r, generator=g),
+                "entropy": torch.rand(r, generator=g) * 3,
+                "old_log_probs": -torch.rand(r, generator=g),
+                "uid": uid,
+            })
+    tags = [{"is_padding": False, "seq_len": len(x["input_ids"])} for x in rows]
+    # verl's own padding rows (what _balance_batch appends), built from the first sample
+    if n_pad:
+        src = {k: v for k, v in rows[0].items() if k not in ("entropy", "old_log_probs")}
+        template, tag = construct_minimal_padding_template(src, tags[0], eos_token_id=NL)
+        for i in range(n_pad):
+            pad = dict(template, uid="pad0123", entropy=torch.zeros(1), old_log_probs=torch.zeros(1))
+            rows.append(pad)
+            tags.append(dict(tag))
+    B = len(rows)
+    fields = {k: [row[k] for row in rows] for k in ("responses", "response_mask", "entropy", "rm_scores", "uid")}
+    nested = {k: torch.nested.as_nested_tensor(v, layout=torch.jagged) for k, v in fields.items() if k != "uid"}
+    padded = {k: torch.nested.to_padded_tensor(v, 0.0) for k, v in nested.items()}
+    # verl's GRPO estimator on the padded batch (as _compute_advantage does)
+    adv, _ = compute_grpo_outcome_advantage(
+        token_level_rewards=padded["rm_scores"], response_mask=padded["response_mask"],
+        index=np.array(fields["uid"], dtype=object),
+    )
+    lens = [len(r) for r in fields["responses"]]
+    nested["advantages"] = torch.nested.as_nested_tensor([adv[i, : lens[i]] for i in range(B)], layout=torch.jagged)
+    padded["advantages"] = adv
+    data = tu.get_tensordict({**nested, "uid": fields["uid"]})
+    return data, [t["is_padding"] for t in tags], padded, fields["uid"]
+
+
+def _core_mask(padded, uids, is_padding, cfg):
+    valid = padded["response_mask"].bool() & ~torch.tensor(is_padding)[:, None]
+    return select_echo_clips(padded["responses"].long(), valid, padded["entropy"].float(),
+                             padded["rm_scores"].sum(-1), uids, cfg), valid
+
+
+@pytest.mark.parametrize("per", ["rollout", "group"])
+def test_mask_equals_core_selection(per):
+    cfg = EchoConfig(per=per)
+    data, is_padding, padded, uids = make_batch(seed=1)
+    fields, out = echo_stage_fields(data, is_padding, cfg, num_minibatches=2, step=3)
+    sel, valid = _core_mask(padded, uids, is_padding, cfg)
+    written = torch.nested.to_padded_tensor(fields["echo_mask"], False)
+    assert fields["echo_mask"].is_nested
+    assert torch.equal(fields["echo_mask"].offsets(), data["response_mask"].offsets())  # same row lengths
+    assert torch.equal(written, sel.mask)
+    assert written[:4].any() and written[12:16].any()  # groups A and D echo
+    assert not written[4:12].any() and not written[16:].any()  # mixed, all-fail and padding do not
+    assert written.sum() > 0 and not (written & ~valid).any()
+    expected_d = echo_normalizer(sel.mask, valid, "clip_token_mean", 2)
+    assert torch.equal(fields["echo_denom"], torch.full((len(uids),), expected_d, dtype=torch.float32))
+    assert out.metrics["echo/denom"] == expected_d
+    assert "advantages" not in fields.keys()
+    # GRPO made groups A and D advantage-degenerate: every advantage there is 0
+    assert float(padded["advantages"][:4].abs().sum()) == 0.0
+    assert out.metrics["echo/grad_token_frac_echo"] > out.metrics["echo/grad_token_frac_base"]
+
+
+def test_padding_rows_are_excluded_even_with_a_mask_and_score():
+    """A padding row that looked like a successful rollout still never echoes nor joins a group."""
+    cfg = EchoConfig()
+    data, is_padding, padded, uids = make_batch(seed=2, n_pad=0)
+    # relabel the last all-success group D as padding: it must drop out entirely
+    is_padding = [False] * 12 + [True] * 4
+    fields, out = echo_stage_fields(data, is_padding, cfg)
+    written = torch.nested.to_padded_tensor(fields["echo_mask"], False)
+    assert written[:4].any()
+    assert not written[12:].any()
+    fields_all, _ = echo_stage_fields(data, None, cfg)
+    assert torch.nested.to_padded_tensor(fields_all["echo_mask"], False)[12:].any()
+
+
+def test_advantage_mode_writes_advantages():
+    cfg = EchoConfig(mode="advantage", adv_coef=0.5)
+    data, is_padding, padded, uids = make_batch(seed=4)
+    fields, out = echo_stage_fields(data, is_padding, cfg)
+    sel, _ = _core_mask(padded, uids, is_padding, cfg)
+    assert not torch.nested.to_padded_tensor(fields["echo_mask"], False).any()  # no loss term
+    new_adv = torch.nested.to_padded_tensor(fields["advantages"], 0.0)
+    torch.testing.assert_close(new_adv, padded["advantages"] + 0.5 * sel.mask.float(), rtol=0, atol=0)
+
+
+def test_disabled_reports_but_writes_empty_mask():
+    cfg = EchoConfig(enable=False)
+    data, is_padding, _, _ = make_batch(seed=5)
+    fields, out = echo_stage_fields(data, is_padding, cfg)
+    assert not torch.nested.to_padded_tensor(fields["echo_mask"], False).any()
+    assert out.metrics["echo/active"] == 0.0
+    assert out.selection.mask.any()  # what EchoRL would echo is still measured
+
+
+def test_num_minibatches_follows_verl_update():
+    # verl: mini_batch_size = ppo_mini_batch_size * rollout.n rows; the batch is padded to a multiple
+    assert num_minibatches(1024, 32, 8) == 4
+    assert num_minibatches(1024, 128, 8) == 1
+    with pytest.raises(ValueError, match="ppo_mini_batch_size"):
+        num_minibatches(16, 0, 8)
+
+
+def test_missing_entropy_names_the_field():
+    data, is_padding, _, _ = make_batch(seed=6)
+    with pytest.raises(KeyError, match="entropy"):
+        echo_stage_fields(data.exclude("entropy"), is_padding, EchoConfig())
