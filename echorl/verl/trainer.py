@@ -30,6 +30,8 @@ from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from echorl.core.clips import EchoBoundaryWarning
 from echorl.core.config import EchoConfig
 from echorl.verl.fields import READ_FIELDS, echo_stage_fields, num_minibatches
+from echorl.verl.loss import EchoLoss
+from echorl.verl.validate import check_boundary_ids, validate_config
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +41,33 @@ class EchoPPOTrainerSync(PPOTrainerSync):
     ``echorl_trainer`` config (verl's ``ppo_trainer`` + ``echorl:``)."""
 
     def __init__(self, config):
+        self.echo_cfg: EchoConfig = validate_config(config)  # refuses what EchoRL cannot run with
         super().__init__(config)
-        self.echo_cfg = EchoConfig.from_dict(config.get("echorl"))
         self._echo_boundary_resolved = self.echo_cfg.boundary != "auto"
+
+    def _setup(self):
+        """verl's setup (tokenizer, data, workers, rollout servers), then EchoRL's two installs:
+        the boundary ids are checked against the tokenizer, and EchoLoss replaces the actor
+        workers' ``partial(ppo_loss, config=actor_config)`` through the public ``set_loss_fn``.
+        EchoLoss is installed only when it adds a term (enabled, mode=loss, coef>0); otherwise the
+        workers keep verl's own loss, so training is verl's, bit for bit."""
+        super()._setup()
+        check_boundary_ids(self.echo_cfg, self.tokenizer)
+        self._resolve_echo_boundary()
+        self.echo_loss = None
+        if self.echo_cfg.active and self.echo_cfg.mode == "loss":
+            self.echo_loss = self.install_echo_loss()
+
+    def install_echo_loss(self) -> EchoLoss:
+        """Build :class:`EchoLoss` from the actor config (as the worker builds it) and send it to
+        every actor worker (``set_loss_fn`` is dispatched ONE_TO_ALL)."""
+        from verl.utils.config import omega_conf_to_dataclass
+
+        actor_config = omega_conf_to_dataclass(self.config.actor_rollout_ref.actor)
+        loss = EchoLoss(actor_config, self.echo_cfg)
+        self.actor_rollout_wg.set_loss_fn(loss)
+        logger.warning("EchoRL: installed %r on the actor workers", loss)
+        return loss
 
     def _resolve_echo_boundary(self) -> None:
         if not self._echo_boundary_resolved:  # boundary='auto': ids from the tokenizer, once
