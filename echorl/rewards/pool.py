@@ -63,8 +63,8 @@ _READY = "__ready__"
 _STARTUP_ERROR = "__startup_error__"
 
 
-def _worker_main(conn: Any, fn_bytes: bytes) -> None:
-    """Worker loop: unpickle score_fn, announce readiness, then answer (task_id, args) messages.
+def _worker_main(conn: Any, fn_bytes: bytes, warmup_args: tuple | None = None) -> None:
+    """Worker loop: unpickle score_fn, warm it up, announce readiness, then answer tasks.
 
     Replies are ``(task_id, "ok", float)``, ``(task_id, "invalid", type name)`` or
     ``(task_id, "exception", text)``. ``None`` or a closed pipe ends the loop.
@@ -74,6 +74,11 @@ def _worker_main(conn: Any, fn_bytes: bytes) -> None:
     except BaseException:  # noqa: BLE001 - reported to the parent, which raises with it
         conn.send((_STARTUP_ERROR, traceback.format_exc(limit=5)))
         return
+    if warmup_args is not None:  # first-call costs (lazy imports, caches) before the clock starts
+        try:
+            fn(*warmup_args)
+        except BaseException:  # noqa: BLE001 - a failing warm-up shows up again in real checks
+            pass
     conn.send((_READY, os.getpid()))
     while True:
         try:
@@ -97,9 +102,9 @@ def _worker_main(conn: Any, fn_bytes: bytes) -> None:
 class _Worker:
     """One worker process and the parent's end of its pipe."""
 
-    def __init__(self, ctx: Any, fn_bytes: bytes):
+    def __init__(self, ctx: Any, fn_bytes: bytes, warmup_args: tuple | None):
         parent_conn, child_conn = ctx.Pipe(duplex=True)
-        self.proc = ctx.Process(target=_worker_main, args=(child_conn, fn_bytes), daemon=True,
+        self.proc = ctx.Process(target=_worker_main, args=(child_conn, fn_bytes, warmup_args), daemon=True,
                                 name="echorl-verifier")
         self.proc.start()
         child_conn.close()  # so that the parent sees EOF when the child dies
@@ -147,6 +152,8 @@ class VerifierPool:
         preload: modules the forkserver imports once so that new workers start in milliseconds
             (default: ``score_fn``'s module; this module is always added). Only effective if
             the process's forkserver is not running yet.
+        warmup_args: if given, each worker calls ``score_fn(*warmup_args)`` once before it
+            reports ready, so first-call costs do not count against the first real check.
 
     As with any ``spawn``/``forkserver`` use of multiprocessing, a script that creates a pool must
     guard its entry point with ``if __name__ == "__main__":`` (workers re-import ``__main__``).
@@ -154,7 +161,8 @@ class VerifierPool:
 
     def __init__(self, score_fn: Callable[..., float], num_workers: int | None = None,
                  timeout_s: float = 10.0, *, start_method: str | None = None,
-                 startup_timeout_s: float = 120.0, preload: Sequence[str] | None = None):
+                 startup_timeout_s: float = 120.0, preload: Sequence[str] | None = None,
+                 warmup_args: Sequence[Any] | None = None):
         self.num_workers, self.timeout_s, self._closed = num_workers, timeout_s, True  # for repr
         if not callable(score_fn):
             raise TypeError(f"VerifierPool: score_fn must be callable, got {type(score_fn).__name__}")
@@ -180,6 +188,7 @@ class VerifierPool:
         self.startup_timeout_s = float(startup_timeout_s)
         self.num_workers = num_workers
         self._fn_bytes = fn_bytes
+        self._warmup_args = tuple(warmup_args) if warmup_args is not None else None
         self._ctx = mp.get_context(start_method)
         if start_method == "forkserver":
             # The forkserver imports these once; each worker is then a cheap fork of it. This
@@ -199,7 +208,7 @@ class VerifierPool:
 
     # ------------------------------------------------------------------ workers
     def _spawn(self) -> _Worker:
-        w = _Worker(self._ctx, self._fn_bytes)
+        w = _Worker(self._ctx, self._fn_bytes, self._warmup_args)
         with self._lock:
             self._workers.append(w)
         return w
