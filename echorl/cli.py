@@ -1,0 +1,70 @@
+"""The ``echorl`` command (entry point ``echorl = "echorl.cli:main"``).
+
+    echorl train [hydra overrides]     train with the embedded engine (echorl/config/local.yaml)
+    echorl analyze RUN_DIR             figure (metrics.png) + EchoClip page (echo_clips.html) of a run
+
+Overrides use verl's key names, e.g.
+``echorl train algorithm.adv_estimator=rloo actor_rollout_ref.rollout.n=8 echorl.coef=0.01``.
+The verl path (GPU clusters) has its own launcher: ``python -m echorl.main`` (docs/verl.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["main"]
+
+
+def _train(overrides: Sequence[str]) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from echorl.local import load_config, train
+
+    cfg = load_config(overrides)
+    summary = train(cfg)
+    print(f"done: {summary['steps']} steps, run folder {summary['output_dir']}")
+    for key in ("metrics", "figure", "clips_html"):
+        if key in summary:
+            print(f"  {key:10s} {summary[key]}")
+    return 0
+
+
+def _analyze(run_dir: str) -> int:
+    from echorl.analysis.plots import plot_metrics
+    from echorl.analysis.viewer import write_clip_viewer
+
+    run = Path(run_dir)
+    jsonl = run / "metrics.jsonl"
+    if not jsonl.exists():
+        print(f"echorl analyze: {jsonl} not found (is {run} a run folder of `echorl train`?)", file=sys.stderr)
+        return 2
+    print(f"figure     {plot_metrics(jsonl, run / 'metrics.png')}")
+    records = run / "echo_clips.json"
+    if records.exists():
+        print(f"clips_html {write_clip_viewer(json.loads(records.read_text()), run / 'echo_clips.html')}")
+    else:
+        print(f"no {records.name} in {run} (written at the end of a run): no EchoClip page")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="echorl", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p_train = sub.add_parser("train", help="train with the embedded engine (hydra overrides follow)")
+    p_train.add_argument("overrides", nargs="*", help="key=value overrides of echorl/config/local.yaml")
+    p_an = sub.add_parser("analyze", help="figure + EchoClip HTML page of a run folder")
+    p_an.add_argument("run_dir")
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.cmd == "train":
+        return _train(args.overrides)
+    return _analyze(args.run_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Log-probs and token entropy of the policy: the old-policy pass and the training forward
+(issue 4, item 1; SPEC 2.2 "token entropy from the old-policy pass").
+
+Sequences use verl's left-right padded layout: ``input_ids = [prompts | responses]`` with
+``prompts [B, P]`` left-padded and ``responses [B, L]`` right-padded, ``attention_mask [B, P+L]``
+and ``position_ids = cumsum(attention_mask) - 1`` (clipped at 0). The log-prob of response token
+``j`` is read from the logits at position ``P - 1 + j``. Logits are divided by the sampling
+temperature first, as verl's engines do (``logits.div_(temperature)``), so the entropy is the
+entropy of the distribution the token was sampled from (before top-p/top-k truncation, as in verl).
+
+Only the last ``L + 1`` positions are projected onto the vocabulary (``logits_to_keep``), and the
+old-policy pass runs in row chunks: the largest temporary is one chunk's ``[c, L, V]`` logits.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["position_ids_from_mask", "response_logits", "token_logprob_entropy", "old_policy_pass",
+           "policy_logprobs", "pack_for_verl"]
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """``[B, T] long`` position ids of a left/right padded batch: ``cumsum(mask) - 1`` clipped at 0."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def response_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    response_len: int, temperature: float) -> torch.Tensor:
+    """Temperature-scaled logits predicting the response tokens.
+
+    Args:
+        input_ids: ``[b, P+L] long``; attention_mask: ``[b, P+L]``.
+        response_len: ``L``.
+
+    Returns:
+        ``[b, L, V] float32``: row ``j`` predicts response token ``j`` (model position ``P-1+j``).
+    """
+    out = model(input_ids=input_ids, attention_mask=attention_mask,
+                position_ids=position_ids_from_mask(attention_mask), use_cache=False,
+                logits_to_keep=response_len + 1)
+    logits = out.logits[:, :-1, :]  # [b, L, V]: drop the prediction after the last token
+    return logits.float() / temperature
+
+
+def token_logprob_entropy(logits: torch.Tensor, tokens: torch.Tensor, with_entropy: bool = True):
+    """Log-prob of ``tokens`` and entropy of each row distribution, from one chunk of logits.
+
+    ``entropy = logsumexp(z) - sum_v softmax(z)_v z_v`` (verl's ``entropy_from_logits``).
+
+    Args:
+        logits: ``[b, L, V] float`` (already temperature-scaled).
+        tokens: ``[b, L] long``.
+
+    Returns:
+        ``(log_prob [b, L] float32, entropy [b, L] float32 or None)``.
+    """
+    lse = torch.logsumexp(logits, dim=-1)  # [b, L]
+    log_prob = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - lse  # [b, L]
+    if not with_entropy:
+        return log_prob, None
+    p = torch.softmax(logits, dim=-1)  # [b, L, V] (one chunk)
+    entropy = lse - (p * logits).sum(-1)  # [b, L]
+    return log_prob, entropy
+
+
+@torch.no_grad()
+def old_policy_pass(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    responses: torch.Tensor, temperature: float, chunk_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The old-policy pass: log-probs and token entropy of every response token, no gradient.
+
+    Runs ``ceil(B / chunk_rows)`` forwards; the vocabulary-sized temporaries are those of one chunk
+    (``[chunk_rows, L, V]``).
+
+    Args:
+        input_ids: ``[B, P+L] long``; attention_mask: ``[B, P+L]``; responses: ``[B, L] long``.
+        temperature: the rollout temperature.
+        chunk_rows: rows per forward (``rollout.log_prob_micro_batch_size_per_gpu``).
+
+    Returns:
+        ``(old_log_probs [B, L] float32, entropy [B, L] float32)``; values at padded positions are
+        computed but meaningless (mask them with ``response_mask``).
+    """
+    was_training = model.training
+    model.eval()
+    L = responses.shape[1]
+    lps, ents = [], []
+    for s in range(0, input_ids.shape[0], chunk_rows):
+        logits = response_logits(model, input_ids[s:s + chunk_rows], attention_mask[s:s + chunk_rows], L, temperature)
+        lp, ent = token_logprob_entropy(logits, responses[s:s + chunk_rows])
+        lps.append(lp)
+        ents.append(ent)
+        del logits
+    model.train(was_training)
+    return torch.cat(lps), torch.cat(ents)
+
+
+def policy_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    responses: torch.Tensor, temperature: float, with_entropy: bool = False):
+    """Training forward of one micro-batch (with gradient).
+
+    Returns:
+        ``(log_prob [b, L] float32, entropy [b, L] float32 or None)``.
+    """
+    logits = response_logits(model, input_ids, attention_mask, responses.shape[1], temperature)
+    return token_logprob_entropy(logits, responses, with_entropy=with_entropy)
+
+
+def pack_for_verl(values: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int) -> torch.Tensor:
+    """Put response-aligned values into verl's packed ("no padding") model-output layout.
+
+    verl's engines return ``model_output["log_probs"]`` as one flat tensor over the valid tokens
+    of every sequence, where the entry at a token's position holds the log-prob of the *next*
+    token; ``verl.workers.utils.padding.no_padding_2_padding`` (called by ``ppo_loss``) reads the
+    response slice back. This is the inverse, so ``ppo_loss`` sees exactly what an engine gives it.
+
+    Args:
+        values: ``[b, L]`` response-aligned (log-probs or entropy; gradient flows through).
+        attention_mask: ``[b, P+L]`` of the micro-batch.
+        prompt_len: ``P``.
+
+    Returns:
+        ``[total_nnz]`` with ``total_nnz = attention_mask.sum()``.
+    """
+    b, L = values.shape
+    full = values.new_zeros(b, attention_mask.shape[1])
+    # the prediction of response token j sits at position P - 1 + j
+    full = torch.cat([full[:, :prompt_len - 1], values, full[:, prompt_len - 1 + L:]], dim=1)  # [b, P+L]
+    return full[attention_mask.bool()]

@@ -1,0 +1,303 @@
+"""LocalTrainer: GRPO-family training + EchoRL in one process (issue 4, item 1).
+
+How it differs from verl's trainer: nothing in the algorithm. Same estimators
+(``core_algos.get_adv_estimator_fn``), same actor config dataclass, same loss callable
+(:class:`echorl.verl.loss.EchoLoss` = verl's ``ppo_loss`` + the EchoRL term), same EchoRL stage
+(:func:`echorl.stage.run_echo_stage`), same verifier pool. What it replaces is the machinery:
+``transformers.generate`` instead of vLLM, one process instead of Ray workers, a plain
+forward/backward loop instead of FSDP/Megatron.
+
+One step (``LocalTrainer.step``)::
+
+    prompts -> generate n rollouts each -> verifier scores (worker processes, timeout)
+      -> old-policy log-probs + token entropy (chunked, no grad)
+      -> advantages (verl estimator) -> run_echo_stage (echo_mask, echo_denom, echo/* metrics)
+      -> actor update (mini-batches x epochs x micro-batches, EchoLoss, clip, AdamW, scheduler)
+      -> metrics.jsonl / tensorboard / wandb, checkpoint
+
+Run: ``echorl train <overrides>`` or ``python -m echorl.local <overrides>``; docs/engine.md.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from echorl.local import checkpoint as ckpt
+from echorl.local.config import build_actor_config, build_algo_config, build_echo_config, validate
+from echorl.local.data import PromptSampler, prepare_prompts
+from echorl.local.logger import RunLogger
+from echorl.local.policy import old_policy_pass
+from echorl.local.rollout import eos_ids_of, generate_rollouts
+from echorl.local.update import actor_update, compute_advantages, token_level_rewards
+from echorl.stage import run_echo_stage
+
+__all__ = ["LocalTrainer", "load_model", "check_boundary_ids"]
+
+
+def load_model(name: str, dtype: str = "float32") -> tuple[Any, Any]:
+    """``(model, tokenizer)`` for ``model.name``: ``tiny``, ``smollm2`` or a Hugging Face folder."""
+    if name == "tiny":
+        from echorl.models.tiny import load_tiny_model
+
+        model, tok = load_tiny_model()
+    elif name == "smollm2":
+        from echorl.models.smollm2 import load_smollm2
+
+        model, tok = load_smollm2()
+    else:
+        if not os.path.isdir(name):
+            raise ValueError(f"model.name={name!r} is neither 'tiny', 'smollm2' nor an existing model folder "
+                             "(no hub downloads here: HF_HUB_OFFLINE=1)")
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name)
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"model.dtype must be float32 or bfloat16, got {dtype!r}")
+    return model.to(getattr(torch, dtype)), tok
+
+
+def check_boundary_ids(ids: Sequence[int], tokenizer: Any, rows: Sequence[dict[str, Any]]) -> None:
+    """Refuse boundary ids outside the vocabulary; warn when they never occur in reference solutions.
+
+    Raises:
+        ValueError: an id is ``>= len(tokenizer)`` (e.g. Qwen's 198/271 with another tokenizer).
+    """
+    from echorl.core.clips import EchoBoundaryWarning
+
+    vocab = len(tokenizer)
+    bad = [i for i in ids if i >= vocab]
+    if bad:
+        raise ValueError(f"echorl.boundary_token_ids {list(ids)}: {bad} are outside the vocabulary of "
+                         f"{type(tokenizer).__name__} (size {vocab}); set echorl.boundary=auto to derive the "
+                         "newline ids from the tokenizer, or give this tokenizer's ids")
+    sols = [str(r["solution"]) for r in rows[:64] if r.get("solution")]
+    if sols:
+        toks = tokenizer(sols, add_special_tokens=False)["input_ids"]
+        if not any(t in set(ids) for seq in toks for t in seq):
+            texts = [tokenizer.decode([i]) for i in ids]
+            warnings.warn(EchoBoundaryWarning(
+                f"echorl.boundary_token_ids {list(ids)} (text {texts!r}) never occur in {len(sols)} tokenized reference "
+                "solutions of this dataset, so no response would be split into steps and every EchoClip would be "
+                "the whole response; set echorl.boundary=auto or this tokenizer's newline ids"), stacklevel=2)
+
+
+class LocalTrainer:
+    """The embedded single-process trainer.
+
+    Args:
+        cfg: the composed ``local.yaml`` (see :func:`echorl.local.config.load_config`).
+        model, tokenizer: use these instead of loading ``model.name``.
+        rows: training rows instead of loading ``data.task``.
+        score_fn: picklable module-level verifier ``score_fn(data_source, solution_str, answer,
+            extra_info) -> float`` (default :func:`echorl.tasks.compute_score`).
+        loss_fn: the actor loss callable (default ``EchoLoss(actor_cfg, echo_cfg)``).
+    """
+
+    def __init__(self, cfg: DictConfig, *, model: Any = None, tokenizer: Any = None,
+                 rows: list[dict[str, Any]] | None = None, score_fn: Callable[..., float] | None = None,
+                 loss_fn: Callable | None = None):
+        self.cfg = cfg
+        if int(cfg.trainer.num_threads) > 0:
+            torch.set_num_threads(int(cfg.trainer.num_threads))
+        if cfg.trainer.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self._seed(int(cfg.seed))
+        self.actor_cfg = build_actor_config(cfg)
+        self.algo_cfg = build_algo_config(cfg)
+        validate(cfg, self.actor_cfg)
+        echo_cfg = build_echo_config(cfg)
+        if model is None:
+            model, tokenizer = load_model(str(cfg.model.name), str(cfg.model.dtype))
+        elif tokenizer is None:
+            raise ValueError("LocalTrainer: a model was given without its tokenizer")
+        self.model, self.tok = model, tokenizer
+        self.eos_ids = eos_ids_of(tokenizer, model)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+        self.prompts = prepare_prompts(cfg.data, tokenizer, rows)
+        self.echo_cfg = echo_cfg.resolve_boundary(tokenizer)
+        check_boundary_ids(self.echo_cfg.boundary_token_ids, tokenizer, self.prompts.rows)
+        self.sampler = PromptSampler(len(self.prompts.rows), int(cfg.data.train_batch_size), bool(cfg.data.shuffle),
+                                     int(cfg.data.seed))
+        from verl.workers.config.optimizer import build_optimizer
+
+        self.optimizer = build_optimizer(self.model.parameters(), self.actor_cfg.optim)
+        self.scheduler = self._build_scheduler()
+        if loss_fn is None:
+            from echorl.verl.loss import EchoLoss
+
+            loss_fn = EchoLoss(self.actor_cfg, self.echo_cfg)
+        self.loss_fn = loss_fn
+        from echorl.rewards.pool import VerifierPool
+        from echorl.tasks import compute_score
+
+        self.pool = VerifierPool(score_fn or compute_score, num_workers=int(cfg.reward.num_workers),
+                                 timeout_s=float(cfg.reward.timeout_s))
+        self.out = Path(str(cfg.output_dir))
+        self.ckpt_dir = self.out / "checkpoints"
+        self.global_step = 0
+        self.last = None  # tensors of the last step, for the EchoClip page
+        self.update_gen = torch.Generator().manual_seed(int(self.actor_cfg.data_loader_seed))
+        if cfg.resume == "auto":
+            self._maybe_resume()
+
+    # ------------------------------------------------------------------ setup helpers
+    @staticmethod
+    def _seed(seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+    def _build_scheduler(self):
+        """verl's warmup schedulers, configured as verl's FSDP engine does (``_build_lr_scheduler``)."""
+        from verl.utils.torch_functional import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+
+        oc = self.actor_cfg.optim
+        total = int(self.cfg.trainer.total_training_steps)
+        warm = oc.lr_warmup_steps if oc.lr_warmup_steps and oc.lr_warmup_steps > 0 else int(oc.lr_warmup_steps_ratio * total)
+        if oc.lr_scheduler_type == "constant":
+            return get_constant_schedule_with_warmup(self.optimizer, num_warmup_steps=warm)
+        if oc.lr_scheduler_type == "cosine":
+            return get_cosine_schedule_with_warmup(self.optimizer, num_warmup_steps=warm, num_training_steps=total,
+                                                   min_lr_ratio=oc.min_lr_ratio, num_cycles=oc.num_cycles,
+                                                   zero_indexed_step=oc.zero_indexed_step)
+        raise ValueError(f"actor_rollout_ref.actor.optim.lr_scheduler_type must be constant or cosine, "
+                         f"got {oc.lr_scheduler_type!r}")
+
+    def _maybe_resume(self) -> None:
+        path = ckpt.latest_checkpoint(self.ckpt_dir)
+        if path is None:
+            return
+        st = ckpt.load_checkpoint(path)
+        self.model.load_state_dict(st["model"])
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.scheduler.load_state_dict(st["scheduler"])
+        self.sampler.load_state_dict(st["sampler"])
+        self.update_gen.set_state(st["update_gen"])
+        self.global_step = int(st["step"])
+        ckpt.set_rng_state(st["rng"])
+        self.resumed_from = str(path)
+
+    def save(self) -> Path:
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(),
+                 "update_gen": self.update_gen.get_state(), "config": OmegaConf.to_container(self.cfg, resolve=True)}
+        return ckpt.save_checkpoint(self.ckpt_dir, self.global_step, state, int(self.cfg.trainer.max_ckpt_to_keep))
+
+    # ------------------------------------------------------------------ one step
+    def step(self) -> dict[str, float]:
+        """Run one training step and return its metrics (``global_step`` is incremented)."""
+        cfg, ro = self.cfg, self.cfg.actor_rollout_ref.rollout
+        n, temp = int(ro.n), float(ro.temperature)
+        t: dict[str, float] = {}
+        t0 = time.perf_counter()
+        idx = self.sampler.next_batch()
+        rows = [self.prompts.rows[i] for i in idx]
+        rb = generate_rollouts(self.model, self.tok, [self.prompts.ids[i] for i in idx], n=n,
+                               max_response_length=int(cfg.data.max_response_length), temperature=temp,
+                               top_p=float(ro.top_p), top_k=int(ro.top_k), eos_ids=self.eos_ids, pad_id=self.pad_id)
+        t["timing/gen"] = time.perf_counter() - t0
+
+        t1 = time.perf_counter()
+        lens = rb.response_mask.sum(-1)  # [B]
+        texts = self.tok.batch_decode([r[:k] for r, k in zip(rb.responses.tolist(), lens.tolist())],
+                                      skip_special_tokens=True)
+        args = [(rows[g]["data_source"], texts[i], rows[g]["answer"], rows[g].get("extra_info"))
+                for i, g in enumerate(rb.group_index.tolist())]
+        score_list, stats = self.pool.score(args)
+        scores = torch.tensor(score_list, dtype=torch.float32)  # [B]
+        t["timing/reward"] = time.perf_counter() - t1
+
+        t2 = time.perf_counter()
+        old_lp, entropy = old_policy_pass(self.model, rb.input_ids, rb.attention_mask, rb.responses, temp,
+                                          int(ro.log_prob_micro_batch_size_per_gpu))
+        t["timing/old_log_prob"] = time.perf_counter() - t2
+
+        t3 = time.perf_counter()
+        rewards = token_level_rewards(scores, rb.response_mask)
+        uids = np.array([f"{self.global_step}_{g}" for g in rb.group_index.tolist()], dtype=object)
+        adv = compute_advantages(str(cfg.algorithm.adv_estimator), rewards, rb.response_mask, uids, self.algo_cfg)
+        t["timing/adv"] = time.perf_counter() - t3
+
+        t4 = time.perf_counter()
+        n_mini = int(cfg.data.train_batch_size) // int(self.actor_cfg.ppo_mini_batch_size)
+        echo = run_echo_stage(rb.responses, rb.response_mask, entropy, scores, rb.group_index, self.echo_cfg,
+                              advantages=adv, num_minibatches=n_mini, step=self.global_step)
+        t["timing/echo"] = time.perf_counter() - t4
+
+        t5 = time.perf_counter()
+        B = rb.responses.shape[0]
+        batch = {"prompts": rb.prompts, "responses": rb.responses, "input_ids": rb.input_ids,
+                 "attention_mask": rb.attention_mask, "response_mask": rb.response_mask,
+                 "old_log_probs": old_lp, "advantages": echo.advantages, "echo_mask": echo.echo_mask,
+                 "echo_denom": torch.full((B,), float(echo.echo_denom), dtype=torch.float32)}
+        actor = actor_update(self.model, self.optimizer, self.scheduler, self.loss_fn, batch, self.actor_cfg,
+                             n=n, temperature=temp, generator=self.update_gen)
+        t["timing/update"] = time.perf_counter() - t5
+        t["timing/step"] = time.perf_counter() - t0
+        self.global_step += 1
+
+        valid = rb.response_mask.bool()
+        metrics: dict[str, float] = {
+            "reward/mean": float(scores.mean()),
+            "reward/accuracy": float((scores >= self.echo_cfg.success_threshold).float().mean()),
+            "reward/timeouts": float(stats.get("timeouts", 0)),
+            "reward/crashes": float(stats.get("crashes", 0)),
+            "reward/errors": float(stats.get("errors", 0)),
+            "response_length/mean": float(lens.float().mean()),
+            "response_length/clip_ratio": float((~torch.isin(rb.responses.gather(1, (lens - 1).clamp(min=0)[:, None]),
+                                                             torch.tensor(self.eos_ids))).float().mean()),
+            "actor/entropy": float(entropy[valid].mean()),
+            "echo/loss": 0.0,
+            "perf/tokens_per_s": float(rb.attention_mask.sum()) / t["timing/step"],
+            "data/epoch": float(self.sampler.epoch),
+            "data/prompts_too_long": float(self.prompts.skipped_too_long),
+        }
+        metrics.update(echo.metrics)
+        metrics.update(actor)
+        metrics.update(t)
+        if self.last is None or bool(echo.selection.mask.any()):  # keep the latest step that had clips
+            self.last = {"responses": rb.responses, "response_mask": rb.response_mask, "entropy": entropy,
+                         "scores": scores, "selection": echo.selection, "group_index": rb.group_index, "rows": rows,
+                         "boundary_ids": self.echo_cfg.boundary_token_ids}
+        return metrics
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> dict[str, Any]:
+        """Train to ``trainer.total_training_steps``; returns a summary (first/last metrics, paths)."""
+        cfg = self.cfg
+        total = int(cfg.trainer.total_training_steps)
+        save_freq = int(cfg.trainer.save_freq)
+        log = RunLogger(self.out, list(cfg.trainer.logger), total, self.global_step,
+                        OmegaConf.to_container(cfg, resolve=True), str(cfg.trainer.project_name),
+                        str(cfg.trainer.experiment_name))
+        if getattr(self, "resumed_from", None):
+            log.write(f"resumed from {self.resumed_from} (step {self.global_step})")
+        try:
+            while self.global_step < total:
+                metrics = self.step()
+                log.log(self.global_step, metrics)
+                if (save_freq > 0 and self.global_step % save_freq == 0) or self.global_step == total:
+                    self.save()
+        finally:
+            log.close()
+            self.pool.close()
+        summary: dict[str, Any] = {"output_dir": str(self.out), "metrics": str(log.path), "steps": self.global_step}
+        if cfg.trainer.make_report:
+            summary.update(self.report())
+        return summary
+
+    def report(self) -> dict[str, str]:
+        """The PNG figure of the run and the HTML page of sample EchoClips (echorl.analysis)."""
+        from echorl.local.report import write_report
+
+        return write_report(self.out, self.tok, self.last, int(self.cfg.trainer.report_clips))
