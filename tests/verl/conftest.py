@@ -14,6 +14,12 @@ def compose_echorl(overrides: list[str] | None = None):
 
 
 @pytest.fixture(scope="session")
+def compose():
+    """``compose(overrides)`` -> a freshly composed config."""
+    return compose_echorl
+
+
+@pytest.fixture(scope="session")
 def echorl_cfg():
     """The default composed config (a DictConfig; copy it before changing it)."""
     return compose_echorl()

@@ -1,0 +1,112 @@
+"""echorl_trainer.yaml composes verl's full config; the startup refusals fire with their messages."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+from omegaconf import OmegaConf, open_dict
+from verl.utils.config import omega_conf_to_dataclass
+
+from echorl import EchoConfig
+from echorl.verl.validate import validate_config
+
+
+def _with(cfg, **updates):
+    """A copy of ``cfg`` with dotted keys set (``_with(cfg, **{"trainer.use_v1": False})``)."""
+    c = copy.deepcopy(cfg)
+    with open_dict(c):
+        for key, value in updates.items():
+            OmegaConf.update(c, key, value, force_add=True)
+    return c
+
+
+def test_echorl_node_is_exactly_echoconfig_with_defaults(echorl_cfg):
+    node = OmegaConf.to_container(echorl_cfg.echorl, resolve=True)
+    defaults = EchoConfig().to_dict()
+    assert list(node) == [f.name for f in dataclasses.fields(EchoConfig)]
+    assert node == defaults
+    assert EchoConfig.from_dict(node) == EchoConfig()
+
+
+def test_composes_verl_and_instantiates_its_dataclasses(echorl_cfg, actor_config):
+    from verl.trainer.config import AlgoConfig
+    from verl.workers.config import FSDPActorConfig, RolloutConfig
+
+    assert isinstance(actor_config, FSDPActorConfig)
+    assert isinstance(omega_conf_to_dataclass(echorl_cfg.algorithm), AlgoConfig)
+    assert isinstance(omega_conf_to_dataclass(echorl_cfg.actor_rollout_ref.rollout), RolloutConfig)
+    assert echorl_cfg.actor_rollout_ref.rollout.name == "vllm"
+    assert echorl_cfg.trainer.use_v1 is True and echorl_cfg.trainer.v1.trainer_mode == "sync"
+    assert echorl_cfg.algorithm.adv_estimator == "grpo"
+    # verl's own keys are all there (the full ppo_trainer config, not a subset)
+    for key in ("data.train_batch_size", "critic.strategy", "reward", "transfer_queue", "algorithm.filter_groups"):
+        assert OmegaConf.select(echorl_cfg, key) is not None, key
+    assert validate_config(echorl_cfg) == EchoConfig()
+
+
+def test_megatron_engine_composes(compose):
+    from verl.workers.config import McoreActorConfig
+
+    cfg = compose(["model_engine=megatron", "echorl.coef=0.01"])
+    assert cfg.actor_rollout_ref.actor.strategy == "megatron"
+    assert isinstance(omega_conf_to_dataclass(cfg.actor_rollout_ref.actor), McoreActorConfig)
+    assert validate_config(cfg).coef == 0.01
+
+
+def test_verl_validation_passes(echorl_cfg):
+    from echorl.main import prepare
+
+    assert prepare(copy.deepcopy(echorl_cfg)) == EchoConfig()
+
+
+REFUSALS = [
+    ({"algorithm.rollout_correction.bypass_mode": True}, r"algorithm\.rollout_correction\.bypass_mode=true.*entropy.*bypass_mode=false"),
+    ({"algorithm.filter_groups.enable": True}, r"algorithm\.filter_groups\.enable=true.*all-success groups.*filter_groups\.enable=false"),
+    ({"trainer.v1.trainer_mode": "colocate_async"}, r"trainer\.v1\.trainer_mode='colocate_async'.*trainer_mode=sync"),
+    ({"trainer.v1.trainer_mode": "separate_async"}, r"trainer_mode='separate_async'"),
+    ({"trainer.use_v1": False}, r"trainer\.use_v1=false.*entropy.*trainer\.use_v1=true"),
+    ({"distillation.enabled": True}, r"distillation\.enabled=true.*echorl\.mode=advantage"),
+    ({"echorl.colour": 1}, r"unknown key\(s\) \['echorl\.colour'\]; valid keys"),
+    ({"echorl.selector": "best"}, r"echorl\.selector must be one of"),
+    ({"echorl.coef": -1.0}, r"echorl\.coef must be >= 0"),
+]
+
+
+@pytest.mark.parametrize("updates,message", REFUSALS, ids=[next(iter(u)) + "=" + str(next(iter(u.values()))) for u, _ in REFUSALS])
+def test_refusals_name_the_key_and_the_fix(echorl_cfg, updates, message):
+    with pytest.raises(ValueError, match=message):
+        validate_config(_with(echorl_cfg, **updates))
+
+
+def test_missing_echorl_node_is_refused(echorl_cfg):
+    c = copy.deepcopy(echorl_cfg)
+    with open_dict(c):
+        del c["echorl"]
+    with pytest.raises(ValueError, match=r"no `echorl:` node.*echorl_trainer"):
+        validate_config(c)
+
+
+def test_baselines_that_only_conflict_with_echorl_on_are_allowed(echorl_cfg):
+    # DAPO dynamic sampling as the EchoRL-off baseline, distillation with the advantage variant
+    assert validate_config(_with(echorl_cfg, **{"algorithm.filter_groups.enable": True, "echorl.enable": False})).enable is False
+    assert validate_config(_with(echorl_cfg, **{"distillation.enabled": True, "echorl.mode": "advantage"})).mode == "advantage"
+
+
+def test_boundary_ids_checked_against_the_tokenizer():
+    from echorl.core.clips import EchoBoundaryWarning
+    from echorl.verl.validate import check_boundary_ids
+
+    class Tok:  # the two calls the check makes; a real tokenizer needs network or a model download
+        def __len__(self):
+            return 300
+
+        def decode(self, ids):
+            return {198: "\n", 271: "\n\n"}.get(ids[0], "x")
+
+    check_boundary_ids(EchoConfig(), Tok())
+    with pytest.warns(EchoBoundaryWarning, match=r"\[5\] decode to \['x'\]"):
+        check_boundary_ids(EchoConfig(boundary_token_ids=(198, 5)), Tok())
+    with pytest.raises(ValueError, match=r"\[400\] are outside the tokenizer's vocabulary \(size 300\)"):
+        check_boundary_ids(EchoConfig(boundary_token_ids=(198, 400)), Tok())
