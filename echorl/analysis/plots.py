@@ -1,0 +1,104 @@
+"""One PNG summarising a training run from its ``metrics.jsonl`` (issue 4, item 5).
+
+Panels (each drawn from whichever of its keys the log holds; a panel with none says so):
+
+1. reward and accuracy per step (``reward/mean``, ``reward/accuracy``);
+2. share of advantage-degenerated groups (``echo/groups_zero_var_frac``,
+   ``echo/groups_degenerate_success_frac``, ``echo/groups_all_fail_frac``);
+3. EchoClip length as a fraction of the response (``echo/clip_len_frac``);
+4. the EchoRL loss term per step (``echo/loss``).
+
+Lines that are not JSON objects are skipped (a run killed mid-write leaves a partial last line);
+non-numeric and non-finite values are skipped per key. Uses the Agg backend (no display).
+
+    python -c "from echorl.analysis import plot_metrics; plot_metrics('outputs/run/metrics.jsonl', 'fig.png')"
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+__all__ = ["PANELS", "plot_metrics", "read_metrics"]
+
+# (title, y label, [(key, legend label), ...]); first key found per alias list wins.
+PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
+    ("Reward and accuracy", "value", [("reward/mean", "reward (mean)"), ("reward/accuracy", "accuracy")]),
+    ("Advantage-degenerated groups", "share of groups", [
+        ("echo/groups_zero_var_frac", "zero variance (all same)"),
+        ("echo/groups_degenerate_success_frac", "all success (EchoRL source)"),
+        ("echo/groups_all_fail_frac", "all fail"),
+    ]),
+    ("EchoClip length", "fraction of response", [("echo/clip_len_frac", "clip length / response length")]),
+    ("EchoRL loss", "NLL per clip token", [("echo/loss", "L_echo")]),
+]
+
+
+def read_metrics(jsonl_path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The JSON objects of ``jsonl_path``, one per line; blank, broken or non-object lines skipped."""
+    rows = []
+    with open(jsonl_path, encoding="utf-8") as fh:
+        for line in fh:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(obj, dict):
+                rows.append(obj)
+    return rows
+
+
+def _series(rows: Iterable[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for i, r in enumerate(rows):
+        v = r.get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            continue
+        s = r.get("step", i)
+        xs.append(float(s) if isinstance(s, (int, float)) and not isinstance(s, bool) else float(i))
+        ys.append(float(v))
+    return xs, ys
+
+
+def plot_metrics(jsonl_path: str | os.PathLike, out_png: str | os.PathLike, title: str | None = None) -> Path:
+    """Write the 4-panel figure of ``jsonl_path`` to ``out_png`` and return its path.
+
+    Raises ``FileNotFoundError`` when the log is missing; an empty log gives a figure whose panels
+    say "no data".
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(jsonl_path)
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), dpi=100)
+    for ax, (ptitle, ylabel, keys) in zip(axes.flat, PANELS):
+        drawn = 0
+        for key, label in keys:
+            xs, ys = _series(rows, key)
+            if xs:
+                ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, linewidth=1.5, label=label)
+                drawn += 1
+        ax.set_title(ptitle, fontsize=11)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if drawn:
+            ax.legend(fontsize=8, loc="best")
+        else:
+            ax.text(0.5, 0.5, "no data (" + ", ".join(k for k, _ in keys) + ")", ha="center", va="center",
+                    transform=ax.transAxes, fontsize=8, color="gray", wrap=True)
+    fig.suptitle(title or f"EchoRL run: {Path(jsonl_path).parent.name or Path(jsonl_path).name} ({len(rows)} steps)")
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png")
+    plt.close(fig)
+    return out
