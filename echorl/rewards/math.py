@@ -38,6 +38,7 @@ from typing import Any, Sequence
 
 from math_verify import parse, verify  # at module level: the pool's forkserver preloads it
 
+from echorl.rewards.boxed import last_boxed
 from echorl.rewards.pool import VerifierPool
 
 __all__ = ["compute_score", "compute_scores", "last_boxed", "verify_answer", "get_pool", "close_pool"]
@@ -48,47 +49,6 @@ DEFAULT_TIMEOUT_S = 10.0
 # math-verify's own (signal-based, integer-second) limits inside the worker: parse and compare.
 MV_PARSE_TIMEOUT_S = 3
 MV_VERIFY_TIMEOUT_S = 3
-
-_BOX_COMMANDS = ("\\boxed", "\\fbox")
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` / ``\\fbox{...}`` (balanced braces), or None.
-
-    Also accepts the brace-less ``\\boxed 5`` form (up to the next whitespace or ``$``).
-    """
-    best, best_pos = None, -1
-    for cmd in _BOX_COMMANDS:
-        pos = text.rfind(cmd)
-        while pos != -1:
-            content = _box_content(text, pos + len(cmd))
-            if content is not None:
-                if pos > best_pos:
-                    best, best_pos = content, pos
-                break
-            pos = text.rfind(cmd, 0, pos)
-    return best
-
-
-def _box_content(text: str, i: int) -> str | None:
-    """Argument of a box command whose name ends at index ``i``; None if malformed/unclosed."""
-    if i < len(text) and text[i] == "{":
-        depth = 0
-        for j in range(i, len(text)):
-            c = text[j]
-            if c == "{":
-                depth += 1
-            elif c == "}":
-                depth -= 1
-                if depth == 0:
-                    return text[i + 1:j]
-        return None
-    if i < len(text) and text[i] == " ":
-        rest = text[i + 1:].lstrip(" ")
-        token = rest.split("$")[0].split()[0] if rest.split() else ""
-        return token or None
-    return None
-
 
 def _gold_strings(ground_truth: Any) -> list[str]:
     items = list(ground_truth) if isinstance(ground_truth, (list, tuple)) else [ground_truth]

@@ -1,0 +1,256 @@
+"""Convert math RL datasets to verl's RL parquet format (issue 3 item 5).
+
+Sources (downloaded by the user on the cluster; nothing is downloaded here), parquet or JSONL:
+
+- ``openr1``: OpenR1-Math-46k (the filtered OpenR1-Math-220k subset): question from ``problem``
+  (or ``question``, or the last user message of a chat ``prompt``), answer from ``answer`` (or
+  ``reward_model.ground_truth``).
+- ``dapo``: DAPO-Math-17k: a verl-format file whose user message wraps the problem in DAPO's
+  "Answer: $Answer" template; the template is removed and the paper's template applied; answer
+  from ``reward_model.ground_truth``. The published parquet repeats each problem ~100 times:
+  duplicates are dropped by default.
+- ``math``: MATH-style (hendrycks MATH, MATH-500, AIME-style files): question from ``problem``,
+  answer from ``answer`` or else the last ``\\boxed{}`` of ``solution``.
+
+Output rows (verl's ``RLHFDataset`` layout; the reward function is ``echorl.rewards.math``)::
+
+    {"data_source": "<source name>",
+     "prompt": [{"role": "user", "content": TEMPLATE with {question} replaced}],
+     "ability": "math",
+     "reward_model": {"style": "rule", "ground_truth": "<answer>"},
+     "extra_info": {"split": "<split>", "index": <row number in the output>}}
+
+A row without a question or answer raises ``DataFormatError`` naming the file, the row index,
+the field and the columns the row has. CLI: ``scripts/prepare_data.py``. Tests:
+``tests/data/test_prepare.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from echorl.rewards.boxed import last_boxed
+
+__all__ = ["DataFormatError", "FORMATS", "TEMPLATE", "convert_rows", "read_rows", "write_parquet",
+           "prepare"]
+
+# The paper's prompt (Qwen2.5-Math chain-of-thought style).
+TEMPLATE = "{question}\nPlease reason step by step, and put your final answer within \\boxed{}."
+
+# DAPO-Math-17k's user-message template (BytedTsinghua-SIA/DAPO-Math-17k).
+DAPO_PREFIX = ("Solve the following math problem step by step. The last line of your response should "
+               "be of the form Answer: $Answer (without quotes) where $Answer is the answer to the "
+               "problem.\n\n")
+DAPO_SUFFIX = '\n\nRemember to put your answer on its own line after "Answer:".'
+
+
+class DataFormatError(ValueError):
+    """A source row lacks a field the format needs (message names file, row and field)."""
+
+
+_MISSING = object()
+
+
+def _get(row: dict, path: str) -> Any:
+    """``row["a"]["b"]`` for ``path="a.b"``; ``_MISSING`` if any level is absent or None."""
+    cur: Any = row
+    for key in path.split("."):
+        if not isinstance(cur, dict) or cur.get(key) is None:
+            return _MISSING
+        cur = cur[key]
+    return cur
+
+
+def _last_user_message(row: dict) -> Any:
+    msgs = row.get("prompt")
+    if isinstance(msgs, (list, tuple)):
+        users = [m.get("content") for m in msgs if isinstance(m, dict) and m.get("role") == "user"]
+        if users and isinstance(users[-1], str):
+            return users[-1]
+    return _MISSING
+
+
+def _strip_dapo_template(text: str) -> str | None:
+    if text.startswith(DAPO_PREFIX) and text.endswith(DAPO_SUFFIX):
+        return text[len(DAPO_PREFIX):len(text) - len(DAPO_SUFFIX)]
+    return None
+
+
+@dataclass(frozen=True)
+class _Field:
+    """Where one output field comes from: candidates tried in order."""
+
+    name: str
+    candidates: tuple[str, ...]  # dotted column paths; "<chat>" = last user message of `prompt`
+
+    def extract(self, row: dict) -> tuple[Any, str | None]:
+        for c in self.candidates:
+            v = _last_user_message(row) if c == "<chat>" else _get(row, c)
+            if v is not _MISSING:
+                return v, c
+        return _MISSING, None
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    data_source: str
+    question: _Field
+    answer: _Field
+    dedup: bool = False  # drop repeated questions by default
+    # (question value, column it came from) -> cleaned question; raises ValueError on bad input
+    clean_question: Callable[[str, str | None], str] | None = None
+    # (answer value, column it came from) -> answer; raises ValueError on bad input
+    clean_answer: Callable[[Any, str | None], str] | None = None
+
+
+def _dapo_question(text: str, column: str | None) -> str:
+    if column == "<chat>":
+        q = _strip_dapo_template(text)
+        if q is None:
+            raise ValueError("the user message does not have DAPO-Math-17k's 'Answer: $Answer' "
+                             "template; use --format openr1 for plain problem/answer files")
+        return q
+    return text
+
+
+def _math_answer(value: Any, column: str | None) -> str:
+    if column == "solution":
+        boxed = last_boxed(str(value))
+        if boxed is None:
+            raise ValueError("no \\boxed{} answer in 'solution' and no 'answer' column")
+        return boxed
+    return value
+
+
+FORMATS: dict[str, Format] = {
+    "openr1": Format("openr1", "openr1_math_46k",
+                     _Field("question", ("problem", "question", "<chat>")),
+                     _Field("answer", ("answer", "reward_model.ground_truth"))),
+    "dapo": Format("dapo", "dapo_math_17k",
+                   _Field("question", ("<chat>", "problem")),
+                   _Field("answer", ("reward_model.ground_truth", "answer")),
+                   dedup=True, clean_question=_dapo_question),
+    "math": Format("math", "math",
+                   _Field("question", ("problem", "question")),
+                   _Field("answer", ("answer", "solution")),
+                   clean_answer=_math_answer),
+}
+
+
+def _answer_str(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, (list, tuple)):
+        if len(value) != 1:
+            raise ValueError(f"expected one answer, got a list of {len(value)}")
+        value = value[0]
+    return str(value).strip()
+
+
+def convert_rows(rows: Iterable[dict], fmt: str, *, split: str = "train", data_source: str | None = None,
+                 template: str = TEMPLATE, dedup: bool | None = None, where: str = "<rows>") -> list[dict]:
+    """Source rows -> verl RL rows (see the module docstring). ``where`` names the file in errors."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {sorted(FORMATS)}")
+    if "{question}" not in template:
+        raise ValueError(f"template must contain '{{question}}', got {template!r}")
+    spec = FORMATS[fmt]
+    dedup = spec.dedup if dedup is None else dedup
+    source = data_source or spec.data_source
+    out: list[dict] = []
+    seen: set[tuple[str, str]] = set()
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise DataFormatError(f"{where}: row {i}: expected a mapping, got {type(row).__name__}")
+        values = {}
+        for fld, clean in ((spec.question, spec.clean_question), (spec.answer, spec.clean_answer)):
+            value, column = fld.extract(row)
+            if value is _MISSING:
+                cands = ", ".join("last user message of 'prompt'" if c == "<chat>" else repr(c)
+                                  for c in fld.candidates)
+                raise DataFormatError(
+                    f"{where}: row {i}: missing field '{fld.name}' for format '{fmt}' (looked for "
+                    f"{cands}); the row has columns {sorted(row)}")
+            try:
+                if clean is not None:
+                    value = clean(value, column)
+                text = _answer_str(value) if fld.name == "answer" else str(value).strip()
+            except ValueError as e:
+                raise DataFormatError(f"{where}: row {i}: field '{fld.name}' (column {column!r}): {e}") from e
+            if not text:
+                raise DataFormatError(f"{where}: row {i}: field '{fld.name}' (column {column!r}) is empty")
+            values[fld.name] = text
+        key = (values["question"], values["answer"])
+        if dedup and key in seen:
+            continue
+        seen.add(key)
+        out.append({
+            "data_source": source,
+            "prompt": [{"role": "user", "content": template.replace("{question}", values["question"])}],
+            "ability": "math",
+            "reward_model": {"style": "rule", "ground_truth": values["answer"]},
+            "extra_info": {"split": split, "index": len(out)},
+        })
+    return out
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    """Rows of a ``.parquet`` or ``.jsonl``/``.json`` (JSON lines) file as Python dicts."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"input file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    if suffix in (".jsonl", ".json"):
+        rows = []
+        with path.open(encoding="utf-8") as f:
+            for line_no, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise DataFormatError(f"{path}: line {line_no}: not valid JSON ({e.msg})") from e
+        return rows
+    raise ValueError(f"{path}: unsupported file type {suffix!r}; use .parquet or .jsonl")
+
+
+def write_parquet(rows: Sequence[dict], path: str | Path) -> None:
+    """Write verl rows to parquet (creates parent folders)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not rows:
+        raise ValueError(f"no rows to write to {path}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(list(rows)), path)
+
+
+def prepare(inputs: Sequence[str | Path], output: str | Path, fmt: str, *, dedup: bool | None = None,
+            **kwargs: Any) -> int:
+    """Convert one or more input files (rows concatenated) to one verl parquet; returns row count.
+
+    Deduplication (if on) also applies across files; ``extra_info.index`` numbers the output rows.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {sorted(FORMATS)}")
+    dedup = FORMATS[fmt].dedup if dedup is None else dedup
+    rows: list[dict] = []
+    seen: set[tuple[str, str]] = set()
+    for p in inputs:
+        for r in convert_rows(read_rows(p), fmt, where=str(p), dedup=dedup, **kwargs):
+            key = (r["prompt"][0]["content"], r["reward_model"]["ground_truth"])
+            if dedup and key in seen:
+                continue
+            seen.add(key)
+            r["extra_info"]["index"] = len(rows)
+            rows.append(r)
+    write_parquet(rows, output)
+    return len(rows)
