@@ -1,0 +1,126 @@
+"""Tests of echorl/core/config.py: EchoConfig defaults, validation, from_dict, auto boundary ids.
+
+Run: ``.venv/bin/python -m pytest -q tests/core/test_config.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from echorl import EchoConfig
+
+from .test_steps import byte_level_tokenizer
+
+
+def test_defaults_are_the_papers_setting():
+    cfg = EchoConfig()
+    assert cfg.enable is True and cfg.boundary == "fixed"
+    assert cfg.boundary_token_ids == (198, 271)
+    assert (cfg.success_threshold, cfg.tol, cfg.coef) == (1.0, 1e-6, 1e-3)
+    assert (cfg.scope, cfg.per, cfg.step_agg, cfg.selector, cfg.mode, cfg.loss_agg) == (
+        "degenerate", "rollout", "mean", "peak", "loss", "clip_token_mean")
+    assert cfg.min_step_tokens == 1 and cfg.active
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"boundary_token_ids": "198"}, "EchoConfig.boundary_token_ids must be a sequence"),
+        ({"boundary_token_ids": 198}, "EchoConfig.boundary_token_ids must be a sequence"),
+        ({"boundary_token_ids": ["a"]}, "EchoConfig.boundary_token_ids must hold integers"),
+        ({"boundary_token_ids": (198, -1)}, "EchoConfig.boundary_token_ids must be >= 0"),
+        ({"boundary_token_ids": ()}, "EchoConfig.boundary_token_ids is empty with boundary='fixed'"),
+        ({"boundary": "newline"}, r"EchoConfig.boundary must be one of \['fixed', 'auto'\], got 'newline'"),
+        ({"scope": "all"}, r"EchoConfig.scope must be one of \['degenerate', 'success'\], got 'all'"),
+        ({"per": "batch"}, r"EchoConfig.per must be one of \['rollout', 'group'\]"),
+        ({"mode": "sft"}, r"EchoConfig.mode must be one of \['loss', 'advantage'\]"),
+        ({"step_agg": "median"}, r"EchoConfig.step_agg must be one of \['max', 'mean', 'sum'\]"),
+        ({"selector": "best"}, r"EchoConfig.selector must be one of \['full', 'lowest', 'peak', 'random_prefix'\]"),
+        ({"loss_agg": "seq_mean"}, r"EchoConfig.loss_agg must be one of \['clip_token_mean', 'token_mean'\]"),
+        ({"enable": 1}, "EchoConfig.enable must be a bool"),
+        ({"min_step_tokens": 0}, "EchoConfig.min_step_tokens must be >= 1"),
+        ({"min_step_tokens": 1.5}, "EchoConfig.min_step_tokens must be an int"),
+        ({"min_step_tokens": True}, "EchoConfig.min_step_tokens must be an int"),
+        ({"seed": "0"}, "EchoConfig.seed must be an int"),
+        ({"success_threshold": float("nan")}, "EchoConfig.success_threshold must be a finite number"),
+        ({"success_threshold": "1"}, "EchoConfig.success_threshold must be a finite number"),
+        ({"tol": -1e-6}, "EchoConfig.tol must be >= 0"),
+        ({"tol": float("inf")}, "EchoConfig.tol must be a finite number"),
+        ({"coef": -0.1}, "EchoConfig.coef must be >= 0"),
+        ({"coef": True}, "EchoConfig.coef must be a finite number"),
+        ({"adv_coef": float("-inf")}, "EchoConfig.adv_coef must be a finite number"),
+    ],
+)
+def test_bad_fields_name_the_field(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        EchoConfig(**kwargs)
+
+
+def test_field_normalisation():
+    cfg = EchoConfig(boundary_token_ids=[198, "271"], success_threshold=1, coef=0)
+    assert cfg.boundary_token_ids == (198, 271) and isinstance(cfg.coef, float) and cfg.success_threshold == 1.0
+    assert EchoConfig(boundary_token_ids=range(3, 5)).boundary_token_ids == (3, 4)
+    assert EchoConfig(boundary_token_ids={7}).boundary_token_ids == (7,)  # any iterable (e.g. a ListConfig)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        EchoConfig().coef = 1.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "kwargs, active",
+    [({}, True), ({"enable": False}, False), ({"coef": 0.0}, False), ({"mode": "advantage", "coef": 0.0}, True),
+     ({"mode": "advantage", "adv_coef": 0.0}, False), ({"mode": "advantage", "enable": False}, False)],
+)
+def test_active(kwargs, active):
+    assert EchoConfig(**kwargs).active is active
+
+
+def test_from_dict_and_to_dict_round_trip():
+    d = {"scope": "success", "per": "group", "boundary_token_ids": [13], "coef": 0.01, "min_step_tokens": 2}
+    cfg = EchoConfig.from_dict(d)
+    assert (cfg.scope, cfg.per, cfg.boundary_token_ids, cfg.coef, cfg.min_step_tokens) == ("success", "group", (13,), 0.01, 2)
+    assert EchoConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.to_dict()["boundary_token_ids"] == [13]
+    assert EchoConfig.from_dict(None) == EchoConfig() == EchoConfig.from_dict({"boundary_token_ids": None})
+
+
+def test_from_dict_unknown_key_names_the_dotted_key():
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['echorl.coeff'\]; valid keys: \[.*'coef'"):
+        EchoConfig.from_dict({"coeff": 0.1})
+    with pytest.raises(ValueError, match=r"\['algorithm.echorl.bogus', 'algorithm.echorl.zz'\]"):
+        EchoConfig.from_dict({"zz": 1, "bogus": 2, "coef": 0.1}, prefix="algorithm.echorl")
+
+
+def test_from_dict_bad_value_names_the_dotted_key():
+    with pytest.raises(ValueError, match=r"^echorl.scope must be one of"):
+        EchoConfig.from_dict({"scope": "everything"})
+    with pytest.raises(ValueError, match=r"^trainer.echo.tol must be >= 0"):
+        EchoConfig.from_dict({"tol": -1.0}, prefix="trainer.echo")
+
+
+def test_from_dict_auto_boundary():
+    for d in ({"boundary_token_ids": "auto"}, {"boundary": "auto"}, {"boundary": "auto", "boundary_token_ids": None}):
+        cfg = EchoConfig.from_dict(d)
+        assert cfg.boundary == "auto" and cfg.boundary_token_ids == ()
+
+
+def test_resolve_boundary_auto_with_a_real_tokenizer():
+    tok = byte_level_tokenizer()
+    cfg = EchoConfig.from_dict({"boundary": "auto", "coef": 0.5})
+    resolved = cfg.resolve_boundary(tok)
+    assert resolved.boundary_token_ids == (4, 5, 6, 7, 8, 13)  # "\n" "\n\n" ".\n\n" "a\n" " \n" ")\n\n"
+    assert resolved.coef == 0.5 and resolved.boundary == "auto"
+    assert cfg.boundary_token_ids == ()  # the original is unchanged (frozen)
+    fixed = EchoConfig()
+    assert fixed.resolve_boundary(tok) is fixed  # boundary='fixed' keeps its ids
+
+
+def test_help_table_documents_every_field():
+    table = EchoConfig.help_table()
+    assert [row[0] for row in table] == [f.name for f in dataclasses.fields(EchoConfig)]
+    defaults = EchoConfig()
+    for name, typ, default, text in table:
+        assert len(text) > 20, name
+        assert default == getattr(defaults, name), name
+        assert typ
