@@ -228,3 +228,21 @@ def test_launch_command_composes_through_hydra_main():
     assert actor["clip_ratio_high"] == 0.28 and actor["loss_agg_mode"] == "token-mean"
     assert actor["policy_loss"]["loss_mode"] == "vanilla"
     assert shlex.join(cmd)  # printable as one shell line
+
+
+def test_ray_submit_dry_run():
+    import json
+
+    script = ROOT / "scripts" / "ray_submit.sh"
+    r = _dry_run(script, {"RECIPE": "rloo", "ECHO": "off", "MODEL_PATH": "/m", "RAY_ADDRESS": "http://h:8265",
+                          "NO_WAIT": "1"}, "trainer.total_epochs=2")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[:5] == ["ray", "job", "submit", "--address", "http://h:8265"]
+    runtime_env = json.loads(lines[lines.index("--runtime-env-json") + 1])
+    assert runtime_env["working_dir"] == str(ROOT)
+    assert runtime_env["env_vars"]["ECHO"] == "off" and runtime_env["env_vars"]["MODEL_PATH"] == "/m"
+    assert "--no-wait" in lines
+    assert lines[lines.index("--") + 1:] == ["bash", "recipes/rloo/run.sh", "trainer.total_epochs=2"]
+    r = _dry_run(script, {"RECIPE": "ppo"})
+    assert r.returncode == 2 and "unknown recipe 'ppo'" in r.stderr

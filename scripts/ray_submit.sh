@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Submit a recipe to an existing Ray cluster with `ray job submit` (docs/cluster.md).
+#
+#   RAY_ADDRESS=http://head:8265 RECIPE=grpo ECHO=on scripts/ray_submit.sh [hydra overrides]
+#
+# The repository is uploaded as the job's working_dir and the recipe's run.sh runs there as the
+# job entrypoint (the Ray driver). The cluster's image must have verl[vllm]==0.9.1 and echorl
+# installed (docker/Dockerfile): EchoRL's verl plugin is found through the installed package.
+# Environment: RAY_ADDRESS (dashboard address) [http://127.0.0.1:8265], RECIPE [grpo], ECHO,
+# DATA_DIR / TRAIN_FILES / VAL_FILES / MODEL_PATH / NNODES / N_GPUS_PER_NODE as in
+# scripts/launch_common.sh (paths as seen by the cluster nodes), SUBMIT_ID (job id) [unset],
+# NO_WAIT=1 (return after submitting), DRY_RUN=1 (print the ray command and exit).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+RAY_ADDRESS="${RAY_ADDRESS:-http://127.0.0.1:8265}"
+RECIPE="${RECIPE:-grpo}"
+ECHO="${ECHO:-on}"
+if [[ ! -x "$ROOT/recipes/$RECIPE/run.sh" ]]; then
+  echo "ray_submit: unknown recipe '$RECIPE' (choose one of: $(ls "$ROOT/recipes" | grep -v '\.' | tr '\n' ' '))" >&2
+  exit 2
+fi
+
+# Environment the job's driver sees (the launcher's variables are forwarded when set).
+env_json="\"ECHO\": \"$ECHO\", \"HYDRA_FULL_ERROR\": \"1\", \"TOKENIZERS_PARALLELISM\": \"false\""
+for var in DATA_DIR TRAIN_FILES VAL_FILES MODEL_PATH NNODES N_GPUS_PER_NODE PROJECT EXPERIMENT WANDB_API_KEY \
+           WANDB_MODE HF_HOME HF_HUB_OFFLINE ECHORL_VERIFY_TIMEOUT_S ECHORL_VERIFY_WORKERS; do
+  if [[ -n "${!var:-}" ]]; then env_json+=", \"$var\": \"${!var}\""; fi
+done
+runtime_env="{\"working_dir\": \"$ROOT\", \"excludes\": [\".git\", \".venv\", \"outputs\", \"*.parquet\", \"*.safetensors\"], \"env_vars\": {$env_json}}"
+
+cmd=(ray job submit --address "$RAY_ADDRESS" --runtime-env-json "$runtime_env")
+if [[ -n "${SUBMIT_ID:-}" ]]; then cmd+=(--submission-id "$SUBMIT_ID"); fi
+if [[ "${NO_WAIT:-0}" == 1 ]]; then cmd+=(--no-wait); fi
+cmd+=(-- bash "recipes/$RECIPE/run.sh" "$@")
+
+if [[ "${DRY_RUN:-0}" == 1 ]]; then
+  printf '%s\n' "${cmd[@]}"
+  exit 0
+fi
+exec "${cmd[@]}"
