@@ -156,3 +156,49 @@ def test_missing_entropy_names_the_field():
     data, is_padding, _, _ = make_batch(seed=6)
     with pytest.raises(KeyError, match="entropy"):
         echo_stage_fields(data.exclude("entropy"), is_padding, EchoConfig())
+
+
+def test_trainer_stage_through_real_transferqueue(ray_session, echorl_cfg):
+    """EchoPPOTrainerSync._compute_advantage on a real TransferQueue: verl's parent step computes
+    GRPO advantages from the stored fields, the stage writes echo_mask/echo_denom, and the handle it
+    returns lists them (so the actor workers receive them). Only the trainer's Ray worker groups
+    are absent (the method touches none)."""
+    import copy
+
+    import transfer_queue as tq
+    from omegaconf import open_dict
+
+    from echorl.verl.trainer import EchoPPOTrainerSync
+
+    cfg = copy.deepcopy(echorl_cfg)
+    with open_dict(cfg):
+        cfg.actor_rollout_ref.rollout.n = G
+        cfg.actor_rollout_ref.actor.ppo_mini_batch_size = 2  # 8 rows per mini-batch
+        cfg.transfer_queue.backend.SimpleStorage.num_data_storage_units = 1
+    data, is_padding, padded, uids = make_batch(seed=7)
+    B = len(uids)
+    keys = [f"{u}_{i}_0" for i, u in enumerate(uids)]  # verl's {uid}_{session_id}_{index}
+    tags = [{"is_padding": p} for p in is_padding]
+    tq.init(cfg.transfer_queue)
+    try:
+        stored = data.exclude("advantages")
+        stored["old_log_probs"] = torch.nested.as_nested_tensor(
+            [torch.zeros(n) for n in data["responses"].offsets().diff().tolist()], layout=torch.jagged)
+        batch = tq.kv_batch_put(keys=keys, partition_id="train", fields=stored, tags=tags)
+        trainer = EchoPPOTrainerSync.__new__(EchoPPOTrainerSync)  # no workers: only the driver-side step
+        trainer.config, trainer.echo_cfg, trainer._echo_boundary_resolved, trainer.global_steps = cfg, EchoConfig(), True, 1
+        metrics: dict = {}
+        out_meta = trainer._compute_advantage(batch, metrics)
+        assert {"advantages", "echo_mask", "echo_denom"} <= set(out_meta.fields)
+        got = tq.kv_batch_get(keys=out_meta.keys, partition_id="train",
+                              select_fields=["echo_mask", "echo_denom", "advantages"])
+        expected, _ = echo_stage_fields(data, is_padding, EchoConfig(), num_minibatches=3)  # ceil(18 / 8)
+        mask = torch.nested.to_padded_tensor(got["echo_mask"], False)
+        assert torch.equal(mask, torch.nested.to_padded_tensor(expected["echo_mask"], False))
+        assert mask[:4].any() and not mask[16:].any()
+        assert torch.equal(got["echo_denom"].float(), expected["echo_denom"])
+        torch.testing.assert_close(torch.nested.to_padded_tensor(got["advantages"], 0.0), padded["advantages"])
+        assert metrics["echo/num_minibatches"] == 3.0 and metrics["echo/clips"] > 0
+        assert len(out_meta) == B and [t.get("is_padding") for t in out_meta.tags] == is_padding
+    finally:
+        tq.close()
