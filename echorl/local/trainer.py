@@ -40,7 +40,20 @@ from echorl.local.rollout import eos_ids_of, generate_rollouts
 from echorl.local.update import actor_update, compute_advantages, token_level_rewards
 from echorl.stage import run_echo_stage
 
-__all__ = ["LocalTrainer", "load_model", "check_boundary_ids"]
+__all__ = ["LocalTrainer", "load_model", "check_boundary_ids", "import_score_fn"]
+
+
+def import_score_fn(spec: str) -> Callable[..., float]:
+    """``reward.score_fn="package.module:function"`` -> the function (module level, so picklable)."""
+    import importlib
+
+    mod, sep, fn = spec.partition(":")
+    if not sep or not mod or not fn:
+        raise ValueError(f"reward.score_fn must look like 'package.module:function', got {spec!r}")
+    try:
+        return getattr(importlib.import_module(mod), fn)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"reward.score_fn={spec!r} cannot be imported: {e}") from None
 
 
 def load_model(name: str, dtype: str = "float32") -> tuple[Any, Any]:
@@ -61,9 +74,40 @@ def load_model(name: str, dtype: str = "float32") -> tuple[Any, Any]:
 
         tok = AutoTokenizer.from_pretrained(name)
         model = AutoModelForCausalLM.from_pretrained(name)
+    tok = _checked_tokenizer(tok)
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"model.dtype must be float32 or bfloat16, got {dtype!r}")
     return model.to(getattr(torch, dtype)), tok
+
+
+def _checked_tokenizer(tok: Any) -> Any:
+    """Guard against a tokenizer that silently drops newlines (the step boundary).
+
+    transformers 5 ``AutoTokenizer`` picks the tokenizer class from ``config.json``'s model type: a
+    character-level ``tokenizer.json`` saved beside a Qwen2 config is loaded as ``Qwen2Tokenizer``,
+    whose byte-level pre-tokenizer maps ``"\n"`` and ``" "`` to tokens the char vocabulary lacks, so
+    they vanish. When text does not survive an encode/decode round trip, reload the folder's
+    ``tokenizer.json`` as it was saved (``PreTrainedTokenizerFast``); if that also fails, refuse.
+    """
+    probe = "12+3=15\nAnswer: 15"
+
+    def ok(t: Any) -> bool:
+        return t.decode(t(probe, add_special_tokens=False)["input_ids"]) == probe
+
+    if ok(tok):
+        return tok
+    path = getattr(tok, "name_or_path", "")
+    if path and os.path.exists(os.path.join(path, "tokenizer.json")):
+        from transformers import PreTrainedTokenizerFast
+
+        fixed = PreTrainedTokenizerFast.from_pretrained(path)
+        if ok(fixed):
+            warnings.warn(f"{type(tok).__name__} loaded from {path} does not round-trip text (newlines/spaces lost); "
+                          "using the folder's tokenizer.json as saved (PreTrainedTokenizerFast)", stacklevel=3)
+            return fixed
+    raise ValueError(f"the tokenizer {type(tok).__name__} ({path!r}) does not round-trip {probe!r}: "
+                     f"got {tok.decode(tok(probe, add_special_tokens=False)['input_ids'])!r}; newlines (step boundaries) "
+                     "would be lost")
 
 
 def check_boundary_ids(ids: Sequence[int], tokenizer: Any, rows: Sequence[dict[str, Any]]) -> None:
@@ -140,6 +184,8 @@ class LocalTrainer:
         from echorl.rewards.pool import VerifierPool
         from echorl.tasks import compute_score
 
+        if score_fn is None and cfg.reward.get("score_fn"):
+            score_fn = import_score_fn(str(cfg.reward.score_fn))
         self.pool = VerifierPool(score_fn or compute_score, num_workers=int(cfg.reward.num_workers),
                                  timeout_s=float(cfg.reward.timeout_s))
         self.out = Path(str(cfg.output_dir))
@@ -240,6 +286,7 @@ class LocalTrainer:
                  "attention_mask": rb.attention_mask, "response_mask": rb.response_mask,
                  "old_log_probs": old_lp, "advantages": echo.advantages, "echo_mask": echo.echo_mask,
                  "echo_denom": torch.full((B,), float(echo.echo_denom), dtype=torch.float32)}
+        self.last_batch = batch
         actor = actor_update(self.model, self.optimizer, self.scheduler, self.loss_fn, batch, self.actor_cfg,
                              n=n, temperature=temp, generator=self.update_gen)
         t["timing/update"] = time.perf_counter() - t5

@@ -1,0 +1,121 @@
+"""echorl/local/trainer.py: few-step training runs whose weights, losses and metrics are known."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from conftest import base_overrides, make_model
+from echorl.local import load_config
+from echorl.local.trainer import LocalTrainer
+
+
+def _run(tmp_path, name, steps=3, loss_fn=None, score_fn="local_scorers:len_mod4", **extra):
+    model, tok = make_model()
+    cfg = load_config(base_overrides(tmp_path / name, steps=steps, **{"reward.score_fn": score_fn, **extra}))
+    tr = LocalTrainer(cfg, model=model, tokenizer=tok, loss_fn=loss_fn(cfg) if loss_fn else None)
+    metrics = []
+    try:
+        for _ in range(steps):
+            metrics.append(tr.step())
+    finally:
+        tr.pool.close()
+    return tr, metrics
+
+
+def _plain_ppo_loss(cfg):
+    """verl's own actor loss, exactly what verl's workers build: partial(ppo_loss, config=actor_cfg)."""
+    from verl.workers.utils.losses import ppo_loss
+
+    from echorl.local.config import build_actor_config
+
+    return functools.partial(ppo_loss, build_actor_config(cfg))
+
+
+def _equal_weights(a, b) -> bool:
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    return all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_echo_off_and_coef0_are_bit_identical_to_plain_grpo(tmp_path):
+    plain, pm = _run(tmp_path, "plain", loss_fn=_plain_ppo_loss)
+    off, _ = _run(tmp_path, "off", **{"echorl.enable": False})
+    zero, _ = _run(tmp_path, "zero", **{"echorl.coef": 0.0})
+    on, om = _run(tmp_path, "on", **{"echorl.coef": 0.5})
+    # the runs are not vacuous: GRPO had gradient, EchoRL had clips
+    assert any(m["actor/grad_norm"] > 0 for m in pm)
+    assert sum(m["echo/clips"] for m in om) > 0
+    assert _equal_weights(plain, off)
+    assert _equal_weights(plain, zero)
+    assert not _equal_weights(plain, on)
+    init, _ = make_model()
+    assert not all(torch.equal(v, init.state_dict()[k]) for k, v in plain.model.state_dict().items())
+
+
+def test_all_degenerated_only_clip_tokens_get_gradient(tmp_path):
+    """Every rollout succeeds: advantages are 0, so the policy-gradient part is exactly 0 and the
+    whole gradient is the EchoRL term coef * sum_{clip} -log p / D, computed here independently."""
+    coef = 0.5
+    model, tok = make_model()
+    cfg = load_config(base_overrides(tmp_path / "deg", steps=1, **{
+        "reward.score_fn": "local_scorers:always_one", "echorl.coef": coef,
+        "actor_rollout_ref.actor.optim.clip_grad": 1e9,  # no clipping: compare raw gradients
+        "actor_rollout_ref.actor.ppo_mini_batch_size": 4, "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu": 8}))
+    tr = LocalTrainer(cfg, model=model, tokenizer=tok)
+    before = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    grads = {}
+    real_step = tr.optimizer.step
+
+    def spy_step(*a, **k):
+        grads.update({n: p.grad.clone() for n, p in tr.model.named_parameters() if p.grad is not None})
+        return real_step(*a, **k)
+
+    tr.optimizer.step = spy_step
+    try:
+        m = tr.step()
+    finally:
+        tr.pool.close()
+    b = tr.last_batch
+    assert m["reward/mean"] == 1.0 and m["reward/accuracy"] == 1.0
+    assert m["echo/groups_all_success_frac"] == 1.0 and m["echo/groups_zero_var_frac"] == 1.0
+    assert torch.all(b["advantages"] == 0)
+    assert m["actor/pg_loss"] == 0.0
+    clip = b["echo_mask"]
+    assert clip.any() and m["echo/clip_tokens"] == float(clip.sum())
+    assert m["echo/clips"] == 16.0  # scope=degenerate, per=rollout: every rollout has a clip
+    D = m["echo/denom"]
+    assert D == float(clip.sum())  # clip_token_mean, one mini-batch
+    # independent reference with the pre-step weights
+    ref, _ = make_model()
+    ref.load_state_dict(before)
+    from echorl.local.policy import policy_logprobs
+
+    lp, _ = policy_logprobs(ref, b["input_ids"], b["attention_mask"], b["responses"], 1.0)
+    nll = -(lp * clip).sum() / D
+    (coef * nll).backward()
+    assert m["echo/loss"] == pytest.approx(float(nll), rel=1e-5)
+    for n, p in ref.named_parameters():
+        torch.testing.assert_close(grads[n], p.grad, rtol=1e-4, atol=1e-7)
+    assert float(sum(g.abs().sum() for g in grads.values())) > 0
+
+
+def test_all_degenerated_echo_off_leaves_weights_unchanged(tmp_path):
+    tr, ms = _run(tmp_path, "deg_off", steps=1, score_fn="local_scorers:always_one", **{"echorl.enable": False})
+    init, _ = make_model()
+    assert ms[0]["actor/grad_norm"] == 0.0 and ms[0]["echo/clips"] == 16.0 and ms[0]["echo/active"] == 0.0
+    assert all(torch.equal(v, init.state_dict()[k]) for k, v in tr.model.state_dict().items())
+
+
+def test_verifier_timeout_is_counted_and_scores_zero(tmp_path):
+    tr, ms = _run(tmp_path, "hang", steps=1, score_fn="local_scorers:hang_on_even",
+                  **{"reward.timeout_s": 0.5, "reward.num_workers": 2, "data.train_batch_size": 2,
+                     "actor_rollout_ref.rollout.n": 2, "actor_rollout_ref.actor.ppo_mini_batch_size": 2})
+    last = tr.last
+    lens = last["response_mask"].sum(-1)
+    texts = tr.tok.batch_decode([r[:k] for r, k in zip(last["responses"].tolist(), lens.tolist())],
+                                skip_special_tokens=True)
+    even = torch.tensor([len(t) % 2 == 0 for t in texts])
+    assert ms[0]["reward/timeouts"] == float(even.sum())
+    assert torch.equal(last["scores"], (~even).float())
