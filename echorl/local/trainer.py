@@ -329,12 +329,19 @@ class LocalTrainer:
                         str(cfg.trainer.experiment_name))
         if getattr(self, "resumed_from", None):
             log.write(f"resumed from {self.resumed_from} (step {self.global_step})")
+        limit_s = cfg.trainer.get("time_limit_min")
+        deadline = time.monotonic() + 60 * float(limit_s) if limit_s else None
         try:
             while self.global_step < total:
                 metrics = self.step()
                 log.log(self.global_step, metrics)
-                if (save_freq > 0 and self.global_step % save_freq == 0) or self.global_step == total:
+                out_of_time = deadline is not None and time.monotonic() > deadline
+                if (save_freq > 0 and self.global_step % save_freq == 0) or self.global_step == total or out_of_time:
                     self.save()
+                if out_of_time:
+                    log.write(f"trainer.time_limit_min={limit_s} reached at step {self.global_step}; "
+                              "stopping (resume=auto continues from here)")
+                    break
         finally:
             log.close()
             self.pool.close()
