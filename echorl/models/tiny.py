@@ -1,0 +1,286 @@
+"""Tiny Qwen2-architecture model + character tokenizer, warm-started on arithmetic (issue 4, item 3).
+
+The embedded engine's default policy: a real ``transformers.Qwen2ForCausalLM`` (so every code path
+is the one a real Qwen model takes) with ~0.34M parameters, and the character tokenizer of
+:mod:`echorl.models.char_tokenizer` whose newline token (id 3) is the step boundary.
+
+A fresh model cannot solve anything, so RL would start from all-fail groups. :func:`warm_start`
+runs a short seeded supervised pass (plain torch loop, AdamW, loss on response tokens only) on
+:mod:`echorl.tasks.arithmetic` reference solutions, leaving the model good on easy levels and poor
+on hard ones. :func:`load_tiny_model` builds that once (about a minute on 2 CPU cores) and caches
+it as a normal Hugging Face folder; later loads take well under a second.
+
+Cache folder: ``<root>/tiny-qwen2-char`` with ``root = $ECHORL_CACHE`` or ``~/.cache/echorl``.
+The folder holds ``echorl_tiny.json`` (the recipe and warm-start report); a folder built from a
+different recipe is rebuilt.
+
+Build by hand: ``python scripts/build_tiny_model.py --out DIR`` (prints per-level success rates).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from echorl.models.char_tokenizer import build_char_tokenizer
+from echorl.tasks import arithmetic
+
+__all__ = [
+    "RECIPE",
+    "boundary_ids",
+    "build_tiny_model",
+    "default_cache_dir",
+    "encode_sft_batch",
+    "load_tiny_model",
+    "sample_success",
+    "tiny_config",
+    "warm_start",
+]
+
+# Everything that determines the built weights. A cached folder built from a different recipe is
+# rebuilt; bump "version" when the code of the build changes.
+RECIPE: dict[str, Any] = {
+    "version": 1,
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 256,
+    "seed": 0,
+    "warm_start_steps": 1000,
+    "batch_size": 32,
+    "lr": 5e-3,
+    "warmup_steps": 30,
+    "weight_decay": 0.01,
+    "train_rows": 40000,
+}
+CACHE_NAME = "tiny-qwen2-char"
+META_FILE = "echorl_tiny.json"
+
+
+def default_cache_dir() -> Path:
+    """``$ECHORL_CACHE/tiny-qwen2-char``, else ``~/.cache/echorl/tiny-qwen2-char``."""
+    root = os.environ.get("ECHORL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "echorl")
+    return Path(root) / CACHE_NAME
+
+
+def boundary_ids(tokenizer: Any) -> tuple[int, ...]:
+    """Step boundary ids of the character tokenizer: the single newline token."""
+    ids = tokenizer.encode("\n", add_special_tokens=False)
+    if len(ids) != 1 or ids[0] == tokenizer.unk_token_id:
+        raise ValueError(f"tokenizer {type(tokenizer).__name__} has no single newline token (got {ids})")
+    return (int(ids[0]),)
+
+
+def tiny_config(vocab_size: int, recipe: dict[str, Any] = RECIPE, eos_id: int = 2):
+    """The ``Qwen2Config`` of the tiny model (tied embeddings, fp32, eager-free sdpa attention)."""
+    from transformers import Qwen2Config
+
+    return Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=recipe["hidden_size"],
+        intermediate_size=recipe["intermediate_size"],
+        num_hidden_layers=recipe["num_hidden_layers"],
+        num_attention_heads=recipe["num_attention_heads"],
+        num_key_value_heads=recipe["num_key_value_heads"],
+        max_position_embeddings=recipe["max_position_embeddings"],
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=eos_id,
+        pad_token_id=eos_id,
+        torch_dtype="float32",
+    )
+
+
+def _prompt_text(tokenizer: Any, prompt: str) -> str:
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+
+
+def encode_sft_batch(tokenizer: Any, rows: Sequence[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Tokenise ``prompt -> solution<|im_end|>`` pairs for supervised training (right padding).
+
+    Returns:
+        input_ids: ``[N, T] long``; attention_mask: ``[N, T] long``;
+        labels: ``[N, T] long``, ``-100`` on prompt and padding (loss on response tokens only).
+    """
+    eos = tokenizer.eos_token_id
+    seqs, labs = [], []
+    for r in rows:
+        p = tokenizer.encode(_prompt_text(tokenizer, r["prompt"]), add_special_tokens=False)
+        s = tokenizer.encode(r["solution"], add_special_tokens=False) + [eos]
+        seqs.append(p + s)
+        labs.append([-100] * len(p) + s)
+    T = max(len(x) for x in seqs)
+    ids = torch.full((len(seqs), T), eos, dtype=torch.long)
+    att = torch.zeros((len(seqs), T), dtype=torch.long)
+    labels = torch.full((len(seqs), T), -100, dtype=torch.long)
+    for i, (x, y) in enumerate(zip(seqs, labs)):
+        ids[i, : len(x)] = torch.tensor(x)
+        att[i, : len(x)] = 1
+        labels[i, : len(y)] = torch.tensor(y)
+    return ids, att, labels
+
+
+def warm_start(model: Any, tokenizer: Any, recipe: dict[str, Any] = RECIPE, steps: int | None = None,
+               log_every: int = 0) -> list[float]:
+    """Seeded supervised pass on arithmetic reference solutions (in place). Returns the loss curve.
+
+    Each batch holds one level (levels cycled 1-5 step by step), so a batch is padded only to its
+    own level's length: easy batches are short and cheap. AdamW, linear warmup, cosine decay to 10%.
+    """
+    steps = recipe["warm_start_steps"] if steps is None else steps
+    seed, bs = recipe["seed"], recipe["batch_size"]
+    levels = sorted(arithmetic.LEVELS)
+    torch.manual_seed(seed)
+    per_level = max(bs, min(recipe["train_rows"], steps * bs) // len(levels))
+    data = {}
+    for lv in levels:  # [N_lv, T_lv] tensors per level
+        data[lv] = encode_sft_batch(tokenizer, arithmetic.generate(per_level, seed=10_000 + 100 * seed + lv, levels=(lv,)))
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"], betas=(0.9, 0.95))
+    warm = recipe["warmup_steps"]
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warm if s < warm else 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm)))
+    )
+    gen = torch.Generator().manual_seed(seed)
+    order = {lv: torch.randperm(per_level, generator=gen) for lv in levels}
+    model.train()
+    losses = []
+    for step in range(steps):
+        lv = levels[step % len(levels)]
+        ids, att, labels = data[lv]
+        k = step // len(levels)
+        idx = order[lv][(torch.arange(bs) + k * bs) % per_level]
+        T = int(att[idx].sum(1).max())  # trim the batch's padding
+        out = model(input_ids=ids[idx, :T], attention_mask=att[idx, :T], labels=labels[idx, :T])
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(out.loss.detach().item())
+        if log_every and (step % log_every == 0 or step == steps - 1):
+            print(f"  warm-start step {step:4d}/{steps}  loss {losses[-1]:.4f}", flush=True)
+    model.eval()
+    return losses
+
+
+@torch.no_grad()
+def sample_success(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], temperature: float = 1.0,
+                   max_new_tokens: int = 96, batch_size: int = 128, seed: int = 0) -> dict[str, float]:
+    """Sampled success rate (one rollout per row, pure sampling at ``temperature``), per level.
+
+    Returns ``{"overall": acc, "level/1": acc, ...}``.
+    """
+    torch.manual_seed(seed)
+    model.eval()
+    hits: dict[int, list[float]] = {}
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        for i in range(0, len(rows), batch_size):
+            chunk = rows[i: i + batch_size]
+            enc = tokenizer([_prompt_text(tokenizer, r["prompt"]) for r in chunk], return_tensors="pt",
+                            padding=True, add_special_tokens=False)
+            out = model.generate(**enc, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+                                 max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                                 pad_token_id=tokenizer.pad_token_id)
+            texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            for r, t in zip(chunk, texts):
+                hits.setdefault(int(r.get("level", 0)), []).append(arithmetic.score(t, r["answer"]))
+    finally:
+        tokenizer.padding_side = side
+    res = {"overall": sum(sum(v) for v in hits.values()) / max(1, sum(len(v) for v in hits.values()))}
+    res.update({f"level/{k}": sum(v) / len(v) for k, v in sorted(hits.items())})
+    return res
+
+
+def build_tiny_model(out_dir: str | os.PathLike, recipe: dict[str, Any] = RECIPE, eval_rows: int = 500,
+                     log_every: int = 0) -> dict[str, Any]:
+    """Build, warm-start, evaluate and save the tiny model to ``out_dir`` (a normal HF folder).
+
+    Written to a temporary sibling folder and renamed into place, so concurrent builders never
+    see a half-written folder. Returns the metadata written to ``echorl_tiny.json``.
+    """
+    from transformers import GenerationConfig, Qwen2ForCausalLM
+
+    out_dir = Path(out_dir)
+    t0 = time.time()
+    torch.manual_seed(recipe["seed"])
+    random.seed(recipe["seed"])
+    tok = build_char_tokenizer()
+    model = Qwen2ForCausalLM(tiny_config(len(tok), recipe, tok.eos_token_id))
+    losses = warm_start(model, tok, recipe, log_every=log_every)
+    t_train = time.time() - t0
+    acc = sample_success(model, tok, arithmetic.generate(eval_rows, seed=20_000 + recipe["seed"])) if eval_rows else {}
+    model.generation_config = GenerationConfig(
+        do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=96,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    meta = {
+        "recipe": dict(recipe),
+        "num_params": sum(p.numel() for p in model.parameters()),
+        "final_loss": losses[-1] if losses else None,
+        "warm_start_seconds": round(t_train, 1),
+        "sampled_success_T1": acc,
+        "boundary_ids": list(boundary_ids(tok)),
+    }
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+        if out_dir.exists():
+            shutil.rmtree(out_dir, ignore_errors=True)
+        try:
+            os.replace(tmp, out_dir)
+        except OSError:  # another process won the race: keep theirs
+            if not (out_dir / META_FILE).exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return meta
+
+
+def _cached_ok(path: Path, recipe: dict[str, Any]) -> bool:
+    try:
+        meta = json.loads((path / META_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return meta.get("recipe") == dict(recipe)
+
+
+def load_tiny_model(cache_dir: str | os.PathLike | None = None, build_if_missing: bool = True,
+                    recipe: dict[str, Any] = RECIPE):
+    """``(model, tokenizer)`` of the warm-started tiny model, built once into ``cache_dir``.
+
+    Args:
+        cache_dir: model folder (default :func:`default_cache_dir`).
+        build_if_missing: build (about a minute) when the folder is missing or was built from another
+            recipe; with ``False`` that raises ``FileNotFoundError``.
+        recipe: the build recipe (default :data:`RECIPE`); tests pass a shorter one.
+    """
+    from transformers import AutoTokenizer, Qwen2ForCausalLM
+
+    path = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    if not _cached_ok(path, recipe):
+        if not build_if_missing:
+            raise FileNotFoundError(
+                f"no tiny model built from this recipe (version {recipe['version']}) in {path}; build it with "
+                f"`python scripts/build_tiny_model.py --out {path}` or load_tiny_model(build_if_missing=True)"
+            )
+        build_tiny_model(path, recipe)
+    tok = AutoTokenizer.from_pretrained(path)
+    model = Qwen2ForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model.eval()
+    return model, tok
