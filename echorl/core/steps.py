@@ -54,20 +54,25 @@ def segment_steps(
     is_b = torch.isin(responses, boundary_ids)  # [E, L]
     is_b &= valid
     nonb = valid & ~is_b  # [E, L]
-    # Forward-fill the kind of the last valid token: key = 2*pos + is_nonb on valid positions.
-    # Masked positions get -2 (even: "no non-boundary yet"); -1 would read as odd, i.e. as a
-    # non-boundary, and make a boundary after a leading masked run open a new step.
-    pos = torch.arange(L, device=responses.device, dtype=torch.int32)
-    key = torch.where(valid, pos * 2 + nonb.to(torch.int32), -2)  # [E, L] int32
-    last = key.cummax(dim=1).values  # [E, L]: key of the last valid token at or before t
-    del key
     run_start = torch.zeros_like(is_b)
-    # prev valid token (strictly before t) is a non-boundary  <=>  last[t-1] is odd (and >= 0)
-    run_start[:, 1:] = is_b[:, 1:] & ((last[:, :-1] & 1) == 1)
-    del last
+    if L > 1 and not bool((valid[:, 1:] & ~valid[:, :-1]).any()):
+        # No hole (right-padded rows): the previous valid token of a valid t > 0 is t - 1.
+        run_start[:, 1:] = is_b[:, 1:] & nonb[:, :-1]
+    elif L > 1:
+        # Holes: forward-fill the kind of the last valid token, key = 2*pos + is_nonb on valid
+        # positions. Masked positions get -2 (even: "no non-boundary yet"); -1 would read as odd,
+        # i.e. as a non-boundary, and make a boundary after a leading masked run open a new step.
+        pos = torch.arange(L, device=responses.device, dtype=torch.int32)
+        key = torch.where(valid, pos * 2 + nonb.to(torch.int32), -2)  # [E, L] int32
+        last = key.cummax(dim=1).values  # [E, L]: key of the last valid token at or before t
+        del key
+        # prev valid token (strictly before t) is a non-boundary  <=>  last[t-1] is odd
+        run_start[:, 1:] = is_b[:, 1:] & ((last[:, :-1] & 1) == 1)
+        del last
     c = run_start.cumsum(dim=1, dtype=torch.int32)  # [E, L]
     del run_start
-    step_id = (c - is_b.to(torch.int32)).clamp_(min=0).to(torch.long)
+    c.sub_(is_b.to(torch.int32))  # a boundary closes the step before its run start ticked
+    step_id = c.clamp_(min=0).to(torch.long)  # [E, L]
     del c
     step_id.masked_fill_(~valid, -1)
     num_steps = step_id.amax(dim=1) + 1 if L > 0 else torch.zeros(E, dtype=torch.long, device=responses.device)
@@ -108,7 +113,8 @@ def step_aggregates(
 
 @STEP_AGGS.register("sum")
 def _agg_sum(flat: torch.Tensor, values: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-    """Sum per bin. ``bincount`` accumulates in float64: wider than float32, as SPEC 2.2 asks."""
+    """Sum per bin. ``bincount`` accumulates in the dtype of ``values``: float32 (bf16/fp16/fp32
+    entropy is cast to float32 first) or float64; SPEC 2.2 asks for float32 or wider."""
     return torch.bincount(flat, weights=values, minlength=count.numel())
 
 
