@@ -439,3 +439,18 @@ def test_select_echo_clips_matches_reference(batch, pass_generator):
         g = uids.tolist() if torch.is_tensor(uids) else uids
         clipped = [g[i] for i in range(len(g)) if sel.peak_step[i] >= 0]
         assert len(clipped) == len(set(clipped))
+
+
+def test_method_doc_worked_example():
+    """The worked example of docs/method.md."""
+    T = [11, 12, N, 13, 14, 15, N, N, 16, M, 17]
+    H = [0.5, 0.5, 0.2, 2.0, 1.0, 2.4, 0.3, 0.3, 0.8, 0.2, 0.1]
+    for agg in ("mean", "sum", "max"):
+        sel = sel_of([T], [H], [1.0], [0], EchoConfig(step_agg=agg))
+        assert sel.peak_step.tolist() == [1] and sel.mask.tolist() == [prefix(8, 11)]
+    assert sel_of([T], [H], [1.0], [0], EchoConfig(selector="lowest")).mask.tolist() == [prefix(11, 11)]
+    assert sel_of([T], [H], [1.0], [0], EchoConfig(min_step_tokens=6)).peak_step.tolist() == [-1]
+    hole = [[1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1]]
+    sel = sel_of([T], [H], [1.0], [0], masks=hole)
+    assert sel.peak_h.item() == pytest.approx(1.25)
+    assert sel.mask.tolist() == [[True] * 4 + [False] + [True] * 3 + [False] * 3]

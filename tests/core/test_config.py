@@ -124,3 +124,11 @@ def test_help_table_documents_every_field():
         assert len(text) > 20, name
         assert default == getattr(defaults, name), name
         assert typ
+
+
+def test_every_field_is_documented_in_method_md():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "method.md").read_text()
+    for name, typ, default, text in EchoConfig.help_table():
+        assert f"| `{name}` | `{typ}` | `{default!r}` | {text} |" in doc, name
