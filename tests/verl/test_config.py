@@ -110,3 +110,12 @@ def test_boundary_ids_checked_against_the_tokenizer():
         check_boundary_ids(EchoConfig(boundary_token_ids=(198, 5)), Tok())
     with pytest.raises(ValueError, match=r"\[400\] are outside the tokenizer's vocabulary \(size 300\)"):
         check_boundary_ids(EchoConfig(boundary_token_ids=(198, 400)), Tok())
+
+
+def test_docs_table_lists_every_echorl_key_with_its_default():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "verl.md").read_text()
+    for name, typ, default, help_text in EchoConfig.help_table():
+        shown = list(default) if isinstance(default, tuple) else default
+        assert f"| `echorl.{name}` | `{typ}` | `{shown}` | {help_text} |" in doc, name
