@@ -82,6 +82,7 @@ def convert_smollm2(out_dir: str | os.PathLike) -> Path:
     _fix_eos(model, tok)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it 0700; the cache is an ordinary shared folder
     try:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)

@@ -236,6 +236,7 @@ def build_tiny_model(out_dir: str | os.PathLike, recipe: dict[str, Any] = RECIPE
     }
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it 0700; the cache is an ordinary shared folder
     try:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
