@@ -14,7 +14,7 @@ import torch
 
 from echorl.core.clips import EchoSelection, select_echo_clips
 from echorl.core.config import EchoConfig
-from echorl.core.loss import apply_echo_advantage, echo_normalizer
+from echorl.core.loss import apply_echo_advantage, normalizer_from_counts
 
 
 @dataclass
@@ -71,7 +71,7 @@ def run_echo_stage(
     metrics["echo/active"] = float(active)
     use_loss = active and cfg.mode == "loss"
     echo_mask = sel.mask if use_loss else torch.zeros_like(sel.mask)
-    denom = echo_normalizer(sel.mask, response_mask, cfg.loss_agg, num_minibatches)
+    denom = normalizer_from_counts(metrics["echo/clip_tokens"], float(sel.lengths.sum()), cfg.loss_agg, num_minibatches)
     metrics["echo/denom"] = denom
     out_adv = advantages
     if advantages is not None:

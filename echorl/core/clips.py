@@ -16,7 +16,7 @@ import torch
 
 from echorl.core.config import EchoConfig
 from echorl.core.registry import Registry
-from echorl.core.steps import boundary_ids_tensor, segment_steps, step_aggregates
+from echorl.core.steps import aggregate_bins, boundary_ids_tensor, segment_boundaries, step_bins_
 
 # selector name -> fn(h [E, S] float, eligible [E, S] bool, u [E] float in [0, 1)) -> k [E] long (-1 = none)
 SELECTORS: Registry[Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = Registry("selector")
@@ -41,6 +41,8 @@ class EchoSelection:
         peak_step: ``[B] long`` index of the step the clip ends at, ``-1`` without a clip.
         num_steps: ``[B] long`` steps of eligible rows (``0`` elsewhere).
         peak_h: ``[B] float`` highest eligible step aggregate of eligible rows (NaN elsewhere).
+        lengths: ``[B] long`` valid response tokens per row.
+        group_index: ``[B] long`` group codes ``0..G-1`` of the uids.
     """
 
     mask: torch.Tensor
@@ -49,6 +51,7 @@ class EchoSelection:
     peak_step: torch.Tensor
     num_steps: torch.Tensor
     peak_h: torch.Tensor
+    lengths: torch.Tensor = field(repr=False)
     group_index: torch.Tensor = field(repr=False)
 
 
@@ -135,16 +138,29 @@ def _check_inputs(responses, response_mask, entropy, scores) -> None:
         raise ValueError(f"scores contain NaN or inf (rows {bad}...); fix the reward function")
 
 
-def _check_entropy_finite(entropy: torch.Tensor, valid: torch.Tensor) -> None:
-    if bool(torch.isfinite(entropy).all()):
+def _check_entropy_finite(entropy: torch.Tensor, response_mask: torch.Tensor) -> None:
+    """Raise on NaN/inf entropy at valid positions. The common case costs one sum (a NaN or inf
+    anywhere makes it non-finite); only then is the ``[B, L]`` check made (masked positions may
+    hold anything)."""
+    if bool(torch.isfinite(entropy.sum())):
         return
-    bad = ~torch.isfinite(entropy) & valid
+    bad = ~torch.isfinite(entropy) & (response_mask != 0)
     if bool(bad.any()):
         rows = bad.any(dim=1).nonzero().flatten()
         raise ValueError(
             f"entropy has NaN or inf at {int(bad.sum())} valid response positions (rows {rows[:5].tolist()}...); "
             "the old-policy entropy pass is broken"
         )
+
+
+def _count_true(m: torch.Tensor) -> torch.Tensor:
+    """Row counts of a ``[B, L] bool`` tensor as ``[B] long``, without the ``[B, L]`` int64 copy that
+    ``bool.sum(dim=1)`` makes: blocks of 128 are summed in uint8 (no overflow), then the blocks."""
+    u8 = m.view(torch.uint8)
+    L = u8.shape[1]
+    main = (L // 128) * 128
+    out = u8[:, :main].unflatten(1, (-1, 128)).sum(dim=2, dtype=torch.uint8).sum(dim=1)  # [B]
+    return out + u8[:, main:].sum(dim=1) if main < L else out
 
 
 # ---------------------------------------------------------------------------- main entry
@@ -179,10 +195,9 @@ def select_echo_clips(
     _check_inputs(responses, response_mask, entropy, scores)
     B, L = responses.shape
     device = responses.device
-    valid = response_mask if response_mask.dtype == torch.bool else response_mask != 0  # [B, L]
-    _check_entropy_finite(entropy, valid)
+    _check_entropy_finite(entropy, response_mask)
     codes = _group_codes(group_ids, B, device)  # [B]
-    lengths = valid.sum(dim=1)  # [B]
+    lengths = _count_true(response_mask if response_mask.dtype == torch.bool else response_mask != 0)  # [B]
 
     # ---- groups and eligibility (SPEC 2.3); all [B] or [G] sized
     row_ok = lengths > 0  # empty rows (verl padding rows) are never members nor eligible
@@ -199,50 +214,59 @@ def select_echo_clips(
     g_all_succ = g_real & (gmin >= thr)
     g_all_fail = g_real & (gmax < thr)
     g_deg_succ = g_zero_var & g_all_succ
-    success = row_ok & (s >= thr)
     if cfg.scope == "degenerate":
-        eligible = row_ok & g_deg_succ[codes.clamp(max=max(G - 1, 0))] if G else row_ok
+        eligible = row_ok & g_deg_succ[codes] if G else row_ok
     else:
-        eligible = success
+        eligible = row_ok & (s >= thr)
     idx = eligible.nonzero().flatten()  # [E]
     E = idx.numel()
 
-    # ---- steps and clips on eligible rows only (SPEC 2.1-2.2)
+    # ---- steps and clips on eligible rows only (SPEC 2.1-2.2); nothing [B, L] but the output
     peak_step = torch.full((B,), -1, dtype=torch.long, device=device)
     num_steps = torch.zeros(B, dtype=torch.long, device=device)
     peak_h = torch.full((B,), float("nan"), dtype=torch.float64, device=device)
+    clip_len = torch.zeros(B, dtype=torch.long, device=device)
     mask = torch.zeros(B, L, dtype=torch.bool, device=device)
     has_b = torch.zeros(0, dtype=torch.bool, device=device)
     if E:
-        v_e = valid[idx]  # [E, L]
-        step_id, n_e, has_b = segment_steps(responses[idx], v_e, boundary_ids_tensor(cfg.boundary_token_ids, device))
-        S = int(n_e.max())
-        h, count = step_aggregates(step_id, entropy[idx], S, cfg.step_agg)  # [E, S]
+        m_e = response_mask[idx]
+        v_e = m_e if m_e.dtype == torch.bool else m_e != 0  # [E, L]
+        del m_e
+        is_b = torch.isin(responses[idx], boundary_ids_tensor(cfg.boundary_token_ids, device))  # [E, L]
+        step_id, n_e, has_b = segment_boundaries(is_b, v_e)  # [E, L] int32, [E], [E]
+        del is_b, v_e
+        S = int(n_e.max())  # >= 1: eligible rows are non-empty
+        bins = step_bins_(step_id, S)  # [E, L] int32, step_id consumed
+        h, count = aggregate_bins(bins, entropy[idx], S, cfg.step_agg)  # [E, S], [E, S]
         step_ok = count >= cfg.min_step_tokens  # [E, S]; nonexistent steps have count 0
         gen = generator if generator is not None else torch.Generator().manual_seed(cfg.seed)
         u = torch.rand(B, generator=gen, dtype=torch.float64)[idx.cpu()].to(device)  # [E]
         k = SELECTORS.get(cfg.selector)(h, step_ok, u)  # [E]
-        ph = h.masked_fill(~step_ok, float("-inf")).amax(dim=1) if S else h.new_full((E,), float("-inf"))
+        ph = h.masked_fill(~step_ok, float("-inf")).amax(dim=1)  # [E]
         has_clip = k >= 0
         if cfg.per == "group":
             has_clip &= _best_of_group(codes[idx], idx, ph.to(torch.float64), has_clip, G, B)
             k = k.masked_fill(~has_clip, -1)
-        clip_e = v_e & (step_id <= k.unsqueeze(1)) & has_clip.unsqueeze(1)  # [E, L]
-        mask[idx] = clip_e
+        # valid positions of steps <= k: bins <= row * (S + 1) + k (see step_bins_)
+        row_off = torch.arange(E, device=device, dtype=torch.long) * (S + 1)
+        limit = torch.where(has_clip, row_off + k, -1)  # [E]
+        mask[idx] = bins <= limit.unsqueeze(1).to(torch.int32)  # [E, L]
+        del bins
+        clip_len[idx] = torch.where(has_clip, count.cumsum(dim=1).gather(1, k.clamp(min=0).unsqueeze(1)).squeeze(1), 0)
         peak_step[idx] = k
         num_steps[idx] = n_e
         peak_h[idx] = torch.where(torch.isfinite(ph), ph.to(torch.float64), float("nan"))
 
     if (E == 0 or not bool(has_b.any())) and bool(row_ok.any()):
-        _warn_if_no_boundary(responses, valid, cfg.boundary_token_ids)
+        _warn_if_no_boundary(responses, response_mask, cfg.boundary_token_ids)
 
     metrics = _selection_metrics(
-        mask=mask, lengths=lengths, row_ok=row_ok, eligible=eligible, codes=codes, peak_step=peak_step,
+        clip_len=clip_len, lengths=lengths, row_ok=row_ok, eligible=eligible, codes=codes, peak_step=peak_step,
         num_steps=num_steps, peak_h=peak_h, g_real=g_real, g_zero_var=g_zero_var, g_all_succ=g_all_succ,
         g_all_fail=g_all_fail, g_deg_succ=g_deg_succ,
     )
     return EchoSelection(mask=mask, metrics=metrics, eligible=eligible, peak_step=peak_step, num_steps=num_steps,
-                         peak_h=peak_h, group_index=codes)
+                         peak_h=peak_h, lengths=lengths, group_index=codes)
 
 
 def _best_of_group(code_e, idx, ph, has_clip, G, B) -> torch.Tensor:
@@ -257,11 +281,11 @@ def _best_of_group(code_e, idx, ph, has_clip, G, B) -> torch.Tensor:
     return cand & (idx == first[code_e])
 
 
-def _warn_if_no_boundary(responses: torch.Tensor, valid: torch.Tensor, ids: tuple[int, ...]) -> None:
+def _warn_if_no_boundary(responses: torch.Tensor, response_mask: torch.Tensor, ids: tuple[int, ...]) -> None:
     """Warn once per id set when a batch of non-empty responses holds no boundary token at all."""
     if ids in _warned_no_boundary:
         return
-    if bool((torch.isin(responses, boundary_ids_tensor(ids, responses.device)) & valid).any()):
+    if bool((torch.isin(responses, boundary_ids_tensor(ids, responses.device)) & (response_mask != 0)).any()):
         return
     _warned_no_boundary.add(ids)
     warnings.warn(
@@ -272,12 +296,11 @@ def _warn_if_no_boundary(responses: torch.Tensor, valid: torch.Tensor, ids: tupl
     )
 
 
-def _selection_metrics(*, mask, lengths, row_ok, eligible, codes, peak_step, num_steps, peak_h, g_real,
+def _selection_metrics(*, clip_len, lengths, row_ok, eligible, codes, peak_step, num_steps, peak_h, g_real,
                        g_zero_var, g_all_succ, g_all_fail, g_deg_succ) -> dict[str, float]:
     """``echo/*`` metrics of SPEC 2.5 that the selection alone determines; one device sync."""
     f64 = torch.float64
     clipped = peak_step >= 0  # [B]
-    clip_len = mask.sum(dim=1)  # [B]
     n_groups = g_real.sum().clamp(min=1).to(f64)
     n_clips = clipped.sum()
     nc = n_clips.clamp(min=1).to(f64)
@@ -300,7 +323,7 @@ def _selection_metrics(*, mask, lengths, row_ok, eligible, codes, peak_step, num
         torch.where(clipped, clip_len / resp_len, 0).sum() / nc,
         torch.where(clipped, peak_step, 0).sum() / nc,
         torch.where(clipped, num_steps, 0).sum() / nc,
-        torch.where(clipped, (peak_step + 1) / num_steps.clamp(min=1), 0).sum() / nc,
+        torch.where(clipped, (peak_step + 1).to(f64) / num_steps.clamp(min=1), 0).sum() / nc,
         torch.where(clipped, peak_h, 0).nansum() / nc,
         base_tokens / total_tokens,
         (base_tokens + echo_extra) / total_tokens,

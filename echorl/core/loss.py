@@ -22,20 +22,20 @@ import torch
 
 from echorl.core.registry import Registry
 
-# loss_agg name -> fn(echo_mask [B, L] bool, response_mask [B, L], num_minibatches int) -> float D
-LOSS_AGGS: Registry[Callable[[torch.Tensor, torch.Tensor, int], float]] = Registry("loss_agg")
+# loss_agg name -> fn(clip_tokens, valid_tokens, num_minibatches) -> float D (counts of the whole batch)
+LOSS_AGGS: Registry[Callable[[float, float, int], float]] = Registry("loss_agg")
 
 
 @LOSS_AGGS.register("clip_token_mean")
-def _norm_clip_tokens(echo_mask: torch.Tensor, response_mask: torch.Tensor, num_minibatches: int) -> float:
+def _norm_clip_tokens(clip_tokens: float, valid_tokens: float, num_minibatches: int) -> float:
     """Clip tokens of the whole batch scaled to one mini-batch."""
-    return float(echo_mask.sum()) / num_minibatches
+    return clip_tokens / num_minibatches
 
 
 @LOSS_AGGS.register("token_mean")
-def _norm_all_tokens(echo_mask: torch.Tensor, response_mask: torch.Tensor, num_minibatches: int) -> float:
+def _norm_all_tokens(clip_tokens: float, valid_tokens: float, num_minibatches: int) -> float:
     """Valid response tokens of the whole batch scaled to one mini-batch (the RL token-mean's)."""
-    return float((response_mask != 0).sum()) / num_minibatches
+    return valid_tokens / num_minibatches
 
 
 def echo_normalizer(
@@ -52,9 +52,16 @@ def echo_normalizer(
     Returns:
         ``D >= 1`` (the term of an empty selection is 0 whatever ``D`` is; 1 avoids a 0/0).
     """
-    if not isinstance(num_minibatches, int) or num_minibatches < 1:
+    return normalizer_from_counts(
+        int(torch.count_nonzero(echo_mask)), int(torch.count_nonzero(response_mask)), loss_agg, num_minibatches
+    )
+
+
+def normalizer_from_counts(clip_tokens: float, valid_tokens: float, loss_agg: str, num_minibatches: int) -> float:
+    """:func:`echo_normalizer` from the batch's clip-token and valid-token counts."""
+    if isinstance(num_minibatches, bool) or not isinstance(num_minibatches, int) or num_minibatches < 1:
         raise ValueError(f"num_minibatches must be a positive int, got {num_minibatches!r}")
-    return max(LOSS_AGGS.get(loss_agg)(echo_mask, response_mask, num_minibatches), 1.0)
+    return max(LOSS_AGGS.get(loss_agg)(float(clip_tokens), float(valid_tokens), num_minibatches), 1.0)
 
 
 def echo_loss_term(log_prob: torch.Tensor, echo_mask: torch.Tensor, normalizer: float | torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ import torch
 
 from echorl.core.registry import Registry
 
-# step_agg name -> fn(flat [N] long bin index, values [N] float, count [nbins] long) -> [nbins] float
+# step_agg name -> fn(flat [N] int bin ids, values [N] float, count [nbins] long) -> [nbins] float
 STEP_AGGS: Registry[Callable[..., torch.Tensor]] = Registry("step_agg")
 
 
@@ -50,9 +50,22 @@ def segment_steps(
         num_steps: ``[E] long``, steps per row (0 for a row without valid tokens).
         has_boundary: ``[E] bool``, whether the row holds a valid boundary token.
     """
-    E, L = responses.shape
-    is_b = torch.isin(responses, boundary_ids)  # [E, L]
-    is_b &= valid
+    step_id, num_steps, has_boundary = segment_boundaries(torch.isin(responses, boundary_ids), valid)
+    return step_id.long(), num_steps, has_boundary
+
+
+def segment_boundaries(is_boundary: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`segment_steps` from a boundary flag instead of token ids.
+
+    Args:
+        is_boundary: ``[E, L] bool``, True where the token is a boundary (masked positions ignored).
+        valid: ``[E, L] bool``.
+
+    Returns:
+        step_id ``[E, L] int32`` (``-1`` masked), num_steps ``[E] long``, has_boundary ``[E] bool``.
+    """
+    E, L = valid.shape
+    is_b = is_boundary & valid  # [E, L]
     nonb = valid & ~is_b  # [E, L]
     run_start = torch.zeros_like(is_b)
     if L > 1 and not bool((valid[:, 1:] & ~valid[:, :-1]).any()):
@@ -62,22 +75,20 @@ def segment_steps(
         # Holes: forward-fill the kind of the last valid token, key = 2*pos + is_nonb on valid
         # positions. Masked positions get -2 (even: "no non-boundary yet"); -1 would read as odd,
         # i.e. as a non-boundary, and make a boundary after a leading masked run open a new step.
-        pos = torch.arange(L, device=responses.device, dtype=torch.int32)
+        pos = torch.arange(L, device=valid.device, dtype=torch.int32)
         key = torch.where(valid, pos * 2 + nonb.to(torch.int32), -2)  # [E, L] int32
         last = key.cummax(dim=1).values  # [E, L]: key of the last valid token at or before t
         del key
         # prev valid token (strictly before t) is a non-boundary  <=>  last[t-1] is odd
         run_start[:, 1:] = is_b[:, 1:] & ((last[:, :-1] & 1) == 1)
         del last
-    c = run_start.cumsum(dim=1, dtype=torch.int32)  # [E, L]
+    del nonb
+    step_id = run_start.cumsum(dim=1, dtype=torch.int32)  # [E, L]
     del run_start
-    c.sub_(is_b.to(torch.int32))  # a boundary closes the step before its run start ticked
-    step_id = c.clamp_(min=0).to(torch.long)  # [E, L]
-    del c
+    step_id.sub_(is_b.to(torch.int32)).clamp_(min=0)  # a boundary closes the step before its run start ticked
     step_id.masked_fill_(~valid, -1)
-    num_steps = step_id.amax(dim=1) + 1 if L > 0 else torch.zeros(E, dtype=torch.long, device=responses.device)
-    has_boundary = is_b.any(dim=1)
-    return step_id, num_steps, has_boundary
+    num_steps = (step_id.amax(dim=1) + 1).long() if L > 0 else torch.zeros(E, dtype=torch.long, device=valid.device)
+    return step_id, num_steps, is_b.any(dim=1)
 
 
 def step_aggregates(
@@ -86,26 +97,48 @@ def step_aggregates(
     """Aggregate token entropy per step.
 
     Args:
-        step_id: ``[E, L] long`` from :func:`segment_steps` (``-1`` = masked).
+        step_id: ``[E, L]`` integer step ids from :func:`segment_steps` (``-1`` = masked).
         entropy: ``[E, L] float`` token entropy (any float dtype; values at masked positions unused).
         num_steps_max: ``S``, at least the largest step count of the rows.
         step_agg: a name in ``STEP_AGGS`` (``mean``, ``sum``, ``max``).
 
     Returns:
-        h: ``[E, S]`` step aggregates, float64 for float64 input else float32 or wider; 0 where a
-        step does not exist.
+        h: ``[E, S]`` step aggregates, float64 for float64 input else float32; 0 where a step does
+        not exist.
         count: ``[E, S] long`` valid tokens per step (0 where a step does not exist).
     """
-    fn = STEP_AGGS.get(step_agg)
+    flat = step_bins_(step_id.to(torch.int32, copy=True), num_steps_max)
+    return aggregate_bins(flat, entropy, num_steps_max, step_agg)
+
+
+def step_bins_(step_id: torch.Tensor, num_steps_max: int) -> torch.Tensor:
+    """Turn ``step_id`` ``[E, L] int32`` IN PLACE into flat bin ids ``row * (S + 1) + step``; masked
+    positions go to each row's dump bin ``row * (S + 1) + S``. Returns the same tensor.
+
+    A valid position of row ``r`` lies in step ``<= k`` iff its bin is ``<= r * (S + 1) + k``, and a
+    masked one never does (``S > k``): the clip mask is one comparison on the bins.
+    """
     E = step_id.shape[0]
     S = int(num_steps_max)
-    # One flat bin per (row, step) plus one dump bin per row that absorbs the masked positions.
-    flat = step_id.masked_fill(step_id < 0, S)
-    flat += torch.arange(E, device=step_id.device, dtype=torch.long).unsqueeze(1) * (S + 1)
-    flat = flat.view(-1)  # [E * L]
+    if E * (S + 1) >= 2**31:
+        raise ValueError(f"{E} rows x {S + 1} step bins overflow int32 bin ids; select on fewer rows at a time")
+    step_id.masked_fill_(step_id < 0, S)
+    step_id += torch.arange(E, device=step_id.device, dtype=torch.int32).unsqueeze(1) * (S + 1)
+    return step_id
+
+
+def aggregate_bins(
+    flat: torch.Tensor, entropy: torch.Tensor, num_steps_max: int, step_agg: str = "mean"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step aggregates from flat bins of :func:`step_bins_` (``[E, L] int32``); see
+    :func:`step_aggregates` for the returns ``h [E, S]`` and ``count [E, S]``."""
+    fn = STEP_AGGS.get(step_agg)
+    E = flat.shape[0]
+    S = int(num_steps_max)
     values = entropy.reshape(-1)
     if values.dtype not in (torch.float32, torch.float64):
         values = values.float()
+    flat = flat.reshape(-1)  # [E * L]
     count = torch.bincount(flat, minlength=E * (S + 1))  # [E * (S + 1)]
     h = fn(flat, values, count)  # [E * (S + 1)]
     return h.view(E, S + 1)[:, :S], count.view(E, S + 1)[:, :S]
@@ -128,7 +161,7 @@ def _agg_mean(flat: torch.Tensor, values: torch.Tensor, count: torch.Tensor) -> 
 def _agg_max(flat: torch.Tensor, values: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     """Max per bin (0 for an empty bin)."""
     out = torch.full((count.numel(),), float("-inf"), dtype=values.dtype, device=values.device)
-    out.scatter_reduce_(0, flat, values, reduce="amax", include_self=True)
+    out.scatter_reduce_(0, flat.long(), values, reduce="amax", include_self=True)
     return out.masked_fill_(count == 0, 0.0)
 
 
