@@ -64,7 +64,7 @@ def test_chat_template_required_but_missing(tmp_path):
 
 
 def test_boundary_ids_outside_vocab_or_never_seen(tmp_path):
-    with pytest.raises(ValueError, match=r"\[198, 271\] are outside the vocabulary"):
+    with pytest.raises(ValueError, match=r"boundary_token_ids \[198, 271\]: \[.*\] are outside the vocabulary"):
         _trainer(tmp_path, ROWS, **{"echorl.boundary": "fixed", "echorl.boundary_token_ids": "[198,271]"})
     with pytest.warns(EchoBoundaryWarning, match=r"never occur in 8 tokenized reference solutions"):
         _trainer(tmp_path, ROWS, **{"echorl.boundary": "fixed", "echorl.boundary_token_ids": "[50]"})
