@@ -46,8 +46,15 @@ def _to_nested(padded: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """``[B, L]`` -> jagged ``[B, j]`` with the row lengths of ``like`` (verl's response_to_nested)."""
     if not like.is_nested:
         return padded
-    lens = like.offsets().diff().tolist()
-    return torch.nested.as_nested_tensor([padded[i, :n] for i, n in enumerate(lens)], layout=torch.jagged)
+    offsets = like.offsets()  # [B + 1]
+    lens = offsets.diff()  # [B]
+    keep = torch.arange(padded.shape[1], device=padded.device) < lens.unsqueeze(1)  # [B, L]
+    # row-major boolean indexing yields the jagged values in order; the seqlen bounds make
+    # to_padded_tensor pad to the longest row (without them it pads to the total length)
+    return torch.nested.nested_tensor_from_jagged(
+        padded[keep], offsets=offsets, max_seqlen=int(lens.max()) if lens.numel() else 0,
+        min_seqlen=int(lens.min()) if lens.numel() else 0,
+    )
 
 
 def group_ids(value) -> list[str]:
