@@ -10,6 +10,7 @@ import torch
 from echorl import EchoConfig, select_echo_clips
 from echorl.analysis import clip_records, render_clip_viewer, write_clip_viewer
 from echorl.models.char_tokenizer import build_char_tokenizer
+from echorl.models.tiny import boundary_ids
 
 
 class _Cards(HTMLParser):
@@ -47,7 +48,7 @@ class _Cards(HTMLParser):
 
 def _batch():
     tok = build_char_tokenizer()
-    nl = tok.convert_tokens_to_ids("\n")
+    (nl,) = boundary_ids(tok)  # 3; the vocab entry is the byte-level "Ċ", not "\\n"
     texts = ["1<2&3=1\n1+1=2\n2*2=4\nAnswer: 4", "5+1=6\nAnswer: 6", "9-9=0\nAnswer: 0", "x\nAnswer: 1"]
     ids = [tok.encode(t, add_special_tokens=False) for t in texts]
     L = max(map(len, ids)) + 2
