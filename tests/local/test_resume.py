@@ -79,4 +79,9 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     rb = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in rb] == list(range(1, STEPS + 1))
     assert [m["reward/mean"] for m in ra] == [m["reward/mean"] for m in rb]
-    assert (out / "metrics.png").exists()
+    assert (out / "metrics.png").exists() and (out / "echo_clips.html").exists()
+    from echorl.cli import main
+
+    (out / "metrics.png").unlink()
+    assert main(["analyze", str(out)]) == 0  # `echorl analyze RUN_DIR` rebuilds the figure and the page
+    assert (out / "metrics.png").stat().st_size > 0
