@@ -57,17 +57,23 @@ def bench_step(model, tok, prompts: int = 16, n: int = 8, max_new_tokens: int = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from echorl.models.tiny import RECIPE, build_tiny_model, default_cache_dir, load_tiny_model
+    from echorl.models.tiny import RECIPE, SHIPPED_DIR, build_tiny_model, default_cache_dir, load_tiny_model
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=str(default_cache_dir()), help="output folder (default: the cache folder)")
+    ap.add_argument("--out", default=None, help="output folder (default: the cache folder)")
+    ap.add_argument("--ship", action="store_true",
+                    help=f"write into the package ({SHIPPED_DIR}), the model load_tiny_model() uses by default")
     ap.add_argument("--steps", type=int, default=None, help=f"warm-start steps (default {RECIPE['warm_start_steps']})")
     ap.add_argument("--seed", type=int, default=RECIPE["seed"], help="seed of init, data and sampling")
     ap.add_argument("--eval-rows", type=int, default=500, help="prompts for the sampled success rate (0: skip)")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads for --bench (the build itself runs on recipe['threads'] = 1)")
     ap.add_argument("--bench", action="store_true", help="also time a GRPO-sized step (16 x 8 rollouts)")
     ap.add_argument("--bench-only", action="store_true", help="only time a step on the model in --out")
     args = ap.parse_args(argv)
+    if args.ship and args.out:
+        ap.error("--ship and --out are exclusive")
+    args.out = str(SHIPPED_DIR) if args.ship else args.out or str(default_cache_dir())
     if args.threads:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -78,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
             recipe["warm_start_steps"] = args.steps
         meta = build_tiny_model(args.out, recipe, eval_rows=args.eval_rows, log_every=50)
         print(json.dumps(meta, indent=2))
+        acc = meta["sampled_success_T1"]
+        if acc:
+            print("sampled success at T=1.0: " + "  ".join(f"{k} {v:.1%}" for k, v in acc.items()))
         print(f"saved to {args.out}")
     if args.bench or args.bench_only:
         t0 = time.perf_counter()
