@@ -22,12 +22,13 @@ DEMO_OVERRIDES = [
     "output_dir=outputs/demo",
     "resume=disable",
     "data.task=arithmetic",
+    "+data.task_kwargs.levels=[1,2,3]",
     "data.train_batch_size=16",
     "data.max_response_length=64",
     "actor_rollout_ref.rollout.n=8",
     "actor_rollout_ref.actor.ppo_mini_batch_size=8",
     "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=64",
-    "actor_rollout_ref.actor.optim.lr=5e-5",
+    "actor_rollout_ref.actor.optim.lr=2e-4",
     "actor_rollout_ref.actor.optim.lr_warmup_steps=5",
     "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=64",
     "algorithm.adv_estimator=grpo",
@@ -64,7 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     def avg(rs, key):
         return _mean([r.get(key, 0.0) for r in rs])
 
-    print(f"\nEchoRL demo: {len(rows)} steps in {wall / 60:.1f} min ({summary['output_dir']})")
+    train_s = sum(r.get("timing/step", 0.0) for r in rows)
+    print(f"\nEchoRL demo: {len(rows)} steps, {train_s / 60:.1f} min of training ({wall / 60:.1f} min in all, "
+          f"with start-up and the report) in {summary['output_dir']}")
     print(f"  reward        {avg(first, 'reward/mean'):.3f} (first {k} steps) -> {avg(last, 'reward/mean'):.3f} (last {k})")
     print(f"  accuracy      {avg(first, 'reward/accuracy'):.3f} -> {avg(last, 'reward/accuracy'):.3f}")
     print(f"  degenerated   {avg(first, 'echo/groups_zero_var_frac'):.2f} -> {avg(last, 'echo/groups_zero_var_frac'):.2f} "
