@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Build the tiny Qwen2 + char tokenizer model (seeded warm-start) and report its success rates.
 
+    python scripts/build_tiny_model.py --ship               # the model shipped in echorl/assets/ (how it was built)
     python scripts/build_tiny_model.py                      # into the default cache folder
     python scripts/build_tiny_model.py --out /tmp/tiny --steps 100 --eval-rows 200
     python scripts/build_tiny_model.py --bench-only         # time a GRPO-sized step on the cached model
@@ -9,6 +10,11 @@ Prints the parameter count, warm-start time, final loss, sampled success rate at
 per arithmetic level, and (with --bench) the time of one GRPO-sized step: 16 prompts x 8 rollouts
 sampled (up to 64 new tokens), then one forward+backward+AdamW on those 128 sequences.
 See echorl/models/tiny.py for the recipe.
+
+The shipped model (echorl/assets/tiny-qwen2-char, RECIPE version 2: 0.69M parameters, 2500 seeded
+warm-start steps on one thread) took 520 s to build on the shared 2-core box; sampled success at
+T=1.0 on 500 prompts: overall 23.2%, level 1 95%, level 2 14%, level 3 5%, level 4 1%, level 5 1%.
+Rebuild and re-ship with `--ship` whenever RECIPE changes.
 """
 
 from __future__ import annotations
