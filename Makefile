@@ -8,6 +8,8 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM := false
+# OpenMP threads that spin-wait were measured 10-25x slower on a busy 2-core box (docs/log.md).
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: install demo test bench clean lint
 
@@ -30,6 +32,7 @@ test: install
 
 bench: install
 	$(PY) benchmarks/bench_select.py
+	$(PY) benchmarks/bench_engine.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
