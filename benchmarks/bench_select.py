@@ -206,7 +206,7 @@ def print_table(meta, r, targets) -> None:
         ("(a) / (b)", f"{r['ratio_a_over_b']:.2f}x", "<= 10x", targets["a/b <= 10"]),
         (f"(c) reference ({r['c_reference_rows']} rows, extrapolated)", f"{r['c_reference_s_extrapolated']:.1f} s", "", None),
         ("(c) / (a)", f"{r['speedup_c_over_a']:.0f}x", ">= 100x", targets["c/a >= 100"]),
-        ("(c) / (b): the most any implementation could reach", f"{r['speedup_c_over_b']:.0f}x", "", None),
+        ("(c) / (b): the reference against the floor", f"{r['speedup_c_over_b']:.0f}x", "", None),
         ("peak extra memory of (a)", f"{r['peak_extra_bytes'] / 2**20:.1f} MiB = {r['peak_extra_over_entropy']:.2f}x entropy",
          "<= 3x", targets["peak extra <= 3x entropy bytes"]),
         ("core == reference on the subsample", str(r["reference_agrees_on_subsample"]), "True", targets["reference agrees"]),

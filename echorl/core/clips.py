@@ -16,7 +16,7 @@ import torch
 
 from echorl.core.config import EchoConfig
 from echorl.core.registry import Registry
-from echorl.core.steps import aggregate_bins, boundary_ids_tensor, segment_boundaries, step_bins_
+from echorl.core.steps import aggregate_bins, boundary_ids_tensor, is_boundary_token, segment_boundaries, step_bins_
 
 # selector name -> fn(h [E, S] float, eligible [E, S] bool, u [E] float in [0, 1)) -> k [E] long (-1 = none)
 SELECTORS: Registry[Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = Registry("selector")
@@ -229,15 +229,15 @@ def select_echo_clips(
     mask = torch.zeros(B, L, dtype=torch.bool, device=device)
     has_b = torch.zeros(0, dtype=torch.bool, device=device)
     if E:
-        m_e = response_mask[idx]
+        m_e = response_mask.index_select(0, idx)
         v_e = m_e if m_e.dtype == torch.bool else m_e != 0  # [E, L]
         del m_e
-        is_b = torch.isin(responses[idx], boundary_ids_tensor(cfg.boundary_token_ids, device))  # [E, L]
+        is_b = is_boundary_token(responses.index_select(0, idx), boundary_ids_tensor(cfg.boundary_token_ids, device))
         step_id, n_e, has_b = segment_boundaries(is_b, v_e)  # [E, L] int32, [E], [E]
         del is_b, v_e
         S = int(n_e.max())  # >= 1: eligible rows are non-empty
         bins = step_bins_(step_id, S)  # [E, L] int32, step_id consumed
-        h, count = aggregate_bins(bins, entropy[idx], S, cfg.step_agg)  # [E, S], [E, S]
+        h, count = aggregate_bins(bins, entropy.index_select(0, idx), S, cfg.step_agg)  # [E, S], [E, S]
         step_ok = count >= cfg.min_step_tokens  # [E, S]; nonexistent steps have count 0
         gen = generator if generator is not None else torch.Generator().manual_seed(cfg.seed)
         u = torch.rand(B, generator=gen, dtype=torch.float64)[idx.cpu()].to(device)  # [E]
@@ -285,7 +285,7 @@ def _warn_if_no_boundary(responses: torch.Tensor, response_mask: torch.Tensor, i
     """Warn once per id set when a batch of non-empty responses holds no boundary token at all."""
     if ids in _warned_no_boundary:
         return
-    if bool((torch.isin(responses, boundary_ids_tensor(ids, responses.device)) & (response_mask != 0)).any()):
+    if bool((is_boundary_token(responses, boundary_ids_tensor(ids, responses.device)) & (response_mask != 0)).any()):
         return
     _warned_no_boundary.add(ids)
     warnings.warn(

@@ -35,6 +35,17 @@ def boundary_ids_tensor(ids: Sequence[int] | torch.Tensor, device: torch.device)
     return torch.as_tensor(list(ids) if not torch.is_tensor(ids) else ids, dtype=torch.long, device=device)
 
 
+def is_boundary_token(tokens: torch.Tensor, boundary_ids: torch.Tensor) -> torch.Tensor:
+    """``[E, L] bool``: which tokens are boundaries. For a few ids (the usual 1-4 newline ids) an
+    OR of equality tests, ~7x faster than ``torch.isin`` on CPU; ``isin`` beyond that."""
+    if boundary_ids.numel() > 8:
+        return torch.isin(tokens, boundary_ids)
+    out = torch.zeros(tokens.shape, dtype=torch.bool, device=tokens.device)
+    for i in boundary_ids.tolist():  # loop over the few ids, not over tokens
+        out.logical_or_(tokens == i)
+    return out
+
+
 def segment_steps(
     responses: torch.Tensor, valid: torch.Tensor, boundary_ids: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -50,7 +61,7 @@ def segment_steps(
         num_steps: ``[E] long``, steps per row (0 for a row without valid tokens).
         has_boundary: ``[E] bool``, whether the row holds a valid boundary token.
     """
-    step_id, num_steps, has_boundary = segment_boundaries(torch.isin(responses, boundary_ids), valid)
+    step_id, num_steps, has_boundary = segment_boundaries(is_boundary_token(responses, boundary_ids), valid)
     return step_id.long(), num_steps, has_boundary
 
 

@@ -199,3 +199,17 @@ def test_auto_boundary_ids_none_found():
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "b": 1, "[UNK]": 2}, unk_token="[UNK]")))
     with pytest.raises(ValueError, match="boundary='auto'.*boundary_token_ids"):
         auto_boundary_token_ids(tok)
+
+
+@pytest.mark.parametrize("num_ids", [1, 2, 8, 9, 40])
+def test_is_boundary_token_equals_isin(num_ids):
+    # Both branches (OR of equalities for <= 8 ids, torch.isin beyond) must give isin's answer.
+    from echorl.core.steps import is_boundary_token
+
+    g = torch.Generator().manual_seed(num_ids)
+    tokens = torch.randint(0, 60, (7, 33), generator=g)
+    ids = torch.randperm(60, generator=g)[:num_ids]
+    got = is_boundary_token(tokens, ids)
+    assert got.dtype == torch.bool
+    assert torch.equal(got, torch.isin(tokens, ids))
+    assert int(got.sum()) > 0
