@@ -8,6 +8,10 @@ Panels (each drawn from whichever of its keys the log holds; a panel with none s
 3. EchoClip length as a fraction of the response (``echo/clip_len_frac``);
 4. the EchoRL loss term per step (``echo/loss``).
 
+Reward and accuracy also get a rolling mean over ``SMOOTH`` steps (per-step values are noisy at
+small batch sizes). Clip length and EchoRL loss are undefined on steps without a clip
+(``echo/clips == 0``): those steps are left out rather than drawn as 0.
+
 Lines that are not JSON objects are skipped (a run killed mid-write leaves a partial last line);
 non-numeric and non-finite values are skipped per key. Uses the Agg backend (no display).
 
@@ -22,7 +26,11 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-__all__ = ["PANELS", "plot_metrics", "read_metrics"]
+__all__ = ["PANELS", "plot_metrics", "read_metrics", "rolling_mean"]
+
+SMOOTH = 10
+SMOOTHED = ("reward/mean", "reward/accuracy")
+NEEDS_CLIPS = ("echo/clip_len_frac", "echo/loss")
 
 # (title, y label, [(key, legend label), ...]); first key found per alias list wins.
 PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
@@ -54,9 +62,22 @@ def read_metrics(jsonl_path: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 
+def rolling_mean(ys: list[float], window: int) -> list[float]:
+    """Trailing mean of the last ``window`` values (fewer at the start)."""
+    out, acc = [], 0.0
+    for i, y in enumerate(ys):
+        acc += y
+        if i >= window:
+            acc -= ys[i - window]
+        out.append(acc / min(i + 1, window))
+    return out
+
+
 def _series(rows: Iterable[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
     xs, ys = [], []
     for i, r in enumerate(rows):
+        if key in NEEDS_CLIPS and r.get("echo/clips", 1) == 0:
+            continue
         v = r.get(key)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             continue
@@ -84,7 +105,14 @@ def plot_metrics(jsonl_path: str | os.PathLike, out_png: str | os.PathLike, titl
         for key, label in keys:
             xs, ys = _series(rows, key)
             if xs:
-                ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, linewidth=1.5, label=label)
+                smooth = key in SMOOTHED and len(xs) > 2 * SMOOTH
+                line, = ax.plot(xs, ys, marker="o" if len(xs) < 30 else ".", markersize=3,
+                                linewidth=0.8 if smooth else 1.5, alpha=0.35 if smooth else 1.0,
+                                linestyle="-" if key not in NEEDS_CLIPS else "none" if len(xs) >= 30 else "-",
+                                label=label if not smooth else None)
+                if smooth:
+                    ax.plot(xs, rolling_mean(ys, SMOOTH), color=line.get_color(), linewidth=2,
+                            label=f"{label}, {SMOOTH}-step mean")
                 drawn += 1
         ax.set_title(ptitle, fontsize=11)
         ax.set_xlabel("step")
