@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM := false
 # OpenMP threads that spin-wait were measured 10-25x slower on a busy 2-core box (docs/log.md).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install demo test bench clean lint
+.PHONY: install demo test bench clean
 
 install: $(STAMP)
 
