@@ -19,12 +19,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from echorl.models.folder import save_folder_atomic
 
 __all__ = ["GGUF_NAME", "boundary_ids", "convert_smollm2", "default_cache_dir", "gguf_path", "load_smollm2"]
 
@@ -80,22 +80,7 @@ def convert_smollm2(out_dir: str | os.PathLike) -> Path:
     tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
     model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
     _fix_eos(model, tok)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it 0700; the cache is an ordinary shared folder
-    try:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        (tmp / META_FILE).write_text(json.dumps({"version": _VERSION, "source": str(src), "eos_token": EOS_TOKEN}))
-        if out_dir.exists():
-            shutil.rmtree(out_dir, ignore_errors=True)
-        try:
-            os.replace(tmp, out_dir)
-        except OSError:  # another process converted concurrently: keep theirs
-            if not (out_dir / META_FILE).exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    save_folder_atomic(model, tok, out_dir, META_FILE, {"version": _VERSION, "source": str(src), "eos_token": EOS_TOKEN})
     return out_dir
 
 

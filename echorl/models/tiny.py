@@ -37,8 +37,6 @@ import json
 import math
 import os
 import random
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -46,6 +44,7 @@ from typing import Any, Sequence
 import torch
 
 from echorl.models.char_tokenizer import build_char_tokenizer
+from echorl.models.folder import save_folder_atomic
 from echorl.tasks import arithmetic
 
 __all__ = [
@@ -294,22 +293,7 @@ def _build(out_dir: Path, recipe: dict[str, Any], eval_rows: int, log_every: int
         "sampled_success_T1": acc,
         "boundary_ids": list(boundary_ids(tok)),
     }
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it 0700; the cache is an ordinary shared folder
-    try:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
-        if out_dir.exists():
-            shutil.rmtree(out_dir, ignore_errors=True)
-        try:
-            os.replace(tmp, out_dir)
-        except OSError:  # another process won the race: keep theirs
-            if not (out_dir / META_FILE).exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    save_folder_atomic(model, tok, out_dir, META_FILE, meta)
     return meta
 
 

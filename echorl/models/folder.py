@@ -1,0 +1,35 @@
+"""Write a Hugging Face model folder atomically (shared by the tiny-model build and the SmolLM2
+conversion): concurrent builders never see a half-written folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def save_folder_atomic(model: Any, tokenizer: Any, out_dir: Path, meta_file: str, meta: dict[str, Any]) -> None:
+    """Save ``model``, ``tokenizer`` and ``meta`` (as JSON in ``meta_file``) into ``out_dir``.
+
+    Written to a temporary sibling folder and renamed into place; if another process renamed its
+    own copy first, theirs is kept.
+    """
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it 0700; the cache is an ordinary shared folder
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / meta_file).write_text(json.dumps(meta, indent=2))
+        if out_dir.exists():
+            shutil.rmtree(out_dir, ignore_errors=True)
+        try:
+            os.replace(tmp, out_dir)
+        except OSError:  # another process won the race: keep theirs
+            if not (out_dir / meta_file).exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
