@@ -138,3 +138,27 @@ def test_micro_batch_split_does_not_change_the_update(tmp_path):
         torch.testing.assert_close(v, four.model.state_dict()[k], rtol=0, atol=1e-5)
     assert m1[0]["actor/pg_loss"] == pytest.approx(m4[0]["actor/pg_loss"], rel=1e-4, abs=1e-7)
     assert m1[0]["echo/loss"] == pytest.approx(m4[0]["echo/loss"], rel=1e-4)
+
+
+def test_advantage_mode_puts_adv_coef_on_clip_tokens(tmp_path):
+    """mode=advantage, every group degenerated: the advantages the actor sees are exactly adv_coef on
+    the EchoClip tokens (a prefix of each rollout's valid tokens) and 0 elsewhere; no loss term is
+    added, and the policy loss alone moves the weights."""
+    adv_coef = 0.3
+    tr, ms = _run(tmp_path, "advmode", steps=1, score_fn="local_scorers:always_one",
+                  **{"echorl.mode": "advantage", "echorl.adv_coef": adv_coef})
+    m, b = ms[0], tr.last_batch
+    assert m["echo/active"] == 1.0 and m["echo/clips"] == 16.0
+    adv, valid = b["advantages"], b["response_mask"].bool()
+    on = adv != 0
+    assert torch.all(adv[on] == torch.tensor(adv_coef, dtype=adv.dtype))
+    assert float(on.sum()) == m["echo/clip_tokens"] > 0
+    assert not torch.any(on & ~valid)
+    # each row's bonus covers a prefix of its (right-padded) valid positions: its first n_r tokens
+    n = on.sum(dim=1, keepdim=True)
+    assert torch.equal(on, valid & (torch.arange(adv.shape[1]) < n))
+    assert not b["echo_mask"].any()  # the clips ride the advantages, not the loss term
+    assert "echo/loss" not in m or m["echo/loss"] == 0.0
+    assert m["actor/grad_norm"] > 0.0
+    init, _ = make_model()
+    assert any(not torch.equal(v, init.state_dict()[k]) for k, v in tr.model.state_dict().items())
