@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 
 from echorl.local.logger import RunLogger, read_metrics
 

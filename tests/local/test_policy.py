@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from conftest import make_model
 from echorl.local.policy import old_policy_pass, pack_for_verl, position_ids_from_mask
 from echorl.local.rollout import generate_rollouts, response_mask_from_eos
 from echorl.local.update import compute_advantages, token_level_rewards

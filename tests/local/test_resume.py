@@ -64,7 +64,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     proc = _launch(_overrides(model_dir, out))
     log, _ = proc.communicate(timeout=240)
     assert proc.returncode == 0, log
-    assert f"resumed from" in log and f"done: {STEPS} steps" in log
+    assert "resumed from" in log and f"done: {STEPS} steps" in log
 
     a = load_checkpoint(latest_checkpoint(tmp_path / "ref" / "checkpoints"))
     b = load_checkpoint(latest_checkpoint(out / "checkpoints"))

@@ -24,15 +24,6 @@ from echorl.tasks import arithmetic
 SHORT = dict(RECIPE, warm_start_steps=4, batch_size=8, warmup_steps=2, train_rows=64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread (as the build and the engine run): multi-threaded tiny matmuls on a shared
-    2-core box are many times slower."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
 
 @pytest.fixture(scope="module")
 def tok():

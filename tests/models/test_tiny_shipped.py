@@ -15,14 +15,6 @@ from echorl.models.tiny import META_FILE, RECIPE, SHIPPED_DIR, load_tiny_model, 
 from echorl.tasks import arithmetic
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread, as the engine runs: two spinning threads on a shared 2-core box are far slower."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
 
 @pytest.fixture(scope="module")
 def meta():
