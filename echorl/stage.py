@@ -15,6 +15,7 @@ import torch
 from echorl.core.clips import EchoSelection, select_echo_clips
 from echorl.core.config import EchoConfig
 from echorl.core.loss import apply_echo_advantage, normalizer_from_counts
+from echorl.core.tensorops import count_true
 
 
 @dataclass
@@ -77,11 +78,24 @@ def run_echo_stage(
     if advantages is not None:
         if advantages.shape != sel.mask.shape:
             raise ValueError(f"advantages must have shape [B, L]={list(sel.mask.shape)}, got {list(advantages.shape)}")
-        valid = response_mask != 0
         if active and cfg.mode == "advantage":
             out_adv = apply_echo_advantage(advantages, sel.mask, cfg.adv_coef)
-        n_valid = valid.sum().clamp(min=1)
-        with_grad = (advantages != 0) & valid
-        metrics["echo/grad_token_frac_base"] = float(with_grad.sum() / n_valid)
-        metrics["echo/grad_token_frac_echo"] = float((with_grad | sel.mask).sum() / n_valid)
+        # bool [B, L] counts without .sum()'s int64 copy of the whole batch (count_true)
+        n_valid = max(float(sel.lengths.sum()), 1.0)
+        with_grad = (advantages != 0) & (response_mask != 0)  # [B, L]
+        metrics["echo/grad_token_frac_base"] = float(count_true(with_grad).sum()) / n_valid
+        metrics["echo/grad_token_frac_echo"] = float(count_true(with_grad.logical_or_(sel.mask)).sum()) / n_valid
     return EchoStageOutput(echo_mask=echo_mask, echo_denom=denom, advantages=out_adv, selection=sel, metrics=metrics)
+
+
+def num_minibatches(batch_size: int, ppo_mini_batch_size: int, rollout_n: int) -> int:
+    """Optimizer steps per epoch of one step's batch of ``batch_size`` rows, as both hosts cut it.
+
+    verl's ``_update_actor`` passes ``mini_batch_size = ppo_mini_batch_size * rollout.n`` rows (the
+    mini-batch size counts prompts) and ``_balance_batch`` pads the batch to a multiple of it, so it
+    is ``batch_size / mini``; the embedded engine cuts its batch the same way.
+    """
+    mini = int(ppo_mini_batch_size) * int(rollout_n)
+    if mini <= 0:
+        raise ValueError(f"actor_rollout_ref.actor.ppo_mini_batch_size * rollout.n must be > 0, got {mini}")
+    return max(1, -(-int(batch_size) // mini))

@@ -16,6 +16,7 @@ import torch
 
 from echorl.core.config import EchoConfig
 from echorl.core.registry import Registry
+from echorl.core.tensorops import count_true
 from echorl.core.steps import aggregate_bins, boundary_ids_tensor, is_boundary_token, segment_boundaries, step_bins_
 
 # selector name -> fn(h [E, S] float, eligible [E, S] bool, u [E] float in [0, 1)) -> k [E] long (-1 = none)
@@ -153,16 +154,6 @@ def _check_entropy_finite(entropy: torch.Tensor, response_mask: torch.Tensor) ->
         )
 
 
-def _count_true(m: torch.Tensor) -> torch.Tensor:
-    """Row counts of a ``[B, L] bool`` tensor as ``[B] long``, without the ``[B, L]`` int64 copy that
-    ``bool.sum(dim=1)`` makes: blocks of 128 are summed in uint8 (no overflow), then the blocks."""
-    u8 = m.view(torch.uint8)
-    L = u8.shape[1]
-    main = (L // 128) * 128
-    out = u8[:, :main].unflatten(1, (-1, 128)).sum(dim=2, dtype=torch.uint8).sum(dim=1)  # [B]
-    return out + u8[:, main:].sum(dim=1) if main < L else out
-
-
 # ---------------------------------------------------------------------------- main entry
 def select_echo_clips(
     responses: torch.Tensor,
@@ -197,7 +188,7 @@ def select_echo_clips(
     device = responses.device
     _check_entropy_finite(entropy, response_mask)
     codes = _group_codes(group_ids, B, device)  # [B]
-    lengths = _count_true(response_mask if response_mask.dtype == torch.bool else response_mask != 0)  # [B]
+    lengths = count_true(response_mask if response_mask.dtype == torch.bool else response_mask != 0)  # [B]
 
     # ---- groups and eligibility (SPEC 2.3); all [B] or [G] sized
     row_ok = lengths > 0  # empty rows (verl padding rows) are never members nor eligible

@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 
 from echorl.core.registry import Registry
+from echorl.core.tensorops import count_true
 
 # loss_agg name -> fn(clip_tokens, valid_tokens, num_minibatches) -> float D (counts of the whole batch)
 LOSS_AGGS: Registry[Callable[[float, float, int], float]] = Registry("loss_agg")
@@ -52,9 +53,10 @@ def echo_normalizer(
     Returns:
         ``D >= 1`` (the term of an empty selection is 0 whatever ``D`` is; 1 avoids a 0/0).
     """
-    return normalizer_from_counts(
-        int(torch.count_nonzero(echo_mask)), int(torch.count_nonzero(response_mask)), loss_agg, num_minibatches
-    )
+    def count(m: torch.Tensor) -> int:
+        return int(count_true(m if m.dtype == torch.bool else m != 0).sum())
+
+    return normalizer_from_counts(count(echo_mask), count(response_mask), loss_agg, num_minibatches)
 
 
 def normalizer_from_counts(clip_tokens: float, valid_tokens: float, loss_agg: str, num_minibatches: int) -> float:
