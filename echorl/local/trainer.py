@@ -38,7 +38,7 @@ from echorl.local.logger import RunLogger
 from echorl.local.policy import old_policy_pass
 from echorl.local.rollout import eos_ids_of, generate_rollouts
 from echorl.local.update import actor_update, compute_advantages, token_level_rewards
-from echorl.stage import run_echo_stage
+from echorl.stage import num_minibatches, run_echo_stage
 
 __all__ = ["LocalTrainer", "load_model", "check_boundary_ids", "import_score_fn"]
 
@@ -270,12 +270,12 @@ class LocalTrainer:
 
         t3 = time.perf_counter()
         rewards = token_level_rewards(scores, rb.response_mask)
-        uids = np.array([f"{self.global_step}_{g}" for g in rb.group_index.tolist()], dtype=object)
-        adv = compute_advantages(str(cfg.algorithm.adv_estimator), rewards, rb.response_mask, uids, self.algo_cfg)
+        adv = compute_advantages(str(cfg.algorithm.adv_estimator), rewards, rb.response_mask,
+                                 rb.group_index.numpy(), self.algo_cfg)  # group ids of this batch
         t["timing/adv"] = time.perf_counter() - t3
 
         t4 = time.perf_counter()
-        n_mini = int(cfg.data.train_batch_size) // int(self.actor_cfg.ppo_mini_batch_size)
+        n_mini = num_minibatches(rb.responses.shape[0], int(self.actor_cfg.ppo_mini_batch_size), n)
         echo = run_echo_stage(rb.responses, rb.response_mask, entropy, scores, rb.group_index, self.echo_cfg,
                               advantages=adv, num_minibatches=n_mini, step=self.global_step)
         t["timing/echo"] = time.perf_counter() - t4

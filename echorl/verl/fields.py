@@ -64,18 +64,6 @@ def group_ids(value) -> list[str]:
     return [str(u if isinstance(u, (str, bytes)) else getattr(u, "data", u)) for u in items]
 
 
-def num_minibatches(batch_size: int, ppo_mini_batch_size: int, rollout_n: int) -> int:
-    """Optimizer steps per epoch of one step's batch, as verl's ``train_mini_batch`` cuts it.
-
-    verl's ``_update_actor`` passes ``mini_batch_size = ppo_mini_batch_size * rollout.n`` rows and
-    ``_balance_batch`` pads the batch to a multiple of it, so it is ``batch_size / mini``.
-    """
-    mini = int(ppo_mini_batch_size) * int(rollout_n)
-    if mini <= 0:
-        raise ValueError(f"actor_rollout_ref.actor.ppo_mini_batch_size * rollout.n must be > 0, got {mini}")
-    return max(1, -(-int(batch_size) // mini))
-
-
 def echo_stage_fields(
     data: TensorDict,
     is_padding: Sequence[bool] | None,

@@ -29,7 +29,8 @@ from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
 from echorl.core.clips import EchoBoundaryWarning
 from echorl.core.config import EchoConfig
-from echorl.verl.fields import READ_FIELDS, echo_stage_fields, num_minibatches
+from echorl.stage import num_minibatches
+from echorl.verl.fields import READ_FIELDS, echo_stage_fields
 from echorl.verl.loss import EchoLoss
 from echorl.verl.validate import check_boundary_ids, validate_config
 

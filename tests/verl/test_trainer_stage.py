@@ -17,7 +17,8 @@ from verl.trainer.ppo.padding_utils import construct_minimal_padding_template
 from verl.utils import tensordict_utils as tu
 
 from echorl import EchoConfig, echo_normalizer, select_echo_clips
-from echorl.verl.fields import echo_stage_fields, num_minibatches
+from echorl.stage import num_minibatches
+from echorl.verl.fields import echo_stage_fields
 
 NL, NLNL = 198, 271
 G = 4  # rollouts per prompt
