@@ -28,11 +28,14 @@ the field and the columns the row has. CLI: ``scripts/prepare_data.py``. Tests:
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from echorl.rewards.boxed import last_boxed
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["DataFormatError", "FORMATS", "TEMPLATE", "convert_rows", "read_rows", "write_parquet",
            "prepare"]
@@ -237,20 +240,26 @@ def prepare(inputs: Sequence[str | Path], output: str | Path, fmt: str, *, dedup
             **kwargs: Any) -> int:
     """Convert one or more input files (rows concatenated) to one verl parquet; returns row count.
 
-    Deduplication (if on) also applies across files; ``extra_info.index`` numbers the output rows.
+    Deduplication (if on) applies across files, once, and the number of dropped rows is logged;
+    ``extra_info.index`` numbers the output rows.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {sorted(FORMATS)}")
     dedup = FORMATS[fmt].dedup if dedup is None else dedup
     rows: list[dict] = []
     seen: set[tuple[str, str]] = set()
+    dropped = 0
     for p in inputs:
-        for r in convert_rows(read_rows(p), fmt, where=str(p), dedup=dedup, **kwargs):
+        for r in convert_rows(read_rows(p), fmt, where=str(p), dedup=False, **kwargs):
             key = (r["prompt"][0]["content"], r["reward_model"]["ground_truth"])
             if dedup and key in seen:
+                dropped += 1
                 continue
             seen.add(key)
             r["extra_info"]["index"] = len(rows)
             rows.append(r)
+    if dropped:
+        logger.warning("prepare_data: dropped %d duplicate (question, answer) rows of %d; --no-dedup keeps them",
+                       dropped, dropped + len(rows))
     write_parquet(rows, output)
     return len(rows)

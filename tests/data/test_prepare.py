@@ -163,3 +163,10 @@ def test_script_cli(tmp_path, capsys):
     bad = _write(tmp_path / "bad.jsonl", [{"problem": "p"}])
     assert script.main(["--format", "math", "--input", str(bad), "--output", str(out)]) == 2
     assert "row 0: missing field 'answer'" in capsys.readouterr().err
+
+
+def test_dropped_duplicates_are_counted_in_the_log(tmp_path, caplog):
+    src = _write(tmp_path / "dapo.jsonl", DAPO)
+    with caplog.at_level("WARNING", logger="echorl.data.prepare"):
+        assert prepare([src], tmp_path / "out.parquet", "dapo") == 2
+    assert "dropped 2 duplicate (question, answer) rows of 4" in caplog.text
