@@ -16,6 +16,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import inspect
 from typing import Any, Callable
 
@@ -131,10 +133,13 @@ def actor_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sched
                 for k, v in metrics.items():
                     acc.setdefault(k, []).append(v)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=clip)
-            if torch.isfinite(grad_norm):
+            finite = bool(torch.isfinite(grad_norm))
+            if finite:
                 optimizer.step()
+            else:  # as verl's engines do: skip the update, but say so and count it
+                warnings.warn(f"actor update skipped: gradient norm is {float(grad_norm)}", RuntimeWarning, stacklevel=2)
             optimizer.zero_grad(set_to_none=True)
-            out: dict[str, float] = {"actor/grad_norm": float(grad_norm)}
+            out: dict[str, float] = {"actor/grad_norm": float(grad_norm), "actor/skipped_updates": float(not finite)}
             for k, vals in acc.items():
                 if isinstance(vals[0], Metric):
                     agg = vals[0].aggregation
@@ -145,5 +150,6 @@ def actor_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sched
             per_mini.append(out)
     scheduler.step()
     res = _mean_metrics(per_mini)
+    res["actor/skipped_updates"] = float(sum(m["actor/skipped_updates"] for m in per_mini))  # a count, not a mean
     res["actor/lr"] = float(optimizer.param_groups[0]["lr"])
     return res

@@ -162,3 +162,24 @@ def test_advantage_mode_puts_adv_coef_on_clip_tokens(tmp_path):
     assert m["actor/grad_norm"] > 0.0
     init, _ = make_model()
     assert any(not torch.equal(v, init.state_dict()[k]) for k, v in tr.model.state_dict().items())
+
+
+def test_non_finite_gradient_skips_the_update_and_counts_it(tmp_path):
+    """A NaN loss must not reach the weights: every mini-batch's update is skipped, counted and warned."""
+
+    def nan_loss(cfg):
+        plain = _plain_ppo_loss(cfg)
+
+        def fn(output, data, dp_group=None):
+            loss, metrics = plain(output, data)
+            return loss * float("nan"), metrics
+
+        return fn
+
+    with pytest.warns(RuntimeWarning, match="actor update skipped: gradient norm is nan"):
+        tr, ms = _run(tmp_path, "nan", steps=1, loss_fn=nan_loss,
+                      **{"actor_rollout_ref.actor.ppo_mini_batch_size": 2})
+    n_mini = 4 // 2  # base_overrides: 4 prompts per step
+    assert ms[0]["actor/skipped_updates"] == float(n_mini)
+    init, _ = make_model()
+    assert all(torch.equal(v, init.state_dict()[k]) for k, v in tr.model.state_dict().items())
