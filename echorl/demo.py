@@ -82,9 +82,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"  degenerated   {avg(first, 'echo/groups_zero_var_frac'):.2f} -> {avg(last, 'echo/groups_zero_var_frac'):.2f} "
           f"of groups (all-success: {avg(first, 'echo/groups_all_success_frac'):.2f} -> "
           f"{avg(last, 'echo/groups_all_success_frac'):.2f})")
-    print(f"  EchoClips     {sum(r.get('echo/clips', 0) for r in rows):.0f} in total, "
-          f"{avg(last, 'echo/clip_len_frac'):.2f} of the response on average (last {k} steps); "
-          f"EchoRL loss {avg(last, 'echo/loss'):.3f}")
+    with_clips = [r for r in rows if r.get("echo/clips", 0) > 0]  # clip length / loss undefined without clips
+    if with_clips:
+        print(f"  EchoClips     {sum(r['echo/clips'] for r in with_clips):.0f} in total, "
+              f"{avg(with_clips, 'echo/clip_len_frac'):.2f} of the response on average; EchoRL loss "
+              f"{avg(with_clips[-k:], 'echo/loss'):.3f} (last {min(k, len(with_clips))} steps with clips)")
+    else:
+        print("  EchoClips     none yet: no group was all-success (train longer)")
     for key, label in (("figure", "figure"), ("clips_html", "EchoClips"), ("metrics", "metrics")):
         if key in summary:
             print(f"  {label:13s} {summary[key]}")
