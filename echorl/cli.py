@@ -2,6 +2,8 @@
 
     echorl train [hydra overrides]     train with the embedded engine (echorl/config/local.yaml)
     echorl analyze RUN_DIR             figure (metrics.png) + EchoClip page (echo_clips.html) of a run
+    echorl analyze entropy|deletion|clips ...   entropy profile, step-deletion test, EchoClip page of a
+                                       dump (echorl.analysis.commands, docs/analysis.md)
 
 Overrides use verl's key names, e.g.
 ``echorl train algorithm.adv_estimator=rloo actor_rollout_ref.rollout.n=8 echorl.coef=0.01``.
@@ -52,7 +54,22 @@ def _analyze(run_dir: str) -> int:
     return 0
 
 
+ANALYZE_TOOLS = ("entropy", "deletion", "clips")
+
+
+def _analyze_tool(argv: Sequence[str]) -> int:
+    """``echorl analyze entropy|deletion|clips ...`` (:mod:`echorl.analysis.commands`)."""
+    from echorl.analysis import commands
+
+    parser = argparse.ArgumentParser(prog="echorl analyze", description="analyses of EchoRL's entropy rule (docs/analysis.md)")
+    commands.add_parsers(parser.add_subparsers(dest="analyze_cmd", required=True))
+    return commands.run(parser.parse_args(list(argv)))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["analyze"] and argv[1:2] and argv[1] in ANALYZE_TOOLS:
+        return _analyze_tool(argv[1:])
     parser = argparse.ArgumentParser(prog="echorl", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -60,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_train.add_argument("overrides", nargs="*", help="key=value overrides of echorl/config/local.yaml")
     p_an = sub.add_parser("analyze", help="figure + EchoClip HTML page of a run folder")
     p_an.add_argument("run_dir")
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(argv)
     if args.cmd == "train":
         return _train(args.overrides)
     return _analyze(args.run_dir)
