@@ -4,6 +4,9 @@
     echorl analyze RUN_DIR             figure (metrics.png) + EchoClip page (echo_clips.html) of a run
     echorl analyze entropy|deletion|clips ...   entropy profile, step-deletion test, EchoClip page of a
                                        dump (echorl.analysis.commands, docs/analysis.md)
+    echorl eval MODEL --bench NAME=SOURCE[:GROUP] ...   evaluate a model or checkpoint; `echorl eval compare A B`
+                                       (echorl.eval, docs/evaluation.md)
+    echorl export CKPT OUT_DIR         engine checkpoint -> Hugging Face folder
 
 Overrides use verl's key names, e.g.
 ``echorl train algorithm.adv_estimator=rloo actor_rollout_ref.rollout.n=8 echorl.coef=0.01``.
@@ -70,6 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["analyze"] and argv[1:2] and argv[1] in ANALYZE_TOOLS:
         return _analyze_tool(argv[1:])
+    if argv[:1] in (["eval"], ["export"]):  # their parsers live in echorl/eval/cli.py
+        from echorl.eval.cli import eval_main, export_main
+
+        return (eval_main if argv[0] == "eval" else export_main)(argv[1:])
     parser = argparse.ArgumentParser(prog="echorl", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -77,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_train.add_argument("overrides", nargs="*", help="key=value overrides of echorl/config/local.yaml")
     p_an = sub.add_parser("analyze", help="figure + EchoClip HTML page of a run folder")
     p_an.add_argument("run_dir")
+    sub.add_parser("eval", help="evaluate a model or checkpoint on benchmarks; `eval compare A B` (echorl eval -h)")
+    sub.add_parser("export", help="engine checkpoint -> Hugging Face folder (echorl export -h)")
     args = parser.parse_args(argv)
     if args.cmd == "train":
         return _train(args.overrides)
