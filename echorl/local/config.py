@@ -98,6 +98,14 @@ def build_echo_config(cfg: DictConfig) -> EchoConfig:
     return EchoConfig.from_dict(OmegaConf.to_container(cfg.echorl, resolve=True), prefix="echorl")
 
 
+def build_method_config(cfg: DictConfig):
+    """The ``method:`` node (LUFFY / UFT, :class:`echorl.methods.config.MethodConfig`); absent = GRPO."""
+    from echorl.methods.config import MethodConfig
+
+    node = cfg.get("method")
+    return MethodConfig.from_dict(OmegaConf.to_container(node, resolve=True) if node is not None else None)
+
+
 def validate(cfg: DictConfig, actor_cfg: Any) -> None:
     """Cross-key rules of the embedded engine; each error names the key(s) and the fix."""
     from verl.trainer.ppo.core_algos import get_adv_estimator_fn

@@ -32,8 +32,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from echorl.local import checkpoint as ckpt
-from echorl.local.config import build_actor_config, build_algo_config, build_echo_config, validate
+from echorl.local.config import build_actor_config, build_algo_config, build_echo_config, build_method_config, validate
+from echorl.filtering import rl_response_mask
 from echorl.local.data import PromptSampler, prepare_prompts
+from echorl.local.dynamic_sampling import dynamic_sample, filter_config, generate_and_score
 from echorl.local.logger import RunLogger
 from echorl.local.policy import old_policy_pass
 from echorl.local.rollout import eos_ids_of, generate_rollouts
@@ -176,6 +178,17 @@ class LocalTrainer:
 
         self.optimizer = build_optimizer(self.model.parameters(), self.actor_cfg.optim)
         self.scheduler = self._build_scheduler()
+        from echorl.methods.local import LocalMethod
+
+        method_cfg = build_method_config(cfg)
+        self.method = LocalMethod(method_cfg, tokenizer, eos_id=self.eos_ids[0], pad_id=self.pad_id,
+                                  n=int(cfg.actor_rollout_ref.rollout.n),
+                                  max_response_length=int(cfg.data.max_response_length))
+        self.filter_cfg = filter_config(cfg, self.echo_cfg, self.method.active)  # algorithm.filter_groups (DAPO)
+        if loss_fn is None and self.method.active:  # LUFFY / UFT: their loss + the EchoRL term
+            from echorl.methods.luffy import MethodLoss
+
+            loss_fn = MethodLoss(self.actor_cfg, self.echo_cfg, method_cfg)
         if loss_fn is None:
             from echorl.verl.loss import EchoLoss
 
@@ -190,6 +203,9 @@ class LocalTrainer:
                                  timeout_s=float(cfg.reward.timeout_s))
         self.out = Path(str(cfg.output_dir))
         self.ckpt_dir = self.out / "checkpoints"
+        from echorl.local.validation import make_validator
+
+        self.validator = make_validator(cfg, self.tok, self.out)  # held-out data.val_files (None: no validation)
         self.global_step = 0
         self.last = None  # tensors of the last step, for the EchoClip page
         self.update_gen = torch.Generator().manual_seed(int(self.actor_cfg.data_loader_seed))
@@ -246,22 +262,14 @@ class LocalTrainer:
         n, temp = int(ro.n), float(ro.temperature)
         t: dict[str, float] = {}
         t0 = time.perf_counter()
-        idx = self.sampler.next_batch()
-        rows = [self.prompts.rows[i] for i in idx]
-        rb = generate_rollouts(self.model, self.tok, [self.prompts.ids[i] for i in idx], n=n,
-                               max_response_length=int(cfg.data.max_response_length), temperature=temp,
-                               top_p=float(ro.top_p), top_k=int(ro.top_k), eos_ids=self.eos_ids, pad_id=self.pad_id)
-        t["timing/gen"] = time.perf_counter() - t0
-
-        t1 = time.perf_counter()
-        lens = rb.response_mask.sum(-1)  # [B]
-        texts = self.tok.batch_decode([r[:k] for r, k in zip(rb.responses.tolist(), lens.tolist())],
-                                      skip_special_tokens=True)
-        args = [(rows[g]["data_source"], texts[i], rows[g]["answer"], rows[g].get("extra_info"))
-                for i, g in enumerate(rb.group_index.tolist())]
-        score_list, stats = self.pool.score(args)
-        scores = torch.tensor(score_list, dtype=torch.float32)  # [B]
-        t["timing/reward"] = time.perf_counter() - t1
+        gen = generate_and_score(self, self.sampler.next_batch(), t)  # echorl.local.dynamic_sampling
+        echo_only, filter_metrics = None, {}
+        if self.filter_cfg.enable:  # DAPO dynamic sampling: drop zero-variance groups, refill
+            gen, echo_only, filter_metrics = dynamic_sample(
+                gen, lambda: generate_and_score(self, self.sampler.next_batch(), t), self.filter_cfg, self.echo_cfg,
+                int(cfg.data.train_batch_size), self.pad_id)
+        rows, rb, scores, stats = gen.rows, gen.rb, gen.scores, gen.stats  # scores [B]
+        lens = rb.attention_mask[:, rb.prompts.shape[1]:].sum(-1)  # [B] response tokens (UFT hints included)
 
         t2 = time.perf_counter()
         old_lp, entropy = old_policy_pass(self.model, rb.input_ids, rb.attention_mask, rb.responses, temp,
@@ -269,23 +277,29 @@ class LocalTrainer:
         t["timing/old_log_prob"] = time.perf_counter() - t2
 
         t3 = time.perf_counter()
-        rewards = token_level_rewards(scores, rb.response_mask)
-        adv = compute_advantages(str(cfg.algorithm.adv_estimator), rewards, rb.response_mask,
+        rl_mask = rl_response_mask(rb.response_mask, echo_only)  # kept rows: no RL gradient (echorl.filtering)
+        rewards = token_level_rewards(scores, rl_mask)
+        adv = compute_advantages(str(cfg.algorithm.adv_estimator), rewards, rl_mask,
                                  rb.group_index.numpy(), self.algo_cfg)  # group ids of this batch
         t["timing/adv"] = time.perf_counter() - t3
 
         t4 = time.perf_counter()
-        n_mini = num_minibatches(rb.responses.shape[0], int(self.actor_cfg.ppo_mini_batch_size), n)
-        echo = run_echo_stage(rb.responses, rb.response_mask, entropy, scores, rb.group_index, self.echo_cfg,
-                              advantages=adv, num_minibatches=n_mini, step=self.global_step)
+        n_rl = rb.responses.shape[0] - (int(echo_only.sum()) if echo_only is not None else 0)
+        n_mini = num_minibatches(n_rl, int(self.actor_cfg.ppo_mini_batch_size), n)
+        echo = run_echo_stage(rb.responses, self.method.echo_response_mask(rb), entropy, scores, rb.group_index,
+                              self.echo_cfg,
+                              advantages=adv, num_minibatches=n_mini, step=self.global_step, echo_only=echo_only)
         t["timing/echo"] = time.perf_counter() - t4
 
         t5 = time.perf_counter()
         B = rb.responses.shape[0]
         batch = {"prompts": rb.prompts, "responses": rb.responses, "input_ids": rb.input_ids,
-                 "attention_mask": rb.attention_mask, "response_mask": rb.response_mask,
+                 "attention_mask": rb.attention_mask, "response_mask": rl_mask,
                  "old_log_probs": old_lp, "advantages": echo.advantages, "echo_mask": echo.echo_mask,
-                 "echo_denom": torch.full((B,), float(echo.echo_denom), dtype=torch.float32)}
+                 "echo_denom": echo.echo_denom_rows}
+        if echo_only is not None and bool(echo_only.any()):
+            batch["echo_only"] = echo_only  # actor_update spreads them over the RL mini-batches
+        batch.update(self.method.batch_fields(rb, n_mini))
         self.last_batch = batch
         actor = actor_update(self.model, self.optimizer, self.scheduler, self.loss_fn, batch, self.actor_cfg,
                              n=n, temperature=temp, generator=self.update_gen)
@@ -310,6 +324,8 @@ class LocalTrainer:
             "data/prompts_too_long": float(self.prompts.skipped_too_long),
         }
         metrics.update(echo.metrics)
+        metrics.update(filter_metrics)
+        metrics.update(self.method.metrics)
         metrics.update(actor)
         metrics.update(t)
         if self.last is None or bool(echo.selection.mask.any()):  # keep the latest step that had clips
@@ -332,8 +348,14 @@ class LocalTrainer:
         limit_s = cfg.trainer.get("time_limit_min")
         deadline = time.monotonic() + 60 * float(limit_s) if limit_s else None
         try:
+            if self.validator is not None and self.validator.before_train and self.global_step == 0:
+                log.log(0, self.validator.run(self.model, 0))  # verl logs validation before training at step 0
+                if log.bar is not None:
+                    log.bar.update(-1)  # step 0 is not a training step
             while self.global_step < total:
                 metrics = self.step()
+                if self.validator is not None and self.validator.due(self.global_step, total):
+                    metrics.update(self.validator.run(self.model, self.global_step))
                 log.log(self.global_step, metrics)
                 out_of_time = deadline is not None and time.monotonic() > deadline
                 if (save_freq > 0 and self.global_step % save_freq == 0) or self.global_step == total or out_of_time:
@@ -345,6 +367,8 @@ class LocalTrainer:
         finally:
             log.close()
             self.pool.close()
+            if self.validator is not None:
+                self.validator.close()
         summary: dict[str, Any] = {"output_dir": str(self.out), "metrics": str(log.path), "steps": self.global_step}
         if cfg.trainer.make_report:
             summary.update(self.report())

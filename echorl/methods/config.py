@@ -1,0 +1,107 @@
+"""The ``method:`` config node shared by both hosts (``local.yaml`` and the verl recipes).
+
+::
+
+    method:
+      name: grpo          # grpo (no expert data), luffy, uft
+      luffy: {num_off_policy: 1, gamma: 0.1, max_target_length: 8192}
+      uft: {hint_steps: 300, lower_prob: 0.05, upper_prob: 0.95, max_segments: 5, coef: 0.001, seed: 0}
+
+Every bad value is a ``ValueError`` naming ``method.<key>``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+METHODS = ("grpo", "luffy", "uft")
+
+
+def _from(cls, d: Mapping[str, Any] | None, prefix: str):
+    d = dict(d or {})
+    valid = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - valid)
+    if unknown:
+        raise ValueError(f"unknown key(s) {[f'{prefix}.{k}' for k in unknown]}; valid keys: {sorted(valid)}")
+    return cls(**d)
+
+
+@dataclass(frozen=True)
+class LuffyConfig:
+    """LUFFY (Yan et al. 2025): ``num_off_policy`` of the ``n`` rollouts of each group are replaced
+    by the prompt's expert trace (the first ones of the group); its tokens get the shaped,
+    unclipped term ``-A * f(pi_theta)`` with ``f(x) = x / (x + gamma)``."""
+
+    num_off_policy: int = 1
+    gamma: float = 0.1
+    max_target_length: int = 8192
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.num_off_policy, int) or self.num_off_policy < 0:
+            raise ValueError(f"method.luffy.num_off_policy must be an int >= 0, got {self.num_off_policy!r}")
+        if not float(self.gamma) > 0:
+            raise ValueError(f"method.luffy.gamma must be > 0 (f(x) = x / (x + gamma)), got {self.gamma!r}")
+        if not isinstance(self.max_target_length, int) or self.max_target_length < 1:
+            raise ValueError(f"method.luffy.max_target_length must be a positive int, got {self.max_target_length!r}")
+
+
+@dataclass(frozen=True)
+class UftConfig:
+    """UFT (Liu et al. 2025): a hint (the first ``k`` of ``m = min(max_segments, lines)`` segments of
+    the expert solution, ``k ~ Binomial(m, p(t))``) is given to the whole group;
+    ``p(t) = lower + (upper - lower) * (1 + cos(pi t / hint_steps)) / 2`` for ``t <= hint_steps``,
+    no hint after; ``coef`` weighs the hint tokens' NLL."""
+
+    hint_steps: int = 300
+    lower_prob: float = 0.05
+    upper_prob: float = 0.95
+    max_segments: int = 5
+    coef: float = 0.001
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.hint_steps, int) or self.hint_steps < 0:
+            raise ValueError(f"method.uft.hint_steps must be an int >= 0, got {self.hint_steps!r}")
+        for k in ("lower_prob", "upper_prob"):
+            v = float(getattr(self, k))
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"method.uft.{k} must be in [0, 1], got {v!r}")
+        if self.lower_prob > self.upper_prob:
+            raise ValueError(f"method.uft.lower_prob ({self.lower_prob}) must be <= upper_prob ({self.upper_prob})")
+        if not isinstance(self.max_segments, int) or self.max_segments < 1:
+            raise ValueError(f"method.uft.max_segments must be a positive int, got {self.max_segments!r}")
+        if float(self.coef) < 0:
+            raise ValueError(f"method.uft.coef must be >= 0, got {self.coef!r}")
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Which base method runs, with its options (the unused one's options are still validated)."""
+
+    name: str = "grpo"
+    luffy: LuffyConfig = field(default_factory=LuffyConfig)
+    uft: UftConfig = field(default_factory=UftConfig)
+
+    def __post_init__(self) -> None:
+        if self.name not in METHODS:
+            raise ValueError(f"method.name must be one of {list(METHODS)}, got {self.name!r}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "MethodConfig":
+        """From a plain mapping (a resolved Hydra ``method:`` node); ``None`` gives plain GRPO."""
+        d = dict(d or {})
+        valid = {"name", "luffy", "uft"}
+        unknown = sorted(set(d) - valid)
+        if unknown:
+            raise ValueError(f"unknown key(s) {[f'method.{k}' for k in unknown]}; valid keys: {sorted(valid)}")
+        return cls(name=str(d.get("name", "grpo")), luffy=_from(LuffyConfig, d.get("luffy"), "method.luffy"),
+                   uft=_from(UftConfig, d.get("uft"), "method.uft"))
+
+    @property
+    def is_luffy(self) -> bool:
+        return self.name == "luffy"
+
+    @property
+    def is_uft(self) -> bool:
+        return self.name == "uft"

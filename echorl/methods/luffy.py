@@ -1,0 +1,194 @@
+"""LUFFY: mixed-policy GRPO with off-policy expert traces (Yan et al. 2025, arXiv 2504.14945).
+
+Rules (facts from the authors' public code are listed in docs/method.md, "Base methods"):
+
+* Group: of the ``n`` rows of a prompt, the first ``num_off_policy`` are the prompt's expert trace
+  (when the row has one, :func:`expert_text`), the rest are the policy's own rollouts. The trace is
+  tokenised without special tokens, cut to ``max_target_length`` tokens, EOS appended, then cut to
+  the response length (:func:`expert_trace_ids`). It is scored by the verifier like any rollout.
+* Advantages: the base estimator over the whole mixed group (verl's ``grpo`` on the uid), so the
+  expert's reward moves the group mean.
+* Loss, per token: on-policy rows use the base method's policy loss unchanged (verl's
+  ``ppo_loss`` with its ``loss_mode``, clip and ``loss_agg_mode``); off-policy rows use
+  ``-A_t * f(pi_theta(t))`` with ``f(x) = x / (x + gamma)`` (the importance ratio with the behaviour
+  policy taken as 1, shaped), never clipped. Both parts are aggregated with verl's ``agg_loss`` and
+  the same global normalisers, so together they equal one aggregation over all rows (for every
+  ``loss_agg_mode``: off-policy rows are whole rows). The entropy bonus, when on, covers all rows.
+
+``d/d logp [f(exp(logp))] = gamma * p / (p + gamma)^2`` (p = exp(logp)): the shaping keeps the
+gradient of low-probability expert tokens alive (``~ p / gamma`` for ``p << gamma``) and damps
+tokens the policy already predicts.
+
+:class:`MethodLoss` is the actor loss callable of both hosts for LUFFY and UFT, with the EchoRL
+term added exactly as :class:`echorl.verl.loss.EchoLoss` adds it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+from tensordict import TensorDict
+from verl.trainer.ppo.core_algos import agg_loss
+from verl.utils.metric import AggregationType, Metric
+from verl.workers.utils.losses import ppo_loss
+from verl.workers.utils.padding import no_padding_2_padding
+
+from echorl.core.config import EchoConfig
+from echorl.core.loss import echo_loss_term
+from echorl.methods.config import MethodConfig
+from echorl.verl.loss import ECHO_DENOM, ECHO_LOSS_METRIC, ECHO_MASK, padded_response_field
+
+OFF_POLICY = "off_policy"  # [B] bool: the row is an expert trace
+HINT_MASK = "hint_mask"  # [B, L] bool: UFT hint tokens (response-aligned, response_mask 0 there)
+HINT_DENOM = "hint_denom"  # [B] float: UFT hint-NLL normaliser, fixed before the update
+
+__all__ = ["OFF_POLICY", "HINT_MASK", "HINT_DENOM", "expert_text", "expert_trace_ids", "shaped_prob",
+           "off_policy_loss_mat", "off_policy_rows", "rows_zeroed", "MethodLoss"]
+
+
+def expert_text(row: Mapping[str, Any]) -> str | None:
+    """The expert solution of a dataset row: ``target`` (a string, a message dict with
+    ``content`` or a list of them: the first is used, as LUFFY's dataset does), else ``solution``.
+    ``None`` when the row has none (the group is then all on-policy)."""
+    for key in ("target", "solution"):
+        value = row.get(key) if hasattr(row, "get") else None
+        if value is None:
+            continue
+        if hasattr(value, "tolist") and not isinstance(value, str):
+            value = value.tolist()
+        if isinstance(value, (list, tuple)):
+            if not value:
+                continue
+            value = value[0]
+        if isinstance(value, Mapping):
+            value = value.get("content")
+        if isinstance(value, str) and value.strip():
+            return value
+    return None
+
+
+def expert_trace_ids(text: str, tokenizer: Any, *, max_target_length: int, eos_id: int,
+                     response_length: int) -> list[int]:
+    """Token ids of an expert trace as an off-policy response: ``tok(text)[:max_target_length] +
+    [eos]``, then cut to ``response_length`` (a cut trace ends without EOS, like an overlong rollout)."""
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])[:max_target_length]
+    return (ids + [int(eos_id)])[:response_length]
+
+
+def off_policy_rows(group_index: Sequence[int] | torch.Tensor, has_trace: Sequence[bool], n: int,
+                    num_off_policy: int) -> torch.Tensor:
+    """``[B] bool``: row ``i`` (group ``g = group_index[i]``, rows of a group adjacent, ``n`` each) is
+    off-policy when it is among the first ``num_off_policy`` of its group and the group has a trace."""
+    g = torch.as_tensor(group_index, dtype=torch.long)
+    pos = torch.arange(g.numel()) % int(n)  # position inside the group
+    has = torch.as_tensor(list(has_trace), dtype=torch.bool)[g]
+    return (pos < int(num_off_policy)) & has
+
+
+def shaped_prob(log_prob: torch.Tensor, gamma: float) -> torch.Tensor:
+    """``f(pi) = pi / (pi + gamma)`` with ``pi = exp(log_prob)``; same shape as ``log_prob``."""
+    p = torch.exp(log_prob)
+    return p / (p + gamma)
+
+
+def off_policy_loss_mat(log_prob: torch.Tensor, advantages: torch.Tensor, gamma: float) -> torch.Tensor:
+    """``[b, L]`` per-token off-policy loss ``-A * f(pi_theta)`` (no clip, no old-policy ratio)."""
+    return -advantages * shaped_prob(log_prob, gamma)
+
+
+def rows_zeroed(mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``mask`` (``[b, j]`` jagged nested or dense ``[b, L]``) with the rows where ``rows`` is True set to 0."""
+    keep = (~rows.bool())
+    if mask.is_nested:
+        offsets = mask.offsets()
+        lens = offsets.diff()
+        values = mask.values() * keep.to(mask.dtype).repeat_interleave(lens)
+        return torch.nested.nested_tensor_from_jagged(values, offsets=offsets, max_seqlen=int(lens.max()),
+                                                      min_seqlen=int(lens.min()))
+    return mask * keep.to(mask.dtype)[:, None]
+
+
+def _padded(data: TensorDict, key: str) -> torch.Tensor:
+    value = data[key]
+    return data.select(key).to_padded_tensor()[key] if value.is_nested else value
+
+
+class MethodLoss:
+    """Actor loss callable (verl's engine contract ``fn(model_output, data, dp_group=None)``) for LUFFY
+    and UFT, plus the EchoRL term.
+
+    Args:
+        actor_config: verl's actor config dataclass (as :class:`echorl.verl.loss.EchoLoss`).
+        echo_cfg: :class:`EchoConfig` (or mapping); the EchoRL term is added when it is active in
+            ``mode='loss'``.
+        method_cfg: :class:`MethodConfig` (or mapping).
+
+    Reads from the micro-batch, besides what ``ppo_loss`` reads: ``off_policy`` (``[b]`` bool,
+    LUFFY), ``hint_mask`` (response-aligned bool) and ``hint_denom`` (``[b]`` float, UFT),
+    ``echo_mask`` / ``echo_denom`` (EchoRL). Picklable.
+    """
+
+    def __init__(self, actor_config: Any, echo_cfg: EchoConfig | Mapping[str, Any],
+                 method_cfg: MethodConfig | Mapping[str, Any]):
+        self.actor_config = actor_config
+        self.echo_cfg = echo_cfg if isinstance(echo_cfg, EchoConfig) else EchoConfig.from_dict(dict(echo_cfg))
+        self.method_cfg = method_cfg if isinstance(method_cfg, MethodConfig) else MethodConfig.from_dict(dict(method_cfg))
+
+    def __repr__(self) -> str:
+        return f"MethodLoss(method={self.method_cfg.name!r}, echo_active={self.echo_cfg.active})"
+
+    def __call__(self, model_output: dict, data: TensorDict, dp_group=None) -> tuple[torch.Tensor, dict]:
+        cfg = self.actor_config
+        m = self.method_cfg
+        off = None
+        if m.is_luffy:
+            if OFF_POLICY not in data.keys():
+                raise KeyError("MethodLoss (method.name=luffy): the micro-batch lacks 'off_policy'; the trainer's "
+                               "LUFFY stage did not write it")
+            off = data[OFF_POLICY].bool().reshape(-1)  # [b]
+        if off is not None and bool(off.any()):
+            on_data = data.copy()
+            on_data["response_mask"] = rows_zeroed(data["response_mask"], off)
+            loss, metrics = ppo_loss(cfg, model_output, on_data, dp_group)
+        else:
+            loss, metrics = ppo_loss(cfg, model_output, data, dp_group)
+        info = cfg.global_batch_info  # set by ppo_loss for this micro-batch
+        log_prob = no_padding_2_padding(model_output["log_probs"], data)  # [b, W]
+        width = log_prob.shape[1]
+        dp_size = data["dp_size"]
+        if m.is_luffy:
+            resp = padded_response_field(data, "response_mask", width)  # [b, W] bool
+            off_tok = resp & off[:, None]
+            adv = _padded(data, "advantages").to(log_prob.dtype)
+            adv = torch.nn.functional.pad(adv, (0, width - adv.shape[1])) if adv.shape[1] < width else adv[:, :width]
+            off_loss = agg_loss(loss_mat=off_policy_loss_mat(log_prob, adv, m.luffy.gamma), loss_mask=off_tok,
+                                loss_agg_mode=cfg.loss_agg_mode, **info)
+            loss = loss + off_loss
+            metrics["luffy/off_pg_loss"] = Metric(value=off_loss.detach(), aggregation=AggregationType.SUM)
+            entropy = model_output.get("entropy")
+            if entropy is not None and cfg.entropy_coeff and bool(off.any()):
+                ent = no_padding_2_padding(entropy, data)
+                loss = loss - cfg.entropy_coeff * agg_loss(loss_mat=ent, loss_mask=off_tok,
+                                                           loss_agg_mode=cfg.loss_agg_mode, **info)
+            n_off = off_tok.sum()
+            if bool(n_off > 0):
+                metrics["luffy/off_prob"] = Metric(value=(torch.exp(log_prob.detach()) * off_tok).sum() / n_off,
+                                                   aggregation=AggregationType.MEAN)
+        if m.is_uft and m.uft.coef > 0:
+            if HINT_MASK not in data.keys() or HINT_DENOM not in data.keys():
+                raise KeyError("MethodLoss (method.name=uft): the micro-batch lacks 'hint_mask'/'hint_denom'; the "
+                               "trainer's UFT stage did not write them")
+            hint = padded_response_field(data, HINT_MASK, width)
+            nll = echo_loss_term(log_prob, hint, data[HINT_DENOM]) * dp_size  # sum -logp / D over hint tokens
+            loss = loss + m.uft.coef * nll
+            metrics["uft/hint_nll"] = Metric(value=nll.detach(), aggregation=AggregationType.SUM)
+        if self.echo_cfg.active and self.echo_cfg.mode == "loss":
+            missing = [k for k in (ECHO_MASK, ECHO_DENOM) if k not in data.keys()]
+            if missing:
+                raise KeyError(f"MethodLoss: EchoRL is on but the micro-batch lacks {missing}")
+            echo_mask = padded_response_field(data, ECHO_MASK, width)
+            term = echo_loss_term(log_prob, echo_mask, data[ECHO_DENOM]) * dp_size
+            loss = loss + self.echo_cfg.coef * term
+            metrics[ECHO_LOSS_METRIC] = Metric(value=term.detach(), aggregation=AggregationType.SUM)
+        return loss, metrics
