@@ -66,6 +66,8 @@ def check_wiring(echo_cfg=None) -> dict[str, object]:
         )
     if not plugin.is_registered():
         raise WiringError("EchoRL's verl plugin is imported but not registered in this process")
+    if plugin.guard_status() != "ok":
+        raise WiringError(f"EchoRL's guard on verl's main_ppo is not installed: {plugin.guard_status()}")
     if get_trainer_cls("sync") is not PPOTrainerSync or not issubclass(EchoPPOTrainerSync, PPOTrainerSync):
         raise WiringError("verl's 'sync' trainer is not PPOTrainerSync: EchoRL's trainer subclass would not match it")
     if EchoPPOTrainerSync._compute_advantage is PPOTrainerSync._compute_advantage:
@@ -131,14 +133,22 @@ EchoTaskRunnerActor = ray.remote(EchoTaskRunner)
 
 
 def prepare(config: DictConfig):
-    """Everything ``main`` does before Ray: EchoRL's refusals, verl's own config validation, the
-    wiring check. Returns the parsed :class:`EchoConfig`."""
+    """Everything ``main`` does before Ray: EchoRL's refusals, the model's context length
+    (:func:`~echorl.verl.validate.check_model_context`), verl's own config validation, the wiring
+    check, and wandb's offline fallback when no credentials are set
+    (:func:`~echorl.verl.launch_env.wandb_offline_fallback`). Returns the parsed :class:`EchoConfig`."""
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config as verl_validate_config
     from verl.utils.device import auto_set_device
 
+    from echorl.verl.launch_env import wandb_offline_fallback
+    from echorl.verl.validate import check_model_context
+
     echo_cfg = validate_config(config)
-    auto_set_device(config)
+    check_model_context(config)
+    wandb_offline_fallback(config)
+    with plugin.echorl_launch():  # the plugin's guard refuses EchoRL configs launched through verl's main_ppo
+        auto_set_device(config)  # also selects verl's cpu platform for +cpu=cpu (echorl.verl.cpu)
     verl_validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
     check_wiring(echo_cfg)
     return echo_cfg
