@@ -12,8 +12,8 @@ when the response has one, else the whole response (the paper's protocol for rea
 * ``mc``: multiple choice (GPQA / ARC / MMLU-Pro style). Options come from the row's ``options``
   or ``choices`` (a list, or a dict letter -> text); the gold answer may be a letter (``"C"``,
   ``"(C)"``), a 0-based index or the text of an option. The predicted letter is, in order of
-  preference, the last ``\\boxed{X}``, the last "answer is X" / "Answer: X", or a final line that
-  is only a letter; letters beyond the number of options (A-J without options) are not answers.
+  preference, the last ``\\boxed{X}``, the last "answer is X" / "Answer: X" (phrase in any case,
+  letter in upper case), or a final line that is only a letter; letters beyond the number of options (A-J without options) are not answers.
 * ``auto``: ``task`` when every row's ``data_source`` is a registered task's, else ``mc`` when the
   rows carry options, else ``math``.
 
@@ -36,10 +36,8 @@ GRADERS = ("auto", "math", "task", "mc")
 THINK_END = "</think>"
 _LETTERS = string.ascii_uppercase
 _ANSWER_LINE = re.compile(r"Answer:\s*(.+?)\s*$", re.MULTILINE)
-_MC_PATTERNS = (
-    re.compile(r"answer is\s*:?\s*\(?\s*([A-Z])\s*\)?(?![A-Za-z])", re.IGNORECASE),
-    re.compile(r"Answer\s*:\s*\(?\s*([A-Z])\s*\)?(?![A-Za-z])", re.IGNORECASE),
-)
+# "answer is X" / "Answer: X" (the phrase in any case, the letter upper case), the last one counts
+_MC_PHRASE = re.compile(r"(?i:answer\s*(?:is|:))\s*:?\s*\(?\s*([A-Z])\s*\)?(?![A-Za-z])")
 _MC_BOXED = re.compile(r"^\s*(?:\\text\{)?\(?\s*([A-Z])\s*\)?\}?\s*(?:[.:)].*)?$", re.DOTALL)
 
 
@@ -94,10 +92,9 @@ def mc_letter(text: str, num_options: int = 10) -> str | None:
         m = _MC_BOXED.match(boxed)
         if m and m.group(1).upper() in valid:
             return m.group(1).upper()
-    for pat in _MC_PATTERNS:
-        hits = [h.upper() for h in pat.findall(sec) if h.upper() in valid]
-        if hits:
-            return hits[-1]
+    hits = [h for h in _MC_PHRASE.findall(sec) if h in valid]
+    if hits:
+        return hits[-1]
     lines = [ln.strip() for ln in sec.strip().splitlines() if ln.strip()]
     if lines:
         m = re.fullmatch(r"\(?([A-Z])\)?\.?", lines[-1])
