@@ -1,0 +1,165 @@
+"""LUFFY rules by hand: expert traces, mixed groups, the shaped off-policy term and its gradient,
+unclipped off-policy tokens, and EchoRL's on-policy-only group rule."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import micro_batch
+
+from echorl.core.clips import select_echo_clips
+from echorl.core.config import EchoConfig
+from echorl.methods.config import MethodConfig
+from echorl.methods.local import LocalMethod, assemble_batch
+from echorl.methods.luffy import (MethodLoss, expert_text, expert_trace_ids, off_policy_loss_mat, off_policy_rows,
+                                  rows_zeroed)
+
+
+def test_expert_text_sources():
+    assert expert_text({"target": [{"role": "assistant", "content": "R1 says 4"}, {"content": "x"}]}) == "R1 says 4"
+    assert expert_text({"target": np.array([{"content": "arr"}], dtype=object)}) == "arr"
+    assert expert_text({"target": "plain"}) == "plain"
+    assert expert_text({"solution": "1+1=2\nAnswer: 2"}) == "1+1=2\nAnswer: 2"
+    assert expert_text({"target": None, "solution": "s"}) == "s"
+    assert expert_text({"prompt": "q"}) is None
+    assert expert_text({"target": [], "solution": "  "}) is None
+
+
+def test_expert_trace_ids_truncation_and_eos():
+    from echorl.models.char_tokenizer import build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    ids = tok("12+3", add_special_tokens=False)["input_ids"]
+    assert len(ids) == 4
+    eos = tok.eos_token_id
+    assert expert_trace_ids("12+3", tok, max_target_length=8192, eos_id=eos, response_length=16) == ids + [eos]
+    assert expert_trace_ids("12+3", tok, max_target_length=3, eos_id=eos, response_length=16) == ids[:3] + [eos]
+    assert expert_trace_ids("12+3", tok, max_target_length=8192, eos_id=eos, response_length=2) == ids[:2]
+
+
+def test_off_policy_rows_are_the_first_of_groups_with_a_trace():
+    g = [0, 0, 0, 0, 1, 1, 1, 1]
+    assert off_policy_rows(g, [True, False], 4, 1).tolist() == [True] + [False] * 7
+    assert off_policy_rows(g, [True, True], 4, 2).tolist() == [True, True, False, False] * 2
+    assert not off_policy_rows(g, [False, False], 4, 1).any()
+
+
+def test_mixed_group_advantages_by_hand():
+    """verl's grpo over the whole mixed group: the expert's reward moves the group mean."""
+    from echorl.local.config import build_algo_config, load_config
+    from echorl.local.update import compute_advantages, token_level_rewards
+
+    scores = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0])  # row 0 and 4: expert traces
+    mask = torch.ones(8, 3, dtype=torch.long)
+    uids = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    for norm, want in ((False, [0.5, -0.5, 0.5, -0.5, 0.75, -0.25, -0.25, -0.25]),
+                       # std (unbiased) of [1,0,1,0] = sqrt(1/3); of [1,0,0,0] = 0.5
+                       (True, [0.5 * math.sqrt(3), -0.5 * math.sqrt(3)] * 2 + [1.5, -0.5, -0.5, -0.5])):
+        algo = build_algo_config(load_config([f"algorithm.norm_adv_by_std_in_grpo={str(norm).lower()}"]))
+        adv = compute_advantages("grpo", token_level_rewards(scores, mask), mask, uids, algo)
+        assert torch.allclose(adv[:, 0], torch.tensor(want), atol=1e-5)
+        assert torch.equal(adv[:, 0:1].expand(8, 3), adv)
+
+
+def test_shaped_term_and_its_gradient_by_hand():
+    """f(p) = p / (p + 0.1); d/dlogp (-A f(exp(logp))) = -A * 0.1 p / (p + 0.1)^2."""
+    for p, a in ((0.3, 2.0), (0.01, 1.0), (0.9, -1.0)):
+        logp = torch.tensor([[math.log(p)]], dtype=torch.float64, requires_grad=True)
+        loss = off_policy_loss_mat(logp, torch.tensor([[a]], dtype=torch.float64), 0.1).sum()
+        loss.backward()
+        assert loss.item() == pytest.approx(-a * p / (p + 0.1), rel=1e-12)
+        assert logp.grad.item() == pytest.approx(-a * 0.1 * p / (p + 0.1) ** 2, rel=1e-12)
+    # the three numbers above by hand: f(0.3) = 0.75, gradient factor 0.1 * 0.3 / 0.16 = 0.1875
+    assert -2.0 * 0.1 * 0.3 / 0.4 ** 2 == pytest.approx(-0.375)
+
+
+def test_off_policy_tokens_are_not_clipped(token_mean_actor):
+    """Ratio 5 with A > 0: the on-policy row is clipped (zero gradient); the off-policy row is not."""
+    logp = torch.full((2, 3), math.log(0.5), requires_grad=True)
+    old = torch.full((2, 3), math.log(0.1))
+    adv = torch.ones(2, 3)
+    mask = torch.ones(2, 3, dtype=torch.long)
+    out, data = micro_batch(logp, old, adv, mask, off_policy=torch.tensor([False, True]))
+    loss_fn = MethodLoss(token_mean_actor, EchoConfig(enable=False), MethodConfig(name="luffy"))
+    loss, metrics = loss_fn(out, data)
+    # on row: max(-A r, -A clip(r, 0.8, 1.2)) = -1.2 per token; off row: -0.5/0.6 per token; / 6 tokens
+    assert loss.item() == pytest.approx((3 * -1.2 + 3 * -0.5 / 0.6) / 6, rel=1e-6)
+    loss.backward()
+    assert torch.equal(logp.grad[0], torch.zeros(3))
+    assert torch.allclose(logp.grad[1], torch.full((3,), -(0.1 * 0.5 / 0.6 ** 2) / 6), rtol=1e-6)
+    assert float(metrics["luffy/off_pg_loss"].values[0]) == pytest.approx(3 * -0.5 / 0.6 / 6, rel=1e-6)
+
+
+def test_no_off_policy_rows_is_ppo_loss_bit_for_bit(token_mean_actor):
+    from verl.workers.utils.losses import ppo_loss
+
+    g = torch.Generator().manual_seed(0)
+    logp = (-torch.rand(3, 5, generator=g)).requires_grad_(True)
+    old = logp.detach() + 0.2 * torch.randn(3, 5, generator=g)
+    adv = torch.randn(3, 1, generator=g).expand(3, 5).clone()
+    mask = torch.ones(3, 5, dtype=torch.long)
+    out, data = micro_batch(logp, old, adv, mask, off_policy=torch.zeros(3, dtype=torch.bool))
+    a, _ = MethodLoss(token_mean_actor, EchoConfig(enable=False), MethodConfig(name="luffy"))(out, data)
+    a.backward()
+    ga = logp.grad.clone()
+    logp.grad = None
+    out, data = micro_batch(logp, old, adv, mask)
+    b, _ = ppo_loss(token_mean_actor, out, data)
+    b.backward()
+    assert torch.equal(a, b) and torch.equal(ga, logp.grad)
+
+
+def test_rows_zeroed_dense_and_nested():
+    m = torch.ones(3, 4, dtype=torch.long)
+    assert rows_zeroed(m, torch.tensor([False, True, False])).sum(1).tolist() == [4, 0, 4]
+    nested = torch.nested.as_nested_tensor([torch.ones(2, dtype=torch.long), torch.ones(3, dtype=torch.long)],
+                                           layout=torch.jagged)
+    out = rows_zeroed(nested, torch.tensor([True, False]))
+    assert out.values().tolist() == [0, 0, 1, 1, 1]
+
+
+def _fake_rollouts(n_groups: int, n: int, resp_len: int = 4):
+    B = n_groups * n
+    prompts = [[5, 6]] * n_groups
+    resps = [[7, 9] + [7] * (resp_len - 2) for _ in range(B)]
+    return prompts, assemble_batch([prompts[i // n] for i in range(B)], resps, [[1] * resp_len] * B, 0,
+                                   torch.arange(n_groups).repeat_interleave(n))
+
+
+def test_local_expert_rows_replace_the_first_rollout_of_groups_with_a_trace():
+    from echorl.models.char_tokenizer import build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    prompts, rb = _fake_rollouts(2, 4)
+    method = LocalMethod(MethodConfig.from_dict({"name": "luffy"}), tok, eos_id=tok.eos_token_id, pad_id=0, n=4,
+                         max_response_length=16)
+    rows = [{"solution": "1+2=3\nAnswer: 3"}, {"prompt": "no trace"}]
+    out = method.after_rollout(rb, rows, prompts)
+    trace = tok("1+2=3\nAnswer: 3", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert out.responses[0, :len(trace)].tolist() == trace and out.response_mask[0].sum() == len(trace)
+    for i in range(1, 8):  # every other row is the policy's own rollout, unchanged
+        assert out.responses[i, :4].tolist() == [7, 9, 7, 7] and int(out.response_mask[i].sum()) == 4
+    assert method.batch_fields(out, 1)["off_policy"].tolist() == [True] + [False] * 7
+    assert method.echo_response_mask(out)[0].sum() == 0
+    assert torch.equal(method.echo_response_mask(out)[1:], out.response_mask[1:])
+    with pytest.raises(ValueError, match=r"method\.luffy\.num_off_policy"):
+        LocalMethod(MethodConfig.from_dict({"name": "luffy", "luffy": {"num_off_policy": 4}}), tok, eos_id=1,
+                    pad_id=0, n=4, max_response_length=8)
+
+
+def test_echo_group_rule_counts_on_policy_rows_only():
+    """Group 0: expert fails, the 3 on-policy rollouts succeed -> all-success over on-policy rows: clips
+    (over the whole mixed group it would be a mixed group: none with scope=degenerate).
+    Group 1: expert succeeds, on-policy rows fail -> no clip; the expert row never gives one."""
+    prompts, rb = _fake_rollouts(2, 4)
+    off = torch.tensor([True, False, False, False, True, False, False, False])
+    scores = torch.tensor([0.0, 1, 1, 1, 1, 0, 0, 0])
+    entropy = torch.rand(8, 4, generator=torch.Generator().manual_seed(0))
+    cfg = EchoConfig(boundary_token_ids=(9,), scope="degenerate", per="rollout")
+    sel = select_echo_clips(rb.responses, rows_zeroed(rb.response_mask, off), entropy, scores, rb.group_index, cfg)
+    assert sel.mask.any(1).tolist() == [False, True, True, True, False, False, False, False]
+    whole = select_echo_clips(rb.responses, rb.response_mask, entropy, scores, rb.group_index, cfg)
+    assert not whole.mask[:4].any()  # the whole-group reading would echo nothing from group 0
