@@ -1,8 +1,9 @@
 """EchoRL: Reinforcement Learning via Rollout Echoing (arXiv 2605.31228).
 
-From verified-success rollouts of advantage-degenerated groups (every rollout succeeded, so every
-group-relative advantage is 0), EchoRL takes the *EchoClip* -- the prefix ending at the
-highest-entropy reasoning step -- and adds its NLL as a small auxiliary term to the RL loss.
+From the verified-success rollouts of each group, EchoRL takes one *EchoClip* -- the prefix ending at
+the highest-entropy reasoning step -- and adds its NLL as a small auxiliary term to the RL loss
+(preset ``paper``; preset ``degenerate`` restricts it to all-success groups, whose group-relative
+advantages are all 0).
 
 Public API (SPEC 3)::
 
@@ -19,6 +20,7 @@ from echorl.core import (
     auto_boundary_token_ids,
     echo_loss_term,
     echo_normalizer,
+    echo_row_denominators,
     segment_steps,
     select_echo_clips,
     step_aggregates,
@@ -35,6 +37,7 @@ __all__ = [
     "auto_boundary_token_ids",
     "echo_loss_term",
     "echo_normalizer",
+    "echo_row_denominators",
     "run_echo_stage",
     "segment_steps",
     "select_echo_clips",

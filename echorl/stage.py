@@ -14,7 +14,7 @@ import torch
 
 from echorl.core.clips import EchoSelection, select_echo_clips
 from echorl.core.config import EchoConfig
-from echorl.core.loss import apply_echo_advantage, normalizer_from_counts
+from echorl.core.loss import PER_CLIP_LOSS_AGGS, apply_echo_advantage, denominators_from_counts
 from echorl.core.tensorops import count_true
 
 
@@ -25,7 +25,10 @@ class EchoStageOutput:
     Attributes:
         echo_mask: ``[B, L] bool`` clip tokens to train on (all False unless ``cfg.active`` and
             ``mode='loss'``; in ``mode='advantage'`` the clips are in ``advantages`` instead).
-        echo_denom: the fixed denominator ``D`` of the EchoRL term for one mini-batch.
+        echo_denom_rows: ``[B] float32`` the fixed per-row denominators ``D_b`` of the EchoRL term
+            (:func:`echorl.core.loss.echo_row_denominators`); the hosts store them as ``echo_denom``.
+        echo_denom: a scalar summary (``echo/denom``): the one ``D`` of the token normalisations,
+            or for ``loss_agg='clip_mean'`` the clips per mini-batch ``C / M``.
         advantages: ``[B, L]`` advantages for the actor (a new tensor in ``mode='advantage'``,
             the input object otherwise; ``None`` if none was given).
         selection: the raw :class:`EchoSelection` (for analysis and pictures).
@@ -33,6 +36,7 @@ class EchoStageOutput:
     """
 
     echo_mask: torch.Tensor
+    echo_denom_rows: torch.Tensor
     echo_denom: float
     advantages: torch.Tensor | None
     selection: EchoSelection
@@ -50,6 +54,7 @@ def run_echo_stage(
     advantages: torch.Tensor | None = None,
     num_minibatches: int = 1,
     step: int = 0,
+    echo_only: torch.Tensor | None = None,
 ) -> EchoStageOutput:
     """Select EchoClips and prepare the actor update.
 
@@ -61,6 +66,10 @@ def run_echo_stage(
             and, in ``mode='advantage'``, returned with the clip bonus added.
         num_minibatches: optimizer steps per batch, for the normaliser.
         step: training step; seeds ``selector='random_prefix'`` as ``(cfg.seed, step)``.
+        echo_only: ``[B] bool`` rows kept for the EchoRL term only (``echorl.keep_filtered``: groups
+            dynamic sampling dropped); they take part in selection like any row, and are counted in
+            ``echo/kept_rows``, ``echo/kept_clip_tokens`` and ``echo/clips_from_kept``. Keeping them
+            out of the RL term is the host's job (:mod:`echorl.filtering`).
 
     With ``cfg.enable=False`` the selection is still made and reported (what EchoRL *would* echo;
     ``echo/active`` is 0) but nothing reaches training.
@@ -72,8 +81,19 @@ def run_echo_stage(
     metrics["echo/active"] = float(active)
     use_loss = active and cfg.mode == "loss"
     echo_mask = sel.mask if use_loss else torch.zeros_like(sel.mask)
-    denom = normalizer_from_counts(metrics["echo/clip_tokens"], float(sel.lengths.sum()), cfg.loss_agg, num_minibatches)
+    denom_rows = denominators_from_counts(sel.clip_len, float(sel.lengths.sum()), cfg.loss_agg, num_minibatches)
+    if cfg.loss_agg in PER_CLIP_LOSS_AGGS:
+        denom = metrics["echo/clips"] / num_minibatches
+    else:
+        denom = float(denom_rows[0]) if denom_rows.numel() else 1.0
     metrics["echo/denom"] = denom
+    if echo_only is not None:
+        kept = torch.as_tensor(echo_only, dtype=torch.bool, device=sel.mask.device)
+        if kept.shape != sel.clip_len.shape:
+            raise ValueError(f"echo_only must have shape [B]=[{sel.clip_len.shape[0]}], got {list(kept.shape)}")
+        metrics["echo/kept_rows"] = float(kept.sum())
+        metrics["echo/kept_clip_tokens"] = float(torch.where(kept, sel.clip_len, 0).sum())
+        metrics["echo/clips_from_kept"] = float((kept & (sel.peak_step >= 0)).sum())
     out_adv = advantages
     if advantages is not None:
         if advantages.shape != sel.mask.shape:
@@ -85,7 +105,8 @@ def run_echo_stage(
         with_grad = (advantages != 0) & (response_mask != 0)  # [B, L]
         metrics["echo/grad_token_frac_base"] = float(count_true(with_grad).sum()) / n_valid
         metrics["echo/grad_token_frac_echo"] = float(count_true(with_grad.logical_or_(sel.mask)).sum()) / n_valid
-    return EchoStageOutput(echo_mask=echo_mask, echo_denom=denom, advantages=out_adv, selection=sel, metrics=metrics)
+    return EchoStageOutput(echo_mask=echo_mask, echo_denom_rows=denom_rows, echo_denom=denom, advantages=out_adv,
+                           selection=sel, metrics=metrics)
 
 
 def num_minibatches(batch_size: int, ppo_mini_batch_size: int, rollout_n: int) -> int:

@@ -13,7 +13,7 @@ import echorl.core
 
 PUBLIC = {
     "EchoConfig", "EchoSelection", "EchoStageOutput", "apply_echo_advantage", "auto_boundary_token_ids",
-    "echo_loss_term", "echo_normalizer", "run_echo_stage", "segment_steps", "select_echo_clips", "step_aggregates",
+    "echo_loss_term", "echo_normalizer", "echo_row_denominators", "run_echo_stage", "segment_steps", "select_echo_clips", "step_aggregates",
 }
 
 

@@ -34,11 +34,13 @@ def batch():
 CLIP = [[1] * 6 + [0], [1, 1, 0, 0, 0, 0, 0], [0] * 7, [0] * 7, [0] * 7]
 
 
-def test_mode_loss():
+def test_mode_loss_degenerate_preset():
     resp, mask, ent, scores, adv = batch()
-    out = run_echo_stage(resp, mask, ent, scores, UIDS, EchoConfig(), advantages=adv, num_minibatches=2)
+    out = run_echo_stage(resp, mask, ent, scores, UIDS, EchoConfig(preset="degenerate"), advantages=adv,
+                         num_minibatches=2)
     assert out.echo_mask.tolist() == [[bool(x) for x in r] for r in CLIP]
     assert out.echo_denom == 8 / 2
+    assert out.echo_denom_rows.tolist() == [4.0] * 5
     assert out.advantages is adv  # untouched object in mode='loss'
     m = out.metrics
     assert m["echo/active"] == 1.0 and m["echo/denom"] == 4.0 and m["echo/clips"] == 2
@@ -48,17 +50,52 @@ def test_mode_loss():
     assert torch.equal(out.selection.mask, out.echo_mask)
 
 
+# The paper's rule (default preset): group a (all-success) gives the clip of its rollout with the
+# largest peak h: row 0 peaks at step 1 (h=3), row 1 at step 0 (h=4) -> row 1, 2 tokens. Group b
+# (mixed) gives the clip of its only success, row 2: one step (h=1), 3 tokens.
+CLIP_PAPER = [[0] * 7, [1, 1, 0, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0, 0], [0] * 7, [0] * 7]
+
+
+def test_mode_loss_paper_default_clip_mean():
+    resp, mask, ent, scores, adv = batch()
+    out = run_echo_stage(resp, mask, ent, scores, UIDS, EchoConfig(), advantages=adv, num_minibatches=2)
+    assert out.echo_mask.tolist() == [[bool(x) for x in r] for r in CLIP_PAPER]
+    # clip_mean: D_b = |c_b| * C / M = |c_b| * 2 / 2; rows without a clip get 1
+    assert out.echo_denom_rows.tolist() == [1.0, 2.0, 3.0, 1.0, 1.0]
+    m = out.metrics
+    assert out.echo_denom == m["echo/denom"] == 1.0  # clips per mini-batch
+    assert (m["echo/clips"], m["echo/clips_from_all_success"], m["echo/clips_from_mixed"]) == (2, 1, 1)
+    assert m["echo/grad_token_frac_echo"] == pytest.approx((7 + 2) / 20)  # row 2 already carries gradient
+    # hand-computed term: the mean over the mini-batch's C/M = 1 clip of each clip's token-mean NLL
+    lp = -torch.arange(1, 36, dtype=torch.float32).reshape(5, 7) / 10
+    term = echo_loss_term(lp, out.echo_mask, out.echo_denom_rows)
+    clip1 = (0.8 + 0.9) / 2  # row 1, positions 0-1: -lp = 0.8, 0.9
+    clip2 = (1.5 + 1.6 + 1.7) / 3  # row 2, positions 0-2
+    assert term.item() == pytest.approx((clip1 + clip2) / 1.0, rel=1e-6)
+
+
 def test_token_mean_normaliser():
     resp, mask, ent, scores, _ = batch()
     out = run_echo_stage(resp, mask, ent, scores, UIDS, EchoConfig(loss_agg="token_mean"), num_minibatches=4)
     assert out.echo_denom == 20 / 4 and out.advantages is None
+    assert out.echo_denom_rows.tolist() == [5.0] * 5
+
+
+def test_echo_only_rows_are_counted():
+    resp, mask, ent, scores, _ = batch()
+    kept = torch.tensor([True, True, False, False, False])  # group a kept for the EchoRL term only
+    out = run_echo_stage(resp, mask, ent, scores, UIDS, EchoConfig(), echo_only=kept)
+    m = out.metrics
+    assert (m["echo/kept_rows"], m["echo/kept_clip_tokens"], m["echo/clips_from_kept"]) == (2, 2, 1)
+    with pytest.raises(ValueError, match=r"echo_only must have shape \[B\]=\[5\], got \[4\]"):
+        run_echo_stage(resp, mask, ent, scores, UIDS, EchoConfig(), echo_only=kept[:4])
 
 
 @pytest.mark.parametrize("kwargs", [{"enable": False}, {"coef": 0.0}])
 def test_inactive_changes_nothing(kwargs):
     resp, mask, ent, scores, adv = batch()
     adv_before = adv.clone()
-    out = run_echo_stage(resp, mask, ent, scores, UIDS, EchoConfig(**kwargs), advantages=adv)
+    out = run_echo_stage(resp, mask, ent, scores, UIDS, EchoConfig(preset="degenerate", **kwargs), advantages=adv)
     assert not out.echo_mask.any() and out.echo_mask.shape == (5, 7)
     assert out.advantages is adv and torch.equal(adv, adv_before)
     assert out.metrics["echo/active"] == 0.0
@@ -74,7 +111,8 @@ def test_inactive_changes_nothing(kwargs):
 def test_mode_advantage_adds_adv_coef_exactly_on_clip_tokens():
     resp, mask, ent, scores, adv = batch()
     adv_before = adv.clone()
-    out = run_echo_stage(resp, mask, ent, scores, UIDS, EchoConfig(mode="advantage", adv_coef=0.25), advantages=adv)
+    out = run_echo_stage(resp, mask, ent, scores, UIDS, EchoConfig(preset="degenerate", mode="advantage", adv_coef=0.25),
+                         advantages=adv)
     clip = torch.tensor(CLIP, dtype=torch.bool)
     assert torch.equal(out.advantages, torch.where(clip, adv_before + 0.25, adv_before))
     assert torch.equal(adv, adv_before)  # input not modified
@@ -87,7 +125,7 @@ def test_random_prefix_is_seeded_by_seed_and_step():
     B = 16
     resp = torch.tensor([row] * B)
     mask, ent, scores = torch.ones(B, 13), torch.ones(B, 13), torch.ones(B)
-    cfg = EchoConfig(selector="random_prefix", seed=3)
+    cfg = EchoConfig(selector="random_prefix", seed=3, per="rollout")
     outs = {}
     for step in (0, 1, 1):
         out = run_echo_stage(resp, mask, ent, scores, [0] * B, cfg, step=step)

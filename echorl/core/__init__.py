@@ -21,6 +21,7 @@ from echorl.core.loss import (
     apply_echo_advantage,
     echo_loss_term,
     echo_normalizer,
+    echo_row_denominators,
 )
 from echorl.core.steps import auto_boundary_token_ids, segment_steps, step_aggregates
 
@@ -31,6 +32,7 @@ __all__ = [
     "auto_boundary_token_ids",
     "echo_loss_term",
     "echo_normalizer",
+    "echo_row_denominators",
     "segment_steps",
     "select_echo_clips",
     "step_aggregates",

@@ -44,6 +44,7 @@ class EchoSelection:
         peak_h: ``[B] float`` highest eligible step aggregate of eligible rows (NaN elsewhere).
         lengths: ``[B] long`` valid response tokens per row.
         group_index: ``[B] long`` group codes ``0..G-1`` of the uids.
+        clip_len: ``[B] long`` clip tokens per row (0 without a clip).
     """
 
     mask: torch.Tensor
@@ -54,6 +55,7 @@ class EchoSelection:
     peak_h: torch.Tensor
     lengths: torch.Tensor = field(repr=False)
     group_index: torch.Tensor = field(repr=False)
+    clip_len: torch.Tensor = field(repr=False)
 
 
 # ---------------------------------------------------------------------------- selectors
@@ -257,7 +259,7 @@ def select_echo_clips(
         g_all_fail=g_all_fail, g_deg_succ=g_deg_succ,
     )
     return EchoSelection(mask=mask, metrics=metrics, eligible=eligible, peak_step=peak_step, num_steps=num_steps,
-                         peak_h=peak_h, lengths=lengths, group_index=codes)
+                         peak_h=peak_h, lengths=lengths, group_index=codes, clip_len=clip_len)
 
 
 def _best_of_group(code_e, idx, ph, has_clip, G, B) -> torch.Tensor:
@@ -302,10 +304,11 @@ def _selection_metrics(*, clip_len, lengths, row_ok, eligible, codes, peak_step,
     base_tokens = torch.where(grad_rows, lengths, 0).sum().to(f64)
     echo_extra = torch.where(grad_rows, 0, clip_len).sum().to(f64)
     resp_len = lengths.clamp(min=1).to(f64)
+    g_mixed = g_real & ~g_all_succ & ~g_all_fail
     vals = torch.stack([
         g_all_succ.sum() / n_groups,
         g_all_fail.sum() / n_groups,
-        (g_real & ~g_all_succ & ~g_all_fail).sum() / n_groups,
+        g_mixed.sum() / n_groups,
         g_zero_var.sum() / n_groups,
         g_deg_succ.sum() / n_groups,
         eligible.sum().to(f64),
@@ -318,10 +321,13 @@ def _selection_metrics(*, clip_len, lengths, row_ok, eligible, codes, peak_step,
         torch.where(clipped, peak_h, 0).nansum() / nc,
         base_tokens / total_tokens,
         (base_tokens + echo_extra) / total_tokens,
+        (clipped & g_all_succ[codes]).sum().to(f64) if g_real.numel() else n_clips.to(f64) * 0,
+        (clipped & g_mixed[codes]).sum().to(f64) if g_real.numel() else n_clips.to(f64) * 0,
     ]).tolist()
     keys = [
         "groups_all_success_frac", "groups_all_fail_frac", "groups_mixed_frac", "groups_zero_var_frac",
         "groups_degenerate_success_frac", "eligible_rollouts", "clips", "clip_tokens", "clip_len_frac",
         "peak_step", "num_steps", "peak_step_rel", "peak_h", "grad_token_frac_base", "grad_token_frac_echo",
+        "clips_from_all_success", "clips_from_mixed",
     ]
     return {f"echo/{k}": float(v) for k, v in zip(keys, vals)}

@@ -15,6 +15,12 @@ QWEN_NEWLINE_IDS: tuple[int, ...] = (198, 271)  # Qwen2/2.5: "\n" and "\n\n"
 
 SCOPES = ("degenerate", "success")
 PERS = ("rollout", "group")
+# preset name -> the values it gives to the fields that are None (not set explicitly).
+# 'paper': the method section's rule (SPEC 2.3-2.4, 2.6); 'degenerate': the abstract's framing.
+PRESETS: dict[str, dict[str, str]] = {
+    "paper": {"scope": "success", "per": "group", "loss_agg": "clip_mean"},
+    "degenerate": {"scope": "degenerate", "per": "rollout", "loss_agg": "clip_token_mean"},
+}
 MODES = ("loss", "advantage")
 BOUNDARIES = ("fixed", "auto")
 
@@ -25,8 +31,18 @@ def _help(text: str, **kw: Any) -> Any:
 
 @dataclass(frozen=True)
 class EchoConfig:
-    """Options of EchoRL. Defaults are the paper's setting (SPEC 2)."""
+    """Options of EchoRL. Defaults are the paper's setting (SPEC 2).
 
+    ``scope``, ``per`` and ``loss_agg`` left at ``None`` take the value of ``preset``
+    (:data:`PRESETS`); a value given explicitly overrides the preset. After construction they are
+    always set.
+    """
+
+    preset: str = _help(
+        "Named reading of the method that fills scope, per and loss_agg when they are null: 'paper' "
+        "(success, group, clip_mean) or 'degenerate' (degenerate, rollout, clip_token_mean). Explicit keys win.",
+        default="paper",
+    )
     enable: bool = _help("Turn EchoRL on. False trains the base RLVR method bit-identically.", default=True)
     boundary: str = _help(
         "How step boundary tokens are chosen: 'fixed' uses boundary_token_ids; 'auto' derives them "
@@ -39,14 +55,14 @@ class EchoConfig:
     success_threshold: float = _help("A rollout succeeds when its outcome reward >= this.", default=1.0)
     tol: float = _help("Scores of a group within this of each other count as equal (zero variance).", default=1e-6)
     scope: str = _help(
-        "Which rollouts give clips: 'degenerate' (successes of all-success zero-variance groups, the "
-        "method) or 'success' (every successful rollout, an ablation).",
-        default="degenerate",
+        "Which rollouts give clips: 'success' (the successful rollouts of every group, the paper's rule) "
+        "or 'degenerate' (only successes of all-success zero-variance groups). null: from the preset.",
+        default=None,
     )
     per: str = _help(
-        "'rollout': every eligible rollout yields its clip; 'group': one clip per eligible group "
-        "(the rollout with the largest peak step entropy).",
-        default="rollout",
+        "'group': one clip per group (the candidate rollout with the largest peak step entropy, the "
+        "paper); 'rollout': every eligible rollout yields its clip. null: from the preset.",
+        default=None,
     )
     step_agg: str = _help("Step entropy from token entropies: 'mean', 'sum' or 'max'.", default="mean")
     min_step_tokens: int = _help("Steps with fewer valid tokens than this cannot be selected.", default=1)
@@ -64,9 +80,15 @@ class EchoConfig:
     coef: float = _help("Weight of the EchoRL NLL term in mode='loss' (authors' flag: 0.001).", default=1e-3)
     adv_coef: float = _help("Advantage bonus on clip tokens in mode='advantage'.", default=0.1)
     loss_agg: str = _help(
-        "Denominator of the EchoRL term: 'clip_token_mean' (clip tokens per mini-batch) or "
-        "'token_mean' (the RL token-mean denominator). Fixed before the update.",
-        default="clip_token_mean",
+        "How clip tokens are weighted, fixed before the update: 'clip_mean' (mean over the mini-batch's "
+        "clips of each clip's token mean, the paper), 'clip_token_mean' (every clip token alike) or "
+        "'token_mean' (the RL token-mean denominator). null: from the preset.",
+        default=None,
+    )
+    keep_filtered: bool = _help(
+        "With DAPO dynamic sampling (algorithm.filter_groups.enable=true): the all-success groups it "
+        "drops still give their clip to the EchoRL term (no RL gradient, not in the RL denominators).",
+        default=False,
     )
 
     # ------------------------------------------------------------------ validation
@@ -92,6 +114,10 @@ class EchoConfig:
             raise ValueError(f"EchoConfig.boundary_token_ids must be >= 0, got {ids}")
         object.__setattr__(self, "boundary_token_ids", ids)
 
+        _choice("preset", self.preset, list(PRESETS))
+        for name, value in PRESETS[self.preset].items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
         _choice("boundary", self.boundary, BOUNDARIES)
         if self.boundary == "fixed" and not ids:
             raise ValueError("EchoConfig.boundary_token_ids is empty with boundary='fixed'; give ids or use boundary='auto'")
@@ -101,7 +127,7 @@ class EchoConfig:
         _choice("step_agg", self.step_agg, STEP_AGGS.names())
         _choice("selector", self.selector, SELECTORS.names())
         _choice("loss_agg", self.loss_agg, LOSS_AGGS.names())
-        for name in ("enable",):
+        for name in ("enable", "keep_filtered"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"EchoConfig.{name} must be a bool, got {getattr(self, name)!r}")
         for name in ("min_step_tokens", "seed"):
@@ -140,7 +166,9 @@ class EchoConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None, prefix: str = "echorl") -> "EchoConfig":
         """Build from a plain mapping (e.g. a Hydra ``echorl:`` node). Unknown keys are an error that
-        names the dotted key and lists the valid ones."""
+        names the dotted key and lists the valid ones. ``preset`` names a reading (:data:`PRESETS`);
+        ``scope``, ``per`` and ``loss_agg`` absent or null take its values, explicit ones win, so
+        ``echorl.preset=degenerate`` switches the whole reading with one key."""
         d = dict(d or {})
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
@@ -163,9 +191,16 @@ class EchoConfig:
         return d
 
     @classmethod
+    def from_preset(cls, preset: str = "paper", **overrides: Any) -> "EchoConfig":
+        """The config of a named reading (:data:`PRESETS`) with ``overrides`` on top."""
+        return cls(preset=preset, **overrides)
+
+    @classmethod
     def help_table(cls) -> list[tuple[str, str, Any, str]]:
-        """(name, type, default, help) of every field, for docs and CLI help."""
-        return [(f.name, str(f.type), f.default, f.metadata["help"]) for f in dataclasses.fields(cls)]
+        """(name, type, default, help) of every field, for docs and CLI help; fields the preset
+        fills show the default preset's value."""
+        base = cls()
+        return [(f.name, str(f.type), getattr(base, f.name), f.metadata["help"]) for f in dataclasses.fields(cls)]
 
 
 def _choice(name: str, value: Any, valid: Sequence[str]) -> None:

@@ -2,13 +2,25 @@
 
 ``mode='loss'`` (the paper): ``L = L_RL + coef * L_echo`` with
 
-    L_echo = sum_{clip tokens} -log pi_theta(token) / D
+    L_echo = sum_{rows b} sum_{clip tokens t of b} -log pi_theta(t) / D_b
 
-computed from the log-probs the RL loss already has (no extra forward). ``D`` is fixed *before*
-the update from the whole batch (:func:`echo_normalizer`), so the gradient is the same however a
-mini-batch is cut into micro-batches or spread over data-parallel ranks: each micro-batch adds
-``sum_{its clip tokens} -log p / D`` and the sum over micro-batches is the mini-batch term.
-No ratio, no clipping, no advantage, and no collective inside the loss.
+computed from the log-probs the RL loss already has (no extra forward). The per-row denominators
+``D_b`` are fixed *before* the update from the whole batch (:func:`echo_row_denominators`), so the
+gradient is the same however a mini-batch is cut into micro-batches or spread over data-parallel
+ranks: each micro-batch adds its rows' terms and the sum over micro-batches is the mini-batch
+term. No ratio, no clipping, no advantage, and no collective inside the loss.
+
+``loss_agg`` (counts of the whole batch of ``M`` mini-batches, scaled to one mini-batch):
+
+* ``clip_mean`` (the paper): ``D_b = |c_b| * C / M`` with ``|c_b|`` the clip length of row ``b`` and
+  ``C`` the clips of the batch: token ``t`` of clip ``c`` weighs ``1 / (|c| * C_mb)``, i.e. the
+  term is the mean over the mini-batch's ``C_mb = C / M`` clips of each clip's token-mean NLL.
+  Each row holds at most one clip, so a per-row weight is a per-clip weight.
+* ``clip_token_mean``: ``D_b = (clip tokens of the batch) / M`` on every row.
+* ``token_mean``: ``D_b = (valid response tokens of the batch) / M`` on every row.
+
+Rows without a clip get ``D_b = 1`` (their term is 0 anyway); the two token normalisations are
+clamped to ``>= 1``.
 
 ``mode='advantage'``: :func:`apply_echo_advantage` adds ``adv_coef`` to the advantage of every clip
 token before the update, so the term rides any method's own policy loss.
@@ -23,26 +35,54 @@ import torch
 from echorl.core.registry import Registry
 from echorl.core.tensorops import count_true
 
-# loss_agg name -> fn(clip_tokens, valid_tokens, num_minibatches) -> float D (counts of the whole batch)
-LOSS_AGGS: Registry[Callable[[float, float, int], float]] = Registry("loss_agg")
+# loss_agg name -> fn(clip_len [B] float64, valid_tokens, num_minibatches) -> [B] float64 D_b
+LOSS_AGGS: Registry[Callable[[torch.Tensor, float, int], torch.Tensor]] = Registry("loss_agg")
+# loss_aggs whose D_b differs between rows (no single scalar D)
+PER_CLIP_LOSS_AGGS = ("clip_mean",)
+
+
+@LOSS_AGGS.register("clip_mean")
+def _norm_clip_mean(clip_len: torch.Tensor, valid_tokens: float, num_minibatches: int) -> torch.Tensor:
+    """``|c_b| * C / M`` on rows with a clip, 1 elsewhere (``C`` clips in the batch)."""
+    has = clip_len > 0
+    clips_per_mini = float(count_true(has.unsqueeze(0)).sum()) / num_minibatches
+    return torch.where(has, clip_len * clips_per_mini, 1.0)
 
 
 @LOSS_AGGS.register("clip_token_mean")
-def _norm_clip_tokens(clip_tokens: float, valid_tokens: float, num_minibatches: int) -> float:
-    """Clip tokens of the whole batch scaled to one mini-batch."""
-    return clip_tokens / num_minibatches
+def _norm_clip_tokens(clip_len: torch.Tensor, valid_tokens: float, num_minibatches: int) -> torch.Tensor:
+    """Clip tokens of the whole batch scaled to one mini-batch, on every row."""
+    return torch.full_like(clip_len, max(float(clip_len.sum()) / num_minibatches, 1.0))
 
 
 @LOSS_AGGS.register("token_mean")
-def _norm_all_tokens(clip_tokens: float, valid_tokens: float, num_minibatches: int) -> float:
+def _norm_all_tokens(clip_len: torch.Tensor, valid_tokens: float, num_minibatches: int) -> torch.Tensor:
     """Valid response tokens of the whole batch scaled to one mini-batch (the RL token-mean's)."""
-    return valid_tokens / num_minibatches
+    return torch.full_like(clip_len, max(float(valid_tokens) / num_minibatches, 1.0))
 
 
-def echo_normalizer(
-    echo_mask: torch.Tensor, response_mask: torch.Tensor, loss_agg: str = "clip_token_mean", num_minibatches: int = 1
-) -> float:
-    """The fixed denominator ``D`` of the EchoRL term for one mini-batch.
+def _check_minibatches(num_minibatches: int) -> None:
+    if isinstance(num_minibatches, bool) or not isinstance(num_minibatches, int) or num_minibatches < 1:
+        raise ValueError(f"num_minibatches must be a positive int, got {num_minibatches!r}")
+
+
+def _count(m: torch.Tensor) -> torch.Tensor:
+    return count_true(m if m.dtype == torch.bool else m != 0)
+
+
+def denominators_from_counts(clip_len: torch.Tensor, valid_tokens: float, loss_agg: str,
+                             num_minibatches: int) -> torch.Tensor:
+    """:func:`echo_row_denominators` from the clip length per row (``[B]`` integer) and the valid
+    tokens of the batch. Returns ``[B] float32``."""
+    _check_minibatches(num_minibatches)
+    fn = LOSS_AGGS.get(loss_agg)
+    return fn(clip_len.to(torch.float64), float(valid_tokens), num_minibatches).float()
+
+
+def echo_row_denominators(
+    echo_mask: torch.Tensor, response_mask: torch.Tensor, loss_agg: str = "clip_mean", num_minibatches: int = 1
+) -> torch.Tensor:
+    """The fixed per-row denominators ``D_b`` of the EchoRL term (see the module docstring).
 
     Args:
         echo_mask: ``[B, L] bool`` clip tokens of the whole batch (all mini-batches of the step).
@@ -51,29 +91,43 @@ def echo_normalizer(
         num_minibatches: optimizer steps the batch is cut into (``B / ppo_mini_batch_size``).
 
     Returns:
-        ``D >= 1`` (the term of an empty selection is 0 whatever ``D`` is; 1 avoids a 0/0).
+        ``[B] float32``, every entry ``> 0``.
     """
-    def count(m: torch.Tensor) -> int:
-        return int(count_true(m if m.dtype == torch.bool else m != 0).sum())
+    return denominators_from_counts(_count(echo_mask), float(_count(response_mask).sum()), loss_agg, num_minibatches)
 
-    return normalizer_from_counts(count(echo_mask), count(response_mask), loss_agg, num_minibatches)
+
+def echo_normalizer(
+    echo_mask: torch.Tensor, response_mask: torch.Tensor, loss_agg: str = "clip_token_mean", num_minibatches: int = 1
+) -> float:
+    """The one denominator ``D`` of the token normalisations (``clip_token_mean``, ``token_mean``)
+    for one mini-batch; ``clip_mean`` has one per row (:func:`echo_row_denominators`).
+
+    Args: as :func:`echo_row_denominators`. Returns ``D >= 1``.
+    """
+    if loss_agg in PER_CLIP_LOSS_AGGS:
+        raise ValueError(f"loss_agg={loss_agg!r} weighs each clip by its own length: there is no single "
+                         "denominator; use echo_row_denominators")
+    return normalizer_from_counts(float(_count(echo_mask).sum()), float(_count(response_mask).sum()), loss_agg,
+                                  num_minibatches)
 
 
 def normalizer_from_counts(clip_tokens: float, valid_tokens: float, loss_agg: str, num_minibatches: int) -> float:
-    """:func:`echo_normalizer` from the batch's clip-token and valid-token counts."""
-    if isinstance(num_minibatches, bool) or not isinstance(num_minibatches, int) or num_minibatches < 1:
-        raise ValueError(f"num_minibatches must be a positive int, got {num_minibatches!r}")
-    return max(LOSS_AGGS.get(loss_agg)(float(clip_tokens), float(valid_tokens), num_minibatches), 1.0)
+    """:func:`echo_normalizer` from the batch's clip-token and valid-token counts (token
+    normalisations only)."""
+    if loss_agg in PER_CLIP_LOSS_AGGS:
+        raise ValueError(f"loss_agg={loss_agg!r} has per-row denominators; use denominators_from_counts")
+    d = denominators_from_counts(torch.tensor([float(clip_tokens)]), valid_tokens, loss_agg, num_minibatches)
+    return float(d[0])
 
 
 def echo_loss_term(log_prob: torch.Tensor, echo_mask: torch.Tensor, normalizer: float | torch.Tensor) -> torch.Tensor:
-    """``L_echo`` of one micro-batch: ``sum(-log_prob * echo_mask) / normalizer``.
+    """``L_echo`` of one micro-batch: ``sum_b sum_t (-log_prob * echo_mask)[b, t] / D_b``.
 
     Args:
         log_prob: ``[b, L] float`` current-policy log-probs of the response tokens (with grad).
         echo_mask: ``[b, L]`` clip tokens (bool or 0/1).
-        normalizer: ``D`` from :func:`echo_normalizer` (a float or a scalar / ``[b]`` tensor whose
-            entries are equal, as stored per row by the hosts).
+        normalizer: ``D_b`` from :func:`echo_row_denominators` as a ``[b]`` tensor (as stored per
+            row by the hosts), or one ``D`` (a float or a scalar tensor) for every row.
 
     Returns:
         A float32 scalar. Exactly 0 (with zero gradient) when the mask is empty, even if
@@ -82,10 +136,13 @@ def echo_loss_term(log_prob: torch.Tensor, echo_mask: torch.Tensor, normalizer: 
     if log_prob.shape != echo_mask.shape:
         raise ValueError(f"log_prob {list(log_prob.shape)} and echo_mask {list(echo_mask.shape)} must have one shape")
     m = echo_mask if echo_mask.dtype == torch.bool else echo_mask != 0
-    nll = torch.where(m, -log_prob.float(), 0.0).sum()
-    if torch.is_tensor(normalizer):
-        normalizer = normalizer.reshape(-1)[0] if normalizer.numel() else 1.0
-    return nll / normalizer
+    nll = torch.where(m, -log_prob.float(), 0.0)  # [b, L]
+    if torch.is_tensor(normalizer) and normalizer.dim() > 0:
+        if normalizer.shape != (log_prob.shape[0],):
+            raise ValueError(f"normalizer must be a scalar or one value per row [b]=[{log_prob.shape[0]}], "
+                             f"got {list(normalizer.shape)}")
+        return (nll.sum(dim=1) / normalizer.to(device=nll.device, dtype=torch.float32)).sum()
+    return nll.sum() / normalizer
 
 
 def apply_echo_advantage(advantages: torch.Tensor, echo_mask: torch.Tensor, adv_coef: float) -> torch.Tensor:

@@ -86,8 +86,8 @@ def echo_stage_fields(
     Returns:
         ``(fields, out)``: ``fields`` is a ``TensorDict`` of batch size ``B`` to write back:
         ``echo_mask`` (nested ``[B, j]`` bool, like ``response_mask``; all False unless
-        ``cfg.active`` and ``mode='loss'``), ``echo_denom`` (``[B]`` float32, the value ``D`` on
-        every row) and, when ``cfg.active`` and ``mode='advantage'``, ``advantages`` (nested, with
+        ``cfg.active`` and ``mode='loss'``), ``echo_denom`` (``[B]`` float32, the per-row
+        denominators ``D_b`` of :func:`echorl.core.loss.echo_row_denominators`) and, when ``cfg.active`` and ``mode='advantage'``, ``advantages`` (nested, with
         ``adv_coef`` added on clip tokens). ``out`` is the stage output (selection, ``echo/*``
         metrics).
     """
@@ -118,7 +118,7 @@ def echo_stage_fields(
     )
     fields = {
         ECHO_MASK: _to_nested(out.echo_mask, resp_mask_nested),
-        ECHO_DENOM: torch.full((B,), float(out.echo_denom), dtype=torch.float32),
+        ECHO_DENOM: out.echo_denom_rows.to(torch.float32),
     }
     if cfg.active and cfg.mode == "advantage":
         adv_dtype = data["advantages"].dtype

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# DAPO (clip-higher, token-mean, overlong shaping; no dynamic sampling) at the EchoRL authors' setting; ECHO=on adds EchoRL, ECHO=off trains the plain method.
+# DAPO (clip-higher, token-mean, overlong shaping, dynamic sampling) at the EchoRL authors' setting; ECHO=on adds EchoRL, ECHO=off trains the plain method.
 # Usage: ECHO=on|off recipes/dapo/run.sh [hydra overrides]   (environment: scripts/launch_common.sh)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/launch_common.sh"

@@ -42,12 +42,15 @@ def make(rows, ents, masks=None, dtype=torch.float64, device="cpu"):
 def sel_of(rows, ents, scores, uids, cfg=None, masks=None, dtype=torch.float64, device="cpu", generator=None):
     resp, mask, ent = make(rows, ents, masks, dtype, device)
     s = torch.tensor(scores, dtype=torch.float32, device=device)
-    return select_echo_clips(resp, mask, ent, s, uids, cfg or EchoConfig(), generator=generator)
+    return select_echo_clips(resp, mask, ent, s, uids, cfg or EchoConfig(preset="degenerate"), generator=generator)
 
 
 def prefix(n, L):
     return [True] * n + [False] * (L - n)
 
+
+# Tests of a single selection rule use the 'degenerate' preset (scope=degenerate, per=rollout), so
+# every eligible row shows its own clip; the paper's default (per=group) is tested on its own below.
 
 # ---------------------------------------------------------------------------- the peak clip
 ROW_A = [5, 6, N, 7, 8, N, 9]  # steps [0:3] [3:6] [6]
@@ -84,7 +87,7 @@ ENT_AGG = [3, 0, 1, 1, 1, 1, 1, 1, 1, 2, 2]
 
 @pytest.mark.parametrize("agg, k, clip_len, h", [("mean", 2, 11, 2.0), ("sum", 1, 9, 7.0), ("max", 0, 2, 3.0)])
 def test_step_agg_changes_the_peak(agg, k, clip_len, h):
-    sel = sel_of([ROW_AGG], [ENT_AGG], [1.0], [0], EchoConfig(step_agg=agg))
+    sel = sel_of([ROW_AGG], [ENT_AGG], [1.0], [0], EchoConfig(preset="degenerate", step_agg=agg))
     assert sel.peak_step.tolist() == [k] and sel.peak_h.tolist() == [h]
     assert sel.mask.tolist() == [prefix(clip_len, 11)]
 
@@ -100,7 +103,7 @@ def test_step_agg_changes_the_peak(agg, k, clip_len, h):
     ],
 )
 def test_ties_go_to_the_earliest_step(selector, agg, ent, k):
-    sel = sel_of([[5, N, 6, N, 7]], [ent], [1.0], [0], EchoConfig(selector=selector, step_agg=agg))
+    sel = sel_of([[5, N, 6, N, 7]], [ent], [1.0], [0], EchoConfig(preset="degenerate", selector=selector, step_agg=agg))
     assert sel.peak_step.tolist() == [k]
     assert sel.mask.tolist() == [prefix([2, 4, 5][k], 5)]
 
@@ -118,7 +121,7 @@ ENT_MIN = [1, 1, 1, 1, 5, 5, 3, 3, 3, 3, 9]
     ],
 )
 def test_min_step_tokens(min_tokens, selector, k, clip_len):
-    sel = sel_of([ROW_MIN], [ENT_MIN], [1.0], [0], EchoConfig(min_step_tokens=min_tokens, selector=selector))
+    sel = sel_of([ROW_MIN], [ENT_MIN], [1.0], [0], EchoConfig(preset="degenerate", min_step_tokens=min_tokens, selector=selector))
     assert sel.peak_step.tolist() == [k]
     assert sel.mask.tolist() == [prefix(clip_len, 11)]
     assert sel.eligible.tolist() == [True] and sel.num_steps.tolist() == [4]
@@ -132,7 +135,7 @@ def test_random_prefix_picks_the_floor_u_n_th_eligible_step():
     ends = [2, 4, 6, 8, 9]
     B = 16
     for min_tokens, n in ((1, 5), (2, 4)):
-        cfg = EchoConfig(selector="random_prefix", min_step_tokens=min_tokens, seed=7)
+        cfg = EchoConfig(preset="degenerate", selector="random_prefix", min_step_tokens=min_tokens, seed=7)
         u = torch.rand(B, generator=torch.Generator().manual_seed(123), dtype=torch.float64)
         sel = sel_of([row] * B, [[1] * 9] * B, [1.0] * B, [0] * B, cfg, generator=torch.Generator().manual_seed(123))
         k = [math.floor(x * n) for x in u.tolist()]
@@ -149,7 +152,7 @@ def test_random_prefix_row_i_uses_u_i_even_when_earlier_rows_are_not_eligible():
     row = [1, N, 2, N, 3, N, 4, N, 5]
     B = 12
     scores = [0.0] * 6 + [1.0] * 6  # groups 0..5 fail, 6..11 succeed (one row per group)
-    cfg = EchoConfig(selector="random_prefix")
+    cfg = EchoConfig(preset="degenerate", selector="random_prefix")
     sel = sel_of([row] * B, [[1] * 9] * B, scores, list(range(B)), cfg, generator=torch.Generator().manual_seed(5))
     u = torch.rand(B, generator=torch.Generator().manual_seed(5), dtype=torch.float64).tolist()
     assert sel.peak_step.tolist() == [-1] * 6 + [math.floor(x * 5) for x in u[6:]]
@@ -173,6 +176,24 @@ def group_batch(cfg):
     return select_echo_clips(resp, mask, ent, scores, uids, cfg)
 
 
+def test_paper_default_one_clip_per_group_from_successes_of_any_group():
+    """Default preset 'paper': scope=success, per=group. Group g (all-success): ROW_A peaks at
+    h=3, ROW_B at h=4 -> ROW_B's clip. Group m (mixed, ROW_A succeeds): its only success's clip.
+    Group f (all-fail): nothing."""
+    sel = sel_of([ROW_A, ROW_B, ROW_A, ROW_B, ROW_A, ROW_B], [ENT_A, ENT_B] * 3,
+                 [1.0, 1.0, 1.0, 0.0, 0.0, 0.0], ["g", "g", "m", "m", "f", "f"], EchoConfig())
+    assert sel.eligible.tolist() == [True, True, True, False, False, False]
+    assert sel.peak_step.tolist() == [-1, 0, 1, -1, -1, -1]
+    assert sel.mask.tolist() == [prefix(0, 7), prefix(2, 7), prefix(6, 7)] + [prefix(0, 7)] * 3
+    assert sel.clip_len.tolist() == [0, 2, 6, 0, 0, 0]
+    m = sel.metrics
+    assert (m["echo/clips"], m["echo/clips_from_all_success"], m["echo/clips_from_mixed"]) == (2, 1, 1)
+    deg = sel_of([ROW_A, ROW_B, ROW_A, ROW_B], [ENT_A, ENT_B] * 2, [1.0, 1.0, 1.0, 0.0], ["g", "g", "m", "m"],
+                 EchoConfig(preset="degenerate"))
+    assert deg.peak_step.tolist() == [1, 0, -1, -1]
+    assert (deg.metrics["echo/clips_from_all_success"], deg.metrics["echo/clips_from_mixed"]) == (2, 0)
+
+
 @pytest.mark.parametrize(
     "kwargs, eligible_groups",
     [
@@ -187,7 +208,7 @@ def group_batch(cfg):
     ],
 )
 def test_eligibility(kwargs, eligible_groups):
-    sel = group_batch(EchoConfig(**kwargs))
+    sel = group_batch(EchoConfig(preset="degenerate", **kwargs))
     expected = [bool(x) for g in GROUPS for x in eligible_groups.get(g, [0, 0])]
     assert sel.eligible.tolist() == expected
     assert sel.mask.tolist() == [prefix(6, 7) if e else prefix(0, 7) for e in expected]
@@ -196,7 +217,7 @@ def test_eligibility(kwargs, eligible_groups):
 
 
 def test_group_metrics():
-    m = group_batch(EchoConfig()).metrics
+    m = group_batch(EchoConfig(preset="degenerate")).metrics
     assert m["echo/groups_all_success_frac"] == pytest.approx(3 / 6)  # succ, near, above
     assert m["echo/groups_all_fail_frac"] == pytest.approx(2 / 6)  # fail, half
     assert m["echo/groups_mixed_frac"] == pytest.approx(1 / 6)
@@ -216,13 +237,13 @@ def test_padding_rows_are_never_members_nor_eligible():
     scores = torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0])
     for uids in (["a", "a", "a", "pad", "pad"], torch.tensor([3, 3, 3, 9, 9])):
         for scope in ("degenerate", "success"):
-            sel = select_echo_clips(resp, mask, ent, scores, uids, EchoConfig(scope=scope))
+            sel = select_echo_clips(resp, mask, ent, scores, uids, EchoConfig(preset="degenerate", scope=scope))
             assert sel.eligible.tolist() == [True, True, False, False, False]
             assert sel.mask.tolist() == [prefix(6, 7)] * 2 + [prefix(0, 7)] * 3
             assert sel.metrics["echo/groups_all_success_frac"] == 1.0  # one real group
             assert sel.metrics["echo/groups_all_fail_frac"] == 0.0
     # a padding row with a score of 1 is still not eligible (empty mask)
-    sel = select_echo_clips(resp, mask, ent, torch.ones(5), ["a"] * 5, EchoConfig(scope="success"))
+    sel = select_echo_clips(resp, mask, ent, torch.ones(5), ["a"] * 5, EchoConfig(preset="degenerate", scope="success"))
     assert sel.eligible.tolist() == [True, True, False, False, False]
 
 
@@ -231,7 +252,7 @@ def test_a_batch_of_empty_rows_selects_nothing_and_does_not_warn(monkeypatch):
     resp, mask, ent = make([ROW_A] * 2, [ENT_A] * 2)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        sel = select_echo_clips(resp, torch.zeros_like(mask), ent, torch.ones(2), [0, 0], EchoConfig())
+        sel = select_echo_clips(resp, torch.zeros_like(mask), ent, torch.ones(2), [0, 0], EchoConfig(preset="degenerate"))
     assert not sel.mask.any() and not sel.eligible.any()
     assert sel.metrics["echo/clips"] == 0 and sel.metrics["echo/groups_all_success_frac"] == 0.0
 
@@ -242,13 +263,13 @@ def test_per_group_keeps_the_largest_peak_first_row_on_ties():
     rows = [[5, N, 6]] * 5
     ents = [[2, 2, 1], [3, 3, 1], [1, 1, 3], [5, 5, 0], [4, 4, 4]]
     uids = ["x", "x", "x", "y", "y"]
-    sel = sel_of(rows, ents, [1.0] * 5, uids, EchoConfig(per="group"))
+    sel = sel_of(rows, ents, [1.0] * 5, uids, EchoConfig(preset="degenerate", per="group"))
     assert sel.peak_step.tolist() == [-1, 0, -1, 0, -1]
     assert sel.mask.tolist() == [prefix(0, 3), prefix(2, 3), prefix(0, 3), prefix(2, 3), prefix(0, 3)]
     assert sel.eligible.tolist() == [True] * 5  # eligibility is before `per`
     assert sel.peak_h.tolist() == [2, 3, 3, 5, 4]
     # whatever the selector, the row is chosen by its peak h; the clip ends at the selector's step
-    sel = sel_of(rows, ents, [1.0] * 5, uids, EchoConfig(per="group", selector="lowest"))
+    sel = sel_of(rows, ents, [1.0] * 5, uids, EchoConfig(preset="degenerate", per="group", selector="lowest"))
     assert sel.peak_step.tolist() == [-1, 1, -1, 1, -1]
     assert sel.mask.tolist() == [prefix(0, 3), prefix(3, 3), prefix(0, 3), prefix(3, 3), prefix(0, 3)]
 
@@ -258,7 +279,7 @@ def test_per_group_skips_rows_without_a_clip():
     # entropy 10; row 1's eligible step has mean 2 -> row 1; row 2 (group z) has no eligible step.
     rows = [[5, N, 9], [5, N, 9], [9]]
     ents = [[1, 1, 10], [2, 2, 0], [7]]
-    sel = sel_of(rows, ents, [1.0] * 3, [0, 0, 1], EchoConfig(per="group", min_step_tokens=2))
+    sel = sel_of(rows, ents, [1.0] * 3, [0, 0, 1], EchoConfig(preset="degenerate", per="group", min_step_tokens=2))
     assert sel.peak_step.tolist() == [-1, 0, -1]
     assert sel.mask.tolist() == [prefix(0, 3), prefix(2, 3), prefix(0, 3)]
     assert sel.peak_h.tolist()[:2] == [1.0, 2.0] and math.isnan(sel.peak_h[2].item())
@@ -279,7 +300,7 @@ def test_response_mask_dtypes_and_holes():
     ent[0, 3] = 100.0  # ... so its entropy is not counted
     expected = [[True, True, True, False, True, True, False]]
     for m in (mask, mask.bool(), mask.float(), mask.int()):
-        sel = select_echo_clips(resp, m, ent, torch.ones(1), [0], EchoConfig())
+        sel = select_echo_clips(resp, m, ent, torch.ones(1), [0], EchoConfig(preset="degenerate"))
         assert sel.mask.tolist() == expected and sel.peak_h.tolist() == [3.0]
 
 
@@ -288,7 +309,7 @@ def test_nan_entropy_at_masked_positions_is_ignored():
     ent[1, 4:] = NAN  # padding of row 1
     ent[0, 6] = INF
     mask[0, 6] = 0
-    sel = select_echo_clips(resp, mask, ent, torch.ones(2), [0, 0], EchoConfig(step_agg="max"))
+    sel = select_echo_clips(resp, mask, ent, torch.ones(2), [0, 0], EchoConfig(preset="degenerate", step_agg="max"))
     assert sel.mask.tolist() == [prefix(6, 7), prefix(4, 7)]
 
 
@@ -320,7 +341,7 @@ def test_no_boundary_warning_when_no_row_is_eligible(monkeypatch):
 def good_inputs():
     resp, mask, ent = make([ROW_A, ROW_B], [ENT_A, ENT_B])
     return dict(responses=resp, response_mask=mask, entropy=ent.float(), scores=torch.ones(2), group_ids=[0, 0],
-                cfg=EchoConfig())
+                cfg=EchoConfig(preset="degenerate"))
 
 
 def _nan_at_valid(d):

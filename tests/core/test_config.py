@@ -19,9 +19,25 @@ def test_defaults_are_the_papers_setting():
     assert cfg.enable is True and cfg.boundary == "fixed"
     assert cfg.boundary_token_ids == (198, 271)
     assert (cfg.success_threshold, cfg.tol, cfg.coef) == (1.0, 1e-6, 1e-3)
-    assert (cfg.scope, cfg.per, cfg.step_agg, cfg.selector, cfg.mode, cfg.loss_agg) == (
-        "degenerate", "rollout", "mean", "peak", "loss", "clip_token_mean")
-    assert cfg.min_step_tokens == 1 and cfg.active
+    assert (cfg.preset, cfg.scope, cfg.per, cfg.step_agg, cfg.selector, cfg.mode, cfg.loss_agg) == (
+        "paper", "success", "group", "mean", "peak", "loss", "clip_mean")
+    assert cfg.min_step_tokens == 1 and cfg.active and cfg.keep_filtered is False
+
+
+def test_presets_fill_unset_keys_and_explicit_keys_win():
+    deg = EchoConfig(preset="degenerate")
+    assert (deg.scope, deg.per, deg.loss_agg) == ("degenerate", "rollout", "clip_token_mean")
+    assert EchoConfig.from_preset("degenerate") == deg
+    assert EchoConfig.from_dict({"preset": "degenerate"}) == deg
+    # null keys (as the YAML nodes ship them) take the preset's values
+    assert EchoConfig.from_dict({"preset": "degenerate", "scope": None, "per": None, "loss_agg": None}) == deg
+    mixed = EchoConfig.from_dict({"preset": "degenerate", "per": "group"})
+    assert (mixed.scope, mixed.per, mixed.loss_agg) == ("degenerate", "group", "clip_token_mean")
+    paper = EchoConfig.from_dict({"scope": "degenerate"})
+    assert (paper.preset, paper.scope, paper.per, paper.loss_agg) == ("paper", "degenerate", "group", "clip_mean")
+    assert EchoConfig.from_dict(deg.to_dict()) == deg
+    with pytest.raises(ValueError, match=r"^echorl.preset must be one of \['paper', 'degenerate'\], got 'abstract'"):
+        EchoConfig.from_dict({"preset": "abstract"})
 
 
 @pytest.mark.parametrize(
@@ -38,7 +54,9 @@ def test_defaults_are_the_papers_setting():
         ({"mode": "sft"}, r"EchoConfig.mode must be one of \['loss', 'advantage'\]"),
         ({"step_agg": "median"}, r"EchoConfig.step_agg must be one of \['max', 'mean', 'sum'\]"),
         ({"selector": "best"}, r"EchoConfig.selector must be one of \['full', 'lowest', 'peak', 'random_prefix'\]"),
-        ({"loss_agg": "seq_mean"}, r"EchoConfig.loss_agg must be one of \['clip_token_mean', 'token_mean'\]"),
+        ({"loss_agg": "seq_mean"}, r"EchoConfig.loss_agg must be one of \['clip_mean', 'clip_token_mean', 'token_mean'\]"),
+        ({"preset": "grpo"}, r"EchoConfig.preset must be one of \['paper', 'degenerate'\], got 'grpo'"),
+        ({"keep_filtered": "yes"}, "EchoConfig.keep_filtered must be a bool"),
         ({"enable": 1}, "EchoConfig.enable must be a bool"),
         ({"min_step_tokens": 0}, "EchoConfig.min_step_tokens must be >= 1"),
         ({"min_step_tokens": 1.5}, "EchoConfig.min_step_tokens must be an int"),

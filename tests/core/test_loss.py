@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from echorl import apply_echo_advantage, echo_loss_term, echo_normalizer
+from echorl import apply_echo_advantage, echo_loss_term, echo_normalizer, echo_row_denominators
 from echorl.core.loss import LOSS_AGGS
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -81,9 +81,35 @@ def test_echo_normalizer_is_at_least_one_and_validates():
         echo_normalizer(ECHO, RESP, num_minibatches=0)
     with pytest.raises(ValueError, match="num_minibatches must be a positive int, got 2.0"):
         echo_normalizer(ECHO, RESP, num_minibatches=2.0)
-    with pytest.raises(ValueError, match=r"loss_agg: unknown name 'seq_mean'; valid names are \['clip_token_mean', 'token_mean'\]"):
+    with pytest.raises(ValueError, match=r"loss_agg: unknown name 'seq_mean'; valid names are "
+                                         r"\['clip_mean', 'clip_token_mean', 'token_mean'\]"):
         echo_normalizer(ECHO, RESP, "seq_mean")
-    assert LOSS_AGGS.names() == ["clip_token_mean", "token_mean"]
+    assert LOSS_AGGS.names() == ["clip_mean", "clip_token_mean", "token_mean"]
+    with pytest.raises(ValueError, match="no single denominator; use echo_row_denominators"):
+        echo_normalizer(ECHO, RESP, "clip_mean")
+
+
+@pytest.mark.parametrize("n_mb, expected", [
+    # clip lengths 2, 0, 3, 1; C = 3 clips; D_b = |c_b| * C / M, 1 on the row without a clip
+    (1, [6.0, 1.0, 9.0, 3.0]), (2, [3.0, 1.0, 4.5, 1.5]), (3, [2.0, 1.0, 3.0, 1.0]), (6, [1.0, 1.0, 1.5, 0.5]),
+])
+def test_clip_mean_row_denominators(n_mb, expected):
+    assert echo_row_denominators(ECHO, RESP, "clip_mean", n_mb).tolist() == expected
+    assert echo_row_denominators(ECHO, RESP.float(), num_minibatches=n_mb).tolist() == expected  # the default
+    # the token normalisations: one value on every row
+    assert echo_row_denominators(ECHO, RESP, "clip_token_mean", n_mb).tolist() == [max(6 / n_mb, 1.0)] * 4
+    none = echo_row_denominators(torch.zeros(4, 4, dtype=torch.bool), RESP, "clip_mean", n_mb)
+    assert none.tolist() == [1.0] * 4
+
+
+def test_clip_mean_term_by_hand():
+    """L_echo = (1 / C) sum_c (1 / |c|) sum_{t in c} -log p_t, one mini-batch."""
+    lp = -torch.tensor([[1.0, 2.0, 9.0, 9.0], [9.0, 9.0, 9.0, 9.0], [3.0, 4.0, 5.0, 9.0], [6.0, 9.0, 9.0, 9.0]])
+    d = echo_row_denominators(ECHO, RESP, "clip_mean", 1)
+    term = echo_loss_term(lp, ECHO, d)
+    assert term.item() == pytest.approx(((1 + 2) / 2 + (3 + 4 + 5) / 3 + 6 / 1) / 3, rel=1e-7)
+    with pytest.raises(ValueError, match=r"one value per row \[b\]=\[4\], got \[3\]"):
+        echo_loss_term(lp, ECHO, d[:3])
 
 
 # ---------------------------------------------------------------------------- micro-batch invariance
@@ -98,20 +124,20 @@ def _policy_grad(split_sizes, loss_agg, per_micro_batch_norm=False):
     clip_len = torch.tensor([5, 0, 9, 1, 0, 2, 5, 4])  # uneven clip counts across micro-batches
     echo = torch.arange(L) < clip_len[:, None]
     W = torch.randn(d, V, generator=g, dtype=torch.float64, requires_grad=True)
-    D = echo_normalizer(echo, resp, loss_agg, num_minibatches=1)  # fixed before the update
+    D = echo_row_denominators(echo, resp, loss_agg, num_minibatches=1)  # [B], fixed before the update
     total = torch.zeros((), dtype=torch.float64)
     start = 0
     for size in split_sizes:
         sl = slice(start, start + size)
         lp = torch.log_softmax(feats[sl] @ W, -1).gather(-1, tokens[sl, :, None]).squeeze(-1)  # [b, L]
-        denom = max(float(echo[sl].sum()), 1.0) if per_micro_batch_norm else D
+        denom = max(float(echo[sl].sum()), 1.0) if per_micro_batch_norm else D[sl]
         total = total + echo_loss_term(lp, echo[sl], denom)
         start += size
     total.backward()
     return W.grad, total.detach()
 
 
-@pytest.mark.parametrize("loss_agg", ["clip_token_mean", "token_mean"])
+@pytest.mark.parametrize("loss_agg", ["clip_mean", "clip_token_mean", "token_mean"])
 def test_same_gradient_for_1_2_4_micro_batches(loss_agg):
     g1, l1 = _policy_grad([8], loss_agg)
     assert g1.abs().sum() > 0

@@ -44,7 +44,8 @@ EXPECTED = {
     "dapo": {**VANILLA, "algorithm.adv_estimator": "grpo", "actor_rollout_ref.actor.clip_ratio_low": 0.2,
              "actor_rollout_ref.actor.clip_ratio_high": 0.28, "reward.reward_manager.name": "dapo",
              "reward.reward_kwargs.max_resp_len": 8192, "reward.reward_kwargs.overlong_buffer_cfg.enable": True,
-             "reward.reward_kwargs.overlong_buffer_cfg.len": 1024},
+             "reward.reward_kwargs.overlong_buffer_cfg.len": 1024,
+             "algorithm.filter_groups.enable": True, "algorithm.filter_groups.metric": "acc"},
     "gspo": {"algorithm.adv_estimator": "grpo", "actor_rollout_ref.actor.policy_loss.loss_mode": "gspo",
              "actor_rollout_ref.actor.loss_agg_mode": "seq-mean-token-mean",
              "actor_rollout_ref.actor.clip_ratio_low": 3e-4, "actor_rollout_ref.actor.clip_ratio_high": 4e-4},
@@ -149,8 +150,9 @@ def test_echo_and_refusal_overrides_reach_the_config():
     assert (cfg.echorl.coef, cfg.echorl.selector) == (0.01, "full")
     from echorl.verl.validate import validate_config
 
-    bad = compose_recipe("dapo", "on", ["algorithm.filter_groups.enable=true"])
-    with pytest.raises(ValueError, match=r"algorithm\.filter_groups\.enable=true"):
+    assert validate_config(copy.deepcopy(compose_recipe("dapo", "on"))).scope == "success"  # DAPO + EchoRL
+    bad = compose_recipe("dapo", "on", ["echorl.preset=degenerate"])
+    with pytest.raises(ValueError, match=r"filter_groups\.enable=true with echorl\.scope=degenerate would select nothing"):
         validate_config(copy.deepcopy(bad))
 
 

@@ -26,7 +26,8 @@ def test_echorl_node_is_exactly_echoconfig_with_defaults(echorl_cfg):
     node = OmegaConf.to_container(echorl_cfg.echorl, resolve=True)
     defaults = EchoConfig().to_dict()
     assert list(node) == [f.name for f in dataclasses.fields(EchoConfig)]
-    assert node == defaults
+    # the keys a preset fills ship as null, so `echorl.preset=degenerate` switches them all
+    assert node == {**defaults, "scope": None, "per": None, "loss_agg": None}
     assert EchoConfig.from_dict(node) == EchoConfig()
 
 
@@ -63,7 +64,13 @@ def test_verl_validation_passes(echorl_cfg):
 
 REFUSALS = [
     ({"algorithm.rollout_correction.bypass_mode": True}, r"algorithm\.rollout_correction\.bypass_mode=true.*entropy.*bypass_mode=false"),
-    ({"algorithm.filter_groups.enable": True}, r"algorithm\.filter_groups\.enable=true.*all-success groups.*filter_groups\.enable=false"),
+    ({"algorithm.filter_groups.enable": True, "echorl.scope": "degenerate"},
+     r"algorithm\.filter_groups\.enable=true with echorl\.scope=degenerate would select nothing.*echorl\.scope=success"),
+    ({"algorithm.filter_groups.enable": True, "echorl.preset": "degenerate"}, r"echorl\.scope=degenerate would select"),
+    ({"algorithm.filter_groups.enable": True, "echorl.keep_filtered": True},
+     r"echorl\.keep_filtered=true is not supported on verl.*_clear_groups.*keep_filtered=false"),
+    ({"echorl.keep_filtered": True}, r"echorl\.keep_filtered=true is not supported on verl"),
+    ({"echorl.preset": "abstract"}, r"echorl\.preset must be one of \['paper', 'degenerate'\], got 'abstract'"),
     ({"trainer.v1.trainer_mode": "colocate_async"}, r"trainer\.v1\.trainer_mode='colocate_async'.*trainer_mode=sync"),
     ({"trainer.v1.trainer_mode": "separate_async"}, r"trainer_mode='separate_async'"),
     ({"trainer.use_v1": False}, r"trainer\.use_v1=false.*entropy.*trainer\.use_v1=true"),
@@ -89,8 +96,11 @@ def test_missing_echorl_node_is_refused(echorl_cfg):
 
 
 def test_baselines_that_only_conflict_with_echorl_on_are_allowed(echorl_cfg):
-    # DAPO dynamic sampling as the EchoRL-off baseline, distillation with the advantage variant
-    assert validate_config(_with(echorl_cfg, **{"algorithm.filter_groups.enable": True, "echorl.enable": False})).enable is False
+    # DAPO dynamic sampling as the EchoRL-off baseline (any scope), distillation with the advantage variant
+    assert validate_config(_with(echorl_cfg, **{"algorithm.filter_groups.enable": True, "echorl.enable": False,
+                                                "echorl.scope": "degenerate"})).enable is False
+    # DAPO + EchoRL with the paper's scope=success: clips from the mixed groups that survive
+    assert validate_config(_with(echorl_cfg, **{"algorithm.filter_groups.enable": True})).scope == "success"
     assert validate_config(_with(echorl_cfg, **{"distillation.enabled": True, "echorl.mode": "advantage"})).mode == "advantage"
 
 
