@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tensordict import TensorDict
 
+from echorl.filtering import split_minibatches
 from echorl.local.policy import pack_for_verl, policy_logprobs
 
 __all__ = ["token_level_rewards", "compute_advantages", "actor_update", "build_micro_batch"]
@@ -92,7 +93,9 @@ def actor_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sched
     Args:
         batch: ``prompts [B, P]``, ``responses [B, L]``, ``input_ids [B, P+L]``, ``attention_mask [B, P+L]``,
             ``response_mask [B, L]``, ``old_log_probs [B, L]``, ``advantages [B, L]``, ``echo_mask
-            [B, L] bool``, ``echo_denom [B] float32``.
+            [B, L] bool``, ``echo_denom [B] float32``, optionally ``echo_only [B] bool`` (rows kept
+            for the EchoRL term only, with a zero ``response_mask``: the mini-batches are cut over
+            the other rows and these are dealt over them, :func:`echorl.filtering.split_minibatches`).
         actor_cfg: verl's ``FSDPActorConfig`` (``ppo_mini_batch_size`` in prompts, as in verl).
         n: rollouts per prompt (mini-batch rows = ``ppo_mini_batch_size * n``).
         generator: shuffles the rows of each epoch when ``actor.shuffle`` is true.
@@ -104,6 +107,8 @@ def actor_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sched
     """
     from verl.utils.metric import AggregationType, Metric
 
+    batch = dict(batch)
+    echo_only = batch.pop("echo_only", None)  # [B] bool rows for the EchoRL term only (echorl.filtering)
     B = batch["responses"].shape[0]
     P = batch["prompts"].shape[1]
     mini = actor_cfg.ppo_mini_batch_size * n
@@ -114,13 +119,13 @@ def actor_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sched
     per_mini: list[dict[str, float]] = []
     for _epoch in range(actor_cfg.ppo_epochs):
         order = torch.randperm(B, generator=generator) if actor_cfg.shuffle else torch.arange(B)
-        for m0 in range(0, B, mini):
-            mrows = order[m0:m0 + mini]
-            n_tokens = int(batch["response_mask"][mrows].sum())
+        for mrows in split_minibatches(order, echo_only, mini):
+            n_tokens = int(batch["response_mask"][mrows].sum())  # kept rows have a zero RL mask
+            n_rl = len(mrows) - (int(echo_only[mrows].sum()) if echo_only is not None else 0)
             acc: dict[str, list] = {}
             for u0 in range(0, len(mrows), micro):
                 rows = mrows[u0:u0 + micro]
-                data = build_micro_batch(rows, batch, batch_num_tokens=n_tokens, global_batch_size=len(mrows),
+                data = build_micro_batch(rows, batch, batch_num_tokens=n_tokens, global_batch_size=n_rl,
                                          temperature=temperature)
                 am = batch["attention_mask"][rows]
                 log_prob, entropy = policy_logprobs(model, batch["input_ids"][rows], am, batch["responses"][rows],
