@@ -92,7 +92,10 @@ def eval_main(argv: Sequence[str]) -> int:
     from echorl.eval.run import evaluate, make_pool, write_outputs
 
     try:
+        from echorl.eval.data import load_rows
+
         specs = _specs(args)
+        benchmarks = [(s, load_rows(s)) for s in specs]  # bad files fail before the model loads
         sampling = SamplingSettings(n=args.n, temperature=args.temperature, top_p=args.top_p,
                                     max_new_tokens=args.max_new_tokens, seed=args.seed)
         pol = load_policy(args.model, args.dtype, "cpu" if args.backend == "vllm" else args.device)
@@ -103,7 +106,7 @@ def eval_main(argv: Sequence[str]) -> int:
     print(f"evaluating {pol.source} on {[s.name for s in specs]} (n={args.n}, T={args.temperature}, top_p={args.top_p})")
     pool = make_pool(args.workers, args.timeout_s)
     try:
-        samples, summary = evaluate(backend, pol.tokenizer, [(s, None) for s in specs], sampling, pool,
+        samples, summary = evaluate(backend, pol.tokenizer, benchmarks, sampling, pool,
                                     chat_template=args.chat_template)
     finally:
         pool.close()
