@@ -122,7 +122,7 @@ def _settings(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, Any]:
 
 
 def _entropy(args: argparse.Namespace) -> int:
-    from echorl.analysis.entropy import dump_solutions, summarize
+    from echorl.analysis.entropy import KINDS, dump_solutions, summarize
     from echorl.analysis.entropy_plots import plot_entropy_profile
 
     t0 = time.perf_counter()
@@ -143,10 +143,16 @@ def _entropy(args: argparse.Namespace) -> int:
     png = plot_entropy_profile(summary, profiles, out / f"{args.name}_entropy.png", f"{args.model} on {args.data}")
     print(f"{'kind':8s} {'n':>5s} {'token H':>16s} {'step H':>8s} {'steps':>6s} {'peak pos':>8s} {'peak H':>7s} {'peak@last':>9s}")
     for k, s in summary.items():
+        if k not in KINDS:
+            continue
         t = s["token_h"]
         print(f"{k:8s} {s['solutions']:5d} {t['mean']:7.3f} [{t['ci95'][0]:.3f},{t['ci95'][1]:.3f}] "
               f"{s['step_h']['mean']:8.3f} {s['num_steps']['mean']:6.2f} {s['peak_pos']['mean']:8.2f} "
               f"{s['peak_h']['mean']:7.3f} {s['peak_on_last_step']:9.2f}")
+    pd = summary["paired"]
+    if pd["rows"]:
+        d = pd["expert_minus_correct_token_h"]
+        print(f"same prompt ({pd['rows']} rows): expert - correct token H {d['mean']:+.3f} [{d['ci95'][0]:+.3f},{d['ci95'][1]:+.3f}]")
     print(f"json {js}\npng  {png}\n({res['seconds']:.0f} s)")
     return 0
 

@@ -21,7 +21,8 @@ The rules, exactly:
   a smaller one.
 * **Let the model finish**: the input is the prompt followed by the kept pool steps in their
   original order, token for token (each ends with its newline), and *nothing after them*: the
-  answer step is always removed and the model regenerates the rest (greedy by default, or
+  answer step is removed (with ``include_answer``, when kept, it stays without its EOS) and the
+  model regenerates the rest (greedy by default, or
   sampled at ``temperature``) up to EOS or ``max_new_tokens``. The graded text is the kept steps
   plus the continuation, decoded without special tokens. At share 0 this measures how often the
   model re-derives the right answer from its full reasoning (the baseline of every curve).
@@ -93,9 +94,11 @@ def step_token_spans(profile: dict[str, Any]) -> list[tuple[int, int]]:
     return spans
 
 
-def _edited_prefix(sol: Solution, spans: Sequence[tuple[int, int]], pool: int, drop: set[int]) -> list[int]:
-    """Prompt ids + the kept pool steps' tokens (steps after the pool, i.e. the answer step, removed)."""
-    kept = [t for k in range(pool) if k not in drop for t in sol.response_ids[spans[k][0]:spans[k][1]]]
+def _edited_prefix(sol: Solution, spans: Sequence[tuple[int, int]], pool: int, drop: set[int],
+                   eos: set[int]) -> list[int]:
+    """Prompt ids + the kept pool steps' tokens (steps after the pool, i.e. the answer step, removed;
+    an EOS of a kept last step dropped, so the model can go on)."""
+    kept = [t for k in range(pool) if k not in drop for t in sol.response_ids[spans[k][0]:spans[k][1]] if t not in eos]
     return list(sol.prompt_ids) + kept
 
 
@@ -128,6 +131,7 @@ def run_deletion(model: Any, tokenizer: Any, solutions: Sequence[Solution], prof
     shares = [float(s) for s in shares]
     for s in shares:
         num_deleted(s, 0)  # validates the range
+    eos = set(int(e) for e in eos_ids)
     keep = [i for i, p in enumerate(profiles) if p["num_steps"] - (0 if include_answer else 1) >= 1]
     variants = [(o, sd) for o in orders for sd in (seeds if o == "random" else (None,))]
     jobs: dict[tuple[int, ...], int] = {}  # prefix key -> a solution it belongs to
@@ -140,7 +144,7 @@ def run_deletion(model: Any, tokenizer: Any, solutions: Sequence[Solution], prof
             rank = deletion_ranking(prof["step_h"][:pool], o, sd or 0, i)
             for j, s in enumerate(shares):
                 k = num_deleted(s, pool)
-                prefix = tuple(_edited_prefix(sol, spans, pool, set(rank[:k])))
+                prefix = tuple(_edited_prefix(sol, spans, pool, set(rank[:k]), eos))
                 # greedy: one continuation per distinct prefix; sampled: one per (variant, share, solution)
                 key = prefix if temperature == 0 else prefix + (-1, len(plan))
                 jobs.setdefault(key, i)
@@ -160,6 +164,8 @@ def run_deletion(model: Any, tokenizer: Any, solutions: Sequence[Solution], prof
 
     res: dict[str, Any] = {"shares": shares, "solutions": len(keep), "skipped_one_step": len(profiles) - len(keep),
                            "continuations": len(keys), "orders": {}, "gaps": {}}
+    if not keep:  # nothing to delete from: no curves
+        return res
     per: dict[str, np.ndarray] = {}
     for o in orders:
         if o == "random":

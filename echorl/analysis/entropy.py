@@ -33,8 +33,8 @@ from echorl.core.config import EchoConfig
 from echorl.core.steps import boundary_ids_tensor, segment_steps, step_aggregates
 from echorl.local.policy import old_policy_pass
 
-__all__ = ["KINDS", "Solution", "expert_solutions", "expert_text", "generate", "grade", "dump_solutions",
-           "pad_batch", "profile_solutions", "read_rows", "self_solutions", "summarize", "token_entropies"]
+__all__ = ["KINDS", "Solution", "dump_solutions", "encode_prompts_of", "expert_solutions", "expert_text", "generate", "grade",
+           "pad_batch", "paired_differences", "profile_solutions", "read_rows", "self_solutions", "summarize", "token_entropies"]
 
 KINDS = ("expert", "correct", "wrong")
 
@@ -317,4 +317,22 @@ def summarize(profiles: Sequence[dict[str, Any]], num_bins: int = 5) -> dict[str
             "peak_on_last_step": float(np.mean([p["peak_step"] == p["num_steps"] - 1 for p in multi])) if multi else float("nan"),
             "step_h_by_position": [float(np.mean(b)) if b else float("nan") for b in bins],
         }
+    out["paired"] = paired_differences(profiles)
+    return out
+
+
+def paired_differences(profiles: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Same-prompt comparisons, free of the difficulty mix: for every row with an expert solution
+    and at least one self-generated correct one, ``expert - mean(correct)`` of the mean token
+    entropy, the mean step entropy and the peak height (mean over rows and a 95% interval)."""
+    by_row: dict[int, dict[str, list[dict[str, Any]]]] = {}
+    for p in profiles:
+        if p["row"] >= 0:
+            by_row.setdefault(p["row"], {}).setdefault(p["kind"], []).append(p)
+    both = [v for v in by_row.values() if "expert" in v and "correct" in v]
+    out: dict[str, Any] = {"rows": len(both)}
+    for key, f in (("token_h", lambda p: p["token_h"]), ("step_h", lambda p: float(np.mean(p["step_h"])) if p["step_h"] else float("nan")),
+                   ("peak_h", lambda p: p["peak_h"])):
+        out[f"expert_minus_correct_{key}"] = _mean_ci([f(v["expert"][0]) - float(np.mean([f(c) for c in v["correct"]]))
+                                                       for v in both])
     return out
