@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM := false
 # OpenMP threads that spin-wait were measured 10-25x slower on a busy 2-core box (docs/log.md).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean verl-smoke
 
 install: $(STAMP)
 
@@ -26,6 +26,10 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 
 demo: install
 	$(PY) -m echorl.demo
+
+# verl's real V1 loop on CPU: 2 GRPO + EchoRL steps, tiny model; prints the last step's metrics as JSON.
+verl-smoke: install
+	$(PY) -m echorl.verl.cpu.smoke
 
 test: install
 	$(PY) -m pytest -q tests

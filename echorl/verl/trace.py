@@ -1,0 +1,53 @@
+"""``echorl_trace.dir``: what the actor update of each step received from the EchoRL stage, for checks.
+
+With ``+echorl_trace.dir=<folder>``, :class:`echorl.verl.trainer.EchoPPOTrainerSync` writes, after
+every actor update, ``<folder>/step_<k>.pt`` (``torch.load``-able, tensors on CPU):
+
+* ``uid``: ``[B]`` group ids; ``is_padding``: ``[B]`` bool (rows verl appended to balance the batch);
+* ``response_mask``, ``echo_mask`` (bool), ``old_log_probs``: ``[B, L]`` right-padded;
+* ``echo_denom``: ``[B]`` float, the stored normaliser ``D_b``;
+* ``metrics``: the step's ``echo/*`` metrics and ``echo/loss`` (as the workers reported it).
+
+It lets a test recompute the EchoRL loss from exactly what the workers trained on (with one
+mini-batch and one PPO epoch the update's forward runs at the old weights, so the reported
+``echo/loss`` equals ``sum_b sum_t clip(-old_log_prob) / D_b``). Off by default; meant for short
+debugging and test runs (one small file per step). For the human-readable EchoClip records see
+``echorl_dump`` (:mod:`echorl.verl.dump`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+FIELDS = ("uid", "response_mask", "echo_mask", "echo_denom", "old_log_probs")
+
+
+def trace_dir_of(config: Any) -> Path | None:
+    """``echorl_trace.dir`` of the composed config (None: off)."""
+    from omegaconf import OmegaConf
+
+    value = OmegaConf.select(config, "echorl_trace.dir", default=None)
+    return Path(str(value)) if value else None
+
+
+def write_trace(folder: Path, step: int, data: Any, is_padding: Sequence[bool], metrics: dict) -> Path:
+    """Write ``step_<step>.pt`` from the stored fields ``data`` (a TensorDict with :data:`FIELDS`,
+    nested ``[B, j]`` as TransferQueue returns them) and the step's metrics."""
+    from echorl.verl.fields import _padded, group_ids
+
+    record = {
+        "uid": group_ids(data["uid"]),
+        "is_padding": torch.as_tensor(list(is_padding), dtype=torch.bool),
+        "response_mask": _padded(data, "response_mask") != 0,
+        "echo_mask": _padded(data, "echo_mask") != 0,
+        "old_log_probs": _padded(data, "old_log_probs").float(),
+        "echo_denom": torch.as_tensor(data["echo_denom"]).float().reshape(-1),
+        "metrics": {k: float(v) for k, v in metrics.items() if k.startswith("echo/")},
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"step_{step}.pt"
+    torch.save(record, path)
+    return path
