@@ -222,3 +222,64 @@ def test_dense_echo_mask_is_accepted(actor_config):
     g_dense, _, _ = run_minibatch(fn, dense, thetas, n_micro=1)
     for a, b in zip(g_nested, g_dense):
         assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------------------- loss_agg=clip_mean
+def with_clip_mean_denominators(data, echo, num_minibatches: int = 1):
+    """Replace ``echo_denom`` by the per-row ``D_b = |c_b| * C / M`` of ``loss_agg='clip_mean'``."""
+    from echorl import echo_row_denominators
+
+    width = max(len(e) for e in echo)
+    dense = torch.zeros(len(echo), width, dtype=torch.bool)
+    for i, e in enumerate(echo):
+        dense[i, : len(e)] = e
+    d = echo_row_denominators(dense, dense, "clip_mean", num_minibatches)
+    out = copy.copy(data)
+    out["echo_denom"] = d
+    return out, d
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_clip_mean_gradient_invariant_to_micro_batches_and_ranks(actor_config, seed):
+    data, thetas, echo = make_minibatch(seed=seed)
+    data, _ = with_clip_mean_denominators(data, echo)
+    fn = EchoLoss(actor_config, EchoConfig(coef=0.5))  # the paper's default loss_agg=clip_mean
+    ref, _, _ = run_minibatch(fn, data, thetas, n_micro=1)
+    for n_micro, dp in [(2, 1), (4, 1), (1, 2), (2, 2), (1, 4), (2, 4)]:
+        g, _, _ = run_minibatch(fn, data, thetas, n_micro=n_micro, dp=dp)
+        for a, b in zip(ref, g):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-8)
+    base, _, _ = run_minibatch(_ppo(actor_config), data, thetas, n_micro=1)
+    assert max(float((a - b).abs().max()) for a, b in zip(ref, base)) > 1e-3
+
+
+def test_clip_mean_gradient_by_hand(actor_config):
+    """Zero advantages: the gradient on clip token t of row i is -coef (1 - sigmoid(theta_t)) / (|c_i| C),
+    and echo/loss is the mean over the C clips of each clip's token-mean NLL."""
+    coef = 0.25
+    data, thetas, echo = make_minibatch(seed=2, adv_zero=True)
+    data, d = with_clip_mean_denominators(data, echo, num_minibatches=1)
+    clips = [i for i in range(B) if bool(echo[i].any())]
+    C = len(clips)
+    assert C >= 2 and len({int(echo[i].sum()) for i in clips}) >= 2  # clips of different lengths
+    grads, _, metrics = run_minibatch(EchoLoss(actor_config, EchoConfig(coef=coef)), data, thetas, n_micro=2, dp=2)
+    means = []
+    for i in range(B):
+        p, r = len(data["prompts"][i]), len(data["responses"][i])
+        pos = torch.arange(p - 1, p - 1 + r)[echo[i]]
+        expected = torch.zeros_like(thetas[i])
+        if i in clips:
+            n_i = int(echo[i].sum())
+            assert float(d[i]) == n_i * C
+            expected[pos] = -coef * (1 - torch.sigmoid(thetas[i][pos])) / (n_i * C)
+            means.append(float(-torch.nn.functional.logsigmoid(thetas[i][pos]).mean()))
+        torch.testing.assert_close(grads[i], expected, rtol=1e-6, atol=1e-9)
+    from verl.utils.metric import Metric
+
+    per_rank = []
+    for rank in range(2):
+        metric = Metric("sum")
+        for m in metrics[2 * rank : 2 * rank + 2]:
+            metric.extend(m["echo/loss"])
+        per_rank.append(metric)
+    assert Metric.aggregate_dp(per_rank) == pytest.approx(sum(means) / C, rel=1e-6)
