@@ -14,6 +14,10 @@
 #   MODEL_PATH       HF id or local folder                                [Qwen/Qwen2.5-Math-7B]
 #   NNODES, N_GPUS_PER_NODE                                                                [1, 8]
 #   PROJECT, EXPERIMENT   tracking names                      [echorl, <method>-echo_<ECHO>]
+#   CKPT_DIR         absolute folder on storage every node sees (a relative path would resolve
+#                    per Ray process, e.g. in a job's temporary folder, and resume would find
+#                    nothing); checkpoints go to $CKPT_DIR/<PROJECT>/<EXPERIMENT> [$HOME/checkpoints/echorl]
+#   CKPT_KEEP        newest actor (and critic) checkpoints kept on disk                        [3]
 #   PYTHON           interpreter                                                        [python]
 #   DRY_RUN=1        print the final command (one argument per line) and exit                 [0]
 
@@ -33,6 +37,16 @@ echorl_launch() {
     *) echo "echorl_launch: ECHO must be 'on' or 'off', got '$echo_mode'" >&2; return 2 ;;
   esac
 
+  local ckpt_dir="${CKPT_DIR:-$HOME/checkpoints/echorl}" keep="${CKPT_KEEP:-3}"
+  if [[ "$ckpt_dir" != /* ]]; then
+    echo "echorl_launch: CKPT_DIR must be an absolute path on storage every node sees, got '$ckpt_dir'" >&2
+    return 2
+  fi
+  if [[ ! "$keep" =~ ^[1-9][0-9]*$ ]]; then
+    echo "echorl_launch: CKPT_KEEP must be a positive number of checkpoints, got '$keep'" >&2
+    return 2
+  fi
+  local project="${PROJECT:-echorl}" experiment="${EXPERIMENT:-$method-echo_$echo_mode}"
   local data_dir="${DATA_DIR:-$HOME/data/echorl}"
   local cmd=(
     "${PYTHON:-python}" -m echorl.main
@@ -45,8 +59,11 @@ echorl_launch() {
     "actor_rollout_ref.model.path=${MODEL_PATH:-Qwen/Qwen2.5-Math-7B}"
     "trainer.nnodes=${NNODES:-1}"
     "trainer.n_gpus_per_node=${N_GPUS_PER_NODE:-8}"
-    "trainer.project_name=${PROJECT:-echorl}"
-    "trainer.experiment_name=${EXPERIMENT:-$method-echo_$echo_mode}"
+    "trainer.project_name=$project"
+    "trainer.experiment_name=$experiment"
+    "trainer.default_local_dir=${ckpt_dir%/}/$project/$experiment"
+    "trainer.max_actor_ckpt_to_keep=$keep"
+    "trainer.max_critic_ckpt_to_keep=$keep"
     "$@"
   )
   if [[ "${DRY_RUN:-0}" == 1 ]]; then

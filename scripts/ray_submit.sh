@@ -7,7 +7,7 @@
 # job entrypoint (the Ray driver). The cluster's image must have verl[vllm]==0.9.1 and echorl
 # installed (docker/Dockerfile): EchoRL's verl plugin is found through the installed package.
 # Environment: RAY_ADDRESS (dashboard address) [http://127.0.0.1:8265], RECIPE [grpo], ECHO,
-# DATA_DIR / TRAIN_FILES / VAL_FILES / MODEL_PATH / NNODES / N_GPUS_PER_NODE as in
+# DATA_DIR / TRAIN_FILES / VAL_FILES / MODEL_PATH / NNODES / N_GPUS_PER_NODE / CKPT_DIR / CKPT_KEEP as in
 # scripts/launch_common.sh (paths as seen by the cluster nodes), SUBMIT_ID (job id) [unset],
 # NO_WAIT=1 (return after submitting), DRY_RUN=1 (print the ray command and exit).
 set -euo pipefail
@@ -21,13 +21,27 @@ if [[ ! -x "$ROOT/recipes/$RECIPE/run.sh" ]]; then
   exit 2
 fi
 
-# Environment the job's driver sees (the launcher's variables are forwarded when set).
-env_json="\"ECHO\": \"$ECHO\", \"HYDRA_FULL_ERROR\": \"1\", \"TOKENIZERS_PARALLELISM\": \"false\""
-for var in DATA_DIR TRAIN_FILES VAL_FILES MODEL_PATH NNODES N_GPUS_PER_NODE PROJECT EXPERIMENT WANDB_API_KEY \
-           WANDB_MODE HF_HOME HF_HUB_OFFLINE ECHORL_VERIFY_TIMEOUT_S ECHORL_VERIFY_WORKERS; do
-  if [[ -n "${!var:-}" ]]; then env_json+=", \"$var\": \"${!var}\""; fi
-done
-runtime_env="{\"working_dir\": \"$ROOT\", \"excludes\": [\".git\", \".venv\", \"outputs\", \"*.parquet\", \"*.safetensors\"], \"env_vars\": {$env_json}}"
+if [[ -n "${CKPT_DIR:-}" && "$CKPT_DIR" != /* ]]; then
+  echo "ray_submit: CKPT_DIR must be an absolute path on storage every node sees, got '$CKPT_DIR'" >&2
+  exit 2
+fi
+
+# Runtime env of the job: the uploaded repository and the environment its driver sees (the
+# launcher's variables are forwarded when set), encoded by Python's json module so that values
+# with quotes, spaces or backslashes arrive intact.
+forward=(DATA_DIR TRAIN_FILES VAL_FILES MODEL_PATH NNODES N_GPUS_PER_NODE PROJECT EXPERIMENT CKPT_DIR CKPT_KEEP
+         WANDB_API_KEY WANDB_MODE WANDB_BASE_URL HF_HOME HF_HUB_OFFLINE ECHORL_VERIFY_TIMEOUT_S ECHORL_VERIFY_WORKERS)
+py="$(command -v python3 || command -v python)"
+runtime_env="$(SUBMIT_ECHO="$ECHO" SUBMIT_ROOT="$ROOT" "$py" - "${forward[@]}" <<'PY'
+import json, os, sys
+
+env_vars = {"ECHO": os.environ["SUBMIT_ECHO"], "HYDRA_FULL_ERROR": "1", "TOKENIZERS_PARALLELISM": "false"}
+env_vars.update({name: os.environ[name] for name in sys.argv[1:] if os.environ.get(name)})
+print(json.dumps({"working_dir": os.environ["SUBMIT_ROOT"],
+                  "excludes": [".git", ".venv", "outputs", "*.parquet", "*.safetensors"],
+                  "env_vars": env_vars}))
+PY
+)"
 
 cmd=(ray job submit --address "$RAY_ADDRESS" --runtime-env-json "$runtime_env")
 if [[ -n "${SUBMIT_ID:-}" ]]; then cmd+=(--submission-id "$SUBMIT_ID"); fi

@@ -183,7 +183,8 @@ def test_every_shell_script_parses():
 def _dry_run(script: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
     full = {k: v for k, v in os.environ.items() if k not in ("ECHO", "DATA_DIR", "TRAIN_FILES", "VAL_FILES",
                                                               "MODEL_PATH", "NNODES", "N_GPUS_PER_NODE",
-                                                              "EXPERIMENT", "PROJECT", "PYTHON")}
+                                                              "EXPERIMENT", "PROJECT", "PYTHON", "CKPT_DIR",
+                                                              "CKPT_KEEP")}
     full.update({"DRY_RUN": "1", "HOME": "/home/u", **env})
     return subprocess.run(["bash", str(script), *args], capture_output=True, text=True, env=full, timeout=60)
 
@@ -201,6 +202,8 @@ def test_launch_script_dry_run(method):
             "data.val_files=/home/u/data/echorl/math500.parquet",
             "actor_rollout_ref.model.path=Qwen/Qwen2.5-Math-7B", "trainer.nnodes=1", "trainer.n_gpus_per_node=8",
             "trainer.project_name=echorl", f"trainer.experiment_name={method}-echo_{echo}",
+            f"trainer.default_local_dir=/home/u/checkpoints/echorl/echorl/{method}-echo_{echo}",
+            "trainer.max_actor_ckpt_to_keep=3", "trainer.max_critic_ckpt_to_keep=3",
             "trainer.total_epochs=1", "echorl.coef=0.002"]
 
 

@@ -1,0 +1,173 @@
+"""Launchers for a GPU cluster, run for real in their DRY_RUN modes: an absolute shared checkpoint
+folder with a keep-limit, `ray job submit`'s runtime env as real JSON, and the SLURM script's node,
+address and GPU/CPU resolution (with stand-ins for SLURM's srun/scontrol, which this machine lacks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parents[2]
+LAUNCH_VARS = ("ECHO", "DATA_DIR", "TRAIN_FILES", "VAL_FILES", "MODEL_PATH", "NNODES", "N_GPUS_PER_NODE", "EXPERIMENT",
+               "PROJECT", "PYTHON", "CKPT_DIR", "CKPT_KEEP", "RECIPE", "HEAD_IP", "GPUS_PER_NODE", "CPUS_PER_NODE",
+               "WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL", "HF_HOME", "HF_HUB_OFFLINE", "ECHORL_VERIFY_TIMEOUT_S",
+               "ECHORL_VERIFY_WORKERS")
+
+
+def run(script: Path, env: dict, *args: str, path_prefix: Path | None = None) -> subprocess.CompletedProcess:
+    full = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS and not k.startswith("SLURM_")}
+    full.update({"DRY_RUN": "1", "HOME": "/home/u", **env})
+    if path_prefix is not None:
+        full["PATH"] = f"{path_prefix}:{full['PATH']}"
+    return subprocess.run(["bash", str(script), *args], capture_output=True, text=True, env=full, timeout=60,
+                          cwd=ROOT)
+
+
+def _value(lines: list[str], key: str) -> str:
+    hits = [line.split("=", 1)[1] for line in lines if line.startswith(key + "=")]
+    assert len(hits) == 1, (key, lines)
+    return hits[0]
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def test_checkpoints_go_to_an_absolute_shared_folder_with_a_keep_limit():
+    r = run(ROOT / "recipes" / "grpo" / "run.sh", {"CKPT_DIR": "/shared/ckpt/", "CKPT_KEEP": "5", "PROJECT": "p",
+                                                   "EXPERIMENT": "grpo-a"})
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert _value(lines, "trainer.default_local_dir") == "/shared/ckpt/p/grpo-a"
+    assert _value(lines, "trainer.max_actor_ckpt_to_keep") == "5"
+    assert _value(lines, "trainer.max_critic_ckpt_to_keep") == "5"
+    # defaults: under $HOME (absolute), 3 kept
+    lines = run(ROOT / "recipes" / "dapo" / "run.sh", {"ECHO": "off"}).stdout.splitlines()
+    assert _value(lines, "trainer.default_local_dir") == "/home/u/checkpoints/echorl/echorl/dapo-echo_off"
+    assert _value(lines, "trainer.max_actor_ckpt_to_keep") == "3"
+
+
+def test_checkpoint_keys_reach_verls_config():
+    """The dry-run overrides compose with real Hydra into verl's trainer keys (a misspelt key would fail)."""
+    from hydra import compose, initialize_config_module
+
+    lines = run(ROOT / "recipes" / "rloo" / "run.sh", {"CKPT_DIR": "/nfs/ck", "CKPT_KEEP": "2"}).stdout.splitlines()
+    overrides = lines[lines.index("echorl.main") + 1:]
+    with initialize_config_module(config_module="echorl.config", version_base=None):
+        cfg = compose(config_name="echorl_trainer", overrides=overrides)
+    trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    assert trainer["default_local_dir"] == "/nfs/ck/echorl/rloo-echo_on"
+    assert (trainer["max_actor_ckpt_to_keep"], trainer["max_critic_ckpt_to_keep"]) == (2, 2)
+    assert os.path.isabs(trainer["default_local_dir"])
+
+
+@pytest.mark.parametrize("env,message", [
+    ({"CKPT_DIR": "checkpoints"}, "CKPT_DIR must be an absolute path on storage every node sees, got 'checkpoints'"),
+    ({"CKPT_DIR": "~/ck"}, "CKPT_DIR must be an absolute path on storage every node sees, got '~/ck'"),
+    ({"CKPT_KEEP": "0"}, "CKPT_KEEP must be a positive number of checkpoints, got '0'"),
+    ({"CKPT_KEEP": "all"}, "CKPT_KEEP must be a positive number of checkpoints, got 'all'"),
+])
+def test_bad_checkpoint_settings_are_refused(env, message):
+    r = run(ROOT / "recipes" / "gspo" / "run.sh", env)
+    assert r.returncode == 2 and message in r.stderr and r.stdout == ""
+
+
+# ---------------------------------------------------------------------------- ray job submit
+def test_ray_submit_runtime_env_is_json_encoded():
+    tricky = {"MODEL_PATH": '/models/Qwen "Math" 7B', "EXPERIMENT": "a b\\c $HOME 'x'", "DATA_DIR": "/d/é{}[],:",
+              "CKPT_DIR": "/shared/ck", "CKPT_KEEP": "4", "WANDB_MODE": "offline"}
+    r = run(ROOT / "scripts" / "ray_submit.sh", {"RECIPE": "cispo", **tricky}, "trainer.total_epochs=1")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    runtime_env = json.loads(lines[lines.index("--runtime-env-json") + 1])
+    assert runtime_env["working_dir"] == str(ROOT)
+    assert runtime_env["env_vars"] == {"ECHO": "on", "HYDRA_FULL_ERROR": "1", "TOKENIZERS_PARALLELISM": "false",
+                                       **tricky}
+    assert lines[lines.index("--") + 1:] == ["bash", "recipes/cispo/run.sh", "trainer.total_epochs=1"]
+
+
+def test_ray_submit_refuses_a_relative_checkpoint_folder():
+    r = run(ROOT / "scripts" / "ray_submit.sh", {"CKPT_DIR": "ckpt"})
+    assert r.returncode == 2 and "CKPT_DIR must be an absolute path" in r.stderr and r.stdout == ""
+
+
+# ---------------------------------------------------------------------------- SLURM
+SBATCH = ROOT / "scripts" / "slurm" / "echorl.sbatch"
+
+
+@pytest.fixture
+def slurm_bin(tmp_path):
+    """Stand-ins for SLURM's commands: scontrol lists three nodes; srun logs its arguments and runs the
+    command after its options here (so `hostname -I` really runs); getent knows node1."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "srun.log"
+    (bin_dir / "scontrol").write_text('#!/bin/bash\n[[ "$1 $2 $3" == "show hostnames node[1-3]" ]] || exit 1\n'
+                                      'printf "node1\\nnode2\\nnode3\\n"\n')
+    (bin_dir / "srun").write_text(
+        f'#!/bin/bash\necho "$*" >> {log}\n[[ -n "$SRUN_FAILS" ]] && exit 1\n'
+        'while [[ $# -gt 0 ]]; do case "$1" in -w) shift 2 ;; -*) shift ;; *) break ;; esac; done\nexec "$@"\n')
+    (bin_dir / "getent").write_text('#!/bin/bash\n[[ "$1 $2" == "hosts node1" ]] && echo "10.1.2.3  node1" && exit 0\n'
+                                    'exit 2\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    return bin_dir, log
+
+
+def _slurm_env(**extra):
+    return {"SLURM_JOB_NODELIST": "node[1-3]", "SLURM_SUBMIT_DIR": str(ROOT), "RECIPE": "rloo", "ECHO": "off",
+            **extra}
+
+
+def test_sbatch_dry_run_plans_the_cluster_from_slurm_variables(slurm_bin):
+    bin_dir, log = slurm_bin
+    r = run(SBATCH, _slurm_env(SLURM_GPUS_ON_NODE="4", SLURM_CPUS_PER_TASK="32"), "trainer.total_epochs=1",
+            path_prefix=bin_dir)
+    assert r.returncode == 0, r.stderr
+    local_ip = subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()[0]
+    assert log.read_text().splitlines() == ["--nodes=1 --ntasks=1 -w node1 hostname -I"]  # asked on the head only
+    lines = r.stdout.splitlines()
+    head, *workers = [shlex.split(line) for line in lines[:3]]
+    assert head == ["srun", "--nodes=1", "--ntasks=1", "-w", "node1", "--overlap", "ray", "start", "--head",
+                    f"--node-ip-address={local_ip}", "--port=6379", "--num-cpus=32", "--num-gpus=4", "--block"]
+    assert workers == [["srun", "--nodes=1", "--ntasks=1", "-w", node, "--overlap", "ray", "start",
+                        f"--address={local_ip}:6379", "--num-cpus=32", "--num-gpus=4", "--block"]
+                       for node in ("node2", "node3")]
+    recipe = lines[3:]
+    assert recipe[:3] == ["python", "-m", "echorl.main"]
+    assert "trainer.nnodes=3" in recipe and "trainer.n_gpus_per_node=4" in recipe and "echorl.enable=false" in recipe
+    assert recipe[-1] == "trainer.total_epochs=1"
+    assert f"3 nodes, head node1 ({local_ip}:6379), 4 GPUs and 32 CPUs per node" in r.stderr
+
+
+def test_sbatch_address_falls_back_to_getent_and_can_be_given(slurm_bin):
+    bin_dir, log = slurm_bin
+    r = run(SBATCH, _slurm_env(SRUN_FAILS="1"), path_prefix=bin_dir)
+    assert r.returncode == 0, r.stderr
+    assert "--node-ip-address=10.1.2.3" in r.stdout and "--address=10.1.2.3:6379" in r.stdout
+    assert "--num-gpus=8" in r.stdout and "--num-cpus=64" in r.stdout  # defaults without SLURM's counts
+    log.write_text("")
+    r = run(SBATCH, _slurm_env(HEAD_IP="172.16.0.9", GPUS_PER_NODE="2", SLURM_GPUS_ON_NODE="8"), path_prefix=bin_dir)
+    assert r.returncode == 0, r.stderr
+    assert log.read_text() == ""  # no lookup when HEAD_IP is given
+    assert "--node-ip-address=172.16.0.9" in r.stdout and "--num-gpus=2" in r.stdout
+
+
+def test_sbatch_refuses_what_it_cannot_resolve(slurm_bin, tmp_path):
+    bin_dir, _ = slurm_bin
+    (bin_dir / "getent").write_text("#!/bin/bash\nexit 2\n")
+    r = run(SBATCH, _slurm_env(SRUN_FAILS="1"), path_prefix=bin_dir)
+    assert r.returncode == 1 and "could not find the address of head node 'node1'" in r.stderr
+    r = run(SBATCH, _slurm_env(SLURM_GPUS_ON_NODE="h100:8"), path_prefix=bin_dir)
+    assert r.returncode == 2 and "GPUS_PER_NODE must be a positive integer, got 'h100:8'" in r.stderr
+    r = run(SBATCH, _slurm_env(RECIPE="ppo"), path_prefix=bin_dir)
+    assert r.returncode == 2 and "no recipe 'ppo'" in r.stderr
+
+
+def test_sbatch_has_no_hostname_ip_address_lookup():
+    text = SBATCH.read_text()
+    assert "--ip-address" not in text and "hostname -I" in text and "getent hosts" in text
+    assert subprocess.run(["bash", "-n", str(SBATCH)]).returncode == 0
