@@ -54,13 +54,16 @@ def test_echo_off_and_coef0_are_bit_identical_to_plain_grpo(tmp_path):
     assert not all(torch.equal(v, init.state_dict()[k]) for k, v in plain.model.state_dict().items())
 
 
-def test_all_degenerated_only_clip_tokens_get_gradient(tmp_path):
+@pytest.mark.parametrize("preset", ["degenerate", "paper"])
+def test_all_degenerated_only_clip_tokens_get_gradient(tmp_path, preset):
     """Every rollout succeeds: advantages are 0, so the policy-gradient part is exactly 0 and the
-    whole gradient is the EchoRL term coef * sum_{clip} -log p / D, computed here independently."""
+    whole gradient is the EchoRL term, computed here independently: coef * sum_{clip} -log p / D
+    (preset degenerate: every rollout's clip, D = clip tokens) or coef * mean over the C clips of
+    each clip's token-mean NLL (preset paper: one clip per group, loss_agg=clip_mean)."""
     coef = 0.5
     model, tok = make_model()
     cfg = load_config(base_overrides(tmp_path / "deg", steps=1, **{
-        "reward.score_fn": "local_scorers:always_one", "echorl.coef": coef,
+        "reward.score_fn": "local_scorers:always_one", "echorl.coef": coef, "echorl.preset": preset,
         "actor_rollout_ref.actor.optim.clip_grad": 1e9,  # no clipping: compare raw gradients
         "actor_rollout_ref.actor.ppo_mini_batch_size": 4, "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu": 8}))
     tr = LocalTrainer(cfg, model=model, tokenizer=tok)
@@ -84,16 +87,21 @@ def test_all_degenerated_only_clip_tokens_get_gradient(tmp_path):
     assert m["actor/pg_loss"] == 0.0
     clip = b["echo_mask"]
     assert clip.any() and m["echo/clip_tokens"] == float(clip.sum())
-    assert m["echo/clips"] == 16.0  # scope=degenerate, per=rollout: every rollout has a clip
-    D = m["echo/denom"]
-    assert D == float(clip.sum())  # clip_token_mean, one mini-batch
-    # independent reference with the pre-step weights
-    ref, _ = make_model()
-    ref.load_state_dict(before)
     from echorl.local.policy import policy_logprobs
 
+    ref, _ = make_model()  # independent reference with the pre-step weights
+    ref.load_state_dict(before)
     lp, _ = policy_logprobs(ref, b["input_ids"], b["attention_mask"], b["responses"], 1.0)
-    nll = -(lp * clip).sum() / D
+    if preset == "degenerate":
+        assert m["echo/clips"] == 16.0  # scope=degenerate, per=rollout: every rollout has a clip
+        D = m["echo/denom"]
+        assert D == float(clip.sum())  # clip_token_mean, one mini-batch
+        nll = -(lp * clip).sum() / D
+    else:
+        assert m["echo/clips"] == 4.0  # per=group: one clip per group (4 prompts)
+        has = clip.any(dim=1)
+        assert m["echo/clips_from_all_success"] == 4.0 and m["echo/clips_from_mixed"] == 0.0
+        nll = (-(lp * clip).sum(dim=1)[has] / clip.sum(dim=1)[has]).mean()  # mean of per-clip token means
     (coef * nll).backward()
     assert m["echo/loss"] == pytest.approx(float(nll), rel=1e-5)
     for n, p in ref.named_parameters():
@@ -102,7 +110,8 @@ def test_all_degenerated_only_clip_tokens_get_gradient(tmp_path):
 
 
 def test_all_degenerated_echo_off_leaves_weights_unchanged(tmp_path):
-    tr, ms = _run(tmp_path, "deg_off", steps=1, score_fn="local_scorers:always_one", **{"echorl.enable": False})
+    tr, ms = _run(tmp_path, "deg_off", steps=1, score_fn="local_scorers:always_one",
+                  **{"echorl.enable": False, "echorl.preset": "degenerate"})
     init, _ = make_model()
     assert ms[0]["actor/grad_norm"] == 0.0 and ms[0]["echo/clips"] == 16.0 and ms[0]["echo/active"] == 0.0
     assert all(torch.equal(v, init.state_dict()[k]) for k, v in tr.model.state_dict().items())
@@ -146,7 +155,7 @@ def test_advantage_mode_puts_adv_coef_on_clip_tokens(tmp_path):
     added, and the policy loss alone moves the weights."""
     adv_coef = 0.3
     tr, ms = _run(tmp_path, "advmode", steps=1, score_fn="local_scorers:always_one",
-                  **{"echorl.mode": "advantage", "echorl.adv_coef": adv_coef})
+                  **{"echorl.mode": "advantage", "echorl.adv_coef": adv_coef, "echorl.preset": "degenerate"})
     m, b = ms[0], tr.last_batch
     assert m["echo/active"] == 1.0 and m["echo/clips"] == 16.0
     adv, valid = b["advantages"], b["response_mask"].bool()
