@@ -26,14 +26,16 @@ gradient is ``(1/dp_size) sum_r sum_m grad l_{r,m} = grad( sum_{t in mini-batch}
 the global token mean, whatever the split. (Megatron multiplies each micro-batch loss by the
 micro-batch count because its pipeline schedule divides by it; the net effect is identical.)
 
-The EchoRL term follows the same convention with a denominator fixed before the update:
-``D = data["echo_denom"]`` is written by the trainer stage (:func:`echorl.stage.run_echo_stage`),
-the same value on every row, e.g. the clip-token count of the step's batch divided by the number
-of mini-batches. Each micro-batch adds
+The EchoRL term follows the same convention with denominators fixed before the update:
+``D_b = data["echo_denom"][b]`` is written per row by the trainer stage
+(:func:`echorl.stage.run_echo_stage`, :func:`echorl.core.loss.echo_row_denominators`): with the
+paper's ``loss_agg='clip_mean'`` ``D_b = |c_b| * C / M`` (clip length times the step's clips per
+mini-batch), with ``clip_token_mean`` the step's clip tokens per mini-batch on every row. Each
+micro-batch adds
 
-    e_{r,m} = coef * dp_size * sum_{t in (r,m), clip} -log pi_theta(t) / D,
+    e_{r,m} = coef * dp_size * sum_{b in (r,m)} sum_{t in b, clip} -log pi_theta(t) / D_b,
 
-so the applied gradient is ``grad( coef * sum_{t in mini-batch, clip} -log pi_theta(t) / D )``:
+so the applied gradient is ``grad( coef * sum_{b in mini-batch} sum_{t in b, clip} -log pi_theta(t) / D_b )``:
 the same for 1, 2 or 4 micro-batches and for any number of dp ranks (up to float summation
 order). No per-micro-batch count and no collective enter the term.
 
@@ -95,7 +97,7 @@ class EchoLoss:
             data: the micro-batch as verl hands it to the loss: every stored field of its rows
                 (``prompts``, ``responses``, ``response_mask``, ``old_log_probs``, ``advantages``,
                 ... nested ``[b, j]``), the EchoRL fields ``echo_mask`` (nested ``[b, j]`` bool,
-                response-aligned) and ``echo_denom`` (``[b]`` float, one value ``D``), and the
+                response-aligned) and ``echo_denom`` (``[b]`` float, the per-row ``D_b``), and the
                 non-tensor ``dp_size``, ``batch_num_tokens``, ``global_batch_size``.
             dp_group: unused (no collectives), kept for the contract.
 
