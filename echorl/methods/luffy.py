@@ -49,10 +49,15 @@ __all__ = ["OFF_POLICY", "HINT_MASK", "HINT_DENOM", "expert_text", "expert_trace
 
 def expert_text(row: Mapping[str, Any]) -> str | None:
     """The expert solution of a dataset row: ``target`` (a string, a message dict with
-    ``content`` or a list of them: the first is used, as LUFFY's dataset does), else ``solution``.
-    ``None`` when the row has none (the group is then all on-policy)."""
-    for key in ("target", "solution"):
-        value = row.get(key) if hasattr(row, "get") else None
+    ``content`` or a list of them: the first is used, as LUFFY's dataset does), else ``solution``,
+    else the same keys inside ``extra_info``. ``None`` when the row has none (the group is then
+    all on-policy)."""
+    extra = row.get("extra_info") if hasattr(row, "get") else None
+    sources = [(row, "target"), (row, "solution")]
+    if isinstance(extra, Mapping):
+        sources += [(extra, "target"), (extra, "solution")]
+    for src, key in sources:
+        value = src.get(key) if hasattr(src, "get") else None
         if value is None:
             continue
         if hasattr(value, "tolist") and not isinstance(value, str):

@@ -1,0 +1,162 @@
+"""The driver side of LUFFY / UFT on verl 0.9 (:class:`VerlMethod`), called by
+:class:`echorl.verl.trainer.EchoPPOTrainerSync` at three points:
+
+1. :func:`configure` (before the workers and agent loops are built): points verl's
+   ``actor_rollout_ref.rollout.agent`` at EchoRL's agent loops (``agent_loops.yaml``) and makes the
+   method's loop the default (``luffy_agent`` / ``uft_agent``).
+2. :meth:`VerlMethod.prepare_prompts` (``_submit_batch_to_rollout``, training prompts only): marks
+   the prompts as training prompts, records which have an expert trace (LUFFY), samples the hints
+   of the step (UFT).
+3. :meth:`VerlMethod.stage_fields` (``_compute_advantage``, before the EchoRL stage): the rows
+   EchoRL must ignore (LUFFY's off-policy rows) and the fields the loss reads (``off_policy``;
+   ``hint_mask`` / ``hint_denom``).
+
+:func:`method_config` reads the ``method:`` node (absent: plain GRPO, nothing changes).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+from tensordict import TensorDict
+
+from echorl.methods.config import MethodConfig
+from echorl.methods.luffy import HINT_DENOM, HINT_MASK, OFF_POLICY, expert_text
+from echorl.methods.uft import hint_denominator, hint_probability, sample_hints
+
+AGENT_LOOPS_YAML = os.path.join(os.path.dirname(os.path.abspath(__file__)), "agent_loops.yaml")
+_AGENTS = {"luffy": "luffy_agent", "uft": "uft_agent"}
+
+
+def method_config(config: DictConfig) -> MethodConfig:
+    """:class:`MethodConfig` from the composed config's ``method:`` node (absent: ``grpo``)."""
+    node = OmegaConf.select(config, "method")
+    return MethodConfig.from_dict(OmegaConf.to_container(node, resolve=True) if node is not None else None)
+
+
+def configure(config: DictConfig) -> MethodConfig:
+    """Point verl's agent-loop settings at the method's loop; refuse settings it cannot run with."""
+    m = method_config(config)
+    if m.name == "grpo":
+        return m
+    agent = config.actor_rollout_ref.rollout.agent
+    want = _AGENTS[m.name]
+    if agent.get("default_agent_loop") not in (None, "single_turn_agent", want):
+        raise ValueError(f"method.name={m.name} runs its own agent loop {want!r}, but "
+                         f"actor_rollout_ref.rollout.agent.default_agent_loop={agent.default_agent_loop!r}; "
+                         f"set it to {want} (or leave verl's default)")
+    path = agent.get("agent_loop_config_path")
+    if path not in (None, AGENT_LOOPS_YAML):
+        raise ValueError(f"method.name={m.name} needs actor_rollout_ref.rollout.agent.agent_loop_config_path="
+                         f"{AGENT_LOOPS_YAML} (EchoRL's agent loops), got {path!r}")
+    n = int(config.actor_rollout_ref.rollout.n)
+    if m.is_luffy and m.luffy.num_off_policy >= n:
+        raise ValueError(f"method.luffy.num_off_policy ({m.luffy.num_off_policy}) must be smaller than "
+                         f"actor_rollout_ref.rollout.n ({n}): a group needs on-policy rollouts")
+    with open_dict(config):
+        agent.default_agent_loop = want
+        agent.agent_loop_config_path = AGENT_LOOPS_YAML
+    return m
+
+
+def _row_field(batch: TensorDict, key: str, i: int) -> Any:
+    """Row ``i`` of a prompt batch's field ``key`` (``None`` when absent)."""
+    from tensordict.tensorclass import NonTensorData, NonTensorStack
+
+    if key not in batch.keys():
+        return None
+    value = batch.get(key)
+    if isinstance(value, NonTensorData):
+        return value.data
+    item = value[i]
+    return item.data if isinstance(item, (NonTensorData, NonTensorStack)) else item
+
+
+class VerlMethod:
+    """Driver-side state of LUFFY / UFT for one run (see the module docstring)."""
+
+    def __init__(self, cfg: MethodConfig):
+        self.cfg = cfg
+        self.has_trace: dict[str, bool] = {}
+        self.metrics: dict[str, float] = {}
+
+    @property
+    def active(self) -> bool:
+        return self.cfg.name != "grpo"
+
+    def prepare_prompts(self, batch: TensorDict, step: int) -> TensorDict:
+        """Training prompts: the train flag, LUFFY's trace bookkeeping, UFT's hints."""
+        from verl.utils import tensordict_utils as tu
+
+        from echorl.verl.luffy import TRAIN_FLAG
+        from echorl.verl.uft import HINT_FIELD
+
+        self.metrics = {}
+        if not self.active:
+            return batch
+        tu.assign_non_tensor_data(batch, TRAIN_FLAG, True)
+        rows = [{k: _row_field(batch, k, i) for k in ("target", "solution", "extra_info")} for i in range(len(batch))]
+        texts = [expert_text(r) for r in rows]
+        if self.cfg.is_luffy:
+            uids = [str(_row_field(batch, "uid", i)) for i in range(len(batch))]
+            self.has_trace.update({u: t is not None for u, t in zip(uids, texts)})
+            self.metrics["luffy/prompts_with_trace"] = float(sum(t is not None for t in texts))
+        if self.cfg.is_uft:
+            hints = sample_hints(texts, step, self.cfg.uft)
+            tu.assign_non_tensor_stack(batch, HINT_FIELD, hints)
+            self.metrics["uft/hint_prob"] = hint_probability(step, self.cfg.uft)
+            self.metrics["uft/hinted_prompts"] = float(sum(bool(h) for h in hints))
+        return batch
+
+    def stage_fields(self, keys: Sequence[str], uids: Sequence[str], response_mask: torch.Tensor,
+                     response_lens: torch.Tensor, num_minibatches: int,
+                     is_padding: Sequence[bool] | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """``(fields, exclude)`` for one step's batch.
+
+        Args:
+            keys: TransferQueue row keys; uids: the rows' uids; response_mask: ``[B, L]`` padded;
+            response_lens: ``[B]`` response tokens per row; num_minibatches: of the actor update;
+            is_padding: rows verl appended to balance the batch.
+
+        Returns:
+            ``fields``: padded ``[B]`` / ``[B, L]`` tensors to store (``off_policy``, or ``hint_mask``
+            and ``hint_denom``); ``exclude``: ``[B] bool`` rows EchoRL must treat as empty.
+        """
+        from echorl.verl.luffy import off_policy_rows_of
+        from echorl.verl.uft import hint_mask_of
+
+        B, L = response_mask.shape
+        exclude = torch.zeros(B, dtype=torch.bool)
+        if self.cfg.is_luffy:
+            off = off_policy_rows_of(keys, uids, self.has_trace, self.cfg.luffy.num_off_policy, is_padding)
+            self.metrics["luffy/off_policy_rows"] = float(off.sum())
+            self.forget(uids)  # each prompt's group is trained once
+            return {OFF_POLICY: off}, off
+        if self.cfg.is_uft:
+            attention = torch.arange(L)[None, :] < response_lens[:, None]
+            hint = hint_mask_of(response_mask, attention)
+            self.metrics["uft/hint_tokens"] = float(hint.sum())
+            return {HINT_MASK: hint, HINT_DENOM: torch.full((B,), hint_denominator(hint, num_minibatches))}, exclude
+        return {}, exclude
+
+    def stage(self, keys: Sequence[str], data: TensorDict, is_padding: Sequence[bool],
+              num_minibatches: int) -> tuple[dict[str, torch.Tensor], list[bool]]:
+        """:meth:`stage_fields` on a batch as verl stores it (``uid``, nested ``responses`` and
+        ``response_mask``). Returns the fields to store (response-aligned ones nested like
+        ``response_mask``) and ``is_padding`` OR the excluded rows (the rows EchoRL ignores)."""
+        from echorl.verl.fields import _padded, _to_nested, group_ids
+
+        nested = data["response_mask"]
+        mask = _padded(data, "response_mask")
+        lens = nested.offsets().diff() if nested.is_nested else torch.full((mask.shape[0],), mask.shape[1])
+        fields, exclude = self.stage_fields(keys, group_ids(data["uid"]), mask, lens, num_minibatches, is_padding)
+        out = {k: (_to_nested(v, nested) if v.dim() == 2 else v) for k, v in fields.items()}
+        return out, [bool(p) or bool(e) for p, e in zip(is_padding, exclude.tolist())]
+
+    def forget(self, uids: Sequence[str]) -> None:
+        """Drop the trace bookkeeping of prompts whose step is done."""
+        for u in uids:
+            self.has_trace.pop(str(u), None)
