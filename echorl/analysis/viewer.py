@@ -1,19 +1,27 @@
 """A self-contained HTML page showing sample EchoClips (issue 4, item 5).
 
 For each sample rollout: the prompt, the response tokens shaded by token entropy (white -> red),
-step boundaries (a small step number opens each step), the peak step (bold underline and a
-``peak`` marker after its last token) and the EchoClip (the tokens inside one outlined box), with
-the rollout's score and group. No external assets, no scripts; every piece of text is
-HTML-escaped.
+one line per reasoning step (a small step number opens it, inline, on the same line), the peak
+step (bold, dotted underline, and a ``peak`` marker at the end of its line) and the EchoClip (its
+tokens carry a blue bar underneath), with the rollout's score, its group and the group's kind
+(all-success, mixed or all-fail, with the group's success count). No external assets, no scripts;
+every piece of text is HTML-escaped.
 
 Records (one per rollout) are plain dicts::
 
     {"prompt": str, "tokens": list[str], "entropy": list[float], "clip_len": int,
-     "peak_step": int (-1 = none), "step_ids": list[int], "score": float, "group": str | int}
+     "peak_step": int (-1 = none), "step_ids": list[int], "score": float, "group": str | int,
+     "group_kind": "all-success" | "mixed" | "all-fail" (optional), "group_successes": str (optional, "k/n")}
 
 ``tokens``, ``entropy`` and ``step_ids`` cover the valid response positions only, in order; the
 clip is a prefix of them (SPEC 2.2), so it is ``tokens[:clip_len]``. :func:`clip_records` builds
-them from the tensors of a training step using :func:`echorl.core.segment_steps`.
+them from the tensors of a training step using :func:`echorl.core.segment_steps`; by default it
+shows one rollout per group, taking groups of the three kinds in turn, so the page is a varied
+sample of the batch rather than copies of one group.
+
+Layout: every step is an inline ``<span class="line">`` (``white-space: nowrap``) holding its step
+marker and its tokens, followed by ``<br>``; no literal newline reaches the page (a newline token is
+shown as the glyph &#8629;), so a marker can never wrap onto a line of its own.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ import torch
 
 from echorl.core.steps import boundary_ids_tensor, segment_steps
 
-__all__ = ["clip_records", "render_clip_viewer", "write_clip_viewer"]
+__all__ = ["GROUP_KINDS", "clip_records", "group_kinds", "render_clip_viewer", "varied_rows", "write_clip_viewer"]
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1100px}
@@ -39,19 +47,62 @@ h1{font-size:20px} .legend{font-size:13px;margin-bottom:16px;line-height:1.9}
 .meta{font-size:13px;color:#555;margin-bottom:6px}
 .meta b{color:#222} .ok{color:#15803d} .bad{color:#b91c1c}
 .prompt{background:#f5f5f5;padding:6px 8px;border-radius:4px;white-space:pre-wrap;font-size:13px;margin:4px 0 8px}
-.resp{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:14px;white-space:pre-wrap;line-height:2.0}
-.tok{border-radius:2px}
+.resp{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:14px;line-height:2.0;overflow-x:auto}
+.line{white-space:nowrap}
+.tok{white-space:pre;border-radius:2px}
 .nl{color:#999}
-.clip{outline:2px solid #2563eb;outline-offset:1px;border-radius:3px}
-.peak{text-decoration:underline;text-decoration-thickness:2px;text-decoration-color:#111;font-weight:bold}
-.peak-marker{font-size:10px;background:#111;color:#fff;border-radius:3px;padding:0 3px;margin:0 2px;vertical-align:super}
-.step{font-size:9px;color:#2563eb;vertical-align:super;margin-right:1px}
+.clip{box-shadow:inset 0 -3px 0 #2563eb}
+.legend .clip{padding:0 3px}
+.peak{text-decoration:underline dotted;text-decoration-thickness:2px;text-decoration-color:#111;font-weight:bold}
+.peak-marker{font-size:10px;background:#111;color:#fff;border-radius:3px;padding:0 3px;margin:0 4px}
+.step{font-size:9px;color:#2563eb;display:inline-block;min-width:1.6em;text-align:right;margin-right:4px}
 .noclip{font-size:12px;color:#888}
+.kind{font-size:12px;border-radius:3px;padding:1px 6px;color:#fff}
+.kind-all-success{background:#15803d} .kind-mixed{background:#b45309} .kind-all-fail{background:#6b7280}
 """
 
 
 def _esc(x: Any) -> str:
     return html.escape(str(x), quote=True)
+
+
+GROUP_KINDS = ("all-success", "mixed", "all-fail")
+
+
+def group_kinds(scores: Sequence[float], group_ids: Sequence[Any], success_threshold: float = 1.0) -> dict[Any, tuple[str, int, int]]:
+    """``group id -> (kind, successes, size)``; kind is ``all-success``, ``mixed`` or ``all-fail``
+    (a rollout succeeds when its score is ``>= success_threshold``)."""
+    count: dict[Any, list[int]] = {}
+    for s, g in zip(scores, group_ids):
+        c = count.setdefault(g, [0, 0])
+        c[0] += int(float(s) >= success_threshold)
+        c[1] += 1
+    return {g: ("all-success" if k == n else "all-fail" if k == 0 else "mixed", k, n) for g, (k, n) in count.items()}
+
+
+def varied_rows(scores: Sequence[float], group_ids: Sequence[Any], has_clip: Sequence[bool], non_empty: Sequence[bool],
+                max_records: int, success_threshold: float = 1.0) -> list[int]:
+    """One row per group, groups of the three kinds taken in turn (all-success, mixed, all-fail).
+
+    Within a group the first row with an EchoClip is shown, else (mixed groups) the first
+    successful row, else the first non-empty one. Groups keep batch order within a kind.
+    """
+    kinds = group_kinds(scores, group_ids, success_threshold)
+    first: dict[Any, int] = {}
+    for b, g in enumerate(group_ids):
+        if not non_empty[b]:
+            continue
+        cur = first.get(g)
+        rank = 0 if has_clip[b] else 1 if float(scores[b]) >= success_threshold else 2
+        if cur is None or rank < (0 if has_clip[cur] else 1 if float(scores[cur]) >= success_threshold else 2):
+            first[g] = b
+    queues = {k: [first[g] for g in dict.fromkeys(group_ids) if g in first and kinds[g][0] == k] for k in GROUP_KINDS}
+    out: list[int] = []
+    while len(out) < max_records and any(queues.values()):
+        for k in GROUP_KINDS:
+            if queues[k] and len(out) < max_records:
+                out.append(queues[k].pop(0))
+    return out
 
 
 def clip_records(
@@ -66,7 +117,8 @@ def clip_records(
     scores: torch.Tensor | Sequence[float] | None = None,
     group_ids: Sequence[Any] | torch.Tensor | None = None,
     rows: Sequence[int] | None = None,
-    max_records: int = 8,
+    max_records: int = 12,
+    success_threshold: float = 1.0,
 ) -> list[dict[str, Any]]:
     """Viewer records for some rollouts of one batch.
 
@@ -78,10 +130,13 @@ def clip_records(
         tokenizer: decodes one token id at a time (``batch_decode``).
         boundary_ids: step boundary ids (those the selection used).
         prompts: ``B`` prompt texts (default empty).
-        scores: ``[B]`` outcome rewards (default NaN).
+        scores: ``[B]`` outcome rewards (default NaN; group kinds then need ``scores``).
         group_ids: ``B`` group ids / uids (default the row index).
-        rows: which rows to show; default: rows with a clip first, then the rest, in batch order.
+        rows: which rows to show; default (with ``scores``): :func:`varied_rows`, one rollout per
+            group, all-success / mixed / all-fail groups in turn; without scores: rows with a clip
+            first, then the rest, in batch order.
         max_records: at most this many records when ``rows`` is None.
+        success_threshold: a rollout succeeds when its score is ``>=`` this (the group kinds).
 
     Returns:
         a list of records in the format of the module docstring.
@@ -91,11 +146,17 @@ def clip_records(
     step_id, _, _ = segment_steps(responses, valid, boundary_ids_tensor(boundary_ids, responses.device))  # [B, L]
     clip_mask = selection.mask.bool()
     peak = selection.peak_step
+    gids = list(range(B)) if group_ids is None else [g.item() if torch.is_tensor(g) else g for g in group_ids]
+    score_list = None if scores is None else [float(x) for x in scores]
+    kinds = group_kinds(score_list, gids, success_threshold) if score_list is not None else {}
     if rows is None:
         has_clip = clip_mask.any(dim=1).tolist()
         non_empty = valid.any(dim=1).tolist()
-        order = [b for b in range(B) if has_clip[b]] + [b for b in range(B) if not has_clip[b] and non_empty[b]]
-        rows = order[:max_records]
+        if score_list is not None:
+            rows = varied_rows(score_list, gids, has_clip, non_empty, max_records, success_threshold)
+        else:
+            order = [b for b in range(B) if has_clip[b]] + [b for b in range(B) if not has_clip[b] and non_empty[b]]
+            rows = order[:max_records]
     responses, valid, step_id = responses.cpu(), valid.cpu(), step_id.cpu()
     ent = entropy.detach().float().cpu()
     clip_mask = clip_mask.cpu()
@@ -109,18 +170,20 @@ def clip_records(
             raise ValueError(f"row {b}: the EchoClip is not a prefix of the valid positions")
         tokens = tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=False,
                                         clean_up_tokenization_spaces=False) if ids else []
-        s = float("nan") if scores is None else float(scores[b])
-        g = b if group_ids is None else group_ids[b]
-        out.append({
+        rec = {
             "prompt": "" if prompts is None else str(prompts[b]),
             "tokens": [str(t) for t in tokens],
             "entropy": ent[b][v].tolist(),
             "clip_len": clip_len,
             "peak_step": int(peak[b]) if clip_len else -1,
             "step_ids": step_id[b][v].tolist(),
-            "score": s,
-            "group": g.item() if torch.is_tensor(g) else g,
-        })
+            "score": float("nan") if score_list is None else score_list[b],
+            "group": gids[b],
+        }
+        if kinds:
+            kind, k, n = kinds[gids[b]]
+            rec["group_kind"], rec["group_successes"] = kind, f"{k}/{n}"
+        out.append(rec)
     return out
 
 
@@ -129,9 +192,9 @@ def _colour(h: float, hmax: float) -> str:
     return f"rgba(220,38,38,{a:.3f})"
 
 
-def _token_html(tok: str, h: float, step: int, hmax: float, is_peak: bool) -> str:
-    shown = _esc(tok).replace("\n", '<span class="nl">&#8629;</span>\n')
-    cls = "tok peak" if is_peak else "tok"
+def _token_html(tok: str, h: float, step: int, hmax: float, is_peak: bool, in_clip: bool) -> str:
+    shown = _esc(tok).replace("\n", '<span class="nl">&#8629;</span>')  # no literal newline: see the module doc
+    cls = "tok" + (" clip" if in_clip else "") + (" peak" if is_peak else "")
     return (f'<span class="{cls}" style="background:{_colour(h, hmax)}" '
             f'title="H={h:.3f} step {step}">{shown}</span>')
 
@@ -143,19 +206,20 @@ def _record_html(i: int, r: dict[str, Any], hmax: float) -> str:
     clip_len, peak = int(r.get("clip_len", 0)), int(r.get("peak_step", -1))
     if not 0 <= clip_len <= len(tokens):
         raise ValueError(f"record {i}: clip_len {clip_len} outside [0, {len(tokens)}]")
-    last_of_peak = max((t for t, s in enumerate(steps) if s == peak), default=-1) if peak >= 0 else -1
     parts = []
-    if clip_len:
-        parts.append('<span class="clip" title="EchoClip">')
     for t, (tok, h, s) in enumerate(zip(tokens, ent, steps)):
-        if t == clip_len and clip_len:
-            parts.append("</span>")
         if t == 0 or s != steps[t - 1]:
-            parts.append(f'<span class="step">{_esc(s)}</span>')
-        parts.append(_token_html(tok, float(h), s, hmax, peak >= 0 and s == peak))
-        if t == last_of_peak:
+            if t:
+                parts.append("</span><br>")
+            parts.append(f'<span class="line"><span class="step">{_esc(s)}</span>')
+        is_peak = peak >= 0 and s == peak
+        last_of_step = t + 1 == len(tokens) or steps[t + 1] != s
+        if is_peak and last_of_step and "\n" in tok:  # the marker ends the peak line, before its newline glyph
             parts.append(f'<span class="peak-marker">peak step {_esc(peak)}</span>')
-    if clip_len and clip_len == len(tokens):
+        parts.append(_token_html(tok, float(h), s, hmax, is_peak, t < clip_len))
+        if is_peak and last_of_step and "\n" not in tok:
+            parts.append(f'<span class="peak-marker">peak step {_esc(peak)}</span>')
+    if tokens:
         parts.append("</span>")
     score = r.get("score", float("nan"))
     try:
@@ -166,8 +230,16 @@ def _record_html(i: int, r: dict[str, Any], hmax: float) -> str:
     n_steps = (max(steps) + 1) if steps else 0
     clip_txt = (f"clip <b>{clip_len}</b>/{len(tokens)} tokens, peak step <b>{_esc(peak)}</b> of {n_steps}"
                 if clip_len else '<span class="noclip">no EchoClip</span>')
+    kind = r.get("group_kind")
+    kind_txt = ""
+    if kind is not None:
+        if kind not in GROUP_KINDS:
+            raise ValueError(f"record {i}: group_kind {kind!r} is not one of {list(GROUP_KINDS)}")
+        succ = r.get("group_successes")
+        kind_txt = (f'<span class="kind kind-{kind}">{_esc(kind)}'
+                    f'{" " + _esc(succ) if succ is not None else ""}</span> &middot; ')
     return (
-        f'<div class="card"><div class="meta">#{i} &middot; group <b>{_esc(r.get("group", ""))}</b> &middot; '
+        f'<div class="card"><div class="meta">#{i} &middot; {kind_txt}group <b>{_esc(r.get("group", ""))}</b> &middot; '
         f'score <b class="{ok}">{_esc(f"{score_f:g}")}</b> &middot; {clip_txt}</div>'
         f'<div class="prompt">{_esc(r.get("prompt", ""))}</div>'
         f'<div class="resp">{"".join(parts)}</div></div>'
@@ -183,10 +255,13 @@ def render_clip_viewer(records: Sequence[dict[str, Any]], title: str = "EchoRL: 
         f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>"
         f"<h1>{_esc(title)}</h1>"
         '<div class="legend">Token entropy: 0 <span class="bar"></span> '
-        f"{hmax:.2f} nats &middot; <span class=\"clip\">outlined</span> = EchoClip (the NLL term's tokens) "
+        f"{hmax:.2f} nats &middot; <span class=\"clip\">blue bar</span> = EchoClip (the NLL term's tokens) "
         '&middot; <span class="peak">underlined</span> + <span class="peak-marker">peak step k</span> = '
         'highest-entropy step, where the clip ends &middot; <span class="step">k</span> = start of step k '
-        '&middot; <span class="nl">&#8629;</span> = newline (step boundary)</div>'
+        '&middot; <span class="nl">&#8629;</span> = newline (step boundary) &middot; one rollout per group, '
+        'groups labelled <span class="kind kind-all-success">all-success</span> '
+        '<span class="kind kind-mixed">mixed</span> <span class="kind kind-all-fail">all-fail</span> '
+        'with their success count</div>'
         f"{cards}</body></html>\n"
     )
 

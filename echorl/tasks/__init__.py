@@ -11,6 +11,8 @@ ground truth handed to the verifier; ``solution`` a reference response in the li
 Registered tasks (``get_task(name)``):
 
 * ``arithmetic`` -- :mod:`echorl.tasks.arithmetic`, synthetic multi-step arithmetic (default).
+* ``chain`` -- :mod:`echorl.tasks.chain`, the EchoRL testbed: left-to-right chains with one hard
+  multiplication step; splits ``train`` / ``dev`` / ``test`` / ``ood`` (``task_kwargs.split``).
 * ``rg/gsm_symbolic``, ``rg/basic_arithmetic``, ``rg/countdown``, ``rg/chain_sum`` --
   :mod:`echorl.tasks.reasoning_gym` adapters (needs ``pip install reasoning-gym``, the ``models`` extra).
 
@@ -26,7 +28,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from echorl.tasks import arithmetic
+from echorl.tasks import arithmetic, chain
 
 __all__ = ["REQUIRED_FIELDS", "Task", "compute_score", "get_task", "load_dataset", "task_names", "validate_rows"]
 
@@ -62,6 +64,8 @@ def register_task(task: Task) -> Task:
 
 register_task(Task("arithmetic", arithmetic.DATA_SOURCE, arithmetic.generate, _arith_score,
                    "synthetic multi-step arithmetic, one step per line, levels 1-5"))
+register_task(Task("chain", chain.DATA_SOURCE, chain.generate, _arith_score,
+                   "testbed: 4-step left-to-right chains, one hard multiplication; splits train/dev/test/ood"))
 
 
 def _register_rg() -> None:
