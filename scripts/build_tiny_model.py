@@ -2,6 +2,7 @@
 """Build the tiny Qwen2 + char tokenizer model (seeded warm-start) and report its success rates.
 
     python scripts/build_tiny_model.py --ship               # the model shipped in echorl/assets/ (how it was built)
+    python scripts/build_tiny_model.py --recipe tiny-chain --ship   # the testbed model, echorl/assets/tiny-chain
     python scripts/build_tiny_model.py                      # into the default cache folder
     python scripts/build_tiny_model.py --out /tmp/tiny --steps 100 --eval-rows 200
     python scripts/build_tiny_model.py --bench-only         # time a GRPO-sized step on the cached model
@@ -14,7 +15,8 @@ See echorl/models/tiny.py for the recipe.
 The shipped model (echorl/assets/tiny-qwen2-char, RECIPE version 2: 0.69M parameters, 2500 seeded
 warm-start steps on one thread) took 520 s to build on the shared 2-core box; sampled success at
 T=1.0 on 500 prompts: overall 23.2%, level 1 95%, level 2 14%, level 3 5%, level 4 1%, level 5 1%.
-Rebuild and re-ship with `--ship` whenever RECIPE changes.
+Rebuild and re-ship with `--ship` whenever RECIPE changes (and with `--recipe tiny-chain --ship`
+whenever CHAIN_RECIPE changes; its numbers are in docs/engine.md, "Testbed").
 """
 
 from __future__ import annotations
@@ -63,14 +65,16 @@ def bench_step(model, tok, prompts: int = 16, n: int = 8, max_new_tokens: int = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from echorl.models.tiny import RECIPE, SHIPPED_DIR, build_tiny_model, default_cache_dir, load_tiny_model
+    from echorl.models.tiny import RECIPES, build_tiny_model, default_cache_dir, load_tiny_model, shipped_dir
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipe", default="tiny", choices=sorted(RECIPES),
+                    help="tiny (arithmetic, RECIPE) or tiny-chain (the testbed, CHAIN_RECIPE)")
     ap.add_argument("--out", default=None, help="output folder (default: the cache folder)")
     ap.add_argument("--ship", action="store_true",
-                    help=f"write into the package ({SHIPPED_DIR}), the model load_tiny_model() uses by default")
-    ap.add_argument("--steps", type=int, default=None, help=f"warm-start steps (default {RECIPE['warm_start_steps']})")
-    ap.add_argument("--seed", type=int, default=RECIPE["seed"], help="seed of init, data and sampling")
+                    help="write into the package (echorl/assets/<recipe name>), the model load_tiny_model() uses by default")
+    ap.add_argument("--steps", type=int, default=None, help="warm-start steps (default: the recipe's)")
+    ap.add_argument("--seed", type=int, default=None, help="seed of init, data and sampling (default: the recipe's)")
     ap.add_argument("--eval-rows", type=int, default=500, help="prompts for the sampled success rate (0: skip)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads for --bench (the build itself runs on recipe['threads'] = 1)")
@@ -79,13 +83,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.ship and args.out:
         ap.error("--ship and --out are exclusive")
-    args.out = str(SHIPPED_DIR) if args.ship else args.out or str(default_cache_dir())
+    base = RECIPES[args.recipe]
+    args.out = str(shipped_dir(base)) if args.ship else args.out or str(default_cache_dir(base))
     if args.threads:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     if not args.bench_only:
-        recipe = dict(RECIPE, seed=args.seed)
+        recipe = dict(base, seed=base["seed"] if args.seed is None else args.seed)
         if args.steps is not None:
             recipe["warm_start_steps"] = args.steps
         meta = build_tiny_model(args.out, recipe, eval_rows=args.eval_rows, log_every=50)
@@ -93,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         acc = meta["sampled_success_T1"]
         if acc:
             print("sampled success at T=1.0: " + "  ".join(f"{k} {v:.1%}" for k, v in acc.items()))
+        if "regime_T1" in meta:
+            print("regime at T=1.0 (dev, 8 rollouts per prompt): " + json.dumps(meta["regime_T1"]))
         print(f"saved to {args.out}")
     if args.bench or args.bench_only:
         t0 = time.perf_counter()
