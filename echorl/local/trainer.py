@@ -59,18 +59,19 @@ def import_score_fn(spec: str) -> Callable[..., float]:
 
 
 def load_model(name: str, dtype: str = "float32") -> tuple[Any, Any]:
-    """``(model, tokenizer)`` for ``model.name``: ``tiny``, ``smollm2`` or a Hugging Face folder."""
-    if name == "tiny":
-        from echorl.models.tiny import load_tiny_model
+    """``(model, tokenizer)`` for ``model.name``: ``tiny``, ``tiny-chain`` (the testbed model),
+    ``smollm2`` or a Hugging Face folder."""
+    if name in ("tiny", "tiny-chain"):
+        from echorl.models.tiny import RECIPES, load_tiny_model
 
-        model, tok = load_tiny_model()
+        model, tok = load_tiny_model(recipe=RECIPES[name])
     elif name == "smollm2":
         from echorl.models.smollm2 import load_smollm2
 
         model, tok = load_smollm2()
     else:
         if not os.path.isdir(name):
-            raise ValueError(f"model.name={name!r} is neither 'tiny', 'smollm2' nor an existing model folder "
+            raise ValueError(f"model.name={name!r} is neither 'tiny', 'tiny-chain', 'smollm2' nor an existing model folder "
                              "(no hub downloads here: HF_HUB_OFFLINE=1)")
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -45,10 +45,12 @@ import torch
 
 from echorl.models.char_tokenizer import build_char_tokenizer
 from echorl.models.folder import save_folder_atomic
-from echorl.tasks import arithmetic
+from echorl.tasks import arithmetic, chain
 
 __all__ = [
+    "CHAIN_RECIPE",
     "RECIPE",
+    "RECIPES",
     "SHIPPED_DIR",
     "boundary_ids",
     "build_tiny_model",
@@ -57,6 +59,7 @@ __all__ = [
     "level_schedule",
     "load_tiny_model",
     "sample_success",
+    "shipped_dir",
     "tiny_config",
     "warm_start",
 ]
@@ -87,14 +90,53 @@ RECIPE: dict[str, Any] = {
 }
 CACHE_NAME = "tiny-qwen2-char"
 META_FILE = "echorl_tiny.json"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
 # The model built from RECIPE, shipped inside the package (read-only; never written at run time).
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "assets" / CACHE_NAME
+SHIPPED_DIR = ASSETS / CACHE_NAME
+
+# The EchoRL testbed model (``model.name=tiny-chain``, docs/engine.md "Testbed"): warm-started on
+# the chain task (:mod:`echorl.tasks.chain`) with a fraction ``noise`` of the reference solutions
+# given a wrong product (one digit changed, carried through; :func:`chain.corrupt_hard_step`), so
+# the model is unsure exactly at the hard step: sampled at T=1.0 it solves part of the prompts and
+# its 8 rollouts of a prompt differ there.
+CHAIN_RECIPE: dict[str, Any] = {
+    "version": 1,
+    "name": "tiny-chain",
+    "task": "chain",
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 256,
+    "seed": 0,
+    "warm_start_steps": 2000,
+    "schedule": "constant",
+    "noise": 0.3,
+    "batch_size": 32,
+    "lr": 4e-3,
+    "warmup_steps": 100,
+    "weight_decay": 0.01,
+    "train_rows": 32000,
+    "threads": 1,
+}
+# model.name -> recipe (a recipe's "name" is its folder under echorl/assets and in the cache).
+RECIPES: dict[str, dict[str, Any]] = {"tiny": RECIPE, "tiny-chain": CHAIN_RECIPE}
 
 
-def default_cache_dir() -> Path:
-    """``$ECHORL_CACHE/tiny-qwen2-char``, else ``~/.cache/echorl/tiny-qwen2-char``."""
+def _name(recipe: dict[str, Any]) -> str:
+    return str(recipe.get("name", CACHE_NAME))
+
+
+def shipped_dir(recipe: dict[str, Any] = RECIPE) -> Path:
+    """``echorl/assets/<recipe name>``: where the build of ``recipe`` is shipped."""
+    return ASSETS / _name(recipe)
+
+
+def default_cache_dir(recipe: dict[str, Any] = RECIPE) -> Path:
+    """``$ECHORL_CACHE/<name>``, else ``~/.cache/echorl/<name>`` (``tiny-qwen2-char`` for RECIPE)."""
     root = os.environ.get("ECHORL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "echorl")
-    return Path(root) / CACHE_NAME
+    return Path(root) / _name(recipe)
 
 
 def boundary_ids(tokenizer: Any) -> tuple[int, ...]:
@@ -156,7 +198,10 @@ def encode_sft_batch(tokenizer: Any, rows: Sequence[dict[str, Any]]) -> tuple[to
 
 def level_schedule(recipe: dict[str, Any] = RECIPE) -> list[int]:
     """The level of each warm-start batch, in cycle order: ``recipe["level_cycle"]`` (e.g.
-    ``[1, 1, 1, 2, 2, 2, 3, 3, 4, 5]``, weighting easy levels) or, without it, every level once."""
+    ``[1, 1, 1, 2, 2, 2, 3, 3, 4, 5]``, weighting easy levels) or, without it, every level once.
+    The chain task has one level, its operation count."""
+    if recipe.get("task") == "chain":
+        return [chain.TRAIN.num_ops]
     cyc = list(recipe.get("level_cycle") or sorted(arithmetic.LEVELS))
     for lv in cyc:
         if lv not in arithmetic.LEVELS:
@@ -165,14 +210,17 @@ def level_schedule(recipe: dict[str, Any] = RECIPE) -> list[int]:
 
 
 def warm_start(model: Any, tokenizer: Any, recipe: dict[str, Any] = RECIPE, steps: int | None = None,
-               log_every: int = 0) -> list[float]:
+               log_every: int = 0, on_step: Any = None) -> list[float]:
     """Seeded supervised pass on arithmetic reference solutions (in place). Returns the loss curve.
 
     Each batch holds one level, step ``s`` taking level ``cycle[s % len(cycle)]`` of
     :func:`level_schedule` (easy levels weighted up), so a batch is padded only to its own level's
     length: easy batches are short and cheap. Each level gets its own pool of rows (``train_rows``
     split in proportion to its share of the cycle, never more than it will consume), reshuffled
-    every epoch. AdamW, linear warmup, cosine decay to 10%.
+    every epoch. AdamW, linear warmup, then cosine decay to 10% or, with ``recipe["schedule"] ==
+    "constant"``, a constant rate: then the first ``k`` steps of a longer warm start are exactly the
+    warm start of ``k`` steps (same data order), and ``on_step(step + 1, model)``, called after
+    every step, can snapshot candidates for :data:`CHAIN_RECIPE`'s ``warm_start_steps`` in one run.
     """
     steps = recipe["warm_start_steps"] if steps is None else steps
     seed, bs = recipe["seed"], recipe["batch_size"]
@@ -180,14 +228,19 @@ def warm_start(model: Any, tokenizer: Any, recipe: dict[str, Any] = RECIPE, step
     levels = sorted(set(cycle))
     torch.manual_seed(seed)
     uses = {lv: sum(1 for s in range(steps) if cycle[s % len(cycle)] == lv) for lv in levels}
-    pool = {lv: bs * max(1, min(uses[lv], recipe["train_rows"] * cycle.count(lv) // len(cycle) // bs)) for lv in levels}
+    if recipe.get("schedule", "cosine") == "constant":  # pools independent of `steps`: prefixes are exact
+        pool = {lv: bs * max(1, recipe["train_rows"] * cycle.count(lv) // len(cycle) // bs) for lv in levels}
+    else:
+        pool = {lv: bs * max(1, min(uses[lv], recipe["train_rows"] * cycle.count(lv) // len(cycle) // bs)) for lv in levels}
     data = {}
     for lv in levels:  # [N_lv, T_lv] tensors per level
-        data[lv] = encode_sft_batch(tokenizer, arithmetic.generate(pool[lv], seed=10_000 + 100 * seed + lv, levels=(lv,)))
+        data[lv] = encode_sft_batch(tokenizer, sft_rows(recipe, lv, pool[lv]))
     opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"], betas=(0.9, 0.95))
     warm = recipe["warmup_steps"]
+    constant = recipe.get("schedule", "cosine") == "constant"
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm else 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm)))
+        opt, lambda s: (s + 1) / warm if s < warm else 1.0 if constant
+        else 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm)))
     )
     gen = torch.Generator().manual_seed(seed)
     order = {lv: torch.randperm(pool[lv], generator=gen) for lv in levels}
@@ -211,11 +264,32 @@ def warm_start(model: Any, tokenizer: Any, recipe: dict[str, Any] = RECIPE, step
         opt.step()
         sched.step()
         losses.append(out.loss.detach().item())
+        if on_step is not None:
+            on_step(step + 1, model)
         if log_every and (step % log_every == 0 or step == steps - 1):
             print(f"  warm-start step {step:5d}/{steps}  loss(avg last 50) {tail_loss(losses):.4f}  "
                   f"lr {sched.get_last_lr()[0]:.2e}", flush=True)
     model.eval()
     return losses
+
+
+def sft_rows(recipe: dict[str, Any], level: int, n: int) -> list[dict[str, Any]]:
+    """The ``n`` warm-start rows of ``level``: arithmetic reference solutions, or chain ``train``
+    rows of which a seeded fraction ``recipe["noise"]`` has its product corrupted."""
+    seed = recipe["seed"]
+    if recipe.get("task") != "chain":
+        return arithmetic.generate(n, seed=10_000 + 100 * seed + level, levels=(level,))
+    rows = chain.generate(n, seed=10_000 + seed, split="train")
+    rng = random.Random(f"echorl/tiny-chain/noise/{seed}")
+    q = float(recipe.get("noise", 0.0))
+    return [dict(r, solution=chain.corrupt_hard_step(r, rng)) if rng.random() < q else r for r in rows]
+
+
+def eval_rows(recipe: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    """Held-out rows for the build's success report: arithmetic (every level) or chain ``dev``."""
+    if recipe.get("task") == "chain":
+        return chain.generate(n, split="dev")
+    return arithmetic.generate(n, seed=20_000 + recipe["seed"])
 
 
 def tail_loss(losses: Sequence[float], n: int = 50) -> float:
@@ -270,7 +344,7 @@ def build_tiny_model(out_dir: str | os.PathLike, recipe: dict[str, Any] = RECIPE
         torch.set_num_threads(prev_threads)
 
 
-def _build(out_dir: Path, recipe: dict[str, Any], eval_rows: int, log_every: int) -> dict[str, Any]:
+def _build(out_dir: Path, recipe: dict[str, Any], n_eval: int, log_every: int) -> dict[str, Any]:
     from transformers import GenerationConfig, Qwen2ForCausalLM
 
     t0 = time.time()
@@ -280,7 +354,7 @@ def _build(out_dir: Path, recipe: dict[str, Any], eval_rows: int, log_every: int
     model = Qwen2ForCausalLM(tiny_config(len(tok), recipe, tok.eos_token_id))
     losses = warm_start(model, tok, recipe, log_every=log_every)
     t_train = time.time() - t0
-    acc = sample_success(model, tok, arithmetic.generate(eval_rows, seed=20_000 + recipe["seed"])) if eval_rows else {}
+    acc = sample_success(model, tok, eval_rows(recipe, n_eval)) if n_eval else {}
     model.generation_config = GenerationConfig(
         do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=96,
         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
@@ -293,6 +367,11 @@ def _build(out_dir: Path, recipe: dict[str, Any], eval_rows: int, log_every: int
         "sampled_success_T1": acc,
         "boundary_ids": list(boundary_ids(tok)),
     }
+    if recipe.get("task") == "chain" and n_eval:  # groups of 8 at T=1.0: the regime GRPO/EchoRL start from
+        from echorl.models.regime import rollout_regime
+
+        meta["regime_T1"] = rollout_regime(model, tok, chain.generate(min(n_eval, 128), split="dev"), chain.score,
+                                           n=8, temperature=1.0, seed=recipe["seed"])
     save_folder_atomic(model, tok, out_dir, META_FILE, meta)
     return meta
 
@@ -321,10 +400,10 @@ def load_tiny_model(cache_dir: str | os.PathLike | None = None, build_if_missing
 
     if cache_dir is not None:
         path = Path(cache_dir)
-    elif _cached_ok(SHIPPED_DIR, recipe):  # the shipped build of this recipe: nothing to build
-        path = SHIPPED_DIR
+    elif _cached_ok(shipped_dir(recipe), recipe):  # the shipped build of this recipe: nothing to build
+        path = shipped_dir(recipe)
     else:
-        path = default_cache_dir()
+        path = default_cache_dir(recipe)
     if not _cached_ok(path, recipe):
         if not build_if_missing:
             raise FileNotFoundError(
