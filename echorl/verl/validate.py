@@ -219,7 +219,10 @@ def check_model_context(config: DictConfig) -> dict | None:
     if model is None or _get(config, "actor_rollout_ref.model.path") is None:
         return None
     path = str(model.path)
-    prompt, response = int(_get(config, "data.max_prompt_length")), int(_get(config, "data.max_response_length"))
+    prompt, response = _get(config, "data.max_prompt_length"), _get(config, "data.max_response_length")
+    if prompt is None or response is None:
+        return None  # no fixed lengths: nothing to compare
+    prompt, response = int(prompt), int(response)
     max_model_len = _get(config, "actor_rollout_ref.rollout.max_model_len")
     need = max(prompt + response, int(max_model_len or 0))
     hf, where = read_model_config(path)
