@@ -30,6 +30,8 @@ from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from echorl.core.clips import EchoBoundaryWarning
 from echorl.core.config import EchoConfig
 from echorl.stage import num_minibatches
+from echorl.analysis.dump import DumpConfig
+from echorl.verl.dump import dump_config_of, write_verl_dump
 from echorl.verl.fields import READ_FIELDS, echo_stage_fields
 from echorl.verl.loss import EchoLoss
 from echorl.verl.validate import check_boundary_ids, validate_config
@@ -41,8 +43,11 @@ class EchoPPOTrainerSync(PPOTrainerSync):
     """verl's ``PPOTrainerSync`` plus the EchoRL stage. ``config`` is the composed
     ``echorl_trainer`` config (verl's ``ppo_trainer`` + ``echorl:``)."""
 
+    echo_dump: DumpConfig = DumpConfig(freq=0)  # set from `echorl_dump` in __init__
+
     def __init__(self, config):
         self.echo_cfg: EchoConfig = validate_config(config)  # refuses what EchoRL cannot run with
+        self.echo_dump = dump_config_of(config)  # echorl_dump: periodic echo_clips.json (echorl.verl.dump)
         super().__init__(config)
         self._echo_boundary_resolved = self.echo_cfg.boundary != "auto"
 
@@ -94,6 +99,11 @@ class EchoPPOTrainerSync(PPOTrainerSync):
         batch = tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=fields)
         metrics.update(out.metrics)
         metrics["echo/num_minibatches"] = float(n_mini)
+        if self.echo_dump.due(self.global_steps):  # EchoClip records for `echorl analyze clips`
+            prompts = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["prompts"])["prompts"]
+            path = write_verl_dump(data, prompts, is_padding, out.selection, self.tokenizer, self.echo_cfg, self.echo_dump,
+                                   self.global_steps)
+            logger.warning("EchoRL: step %d EchoClip dump written to %s", self.global_steps, path)
         return batch
 
     def _update_actor(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
