@@ -190,7 +190,8 @@ def select_echo_clips(
     device = responses.device
     _check_entropy_finite(entropy, response_mask)
     codes = _group_codes(group_ids, B, device)  # [B]
-    lengths = count_true(response_mask if response_mask.dtype == torch.bool else response_mask != 0)  # [B]
+    valid = response_mask if response_mask.dtype == torch.bool else response_mask != 0  # [B, L] bool, once
+    lengths = count_true(valid)  # [B]
 
     # ---- groups and eligibility (SPEC 2.3); all [B] or [G] sized
     row_ok = lengths > 0  # empty rows (verl padding rows) are never members nor eligible
@@ -222,15 +223,17 @@ def select_echo_clips(
     mask = torch.zeros(B, L, dtype=torch.bool, device=device)
     has_b = torch.zeros(0, dtype=torch.bool, device=device)
     if E:
-        m_e = response_mask.index_select(0, idx)
-        v_e = m_e if m_e.dtype == torch.bool else m_e != 0  # [E, L]
-        del m_e
-        is_b = is_boundary_token(responses.index_select(0, idx), boundary_ids_tensor(cfg.boundary_token_ids, device))
-        step_id, n_e, has_b = segment_boundaries(is_b, v_e)  # [E, L] int32, [E], [E]
-        del is_b, v_e
+        every = E == B  # every row eligible (e.g. scope=success on an easy batch): no row gathers
+
+        def rows_of(t: torch.Tensor) -> torch.Tensor:
+            return t if every else t.index_select(0, idx)
+
+        is_b = is_boundary_token(rows_of(responses), boundary_ids_tensor(cfg.boundary_token_ids, device))
+        step_id, n_e, has_b = segment_boundaries(is_b, rows_of(valid))  # [E, L] int32, [E], [E]
+        del is_b
         S = int(n_e.max())  # >= 1: eligible rows are non-empty
         bins = step_bins_(step_id, S)  # [E, L] int32, step_id consumed
-        h, count = aggregate_bins(bins, entropy.index_select(0, idx), S, cfg.step_agg)  # [E, S], [E, S]
+        h, count = aggregate_bins(bins, rows_of(entropy), S, cfg.step_agg)  # [E, S], [E, S]
         step_ok = count >= cfg.min_step_tokens  # [E, S]; nonexistent steps have count 0
         gen = generator if generator is not None else torch.Generator().manual_seed(cfg.seed)
         u = torch.rand(B, generator=gen, dtype=torch.float64)[idx.cpu()].to(device)  # [E]
@@ -243,7 +246,10 @@ def select_echo_clips(
         # valid positions of steps <= k: bins <= row * (S + 1) + k (see step_bins_)
         row_off = torch.arange(E, device=device, dtype=torch.long) * (S + 1)
         limit = torch.where(has_clip, row_off + k, -1)  # [E]
-        mask[idx] = bins <= limit.unsqueeze(1).to(torch.int32)  # [E, L]
+        if every:
+            torch.le(bins, limit.unsqueeze(1).to(torch.int32), out=mask)  # [B, L]
+        else:
+            mask[idx] = bins <= limit.unsqueeze(1).to(torch.int32)  # [E, L]
         del bins
         clip_len[idx] = torch.where(has_clip, count.cumsum(dim=1).gather(1, k.clamp(min=0).unsqueeze(1)).squeeze(1), 0)
         peak_step[idx] = k

@@ -79,20 +79,15 @@ def segment_boundaries(is_boundary: torch.Tensor, valid: torch.Tensor) -> tuple[
     is_b = is_boundary & valid  # [E, L]
     nonb = valid & ~is_b  # [E, L]
     run_start = torch.zeros_like(is_b)
-    if L > 1 and not bool((valid[:, 1:] & ~valid[:, :-1]).any()):
-        # No hole (right-padded rows): the previous valid token of a valid t > 0 is t - 1.
-        run_start[:, 1:] = is_b[:, 1:] & nonb[:, :-1]
-    elif L > 1:
-        # Holes: forward-fill the kind of the last valid token, key = 2*pos + is_nonb on valid
-        # positions. Masked positions get -2 (even: "no non-boundary yet"); -1 would read as odd,
-        # i.e. as a non-boundary, and make a boundary after a leading masked run open a new step.
-        pos = torch.arange(L, device=valid.device, dtype=torch.int32)
-        key = torch.where(valid, pos * 2 + nonb.to(torch.int32), -2)  # [E, L] int32
-        last = key.cummax(dim=1).values  # [E, L]: key of the last valid token at or before t
-        del key
-        # prev valid token (strictly before t) is a non-boundary  <=>  last[t-1] is odd
-        run_start[:, 1:] = is_b[:, 1:] & ((last[:, :-1] & 1) == 1)
-        del last
+    if L > 1:
+        # Where t - 1 is valid it is t's previous valid token: one shifted compare.
+        torch.logical_and(is_b[:, 1:], nonb[:, :-1], out=run_start[:, 1:])
+        # Boundary tokens right after a hole (rare) look up the last valid token before them.
+        after_hole = is_b[:, 1:] & ~valid[:, :-1]  # [E, L-1]
+        if bool(after_hole.any()):
+            rows, cols = after_hole.nonzero(as_tuple=True)
+            run_start[rows, cols + 1] = _prev_valid_is_nonb(valid, nonb, rows, cols)
+        del after_hole
     del nonb
     step_id = run_start.cumsum(dim=1, dtype=torch.int32)  # [E, L]
     del run_start
@@ -100,6 +95,28 @@ def segment_boundaries(is_boundary: torch.Tensor, valid: torch.Tensor) -> tuple[
     step_id.masked_fill_(~valid, -1)
     num_steps = (step_id.amax(dim=1) + 1).long() if L > 0 else torch.zeros(E, dtype=torch.long, device=valid.device)
     return step_id, num_steps, is_b.any(dim=1)
+
+
+def _prev_valid_is_nonb(valid: torch.Tensor, nonb: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """For positions ``(rows, cols + 1)`` (``[F]`` each): is the last valid token at or before
+    ``cols`` a non-boundary? False when there is none.
+
+    ``cv[r, p]`` (valid tokens at positions ``<= p``) is non-decreasing in ``p``; offset by
+    ``r * (L + 1)`` it is sorted over the flattened ``[E * L]``, so one ``searchsorted`` finds, for
+    the ``k``-th valid token of row ``r`` (``k = cv[r, cols]``), its position: the first ``p`` with
+    ``cv[r, p] >= k``. Two passes over ``[E, L]`` (cumsum, offset) whatever the holes' lengths.
+    """
+    E, L = valid.shape
+    if E * (L + 1) >= 2**31:
+        raise ValueError(f"{E} rows x {L + 1} positions overflow int32 offsets; select on fewer rows at a time")
+    cv = valid.cumsum(dim=1, dtype=torch.int32)  # [E, L]
+    k = cv[rows, cols]  # [F] valid tokens at or before cols
+    off = torch.arange(E, device=valid.device, dtype=torch.int32).unsqueeze(1) * (L + 1)
+    cv += off
+    target = k + off.squeeze(1)[rows]
+    pos = torch.searchsorted(cv.view(-1), target) - rows * L  # [F] column of that token
+    del cv
+    return (k > 0) & nonb[rows, pos.clamp(0, L - 1)]
 
 
 def step_aggregates(
