@@ -34,6 +34,7 @@ from typing import Any, Optional
 import ray
 import torch
 
+from verl.utils import normalize_token_ids
 from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, TokenOutput
 
@@ -100,7 +101,7 @@ class HFGenerateServer:
         if image_data or video_data or audio_data:
             raise NotImplementedError("the hf_cpu rollout serves text models only (got multimodal inputs)")
         params = dict(sampling_params)
-        prompt_ids = [int(t) for t in prompt_ids]
+        prompt_ids = [int(t) for t in normalize_token_ids(prompt_ids)]
         room = self.max_model_len - len(prompt_ids)
         if room < 1:
             raise ValueError(f"prompt of {len(prompt_ids)} tokens leaves no room within max_model_len {self.max_model_len}")

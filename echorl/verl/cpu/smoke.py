@@ -23,46 +23,54 @@ from typing import Sequence
 
 
 def cpu_overrides(data: dict[str, str], out_dir: str | Path, steps: int = 2, n: int = 4, prompts: int = 4) -> list[str]:
-    """Hydra overrides of a small CPU run: tiny model, ``prompts`` x ``n`` rollouts per step, one
-    mini-batch and one PPO epoch per step, GRPO + EchoRL (mode loss, ``scope=success``, clip-token mean)."""
+    """Hydra overrides of a small CPU run: ``+cpu=cpu``, the shipped tiny model (and its newline id as
+    EchoRL's step boundary), the arithmetic data with its verifier, ``prompts`` x ``n`` rollouts per
+    step in one mini-batch, ``steps`` steps, no validation, no checkpoint, console + file logging.
+    The method's own settings (estimator, loss, EchoRL options) are left alone: see :data:`SMOKE_METHOD`."""
     from transformers import AutoTokenizer
 
     from echorl.models.tiny import SHIPPED_DIR, boundary_ids
     from echorl.verl.cpu import data as cpu_data
 
-    out = Path(out_dir)
     newline_ids = boundary_ids(AutoTokenizer.from_pretrained(str(SHIPPED_DIR)))
     return [
         "+cpu=cpu",
         f"actor_rollout_ref.model.path={SHIPPED_DIR}",
+        f"echorl.boundary_token_ids=[{','.join(str(i) for i in newline_ids)}]",
         f"data.train_files={data['train']}",
         f"data.val_files={data['val']}",
         f"data.train_batch_size={prompts}",
         "data.max_prompt_length=64",
         "data.max_response_length=48",
         "data.shuffle=false",
+        f"reward.custom_reward_function.path={cpu_data.__file__}",
+        "reward.custom_reward_function.name=compute_score",
         f"actor_rollout_ref.rollout.n={n}",
         f"actor_rollout_ref.actor.ppo_mini_batch_size={prompts}",
-        "actor_rollout_ref.actor.ppo_epochs=1",
-        "actor_rollout_ref.actor.optim.lr=1e-4",
+        "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=4096",
         f"trainer.total_training_steps={steps}",
         "trainer.total_epochs=100",
         "trainer.val_before_train=false",
         "trainer.test_freq=-1",
         "trainer.save_freq=-1",
-        f"trainer.default_local_dir={out / 'ckpt'}",
+        f"trainer.default_local_dir={Path(out_dir) / 'ckpt'}",
         "trainer.logger=[console,file]",
-        f"reward.custom_reward_function.path={cpu_data.__file__}",
-        "reward.custom_reward_function.name=compute_score",
-        "echorl.enable=true",
-        "echorl.mode=loss",
-        "echorl.coef=0.01",
-        "echorl.scope=success",
-        "echorl.per=rollout",
-        "echorl.loss_agg=clip_token_mean",
-        "echorl.selector=peak",
-        f"echorl.boundary_token_ids=[{','.join(str(i) for i in newline_ids)}]",
     ]
+
+
+# GRPO + EchoRL as the smoke runs it: one PPO epoch, a learning rate the tiny model notices, EchoRL's
+# loss with every successful rollout giving a clip (the tiny model solves level-1 problems).
+SMOKE_METHOD = [
+    "actor_rollout_ref.actor.ppo_epochs=1",
+    "actor_rollout_ref.actor.optim.lr=1e-4",
+    "echorl.enable=true",
+    "echorl.mode=loss",
+    "echorl.coef=0.01",
+    "echorl.scope=success",
+    "echorl.per=rollout",
+    "echorl.loss_agg=clip_token_mean",
+    "echorl.selector=peak",
+]
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -82,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out or tempfile.mkdtemp(prefix="echorl-verl-smoke-")).resolve()
     data = write_arithmetic_parquets(out / "data", n_train=4 * args.steps, n_val=4)
     log = out / "metrics.jsonl"
-    cmd = [sys.executable, "-m", "echorl.main", *cpu_overrides(data, out, steps=args.steps),
+    cmd = [sys.executable, "-m", "echorl.main", *cpu_overrides(data, out, steps=args.steps), *SMOKE_METHOD,
            f"++ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH={log}", *args.overrides]
     env = {**os.environ, "VERL_PLATFORM": "cpu", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     print("echorl verl-smoke:", " ".join(cmd), file=sys.stderr, flush=True)

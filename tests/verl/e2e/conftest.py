@@ -1,0 +1,89 @@
+"""One driver process, one Ray session, one data folder for every end-to-end run (tests/verl/e2e).
+
+The session fixture :func:`e2e` runs every scenario of :mod:`scenarios` through :mod:`driver` in a
+subprocess (its own Ray instance with logical GPUs; the suite's shared ``ray_session`` has none)
+and hands the tests the results, the per-step metrics of verl's file logger, the EchoRL traces and
+the checkpoints. Wall time of the whole set is printed (``-s``) and written to ``<out>/results.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import scenarios  # noqa: E402
+
+E2E_TIMEOUT_S = 3600
+
+
+@dataclass
+class E2E:
+    out: Path
+    spec: dict
+    results: dict
+    wall_s: float
+
+    def run(self, name: str) -> dict:
+        return next(r for r in self.spec["runs"] if r["name"] == name)
+
+    def ok(self, name: str) -> None:
+        res = self.results.get(name)
+        assert res is not None, f"run {name} did not run (driver log: {self.out / 'driver.log'})"
+        assert res["ok"], f"run {name} failed: {res['error']} (driver log: {self.out / 'driver.log'})"
+
+    def metrics(self, name: str) -> dict[int, dict]:
+        """step -> metrics as verl's file logger wrote them."""
+        path = self.out / "logs" / scenarios.PROJECT / f"{name}.jsonl"
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return {r["step"]: r["data"] for r in rows}
+
+    def trace(self, name: str, step: int) -> dict:
+        import torch
+
+        return torch.load(self.out / name / "trace" / f"step_{step}.pt", weights_only=False)
+
+    def actor_weights(self, name: str, step: int) -> dict:
+        """Every tensor of the actor checkpoint at ``step`` (all shard files, by file and key)."""
+        import torch
+
+        folder = self.out / name / "ckpt" / f"global_step_{step}" / "actor"
+        files = sorted(folder.glob("model_world_size_*_rank_*.pt"))
+        assert files, f"no actor model shards under {folder}: {sorted(p.name for p in folder.iterdir())}"
+        out = {}
+        for f in files:
+            for k, v in torch.load(f, weights_only=False).items():
+                out[f"{f.name}:{k}"] = v.full_tensor() if hasattr(v, "full_tensor") else v
+        return out
+
+
+@pytest.fixture(scope="session")
+def e2e(tmp_path_factory) -> E2E:
+    from echorl.verl.cpu.data import write_arithmetic_parquets
+
+    out = tmp_path_factory.mktemp("verl_e2e")
+    data = write_arithmetic_parquets(out / "data", n_train=12, n_val=4, levels=(1, 2))
+    spec = scenarios.spec(out, data)
+    spec_path = out / "spec.json"
+    spec_path.write_text(json.dumps(spec, indent=1))
+    env = {**os.environ, "VERL_PLATFORM": "cpu", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    t0 = time.perf_counter()
+    with open(out / "driver.log", "w") as log:
+        proc = subprocess.run([sys.executable, str(HERE / "driver.py"), str(spec_path)], env=env, stdout=log,
+                              stderr=subprocess.STDOUT, timeout=E2E_TIMEOUT_S)
+    wall = time.perf_counter() - t0
+    assert proc.returncode == 0, f"e2e driver exited with {proc.returncode}; log: {out / 'driver.log'}"
+    results = json.loads((out / "results.json").read_text())
+    print(f"\nverl CPU e2e: {len(results)} runs in {wall:.0f} s: "
+          + ", ".join(f"{k} {v['wall_s']:.0f}s" for k, v in results.items()))
+    return E2E(out=out, spec=spec, results=results, wall_s=wall)

@@ -1,0 +1,70 @@
+"""The end-to-end runs of verl's V1 loop on CPU, as one spec for :mod:`tests.verl.e2e.driver`.
+
+Every run uses :func:`echorl.verl.cpu.smoke.cpu_overrides` (``+cpu=cpu``, the shipped tiny model,
+the arithmetic data, 4 prompts x 4 rollouts in one mini-batch) and writes under ``<out>/<name>``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from echorl.verl.cpu.smoke import SMOKE_METHOD, cpu_overrides
+
+REPO = Path(__file__).resolve().parents[3]
+RECIPES = REPO / "recipes"
+PROJECT = "e2e"
+
+
+def compose(entry: str, overrides: list[str]):
+    """The composed config of a run: ``echorl_trainer`` for EchoRL's entry, verl's ``ppo_trainer``
+    (with ``hydra.searchpath=[pkg://echorl.config]`` for ``+cpu=cpu``) for ``entry='verl'``."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    if entry == "verl":
+        with initialize_config_module(config_module="verl.trainer.config", version_base=None):
+            return hydra_compose(config_name="ppo_trainer", overrides=["hydra.searchpath=[pkg://echorl.config]", *overrides])
+    with initialize_config_module(config_module="echorl.config", version_base=None):
+        return hydra_compose(config_name="echorl_trainer", overrides=overrides)
+
+
+def recipe_names() -> list[str]:
+    """Every recipe folder on disk (``recipes/<m>/<m>.yaml``)."""
+    return sorted(p.parent.name for p in RECIPES.glob("*/*.yaml") if p.stem == p.parent.name)
+
+
+def _run(name: str, out: Path, data: dict, steps: int, extra: list[str], entry: str = "echorl",
+         pre: list[str] | None = None, trace: bool = True) -> dict:
+    over = [*(pre or []), *cpu_overrides(data, out / name, steps=steps), f"trainer.project_name={PROJECT}",
+            f"trainer.experiment_name={name}", *extra]
+    if trace:
+        over.append(f"+echorl_trace.dir={out / name / 'trace'}")
+    if entry == "verl":  # verl's own config has no echorl node
+        over = [o for o in over if not o.lstrip("+").startswith("echorl")]
+    return {"name": name, "entry": entry, "overrides": over}
+
+
+def spec(out: Path, data: dict) -> dict:
+    """All runs, in the order the driver executes them."""
+    off = [o.replace("echorl.enable=true", "echorl.enable=false") for o in SMOKE_METHOD]
+    runs = [
+        # GRPO + EchoRL, 3 steps, checkpoint after step 2 (and after the last step)
+        _run("echo3", out, data, 3, [*SMOKE_METHOD, "trainer.save_freq=2"]),
+        # resumed from echo3's step-2 checkpoint: step 3 again
+        _run("echo_resume", out, data, 3, [*SMOKE_METHOD, "trainer.save_freq=-1", "trainer.resume_mode=resume_path",
+                                           f"trainer.resume_from_path={out / 'echo3' / 'ckpt' / 'global_step_2'}"]),
+        # EchoRL off through echorl.main vs plain verl main_ppo: same seed, same settings
+        _run("off_echorl", out, data, 2, [*off, "trainer.save_freq=2"], trace=False),
+        _run("off_verl", out, data, 2, [*off, "trainer.save_freq=2", "actor_rollout_ref.actor.use_dynamic_bsz=true",
+                                        "algorithm.adv_estimator=grpo"], entry="verl", trace=False),
+        # 2 trainer ranks (FSDP2 over gloo, 2 rollout replicas)
+        _run("two_ranks", out, data, 1, [*SMOKE_METHOD, "trainer.n_gpus_per_node=2"]),
+        # workers that never report echo/loss: the driver must stop the run
+        _run("verl_loss", out, data, 1, SMOKE_METHOD, entry="echorl_verl_loss", trace=False),
+    ]
+    searchpath = f"hydra.searchpath=[pkg://verl.trainer.config,file://{RECIPES}]"
+    for m in recipe_names():  # only model, data and CPU overrides changed
+        runs.append(_run(f"recipe_{m}", out, data, 1, [], pre=[searchpath, f"+{m}={m}"]))
+    return {"out": str(out), "num_gpus": 2, "runs": runs}

@@ -1,0 +1,125 @@
+"""verl's real V1 loop on CPU, end to end: real Ray, real TransferQueue, real FSDP2 over gloo, the
+hf_cpu rollout, verl's reward loop, no mocks. All runs come from one driver session (conftest)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import scenarios
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(4000)]
+
+
+def clip_nll(trace: dict) -> tuple[float, float]:
+    """The EchoRL loss of one mini-batch, written out: sum over clip tokens of -old_log_prob / D_b,
+    and the clip-token count of the batch (clip_token_mean with one mini-batch: D_b = that count)."""
+    keep = ~trace["is_padding"]
+    mask = trace["echo_mask"][keep]  # [B, L] bool
+    old = trace["old_log_probs"][keep].double()  # [B, L]
+    denom = trace["echo_denom"][keep].double()  # [B]
+    total = 0.0
+    for b in range(mask.shape[0]):
+        for t in range(mask.shape[1]):
+            if mask[b, t]:
+                total += float(-old[b, t] / denom[b])
+    return total, float(mask.sum())
+
+
+def check_loss_step(trace: dict, logged: dict) -> None:
+    assert logged["echo/clips"] > 0 and trace["metrics"]["echo/clips"] == logged["echo/clips"]
+    assert "echo/loss" in logged, sorted(logged)
+    assert (trace["echo_mask"] & ~trace["response_mask"]).sum() == 0  # clips lie on response tokens
+    assert trace["echo_mask"][trace["is_padding"]].sum() == 0  # never on verl's padding rows
+    nll, n_clip_tokens = clip_nll(trace)
+    keep = ~trace["is_padding"]
+    assert n_clip_tokens == logged["echo/clip_tokens"]
+    torch.testing.assert_close(trace["echo_denom"][keep], torch.full_like(trace["echo_denom"][keep], n_clip_tokens))
+    # one mini-batch, one epoch: the update's forward runs at the old weights
+    assert logged["echo/loss"] == pytest.approx(nll, rel=1e-4, abs=1e-7)
+    assert logged["echo/loss"] > 0
+
+
+def test_grpo_echorl_selects_clips_and_workers_report_the_clip_nll(e2e):
+    e2e.ok("echo3")
+    logged = e2e.metrics("echo3")
+    assert sorted(logged) == [1, 2, 3]
+    for step in (1, 2, 3):
+        check_loss_step(e2e.trace("echo3", step), logged[step])
+        assert logged[step]["timing_s/echo"] > 0
+        assert logged[step]["echo/active"] == 1.0
+
+
+def test_echorl_off_trains_bit_identically_to_verl_main_ppo(e2e):
+    e2e.ok("off_echorl")
+    e2e.ok("off_verl")
+    from scenarios import compose  # the same composition the runs used
+
+    def flat(cfg, prefix=""):
+        from omegaconf import OmegaConf
+
+        d = OmegaConf.to_container(cfg) if prefix == "" else cfg
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    a = flat(compose("echorl", e2e.run("off_echorl")["overrides"]))
+    b = flat(compose("verl", e2e.run("off_verl")["overrides"]))
+    differ = {k for k in set(a) | set(b) if a.get(k, "<missing>") != b.get(k, "<missing>")}
+    assert {k for k in differ if not k.startswith("echorl")} <= {"trainer.experiment_name", "trainer.default_local_dir"}
+    wa, wb = e2e.actor_weights("off_echorl", 2), e2e.actor_weights("off_verl", 2)
+    assert sorted(wa) == sorted(wb) and len(wa) > 0
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    ma, mb = e2e.metrics("off_echorl"), e2e.metrics("off_verl")
+    # the steps really trained (mixed groups: non-zero advantages and gradients)
+    assert any(ma[s]["critic/advantages/max"] > 0 for s in (1, 2))
+    for s in (1, 2):
+        for key in ("actor/pg_loss", "actor/grad_norm", "critic/score/mean", "response_length/mean"):
+            assert ma[s][key] == mb[s][key], (s, key)
+        assert ma[s]["echo/active"] == 0.0 and "echo/loss" not in ma[s]
+
+
+def test_resume_from_step2_checkpoint_repeats_step3(e2e):
+    e2e.ok("echo3")
+    e2e.ok("echo_resume")
+    full, resumed = e2e.metrics("echo3")[3], e2e.metrics("echo_resume")
+    assert sorted(resumed) == [3]
+    resumed = resumed[3]
+    keys = [k for k in full if k.startswith(("echo/", "actor/", "critic/", "response_length/")) and "perf" not in k]
+    assert len(keys) > 20
+    for k in keys:
+        assert resumed[k] == pytest.approx(full[k], rel=1e-6, abs=1e-9), k
+    t_full, t_res = e2e.trace("echo3", 3), e2e.trace("echo_resume", 3)
+    assert torch.equal(t_full["echo_mask"], t_res["echo_mask"])
+    torch.testing.assert_close(t_full["old_log_probs"], t_res["old_log_probs"], rtol=1e-6, atol=1e-7)
+
+
+def test_two_trainer_ranks_select_transport_and_report_the_loss(e2e):
+    e2e.ok("two_ranks")
+    logged = e2e.metrics("two_ranks")[1]
+    check_loss_step(e2e.trace("two_ranks", 1), logged)
+
+
+def test_workers_that_do_not_report_echo_loss_stop_the_run(e2e):
+    res = e2e.results["verl_loss"]
+    assert not res["ok"]
+    assert "EchoLossMissingError" in res["error"] and "reported no echo/loss" in res["error"], res["error"]
+
+
+@pytest.mark.parametrize("method", scenarios.recipe_names())
+def test_every_recipe_runs_one_step_on_cpu(e2e, method):
+    name = f"recipe_{method}"
+    e2e.ok(name)
+    logged = e2e.metrics(name)
+    assert sorted(logged) == [1]
+    step = logged[1]
+    for key in ("echo/clips", "echo/active", "actor/pg_loss", "timing_s/echo", "timing_s/update_actor"):
+        assert key in step, key
+
+
+def test_recipes_found_on_disk_are_all_run(e2e):
+    on_disk = sorted(p.name for p in scenarios.RECIPES.iterdir() if p.is_dir() and (p / f"{p.name}.yaml").exists())
+    assert scenarios.recipe_names() == on_disk and len(on_disk) >= 7
+    assert {f"recipe_{m}" for m in on_disk} <= set(e2e.results)
