@@ -21,6 +21,7 @@ log-probs + entropy and the base estimator, before the actor update):
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 
 import transfer_queue as tq
@@ -34,9 +35,26 @@ from echorl.analysis.dump import DumpConfig
 from echorl.verl.dump import dump_config_of, write_verl_dump
 from echorl.verl.fields import READ_FIELDS, echo_stage_fields
 from echorl.verl.loss import EchoLoss
+from echorl.verl.trace import FIELDS as TRACE_FIELDS
+from echorl.verl.trace import trace_dir_of, write_trace
 from echorl.verl.validate import check_boundary_ids, validate_config
 
 logger = logging.getLogger(__name__)
+
+
+class EchoLossMissingError(RuntimeError):
+    """Clips were selected in mode=loss but the actor workers did not report ``echo/loss``."""
+
+
+def check_echo_loss_reported(metrics: dict, echo_cfg: EchoConfig, step: int) -> None:
+    """After an actor update: when the stage selected clips with the EchoRL loss on, the workers'
+    loss must have reported ``echo/loss``; otherwise raise :class:`EchoLossMissingError`."""
+    if echo_cfg.active and echo_cfg.mode == "loss" and metrics.get("echo/clips", 0.0) > 0 and "echo/loss" not in metrics:
+        raise EchoLossMissingError(
+            f"EchoRL: step {step} selected {int(metrics['echo/clips'])} clips (echorl.mode=loss) but the actor workers "
+            "reported no echo/loss: their loss callable is not EchoRL's (set_loss_fn did not take effect, or the "
+            "workers rebuilt verl's ppo_loss), so the EchoRL term was not trained on."
+        )
 
 
 class EchoPPOTrainerSync(PPOTrainerSync):
@@ -83,6 +101,7 @@ class EchoPPOTrainerSync(PPOTrainerSync):
 
     def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         batch = super()._compute_advantage(batch, metrics)
+        echo_t0 = time.perf_counter()  # timing_s/echo: fetch + select + write-back of the EchoRL stage
         self._resolve_echo_boundary()
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=list(READ_FIELDS))
         is_padding = [bool(tag.get("is_padding", False)) for tag in batch.tags]
@@ -97,6 +116,9 @@ class EchoPPOTrainerSync(PPOTrainerSync):
                 metrics["echo/no_boundary_warning"] = 1.0
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         batch = tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=fields)
+        timing = getattr(self, "timing_raw", None)
+        if timing is not None:  # verl turns timing_raw[name] into timing_s/<name>
+            timing["echo"] = timing.get("echo", 0.0) + time.perf_counter() - echo_t0
         metrics.update(out.metrics)
         metrics["echo/num_minibatches"] = float(n_mini)
         if self.echo_dump.due(self.global_steps):  # EchoClip records for `echorl analyze clips`
@@ -110,4 +132,9 @@ class EchoPPOTrainerSync(PPOTrainerSync):
         batch = super()._update_actor(batch, metrics)
         if "actor/echo/loss" in metrics:
             metrics["echo/loss"] = metrics.pop("actor/echo/loss")
+        check_echo_loss_reported(metrics, self.echo_cfg, self.global_steps)
+        trace_dir = trace_dir_of(self.config)
+        if trace_dir is not None:  # echorl_trace.dir: what this update trained on (echorl.verl.trace)
+            data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=list(TRACE_FIELDS))
+            write_trace(trace_dir, self.global_steps, data, [bool(t.get("is_padding", False)) for t in batch.tags], metrics)
         return batch
