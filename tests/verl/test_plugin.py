@@ -55,3 +55,31 @@ def test_task_runner_is_verls_with_echorl_trainer():
     assert issubclass(EchoTaskRunner, TaskRunnerV1.__ray_actor_class__)
     assert EchoTaskRunner.init_agent_loop_manager is TaskRunnerV1.__ray_actor_class__.init_agent_loop_manager
     assert hasattr(EchoTaskRunnerActor, "remote")
+
+
+def test_echorl_config_launched_with_verls_main_ppo_is_refused():
+    """verl's own entry point with EchoRL on would train plain verl: the plugin's guard stops it
+    before Ray starts, naming the fix."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "verl.trainer.main_ppo", "hydra.searchpath=[pkg://echorl.config]", "+echorl.enable=true"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "HYDRA_FULL_ERROR": "1"},
+    )
+    assert proc.returncode != 0
+    assert "PlainVerlLaunchError" in proc.stderr and "python -m echorl.main" in proc.stderr, proc.stderr[-2000:]
+    assert "ray init kwargs" not in proc.stdout  # refused before Ray
+
+
+def test_guard_wraps_verls_auto_set_device_and_lets_echorls_launcher_through(echorl_cfg):
+    import copy
+
+    import pytest
+    from verl.utils import device
+
+    assert plugin.guard_status() == "ok" and getattr(device.auto_set_device, "__echorl__", False)
+    cfg = copy.deepcopy(echorl_cfg)
+    with pytest.raises(plugin.PlainVerlLaunchError, match=r"echorl\.enable=true.*main_ppo.*echorl\.enable=false"):
+        device.auto_set_device(cfg)
+    with plugin.echorl_launch():
+        device.auto_set_device(cfg)  # verl's own function ran
+    cfg.echorl.enable = False
+    device.auto_set_device(cfg)  # the base method may use verl's entry point
