@@ -251,8 +251,8 @@ def check_model_context(config: DictConfig) -> dict | None:
         lens = f"data.max_prompt_length {prompt} + data.max_response_length {response}"
         if need > prompt + response:
             lens += f", actor_rollout_ref.rollout.max_model_len {need}"
-        rollout_fix = (f" +{rollout_key}.max_position_embeddings={target}" if rollout_key == _rollout_override_key("vllm")
-                       else f" {rollout_key}='{{\"max_position_embeddings\": {target}}}'" if rollout_key else "")
+        rollout_fix = (f" ++{rollout_key}.max_position_embeddings={target}" if rollout_key == _rollout_override_key("vllm")
+                       else f" ++{rollout_key}='{{\"max_position_embeddings\": {target}}}'" if rollout_key else "")
         raise ValueError(
             f"actor_rollout_ref.model.path={path!r}: config.json has max_position_embeddings={own}, below the {need} "
             f"positions this run needs ({lens}); too short for {' and '.join(short)}. vLLM/verl would refuse it after "
@@ -260,7 +260,7 @@ def check_model_context(config: DictConfig) -> dict | None:
             f"\"max_position_embeddings\": {target} and \"rope_theta\": {LUFFY_ROPE_THETA} in the copy's config.json and "
             f"point actor_rollout_ref.model.path (MODEL_PATH) at it; or (b) raise only the position limit, keeping the "
             f"model's rotary base, on the actor and the rollout engine: "
-            f"+actor_rollout_ref.model.override_config.max_position_embeddings={target}{rollout_fix}; "
+            f"++actor_rollout_ref.model.override_config.max_position_embeddings={target}{rollout_fix}; "
             "or (c) shorten data.max_response_length."
         )
     if own < need:

@@ -64,21 +64,24 @@ def test_refuses_short_model_with_both_fixes_in_the_message(plain, tmp_path):
     assert "data.max_prompt_length 1024 + data.max_response_length 8192" in msg
     assert "the actor (4096) and the vllm rollout (4096)" in msg
     assert '"max_position_embeddings": 16384 and "rope_theta": 40000' in msg
-    assert ("+actor_rollout_ref.model.override_config.max_position_embeddings=16384 "
-            "+actor_rollout_ref.rollout.engine_kwargs.vllm.hf_overrides.max_position_embeddings=16384") in msg
+    assert ("++actor_rollout_ref.model.override_config.max_position_embeddings=16384 "
+            "++actor_rollout_ref.rollout.engine_kwargs.vllm.hf_overrides.max_position_embeddings=16384") in msg
 
 
-def test_the_messages_override_fix_composes_and_is_accepted(tmp_path, caplog):
-    """The (b) overrides printed in the refusal, given to Hydra as written, make the check pass."""
+@pytest.mark.parametrize("earlier", [[], ["+actor_rollout_ref.model.override_config.max_position_embeddings=8192"]])
+def test_the_messages_override_fix_composes_and_is_accepted(tmp_path, caplog, earlier):
+    """The (b) overrides printed in the refusal, given to Hydra as written, make the check pass (also
+    over a smaller override already in the config)."""
     from hydra import compose, initialize_config_module
 
     model = write_model(tmp_path / "m")
-    base = [f"actor_rollout_ref.model.path={model}", "data.max_prompt_length=1024", "data.max_response_length=8192"]
+    base = [f"actor_rollout_ref.model.path={model}", "data.max_prompt_length=1024", "data.max_response_length=8192",
+            *earlier]
     with initialize_config_module(config_module="echorl.config", version_base=None):
         cfg = compose(config_name="echorl_trainer", overrides=base)
         with pytest.raises(ValueError) as err:
             check_model_context(cfg)
-        fixes = re.findall(r"\+actor_rollout_ref\.\S+=\d+", str(err.value))
+        fixes = re.findall(r"\+\+actor_rollout_ref\.\S+=\d+", str(err.value))
         assert len(fixes) == 2
         fixed = compose(config_name="echorl_trainer", overrides=base + fixes)
     with caplog.at_level(logging.WARNING, logger="echorl.verl.validate"):
@@ -128,7 +131,7 @@ def test_sglang_rollout_reads_its_json_override(plain, tmp_path):
         "actor_rollout_ref.model.override_config": {"max_position_embeddings": 16384}})
     with pytest.raises(ValueError, match="sglang rollout \\(4096\\)") as err:
         check_model_context(cfg)
-    assert "engine_kwargs.sglang.json_model_override_args='{\"max_position_embeddings\": 16384}'" in str(err.value)
+    assert "++actor_rollout_ref.rollout.engine_kwargs.sglang.json_model_override_args='{\"max_position_embeddings\": 16384}'" in str(err.value)
     ok = _with_model(cfg, cfg.actor_rollout_ref.model.path, **{
         "actor_rollout_ref.rollout.engine_kwargs.sglang.json_model_override_args": '{"max_position_embeddings": 16384}'})
     assert check_model_context(ok)["rollout_max_positions"] == 16384
