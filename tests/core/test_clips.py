@@ -475,3 +475,16 @@ def test_method_doc_worked_example():
     sel = sel_of([T], [H], [1.0], [0], masks=hole)
     assert sel.peak_h.item() == pytest.approx(1.25)
     assert sel.mask.tolist() == [[True] * 4 + [False] + [True] * 3 + [False] * 3]
+    # its group: A (this rollout), B = [x, \n, y, z] with h 0.9 then 0.45, C failed
+    B_ = [21, N, 22, 23]
+    rows, ents = [T, B_, B_], [H, [0.9, 0.9, 0.5, 0.4], [0.9, 0.9, 0.5, 0.4]]
+    sel = sel_of(rows, ents, [1.0, 1.0, 0.0], [0, 0, 0], EchoConfig())
+    assert sel.peak_step.tolist() == [1, -1, -1] and sel.mask[0].tolist() == prefix(8, 11)
+    assert sel.peak_h[1].item() == pytest.approx(0.9)  # B was a candidate, its peak lost to A's 1.2
+    assert not sel_of(rows, ents, [1.0, 1.0, 0.0], [0, 0, 0], EchoConfig(preset="degenerate")).mask.any()
+    from echorl import echo_row_denominators
+
+    assert echo_row_denominators(sel.mask, sel.mask, "clip_mean", 1).tolist() == [8.0, 1.0, 1.0]
+    two = sel.mask.clone()
+    two[1, :4] = True  # a second clip of 4 tokens in the batch
+    assert echo_row_denominators(two, two, "clip_mean", 1).tolist() == [16.0, 8.0, 1.0]
