@@ -206,3 +206,45 @@ def ref_select_echo_clips(
         num_steps=torch.tensor(num_steps, dtype=torch.long),
         peak_h=peak_h,
     )
+
+
+def ref_pooled_group_mask(
+    responses: torch.Tensor, response_mask: torch.Tensor, entropy: torch.Tensor, scores: torch.Tensor,
+    group_ids: Any, cfg: Any,
+) -> torch.Tensor:
+    """The paper's wording of ``per='group'`` with ``selector='peak'`` (SPEC 2.3), literally: pool
+    the eligible steps of every candidate rollout of a group, take the step with the highest
+    aggregate (the first in batch order, then step order, on ties) and cut its parent rollout up
+    to the end of that step. Returns the ``[B, L] bool`` clip mask."""
+    B, L = responses.shape
+    sel = ref_select_echo_clips(responses, response_mask, entropy, scores, group_ids,
+                                _with_per(cfg, "rollout"))  # eligibility only; clips recomputed below
+    tokens = responses.tolist()
+    valid = [[bool(x != 0) for x in r] for r in response_mask.tolist()]
+    ent = entropy.to(torch.float64).tolist()
+    uids = [int(x) for x in group_ids.tolist()] if torch.is_tensor(group_ids) else list(group_ids)
+    boundary = set(int(i) for i in cfg.boundary_token_ids)
+    pool: dict = {}  # uid -> list of (h, row, last position of the step), in batch then step order
+    for i in range(B):
+        if not bool(sel.eligible[i]):
+            continue
+        for st in ref_steps(tokens[i], valid[i], boundary):
+            if len(st) >= cfg.min_step_tokens:
+                pool.setdefault(uids[i], []).append((ref_step_value([ent[i][t] for t in st], cfg.step_agg), i, st[-1]))
+    mask = [[False] * L for _ in range(B)]
+    for steps in pool.values():
+        best = steps[0]
+        for cand in steps[1:]:
+            if cand[0] > best[0]:  # strict: the first of equal steps wins
+                best = cand
+        _, row, last = best
+        for t in range(L):
+            if valid[row][t] and t <= last:
+                mask[row][t] = True
+    return torch.tensor(mask, dtype=torch.bool).reshape(B, L)
+
+
+def _with_per(cfg: Any, per: str) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(cfg, per=per)

@@ -19,7 +19,7 @@ from echorl import EchoConfig, select_echo_clips
 from echorl.core import clips as clips_mod
 from echorl.core.clips import SELECTORS, EchoBoundaryWarning
 
-from .reference import ref_select_echo_clips
+from .reference import ref_pooled_group_mask, ref_select_echo_clips
 
 N, M = 198, 271
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -456,6 +456,8 @@ def test_select_echo_clips_matches_reference(batch, pass_generator):
         n_clip = int(sel.mask[i].sum())
         assert sel.mask[i, pos[:n_clip]].all()
         assert (n_clip > 0) == (sel.peak_step[i].item() >= 0)
+    if cfg.per == "group" and cfg.selector == "peak":  # the paper's pooled-steps wording, literally
+        assert torch.equal(sel.mask, ref_pooled_group_mask(resp, mask, ent, scores, uids, cfg))
     if cfg.per == "group":  # at most one clip per group
         g = uids.tolist() if torch.is_tensor(uids) else uids
         clipped = [g[i] for i in range(len(g)) if sel.peak_step[i] >= 0]
