@@ -133,6 +133,9 @@ def _entropy(args: argparse.Namespace) -> int:
     if not sols:
         raise ValueError("no solutions to profile: the rows have no solution/target and --samples is 0")
     profiles = _profiles(args, env, sols)
+    for p in profiles:  # the step a task marks as hard (chain testbed), for summarize's peak_is_hard_step
+        extra = env["rows"][p["row"]].get("extra_info") if p["row"] >= 0 else None
+        p["hard_step"] = extra.get("hard_step") if isinstance(extra, dict) else None
     summary = summarize(profiles)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -149,6 +152,9 @@ def _entropy(args: argparse.Namespace) -> int:
         print(f"{k:8s} {s['solutions']:5d} {t['mean']:7.3f} [{t['ci95'][0]:.3f},{t['ci95'][1]:.3f}] "
               f"{s['step_h']['mean']:8.3f} {s['num_steps']['mean']:6.2f} {s['peak_pos']['mean']:8.2f} "
               f"{s['peak_h']['mean']:7.3f} {s['peak_on_last_step']:9.2f}")
+    hard = {k: s["peak_is_hard_step"] for k, s in summary.items() if k in KINDS and "peak_is_hard_step" in s}
+    if hard:
+        print("peak step = the task's hard step: " + ", ".join(f"{k} {v:.2f}" for k, v in hard.items()))
     pd = summary["paired"]
     if pd["rows"]:
         d = pd["expert_minus_correct_token_h"]

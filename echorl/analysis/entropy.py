@@ -291,8 +291,9 @@ def _mean_ci(x: Sequence[float]) -> dict[str, float]:
 
 def summarize(profiles: Sequence[dict[str, Any]], num_bins: int = 5) -> dict[str, Any]:
     """Per kind: token entropy (per solution, and pooled over tokens), step entropy, steps per
-    solution, peak position / height / excess, the share of peaks on the last step, and the mean
-    step entropy per relative-position bin (``num_bins`` bins of ``k / (S - 1)``)."""
+    solution, peak position / height / excess, the share of peaks on the last step, the mean step
+    entropy per relative-position bin (``num_bins`` bins of ``k / (S - 1)``) and, for profiles with a
+    ``hard_step`` (the step the task marks as hard), the share whose peak is that step."""
     out: dict[str, Any] = {}
     for kind in KINDS:
         ps = [p for p in profiles if p["kind"] == kind]
@@ -317,6 +318,9 @@ def summarize(profiles: Sequence[dict[str, Any]], num_bins: int = 5) -> dict[str
             "peak_on_last_step": float(np.mean([p["peak_step"] == p["num_steps"] - 1 for p in multi])) if multi else float("nan"),
             "step_h_by_position": [float(np.mean(b)) if b else float("nan") for b in bins],
         }
+        marked = [p for p in ps if p.get("hard_step") is not None]
+        if marked:  # tasks that mark their hard step (the chain testbed's extra_info.hard_step)
+            out[kind]["peak_is_hard_step"] = float(np.mean([p["peak_step"] == p["hard_step"] for p in marked]))
     out["paired"] = paired_differences(profiles)
     return out
 

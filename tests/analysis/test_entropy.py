@@ -94,6 +94,9 @@ def test_summary_and_same_prompt_differences():
     sd = np.std([1.0, 2.0, 5.0], ddof=1)
     assert e["token_h"]["ci95"] == pytest.approx([8 / 3 - 1.96 * sd / math.sqrt(3), 8 / 3 + 1.96 * sd / math.sqrt(3)])
     assert s["wrong"]["solutions"] == 1 and s["wrong"]["peak_pos"]["n"] == 0  # one-step: no position
+    assert "peak_is_hard_step" not in e
+    profs[0]["hard_step"], profs[1]["hard_step"] = 1, 0  # peaks at 1 and 2
+    assert summarize(profs)["expert"]["peak_is_hard_step"] == 0.5
     pd = s["paired"]  # only row 0 has both an expert and a correct solution
     assert pd["rows"] == 1
     assert pd["expert_minus_correct_token_h"]["mean"] == pytest.approx(1.0 - 0.5)
