@@ -15,14 +15,37 @@ old-policy pass runs in row chunks: the largest temporary is one chunk's ``[c, L
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 __all__ = ["position_ids_from_mask", "response_logits", "token_logprob_entropy", "old_policy_pass",
-           "policy_logprobs", "pack_for_verl"]
+           "policy_logprobs", "pack_for_verl", "trim_padding"]
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """``[B, T] long`` position ids of a left/right padded batch: ``cumsum(mask) - 1`` clipped at 0."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def trim_padding(attention_mask: torch.Tensor, prompt_len: int) -> tuple[int, int]:
+    """Columns ``[c0, c1)`` of a (sub-)batch outside which every row is padding.
+
+    Left-padded prompts and right-padded responses leave all-padding columns at both ends of a
+    sub-batch whose rows are shorter than the whole batch's longest. Dropping them changes no
+    log-prob (position ids come from the mask's cumsum, padded keys are masked out, the model is
+    causal); only the work shrinks. ``c0 <= P - 1`` (the last prompt token, which predicts response
+    token 0, is valid in every row) and ``c1 >= P + 1``.
+
+    Args:
+        attention_mask: ``[b, P+L]``; prompt_len: ``P``.
+
+    Returns:
+        ``(c0, c1)``: keep ``input_ids[:, c0:c1]``; the prompt part becomes ``P - c0`` long and the
+        response part ``c1 - P``.
+    """
+    cols = attention_mask.any(0).nonzero()  # [k, 1] columns valid in some row
+    c0 = min(int(cols[0]), prompt_len - 1) if len(cols) else prompt_len - 1
+    c1 = max(int(cols[-1]) + 1, prompt_len + 1) if len(cols) else prompt_len + 1
+    return c0, c1
 
 
 def response_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -69,7 +92,8 @@ def old_policy_pass(model: torch.nn.Module, input_ids: torch.Tensor, attention_m
                     responses: torch.Tensor, temperature: float, chunk_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The old-policy pass: log-probs and token entropy of every response token, no gradient.
 
-    Runs ``ceil(B / chunk_rows)`` forwards; the vocabulary-sized temporaries are those of one chunk
+    Runs ``ceil(B / chunk_rows)`` forwards, each cut to its chunk's own padding
+    (:func:`trim_padding`); the vocabulary-sized temporaries are those of one chunk
     (``[chunk_rows, L, V]``).
 
     Args:
@@ -79,17 +103,20 @@ def old_policy_pass(model: torch.nn.Module, input_ids: torch.Tensor, attention_m
 
     Returns:
         ``(old_log_probs [B, L] float32, entropy [B, L] float32)``; values at padded positions are
-        computed but meaningless (mask them with ``response_mask``).
+        meaningless (0 past a chunk's longest response; mask them with ``response_mask``).
     """
     was_training = model.training
     model.eval()
     L = responses.shape[1]
     lps, ents = [], []
+    P = input_ids.shape[1] - L
     for s in range(0, input_ids.shape[0], chunk_rows):
-        logits = response_logits(model, input_ids[s:s + chunk_rows], attention_mask[s:s + chunk_rows], L, temperature)
-        lp, ent = token_logprob_entropy(logits, responses[s:s + chunk_rows])
-        lps.append(lp)
-        ents.append(ent)
+        am = attention_mask[s:s + chunk_rows]
+        c0, c1 = trim_padding(am, P)  # the chunk's own padding only
+        logits = response_logits(model, input_ids[s:s + chunk_rows, c0:c1], am[:, c0:c1], c1 - P, temperature)
+        lp, ent = token_logprob_entropy(logits, responses[s:s + chunk_rows, :c1 - P])
+        lps.append(F.pad(lp, (0, P + L - c1)))
+        ents.append(F.pad(ent, (0, P + L - c1)))
         del logits
     model.train(was_training)
     return torch.cat(lps), torch.cat(ents)
@@ -97,7 +124,7 @@ def old_policy_pass(model: torch.nn.Module, input_ids: torch.Tensor, attention_m
 
 def policy_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                     responses: torch.Tensor, temperature: float, with_entropy: bool = False):
-    """Training forward of one micro-batch (with gradient).
+    """Training forward of one micro-batch (with gradient), over exactly the columns it is given.
 
     Returns:
         ``(log_prob [b, L] float32, entropy [b, L] float32 or None)``.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from echorl.local.policy import old_policy_pass, pack_for_verl, position_ids_from_mask
@@ -95,3 +96,67 @@ def test_verl_estimators_by_name_give_known_values():
     # leave-one-out: 1 - 2/3 = 1/3, 0 - 1 = -1
     torch.testing.assert_close(rloo[:4, 0], torch.tensor([1 / 3, -1.0, 1 / 3, 1 / 3]), atol=1e-6, rtol=0)
     assert torch.all(rloo[4:] == 0)
+
+
+def test_trim_padding_cuts_only_all_padding_columns():
+    from echorl.local.policy import trim_padding
+
+    am = torch.tensor([[0, 0, 1, 1, 1, 0, 0], [0, 1, 1, 1, 1, 1, 0]])  # P = 4
+    assert trim_padding(am, 4) == (1, 6)
+    # the last prompt column and the first response column are always kept
+    assert trim_padding(torch.tensor([[0, 0, 0, 1, 1, 0]]), 4) == (3, 5)
+    assert trim_padding(torch.tensor([[1, 1, 1, 1, 1, 1]]), 4) == (0, 6)
+
+
+def test_actor_update_on_trimmed_micro_batches_equals_the_full_width_update(tmp_path, monkeypatch):
+    """Each micro-batch runs on its own columns (trim_padding); the reference runs every micro-batch
+    at the whole batch's width, as before. Same data and weights: same update up to float order."""
+    import echorl.local.update as upd
+    from conftest import base_overrides, make_model
+    from echorl.core.config import EchoConfig
+    from echorl.local import load_config
+    from echorl.local.config import build_actor_config
+    from echorl.local.policy import trim_padding
+    from echorl.verl.loss import EchoLoss
+
+    model, tok = make_model(seed=2)
+    torch.manual_seed(4)
+    # short and long prompts in different micro-batches; EOS = a frequent id, so lengths differ
+    rb = generate_rollouts(model, tok, [[5, 6], [7, 8, 9, 10, 11, 12, 13], [14, 15, 16], [17, 18, 19, 20, 21, 22]],
+                           n=2, max_response_length=12, temperature=1.0, top_p=1.0, top_k=-1, eos_ids=[2, 7, 9],
+                           pad_id=2)
+    B, L = rb.responses.shape
+    P = rb.prompts.shape[1]
+    widths = [trim_padding(rb.attention_mask[r:r + 2], P) for r in range(0, B, 2)]
+    assert any(c1 - c0 < P + L for c0, c1 in widths)  # the trimmed path really differs
+    cfg = load_config(base_overrides(tmp_path, **{"actor_rollout_ref.actor.ppo_mini_batch_size": 2,
+                                                 "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu": 2,
+                                                 "actor_rollout_ref.actor.entropy_coeff": 0.01,
+                                                 "actor_rollout_ref.actor.optim.clip_grad": 1e9}))
+    actor_cfg = build_actor_config(cfg)
+    old_lp, _ = old_policy_pass(model, rb.input_ids, rb.attention_mask, rb.responses, 1.0, 16)
+    g = torch.Generator().manual_seed(5)
+    batch = {"prompts": rb.prompts, "responses": rb.responses, "input_ids": rb.input_ids,
+             "attention_mask": rb.attention_mask, "response_mask": rb.response_mask,
+             "old_log_probs": old_lp + 0.1 * torch.randn(B, L, generator=g),
+             "advantages": torch.randn(B, 1, generator=g).expand(B, L) * rb.response_mask,
+             "echo_mask": rb.response_mask.bool() & (torch.arange(L) < 3), "echo_denom": torch.full((B,), 5.0)}
+    loss_fn = EchoLoss(actor_cfg, EchoConfig(coef=0.5))
+
+    def run():
+        m, _ = make_model(seed=2)
+        opt = torch.optim.SGD(m.parameters(), lr=1.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+        metrics = upd.actor_update(m, opt, sched, loss_fn, batch, actor_cfg, n=2, temperature=1.0)
+        return m.state_dict(), metrics
+
+    w_trim, m_trim = run()
+    monkeypatch.setattr(upd, "trim_padding", lambda am, p: (0, am.shape[1]))  # the full-width reference
+    w_full, m_full = run()
+    w0 = make_model(seed=2)[0].state_dict()
+    assert any(not torch.equal(w_full[k], w0[k]) for k in w0)
+    for k in w0:
+        torch.testing.assert_close(w_trim[k], w_full[k], rtol=1e-5, atol=1e-6)
+    assert m_trim.keys() == m_full.keys()
+    for k in m_full:
+        assert m_trim[k] == pytest.approx(m_full[k], rel=1e-4, abs=1e-6), k
