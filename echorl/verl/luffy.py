@@ -60,10 +60,15 @@ class LuffyAgentLoop(SingleTurnAgentLoop):
         prompt_ids = await self.ct_build_initial_tokens(list(kwargs["raw_prompt"]))
         ids = expert_trace_ids(text, self.tokenizer, max_target_length=self.method_cfg.luffy.max_target_length,
                                eos_id=self.tokenizer.eos_token_id, response_length=self.response_length)
+        # no policy version produced the trace: tag it with the prompt's step (staleness 0), as
+        # verl's server manager tags generated rows with their weight versions
+        step = kwargs.get("global_steps")
+        extra = {"turn_scores": [], "tool_rewards": [], "global_steps": step, "min_global_steps": step,
+                 "max_global_steps": step}
         return AgentLoopOutput(
             prompt_ids=prompt_ids, response_ids=ids, response_mask=[1] * len(ids),
             response_logprobs=[0.0] * len(ids) if sampling_params.get("logprobs") else None,
-            num_turns=2, metrics=AgentLoopMetrics(), extra_fields={"turn_scores": [], "tool_rewards": []},
+            num_turns=2, metrics=AgentLoopMetrics(), extra_fields=extra,
         )
 
 

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = ROOT / "recipes"
 CONFIG = ROOT / "echorl" / "config"
-METHODS = ["cispo", "dapo", "drgrpo", "grpo", "gspo", "reinforce_pp", "rloo"]
+METHODS = ["cispo", "dapo", "drgrpo", "grpo", "gspo", "luffy", "reinforce_pp", "rloo", "uft"]
 SEARCHPATH = f"hydra.searchpath=[pkg://verl.trainer.config,file://{RECIPES}]"
 
 # What each recipe must set: dotted key -> value, checked on the composed config and, for actor
@@ -51,6 +51,16 @@ EXPECTED = {
              "actor_rollout_ref.actor.clip_ratio_low": 3e-4, "actor_rollout_ref.actor.clip_ratio_high": 4e-4},
     "rloo": {**CLIP, **VANILLA, "algorithm.adv_estimator": "rloo"},
     "reinforce_pp": {**CLIP, **VANILLA, "algorithm.adv_estimator": "reinforce_plus_plus_baseline"},
+    "luffy": {**CLIP, "algorithm.adv_estimator": "grpo", "algorithm.norm_adv_by_std_in_grpo": False,
+              "actor_rollout_ref.actor.policy_loss.loss_mode": "vanilla",
+              "actor_rollout_ref.actor.loss_agg_mode": "seq-mean-token-sum-norm",
+              "actor_rollout_ref.actor.loss_scale_factor": 8192, "actor_rollout_ref.actor.entropy_coeff": 0.001,
+              "actor_rollout_ref.rollout.agent.default_agent_loop": "luffy_agent", "method.name": "luffy",
+              "method.luffy.num_off_policy": 1, "method.luffy.gamma": 0.1, "method.luffy.max_target_length": 8192},
+    "uft": {**CLIP, **VANILLA, "algorithm.adv_estimator": "grpo", "algorithm.norm_adv_by_std_in_grpo": True,
+            "actor_rollout_ref.rollout.agent.default_agent_loop": "uft_agent", "method.name": "uft",
+            "method.uft.hint_steps": 300, "method.uft.lower_prob": 0.05, "method.uft.upper_prob": 0.95,
+            "method.uft.max_segments": 5, "method.uft.coef": 0.001},
     "cispo": {"algorithm.adv_estimator": "grpo", "actor_rollout_ref.actor.policy_loss.loss_mode": "cispo",
               "actor_rollout_ref.actor.loss_agg_mode": "token-mean",
               "actor_rollout_ref.actor.clip_ratio_low": 1.0, "actor_rollout_ref.actor.clip_ratio_high": 0.2},
