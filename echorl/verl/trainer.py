@@ -37,6 +37,7 @@ from echorl.verl.fields import READ_FIELDS, echo_stage_fields
 from echorl.verl.loss import EchoLoss
 from echorl.verl.trace import FIELDS as TRACE_FIELDS
 from echorl.verl.trace import trace_dir_of, write_trace
+from echorl.verl.methods import VerlMethod, configure as configure_method
 from echorl.verl.validate import check_boundary_ids, validate_config
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class EchoPPOTrainerSync(PPOTrainerSync):
 
     def __init__(self, config):
         self.echo_cfg: EchoConfig = validate_config(config)  # refuses what EchoRL cannot run with
+        self.method = VerlMethod(configure_method(config))  # LUFFY / UFT agent loops (echorl.verl.methods)
         self.echo_dump = dump_config_of(config)  # echorl_dump: periodic echo_clips.json (echorl.verl.dump)
         super().__init__(config)
         self._echo_boundary_resolved = self.echo_cfg.boundary != "auto"
@@ -79,16 +81,20 @@ class EchoPPOTrainerSync(PPOTrainerSync):
         check_boundary_ids(self.echo_cfg, self.tokenizer)
         self._resolve_echo_boundary()
         self.echo_loss = None
-        if self.echo_cfg.active and self.echo_cfg.mode == "loss":
+        if self.method.active:  # LUFFY / UFT: their loss (+ the EchoRL term), echorl.methods.luffy.MethodLoss
+            self.echo_loss = self.install_echo_loss(method=True)
+        elif self.echo_cfg.active and self.echo_cfg.mode == "loss":
             self.echo_loss = self.install_echo_loss()
 
-    def install_echo_loss(self) -> EchoLoss:
-        """Build :class:`EchoLoss` from the actor config (as the worker builds it) and send it to
-        every actor worker (``set_loss_fn`` is dispatched ONE_TO_ALL)."""
+    def install_echo_loss(self, method: bool = False) -> EchoLoss:
+        """Build :class:`EchoLoss` (or, for LUFFY / UFT, ``MethodLoss``) from the actor config (as the
+        worker builds it) and send it to every actor worker (``set_loss_fn`` is dispatched ONE_TO_ALL)."""
         from verl.utils.config import omega_conf_to_dataclass
 
+        from echorl.methods.luffy import MethodLoss
+
         actor_config = omega_conf_to_dataclass(self.config.actor_rollout_ref.actor)
-        loss = EchoLoss(actor_config, self.echo_cfg)
+        loss = MethodLoss(actor_config, self.echo_cfg, self.method.cfg) if method else EchoLoss(actor_config, self.echo_cfg)
         self.actor_rollout_wg.set_loss_fn(loss)
         logger.warning("EchoRL: installed %r on the actor workers", loss)
         return loss
@@ -107,9 +113,11 @@ class EchoPPOTrainerSync(PPOTrainerSync):
         is_padding = [bool(tag.get("is_padding", False)) for tag in batch.tags]
         actor = self.config.actor_rollout_ref.actor
         n_mini = num_minibatches(len(batch), actor.ppo_mini_batch_size, self.config.actor_rollout_ref.rollout.n)
+        method_fields, ignored = self.method.stage(batch.keys, data, is_padding, n_mini)  # LUFFY off-policy rows
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", EchoBoundaryWarning)
-            fields, out = echo_stage_fields(data, is_padding, self.echo_cfg, num_minibatches=n_mini, step=self.global_steps)
+            fields, out = echo_stage_fields(data, ignored, self.echo_cfg, num_minibatches=n_mini, step=self.global_steps)
+        fields.update(method_fields)
         for w in caught:  # surface the core's warning in the driver log, not only on stderr
             if issubclass(w.category, EchoBoundaryWarning):
                 logger.warning("EchoRL: %s (echorl.boundary_token_ids=%s)", w.message, list(self.echo_cfg.boundary_token_ids))
@@ -120,6 +128,7 @@ class EchoPPOTrainerSync(PPOTrainerSync):
         if timing is not None:  # verl turns timing_raw[name] into timing_s/<name>
             timing["echo"] = timing.get("echo", 0.0) + time.perf_counter() - echo_t0
         metrics.update(out.metrics)
+        metrics.update(self.method.metrics)
         metrics["echo/num_minibatches"] = float(n_mini)
         if self.echo_dump.due(self.global_steps):  # EchoClip records for `echorl analyze clips`
             prompts = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["prompts"])["prompts"]
@@ -127,6 +136,10 @@ class EchoPPOTrainerSync(PPOTrainerSync):
                                    self.global_steps)
             logger.warning("EchoRL: step %d EchoClip dump written to %s", self.global_steps, path)
         return batch
+
+    def _submit_batch_to_rollout(self, batch) -> int:
+        """verl's dispatch of training prompts, after LUFFY / UFT mark them (train flag, hints)."""
+        return super()._submit_batch_to_rollout(self.method.prepare_prompts(batch, self.global_steps - 1))
 
     def _update_actor(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         batch = super()._update_actor(batch, metrics)
