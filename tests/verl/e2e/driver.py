@@ -90,6 +90,26 @@ def launch(entry: str, config) -> None:
     run_ppo(config, task_runner_class=runner)
 
 
+def release_placement_groups(timeout_s: float = 120.0) -> None:
+    """Remove the placement groups a finished run left (verl names its pool's group the same in every
+    run; removing a group also ends the actors placed in it)."""
+    from ray.util import placement_group_table
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    live = [pid for pid, info in placement_group_table().items() if info["state"] != "REMOVED"]
+    for pid in live:
+        remove_placement_group(PlacementGroup(ray_pg_id(pid)))
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and any(placement_group_table()[p]["state"] != "REMOVED" for p in live):
+        time.sleep(0.5)
+
+
+def ray_pg_id(hex_id: str):
+    from ray._raylet import PlacementGroupID
+
+    return PlacementGroupID(bytes.fromhex(hex_id))
+
+
 def main(spec_path: str) -> int:
     import ray
 
@@ -108,6 +128,8 @@ def main(spec_path: str) -> int:
         except Exception as e:  # recorded for the tests; the traceback goes to the log
             traceback.print_exc()
             results[run["name"]] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+        if ray.is_initialized():
+            release_placement_groups()
         results[run["name"]]["wall_s"] = time.perf_counter() - t0
         (out / "results.json").write_text(json.dumps(results, indent=1))
     ray.shutdown()
