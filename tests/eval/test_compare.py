@@ -86,3 +86,15 @@ def test_mismatched_problems_are_refused():
         compare_samples(a, b)
     with pytest.raises(ValueError, match="different benchmarks"):
         compare_samples(a, _records("z", "id", [[0], [1]]))
+
+
+def test_compare_cli_prints_and_writes_json(tmp_path, capsys):
+    from echorl.cli import main as cli_main
+
+    a, b = _write(tmp_path / "a.jsonl", A), _write(tmp_path / "b.jsonl", B)
+    assert cli_main(["eval", "compare", str(a), str(b), "--resamples", "200", "--out", str(tmp_path / "d.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "macro/all" in printed and "+0.3750" in printed
+    res = json.loads((tmp_path / "d.json").read_text())
+    assert res["benchmarks"]["x"]["diff"] == pytest.approx(0.375)
+    assert cli_main(["eval", "compare", str(a), str(tmp_path / "missing.jsonl")]) == 2
