@@ -48,11 +48,22 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path | None:
     return None
 
 
-def load_policy(name: str, dtype: str = "float32", device: str = "cpu") -> LoadedPolicy:
-    """Load ``name`` (see the module docstring) onto ``device``; raises ``ValueError`` naming it."""
+def load_policy(name: str, dtype: str = "float32", device: str = "cpu", with_model: bool = True) -> LoadedPolicy:
+    """Load ``name`` (see the module docstring) onto ``device``; raises ``ValueError`` naming it.
+
+    ``with_model=False`` (the vLLM backend, which loads the weights itself) loads only the tokenizer
+    of a Hugging Face folder; ``model`` is then None.
+    """
     from echorl.local.trainer import load_model
 
     ckpt = resolve_checkpoint(name) if os.path.isdir(name) else None
+    if not with_model:
+        if ckpt is not None or not os.path.isfile(os.path.join(name, "config.json")):
+            raise ValueError(f"{name!r} is not a Hugging Face folder, which vLLM needs; convert an engine checkpoint "
+                             "with `echorl export CKPT OUT_DIR` (verl checkpoints: docs/evaluation.md)")
+        from transformers import AutoTokenizer
+
+        return LoadedPolicy(None, AutoTokenizer.from_pretrained(name), name, f"model {name}")
     if ckpt is not None:
         from echorl.local.checkpoint import load_checkpoint
 

@@ -98,7 +98,7 @@ def eval_main(argv: Sequence[str]) -> int:
         benchmarks = [(s, load_rows(s)) for s in specs]  # bad files fail before the model loads
         sampling = SamplingSettings(n=args.n, temperature=args.temperature, top_p=args.top_p,
                                     max_new_tokens=args.max_new_tokens, seed=args.seed)
-        pol = load_policy(args.model, args.dtype, "cpu" if args.backend == "vllm" else args.device)
+        pol = load_policy(args.model, args.dtype, args.device, with_model=args.backend == "transformers")
         backend = make_backend(args.backend, pol.model, pol.tokenizer, pol.hf_dir, args.batch_size)
     except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"echorl eval: {e}", file=sys.stderr)

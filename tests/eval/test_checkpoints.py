@@ -63,3 +63,13 @@ def test_bad_paths_are_refused(tmp_path):
         load_policy(str(tmp_path))
     with pytest.raises(ValueError, match="model merger"):
         export_checkpoint(tmp_path, tmp_path / "out")
+
+
+def test_tokenizer_only_for_vllm_needs_a_hugging_face_folder(engine_run, tmp_path):
+    run, _, tok = engine_run
+    with pytest.raises(ValueError, match="echorl export"):
+        load_policy(str(run), with_model=False)
+    export_checkpoint(run, tmp_path / "hf")
+    pol = load_policy(str(tmp_path / "hf"), with_model=False)
+    assert pol.model is None and pol.hf_dir == str(tmp_path / "hf")
+    assert pol.tokenizer("1+2=3\n")["input_ids"] == tok("1+2=3\n")["input_ids"]
