@@ -25,12 +25,12 @@ from typing import Sequence
 __all__ = ["main"]
 
 
-def _train(overrides: Sequence[str]) -> int:
+def _train(overrides: Sequence[str], config_name: str = "local") -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from echorl.local import load_config, train
 
-    cfg = load_config(overrides)
+    cfg = load_config(overrides, config_name=config_name)
     summary = train(cfg)
     print(f"done: {summary['steps']} steps, run folder {summary['output_dir']}")
     for key in ("metrics", "figure", "clips_html"):
@@ -81,14 +81,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_train = sub.add_parser("train", help="train with the embedded engine (hydra overrides follow)")
-    p_train.add_argument("overrides", nargs="*", help="key=value overrides of echorl/config/local.yaml")
+    p_train.add_argument("--config-name", default="local",
+                         help="config of echorl/config/: local (default) or testbed (the chain testbed, docs/engine.md)")
+    p_train.add_argument("overrides", nargs="*", help="key=value overrides of echorl/config/<config-name>.yaml")
     p_an = sub.add_parser("analyze", help="figure + EchoClip HTML page of a run folder")
     p_an.add_argument("run_dir")
     sub.add_parser("eval", help="evaluate a model or checkpoint on benchmarks; `eval compare A B` (echorl eval -h)")
     sub.add_parser("export", help="engine checkpoint -> Hugging Face folder (echorl export -h)")
     args = parser.parse_args(argv)
     if args.cmd == "train":
-        return _train(args.overrides)
+        return _train(args.overrides, args.config_name)
     return _analyze(args.run_dir)
 
 
