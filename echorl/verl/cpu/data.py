@@ -3,7 +3,8 @@
 :func:`write_arithmetic_parquets` draws problems from :mod:`echorl.tasks.arithmetic` and writes
 them in verl's RL parquet layout with the repository's converter
 (:func:`echorl.data.prepare.convert_rows`, format ``math``; the user message is the bare problem,
-as the shipped tiny model was warm-started on). :func:`compute_score` is the function verl's
+as the shipped tiny model was warm-started on) plus a ``target`` column holding the reference
+solution (the expert trace LUFFY and UFT train on; other methods ignore it). :func:`compute_score` is the function verl's
 reward loop calls (``reward.custom_reward_function.path=<this file>``,
 ``reward.custom_reward_function.name=compute_score``); it scores with the task's exact verifier.
 """
@@ -26,9 +27,13 @@ def write_arithmetic_parquets(out_dir: str | Path, n_train: int = 16, n_val: int
     out = Path(out_dir)
     paths = {}
     for split, n, s in (("train", n_train, seed), ("val", n_val, seed + 1)):
-        rows = [{"problem": r["prompt"], "answer": r["answer"]}
-                for r in arithmetic.generate(n, seed=s, levels=tuple(levels))]
+        problems = arithmetic.generate(n, seed=s, levels=tuple(levels))
+        rows = [{"problem": r["prompt"], "answer": r["answer"]} for r in problems]
         verl_rows = convert_rows(rows, "math", split=split, data_source=arithmetic.DATA_SOURCE, template="{question}")
+        if len(verl_rows) != len(problems):
+            raise ValueError(f"arithmetic {split} rows were dropped by the converter ({len(verl_rows)} of {len(problems)})")
+        for row, problem in zip(verl_rows, problems):
+            row["target"] = problem["solution"]
         paths[split] = str(out / f"{split}.parquet")
         write_parquet(verl_rows, paths[split])
     return paths

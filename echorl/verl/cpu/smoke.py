@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from echorl.verl.cpu.data import write_arithmetic_parquets
 
     out = Path(args.out or tempfile.mkdtemp(prefix="echorl-verl-smoke-")).resolve()
-    data = write_arithmetic_parquets(out / "data", n_train=4 * args.steps, n_val=4)
+    data = write_arithmetic_parquets(out / "data", n_train=4 * args.steps, n_val=4, levels=(1, 2))
     log = out / "metrics.jsonl"
     cmd = [sys.executable, "-m", "echorl.main", *cpu_overrides(data, out, steps=args.steps), *SMOKE_METHOD,
            f"++ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH={log}", *args.overrides]
