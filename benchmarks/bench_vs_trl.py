@@ -16,7 +16,9 @@ mini-batch) and the same torch thread count. TRL's settings that make this so:
 Rounds alternate (TRL ``--steps`` steps, then the engine ``--steps`` steps, repeated ``--rounds``
 times; TRL's loop runs the engine's chunk from a callback), so machine-load drift hits both arms.
 A "step" is one generation plus its optimizer steps. The engine's phases come from its
-``timing/*`` metrics. EchoRL runs with ``enable=false`` (plain GRPO, as TRL): its stage still
+``timing/*`` metrics. Besides wall time, the process CPU time per step is recorded (less sensitive
+to other jobs on a shared machine; it omits the engine's verifier worker processes, while TRL's
+reward function runs in-process and is counted). EchoRL runs with ``enable=false`` (plain GRPO, as TRL): its stage still
 selects clips for the ``echo/*`` metrics, which is counted in the engine's time.
 
     python benchmarks/bench_vs_trl.py [--threads 2] [--steps 10] [--rounds 3] [--task arithmetic] [--model tiny]
@@ -140,34 +142,36 @@ def main() -> int:
         max_grad_norm=1.0, max_steps=total * args.minibatches, eval_strategy="no", save_strategy="no",
         logging_strategy="no", report_to="none", disable_tqdm=True, log_completions=False, bf16=False, fp16=False,
         dataloader_num_workers=0, remove_unused_columns=False)
-    rec: dict[str, list] = {"engine": [], "trl": [], "engine_metrics": []}
+    rec: dict[str, list] = {"engine": [], "trl": [], "engine_cpu": [], "trl_cpu": [], "engine_metrics": []}
 
     class Alternate(TrainerCallback):
         """Every ``minibatches`` TRL optimizer steps is one TRL step; after each chunk, run the engine's."""
 
         def __init__(self):
-            self.t = None
+            self.t = self.c = None
             self.done = 0
 
         def on_train_begin(self, *a, **k):
-            self.t = time.perf_counter()
+            self.t, self.c = time.perf_counter(), time.process_time()
 
         def on_step_end(self, _args, state, control, **k):
             if state.global_step % args.minibatches:
                 return
-            now = time.perf_counter()
+            now, cpu = time.perf_counter(), time.process_time()
             if self.done >= args.warmup:
                 rec["trl"].append(now - self.t)
+                rec["trl_cpu"].append(cpu - self.c)
             self.done += 1
             if self.done == args.warmup or (self.done > args.warmup and (self.done - args.warmup) % args.steps == 0):
                 chunk = args.warmup if self.done == args.warmup else args.steps
                 for _ in range(chunk):
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     m = eng.step()
                     if self.done > args.warmup:
                         rec["engine"].append(time.perf_counter() - t0)
+                        rec["engine_cpu"].append(time.process_time() - c0)
                         rec["engine_metrics"].append(m)
-            self.t = time.perf_counter()
+            self.t, self.c = time.perf_counter(), time.process_time()
 
     trl = GRPOTrainer(model=model, reward_funcs=trl_reward(eng.prompts.rows, compute_score), args=gcfg,
                       train_dataset=dataset, processing_class=tok, callbacks=[Alternate()])
@@ -179,14 +183,15 @@ def main() -> int:
     em = rec["engine_metrics"]
     phases = {name: statistics.median(sum(m[k] for k in keys) for m in em) for name, keys in PHASES}
     res = {
-        "engine": {"step_s": statistics.median(rec["engine"]), "min_s": min(rec["engine"]), "max_s": max(rec["engine"]),
+        "engine": {"step_s": statistics.median(rec["engine"]), "cpu_s": statistics.median(rec["engine_cpu"]), "min_s": min(rec["engine"]), "max_s": max(rec["engine"]),
                    "per_round_s": [statistics.median(rec["engine"][i * args.steps:(i + 1) * args.steps]) for i in range(args.rounds)],
                    "phases_s": phases, "response_length_mean": statistics.mean(m["response_length/mean"] for m in em),
                    "reward_mean": statistics.mean(m["reward/mean"] for m in em)},
-        "trl": {"step_s": statistics.median(rec["trl"]), "min_s": min(rec["trl"]), "max_s": max(rec["trl"]),
+        "trl": {"step_s": statistics.median(rec["trl"]), "cpu_s": statistics.median(rec["trl_cpu"]), "min_s": min(rec["trl"]), "max_s": max(rec["trl"]),
                 "per_round_s": [statistics.median(rec["trl"][i * args.steps:(i + 1) * args.steps]) for i in range(args.rounds)]},
     }
     ratio = res["trl"]["step_s"] / res["engine"]["step_s"]
+    cpu_ratio = res["trl"]["cpu_s"] / res["engine"]["cpu_s"]
     per_round = [t / e for t, e in zip(res["trl"]["per_round_s"], res["engine"]["per_round_s"])]
     try:
         load = os.getloadavg()
@@ -198,18 +203,19 @@ def main() -> int:
     summary = {"config": vars(args), "date": time.strftime("%Y-%m-%d %H:%M"), "load_avg": load,
                "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0],
                            "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl_mod.__version__},
-               "arms": res, "trl_over_engine": ratio, "trl_over_engine_per_round": per_round,
-               "raw_s": {"engine": rec["engine"], "trl": rec["trl"]}}
+               "arms": res, "trl_over_engine": ratio, "trl_over_engine_cpu": cpu_ratio, "trl_over_engine_per_round": per_round,
+               "raw_s": {k: rec[k] for k in ("engine", "trl", "engine_cpu", "trl_cpu")}}
     print(f"\nbench_vs_trl: {args.model} on {args.task}, {args.prompts} prompts x {args.n} rollouts, <= "
           f"{args.max_response_length} tokens, {args.minibatches} optimizer steps/step, {args.threads} threads, "
           f"{args.rounds} rounds x {args.steps} steps per arm (median; load avg {load})")
-    print(f"{'arm':8s} {'s/step':>8s} {'min':>7s} {'max':>7s}   per round")
+    print(f"{'arm':8s} {'s/step':>8s} {'min':>7s} {'max':>7s} {'cpu s':>7s}   per round")
     for name in ("engine", "trl"):
         r = res[name]
-        print(f"{name:8s} {r['step_s']:8.3f} {r['min_s']:7.3f} {r['max_s']:7.3f}   "
+        print(f"{name:8s} {r['step_s']:8.3f} {r['min_s']:7.3f} {r['max_s']:7.3f} {r['cpu_s']:7.3f}   "
               + " ".join(f"{x:.3f}" for x in r["per_round_s"]))
     print("engine phases (median s): " + ", ".join(f"{k} {v:.3f}" for k, v in phases.items()))
-    print(f"TRL / engine: {ratio:.2f}x  (per round: {', '.join(f'{x:.2f}x' for x in per_round)})")
+    print(f"TRL / engine: {ratio:.2f}x wall (per round: {', '.join(f'{x:.2f}x' for x in per_round)}), "
+          f"{cpu_ratio:.2f}x process CPU time")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2))

@@ -18,7 +18,11 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["position_ids_from_mask", "response_logits", "token_logprob_entropy", "old_policy_pass",
-           "policy_logprobs", "pack_for_verl", "trim_padding"]
+           "policy_logprobs", "pack_for_verl", "trim_padding", "bucketed_logprobs", "BUCKET_ROWS"]
+
+# Rows per length bucket of a forward (bucketed_logprobs): small enough that short rows skip the
+# long rows' padding, large enough to keep the matrix products efficient.
+BUCKET_ROWS = 16
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -92,9 +96,8 @@ def old_policy_pass(model: torch.nn.Module, input_ids: torch.Tensor, attention_m
                     responses: torch.Tensor, temperature: float, chunk_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The old-policy pass: log-probs and token entropy of every response token, no gradient.
 
-    Runs ``ceil(B / chunk_rows)`` forwards, each cut to its chunk's own padding
-    (:func:`trim_padding`); the vocabulary-sized temporaries are those of one chunk
-    (``[chunk_rows, L, V]``).
+    Runs ``ceil(B / chunk_rows)`` chunks, each in length buckets (:func:`bucketed_logprobs`); the
+    vocabulary-sized temporaries are those of one bucket (at most ``[chunk_rows, L, V]``).
 
     Args:
         input_ids: ``[B, P+L] long``; attention_mask: ``[B, P+L]``; responses: ``[B, L] long``.
@@ -103,23 +106,54 @@ def old_policy_pass(model: torch.nn.Module, input_ids: torch.Tensor, attention_m
 
     Returns:
         ``(old_log_probs [B, L] float32, entropy [B, L] float32)``; values at padded positions are
-        meaningless (0 past a chunk's longest response; mask them with ``response_mask``).
+        meaningless (mask them with ``response_mask``).
     """
     was_training = model.training
     model.eval()
-    L = responses.shape[1]
     lps, ents = [], []
-    P = input_ids.shape[1] - L
     for s in range(0, input_ids.shape[0], chunk_rows):
-        am = attention_mask[s:s + chunk_rows]
-        c0, c1 = trim_padding(am, P)  # the chunk's own padding only
-        logits = response_logits(model, input_ids[s:s + chunk_rows, c0:c1], am[:, c0:c1], c1 - P, temperature)
-        lp, ent = token_logprob_entropy(logits, responses[s:s + chunk_rows, :c1 - P])
-        lps.append(F.pad(lp, (0, P + L - c1)))
-        ents.append(F.pad(ent, (0, P + L - c1)))
-        del logits
+        lp, ent = bucketed_logprobs(model, input_ids[s:s + chunk_rows], attention_mask[s:s + chunk_rows],
+                                    responses[s:s + chunk_rows], temperature, with_entropy=True)
+        lps.append(lp)
+        ents.append(ent)
     model.train(was_training)
     return torch.cat(lps), torch.cat(ents)
+
+
+def bucketed_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      responses: torch.Tensor, temperature: float, *, with_entropy: bool,
+                      bucket_rows: int | None = None):
+    """Log-probs (and entropy) of a (micro-)batch, computed in length buckets.
+
+    Rows are ordered by response length and cut into ``ceil(b / bucket_rows)`` buckets; each runs
+    one forward on its own columns (:func:`trim_padding`), so short rows do not pay for the longest
+    row of the batch. Results are put back in the input order: the same values as one forward over
+    the whole ``[b, P+L]`` batch, up to float summation order. Gradient flows through.
+
+    Args:
+        input_ids: ``[b, P+L] long``; attention_mask: ``[b, P+L]``; responses: ``[b, L] long``.
+        bucket_rows: rows per bucket (default :data:`BUCKET_ROWS`).
+
+    Returns:
+        ``(log_prob [b, L] float32, entropy [b, L] float32 or None)``; 0 past a bucket's longest response.
+    """
+    bucket_rows = BUCKET_ROWS if bucket_rows is None else bucket_rows
+    b, L = responses.shape
+    P = input_ids.shape[1] - L
+    order = torch.argsort(attention_mask[:, P:].sum(-1), stable=True)  # [b] shortest responses first
+    k = -(-b // max(1, bucket_rows))
+    lps, ents = [], []
+    for rows in order.tensor_split(k):
+        am = attention_mask[rows]
+        c0, c1 = trim_padding(am, P)
+        lp, ent = policy_logprobs(model, input_ids[rows, c0:c1], am[:, c0:c1], responses[rows, :c1 - P], temperature,
+                                  with_entropy=with_entropy)
+        lps.append(F.pad(lp, (0, P + L - c1)))
+        if ent is not None:
+            ents.append(F.pad(ent, (0, P + L - c1)))
+    back = torch.argsort(order)  # [b] inverse permutation
+    lp = torch.cat(lps)[back]
+    return lp, (torch.cat(ents)[back] if ents else None)
 
 
 def policy_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -26,7 +26,7 @@ import torch
 from tensordict import TensorDict
 
 from echorl.filtering import split_minibatches
-from echorl.local.policy import pack_for_verl, policy_logprobs, trim_padding
+from echorl.local.policy import bucketed_logprobs, pack_for_verl
 
 __all__ = ["token_level_rewards", "compute_advantages", "actor_update", "build_micro_batch"]
 
@@ -128,14 +128,12 @@ def actor_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sched
                 data = build_micro_batch(rows, batch, batch_num_tokens=n_tokens, global_batch_size=n_rl,
                                          temperature=temperature)
                 am = batch["attention_mask"][rows]
-                c0, c1 = trim_padding(am, P)  # the micro-batch's own padding only: same packed values
-                am = am[:, c0:c1]
-                log_prob, entropy = policy_logprobs(model, batch["input_ids"][rows, c0:c1], am,
-                                                    batch["responses"][rows, :c1 - P], temperature,
-                                                    with_entropy=want_entropy)
-                output = {"log_probs": pack_for_verl(log_prob, am, P - c0)}
+                # length buckets on their own columns: the same packed values as one full-width forward
+                log_prob, entropy = bucketed_logprobs(model, batch["input_ids"][rows], am, batch["responses"][rows],
+                                                      temperature, with_entropy=want_entropy)
+                output = {"log_probs": pack_for_verl(log_prob, am, P)}
                 if entropy is not None:
-                    output["entropy"] = pack_for_verl(entropy, am, P - c0)
+                    output["entropy"] = pack_for_verl(entropy, am, P)
                 loss, metrics = loss_fn(output, data)
                 loss.backward()
                 for k, v in metrics.items():

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
 
-from echorl.local.policy import old_policy_pass, pack_for_verl, position_ids_from_mask
+from echorl.local.policy import old_policy_pass, pack_for_verl, policy_logprobs, position_ids_from_mask
 from echorl.local.rollout import generate_rollouts, response_mask_from_eos
 from echorl.local.update import compute_advantages, token_level_rewards
 
@@ -108,15 +110,21 @@ def test_trim_padding_cuts_only_all_padding_columns():
     assert trim_padding(torch.tensor([[1, 1, 1, 1, 1, 1]]), 4) == (0, 6)
 
 
-def test_actor_update_on_trimmed_micro_batches_equals_the_full_width_update(tmp_path, monkeypatch):
-    """Each micro-batch runs on its own columns (trim_padding); the reference runs every micro-batch
-    at the whole batch's width, as before. Same data and weights: same update up to float order."""
+def _full_width(model, input_ids, attention_mask, responses, temperature, *, with_entropy, bucket_rows=None):
+    """The reference of bucketed_logprobs: one forward over the whole [b, P+L] (micro-)batch."""
+    return policy_logprobs(model, input_ids, attention_mask, responses, temperature, with_entropy=with_entropy)
+
+
+def test_actor_update_in_length_buckets_equals_the_full_width_update(tmp_path, monkeypatch):
+    """Each micro-batch runs in length buckets on their own columns (bucketed_logprobs); the
+    reference runs every micro-batch at the whole batch's width in one forward. Same data and
+    weights: the same update and metrics up to float summation order."""
     import echorl.local.update as upd
     from conftest import base_overrides, make_model
     from echorl.core.config import EchoConfig
     from echorl.local import load_config
     from echorl.local.config import build_actor_config
-    from echorl.local.policy import trim_padding
+    from echorl.local.policy import bucketed_logprobs, trim_padding
     from echorl.verl.loss import EchoLoss
 
     model, tok = make_model(seed=2)
@@ -129,8 +137,16 @@ def test_actor_update_on_trimmed_micro_batches_equals_the_full_width_update(tmp_
     P = rb.prompts.shape[1]
     widths = [trim_padding(rb.attention_mask[r:r + 2], P) for r in range(0, B, 2)]
     assert any(c1 - c0 < P + L for c0, c1 in widths)  # the trimmed path really differs
+    # old-policy pass: buckets of 3 rows in chunks of 5 vs one full-width forward
+    lp_b, ent_b = bucketed_logprobs(model.eval(), rb.input_ids, rb.attention_mask, rb.responses, 0.8,
+                                    with_entropy=True, bucket_rows=3)
+    with torch.no_grad():
+        lp_f, ent_f = _full_width(model, rb.input_ids, rb.attention_mask, rb.responses, 0.8, with_entropy=True)
+    m = rb.response_mask.bool()
+    torch.testing.assert_close(lp_b[m], lp_f[m], rtol=0, atol=1e-5)
+    torch.testing.assert_close(ent_b[m], ent_f[m], rtol=0, atol=1e-5)
     cfg = load_config(base_overrides(tmp_path, **{"actor_rollout_ref.actor.ppo_mini_batch_size": 2,
-                                                 "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu": 2,
+                                                 "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu": 4,
                                                  "actor_rollout_ref.actor.entropy_coeff": 0.01,
                                                  "actor_rollout_ref.actor.optim.clip_grad": 1e9}))
     actor_cfg = build_actor_config(cfg)
@@ -147,11 +163,13 @@ def test_actor_update_on_trimmed_micro_batches_equals_the_full_width_update(tmp_
         m, _ = make_model(seed=2)
         opt = torch.optim.SGD(m.parameters(), lr=1.0)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-        metrics = upd.actor_update(m, opt, sched, loss_fn, batch, actor_cfg, n=2, temperature=1.0)
+        with monkeypatch.context() as mp:  # 2 buckets of 2 rows per micro-batch of 4
+            mp.setattr("echorl.local.policy.BUCKET_ROWS", 2)
+            metrics = upd.actor_update(m, opt, sched, loss_fn, batch, actor_cfg, n=2, temperature=1.0)
         return m.state_dict(), metrics
 
     w_trim, m_trim = run()
-    monkeypatch.setattr(upd, "trim_padding", lambda am, p: (0, am.shape[1]))  # the full-width reference
+    monkeypatch.setattr(upd, "bucketed_logprobs", functools.partial(_full_width))  # the full-width reference
     w_full, m_full = run()
     w0 = make_model(seed=2)[0].state_dict()
     assert any(not torch.equal(w_full[k], w0[k]) for k in w0)
