@@ -17,7 +17,7 @@ import torch
 from echorl.core.config import EchoConfig
 from echorl.core.registry import Registry
 from echorl.core.tensorops import count_true
-from echorl.core.steps import aggregate_bins, boundary_ids_tensor, is_boundary_token, segment_boundaries, step_bins_
+from echorl.core.steps import aggregate_bins, boundary_ids_tensor, is_boundary_token, step_bins_, step_ids
 
 # selector name -> fn(h [E, S] float, eligible [E, S] bool, u [E] float in [0, 1)) -> k [E] long (-1 = none)
 SELECTORS: Registry[Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = Registry("selector")
@@ -188,7 +188,6 @@ def select_echo_clips(
     _check_inputs(responses, response_mask, entropy, scores)
     B, L = responses.shape
     device = responses.device
-    _check_entropy_finite(entropy, response_mask)
     codes = _group_codes(group_ids, B, device)  # [B]
     valid = response_mask if response_mask.dtype == torch.bool else response_mask != 0  # [B, L] bool, once
     lengths = count_true(valid)  # [B]
@@ -214,26 +213,37 @@ def select_echo_clips(
         eligible = row_ok & (s >= thr)
     idx = eligible.nonzero().flatten()  # [E]
     E = idx.numel()
+    # With every row eligible, a sum or mean step aggregate covers every valid position and is
+    # non-finite exactly when one of them is: the check then costs nothing on a clean batch.
+    check_in_h = E == B and cfg.step_agg in ("mean", "sum")
+    if not check_in_h:
+        _check_entropy_finite(entropy, response_mask)
 
     # ---- steps and clips on eligible rows only (SPEC 2.1-2.2); nothing [B, L] but the output
     peak_step = torch.full((B,), -1, dtype=torch.long, device=device)
     num_steps = torch.zeros(B, dtype=torch.long, device=device)
     peak_h = torch.full((B,), float("nan"), dtype=torch.float64, device=device)
     clip_len = torch.zeros(B, dtype=torch.long, device=device)
-    mask = torch.zeros(B, L, dtype=torch.bool, device=device)
-    has_b = torch.zeros(0, dtype=torch.bool, device=device)
+    # every row eligible: the output is written whole below, no zero fill needed
+    mask = (torch.empty if 0 < E == B else torch.zeros)(B, L, dtype=torch.bool, device=device)
+    any_boundary = False
     if E:
         every = E == B  # every row eligible (e.g. scope=success on an easy batch): no row gathers
 
         def rows_of(t: torch.Tensor) -> torch.Tensor:
             return t if every else t.index_select(0, idx)
 
-        is_b = is_boundary_token(rows_of(responses), boundary_ids_tensor(cfg.boundary_token_ids, device))
-        step_id, n_e, has_b = segment_boundaries(is_b, rows_of(valid))  # [E, L] int32, [E], [E]
-        del is_b
+        v_e = rows_of(valid)  # [E, L] bool
+        is_b = rows_of(is_boundary_token(responses, boundary_ids_tensor(cfg.boundary_token_ids, device)))
+        step_id, n_e, is_b = step_ids(is_b, v_e)  # [E, L] int32, [E], [E, L]
         S = int(n_e.max())  # >= 1: eligible rows are non-empty
-        bins = step_bins_(step_id, S)  # [E, L] int32, step_id consumed
+        any_boundary = S > 1 or bool(is_b.any())  # several steps need a boundary
+        del is_b
+        bins = step_bins_(step_id, S, v_e)  # [E, L] int32, step_id consumed
+        del v_e
         h, count = aggregate_bins(bins, rows_of(entropy), S, cfg.step_agg)  # [E, S], [E, S]
+        if check_in_h and not bool(torch.isfinite(h).all()):  # NaN/inf at a valid position reaches h
+            _check_entropy_finite(entropy, response_mask)
         step_ok = count >= cfg.min_step_tokens  # [E, S]; nonexistent steps have count 0
         gen = generator if generator is not None else torch.Generator().manual_seed(cfg.seed)
         u = torch.rand(B, generator=gen, dtype=torch.float64)[idx.cpu()].to(device)  # [E]
@@ -256,7 +266,7 @@ def select_echo_clips(
         num_steps[idx] = n_e
         peak_h[idx] = torch.where(torch.isfinite(ph), ph.to(torch.float64), float("nan"))
 
-    if (E == 0 or not bool(has_b.any())) and bool(row_ok.any()):
+    if not any_boundary and bool(row_ok.any()):
         _warn_if_no_boundary(responses, response_mask, cfg.boundary_token_ids)
 
     metrics = _selection_metrics(

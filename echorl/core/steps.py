@@ -11,11 +11,17 @@ ends a step when
 So a run of boundary tokens is one delimiter and belongs to the step it closes, and a leading run
 belongs to the first step. Everything here is vectorised over rows and tokens.
 
-Derivation used by :func:`segment_steps`. Call a valid boundary token whose previous *valid* token
-is a non-boundary a *run start*. After the first non-boundary token every boundary run begins with
-a run start, and the leading run (if any) has none. With ``c_t`` the number of run starts at
-positions ``<= t``, the step index of a valid token is ``c_t`` for a non-boundary token and
-``max(c_t - 1, 0)`` for a boundary token (it closes the step before the run start count ticked).
+Derivation used by :func:`segment_steps`. Call a valid non-boundary token a *step start* when its
+previous *valid* token is a boundary and it is not the row's first non-boundary token. Such a
+boundary closes a step that holds a non-boundary token (the earlier one), and its next valid
+token is not a boundary: it ends a step, and every step end but the last is followed by a step
+start. So the step index of every valid token is the number of step starts at positions
+``<= t`` (one cumulative sum): a boundary run belongs to the step it closes, and a leading run,
+with no step start before it, to step 0. A masked position carries the count of its previous
+valid token, so a row's last count is its last step's index. Step starts are found from the
+boundary side: a boundary whose neighbour ``t + 1`` is valid marks ``t + 1`` when that is a
+non-boundary (one shifted test); the rare boundary followed by a masked position looks up its
+next valid token (:func:`next_valid`).
 """
 
 from __future__ import annotations
@@ -38,10 +44,11 @@ def boundary_ids_tensor(ids: Sequence[int] | torch.Tensor, device: torch.device)
 def is_boundary_token(tokens: torch.Tensor, boundary_ids: torch.Tensor) -> torch.Tensor:
     """``[E, L] bool``: which tokens are boundaries. For a few ids (the usual 1-4 newline ids) an
     OR of equality tests, ~7x faster than ``torch.isin`` on CPU; ``isin`` beyond that."""
-    if boundary_ids.numel() > 8:
+    ids = boundary_ids.tolist()
+    if len(ids) > 8 or not ids:
         return torch.isin(tokens, boundary_ids)
-    out = torch.zeros(tokens.shape, dtype=torch.bool, device=tokens.device)
-    for i in boundary_ids.tolist():  # loop over the few ids, not over tokens
+    out = tokens == ids[0]
+    for i in ids[1:]:  # loop over the few ids, not over tokens
         out.logical_or_(tokens == i)
     return out
 
@@ -75,48 +82,90 @@ def segment_boundaries(is_boundary: torch.Tensor, valid: torch.Tensor) -> tuple[
     Returns:
         step_id ``[E, L] int32`` (``-1`` masked), num_steps ``[E] long``, has_boundary ``[E] bool``.
     """
-    E, L = valid.shape
-    is_b = is_boundary & valid  # [E, L]
-    nonb = valid & ~is_b  # [E, L]
-    run_start = torch.zeros_like(is_b)
-    if L > 1:
-        # Where t - 1 is valid it is t's previous valid token: one shifted compare.
-        torch.logical_and(is_b[:, 1:], nonb[:, :-1], out=run_start[:, 1:])
-        # Boundary tokens right after a hole (rare) look up the last valid token before them.
-        after_hole = is_b[:, 1:] & ~valid[:, :-1]  # [E, L-1]
-        if bool(after_hole.any()):
-            rows, cols = after_hole.nonzero(as_tuple=True)
-            run_start[rows, cols + 1] = _prev_valid_is_nonb(valid, nonb, rows, cols)
-        del after_hole
-    del nonb
-    step_id = run_start.cumsum(dim=1, dtype=torch.int32)  # [E, L]
-    del run_start
-    step_id.sub_(is_b.to(torch.int32)).clamp_(min=0)  # a boundary closes the step before its run start ticked
+    step_id, num_steps, is_b = step_ids(is_boundary, valid)
     step_id.masked_fill_(~valid, -1)
-    num_steps = (step_id.amax(dim=1) + 1).long() if L > 0 else torch.zeros(E, dtype=torch.long, device=valid.device)
     return step_id, num_steps, is_b.any(dim=1)
 
 
-def _prev_valid_is_nonb(valid: torch.Tensor, nonb: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """For positions ``(rows, cols + 1)`` (``[F]`` each): is the last valid token at or before
-    ``cols`` a non-boundary? False when there is none.
+def step_ids(is_boundary: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The step index of every position (the module docstring's derivation).
 
-    ``cv[r, p]`` (valid tokens at positions ``<= p``) is non-decreasing in ``p``; offset by
-    ``r * (L + 1)`` it is sorted over the flattened ``[E * L]``, so one ``searchsorted`` finds, for
-    the ``k``-th valid token of row ``r`` (``k = cv[r, cols]``), its position: the first ``p`` with
-    ``cv[r, p] >= k``. Two passes over ``[E, L]`` (cumsum, offset) whatever the holes' lengths.
+    Args:
+        is_boundary: ``[E, L] bool``; valid: ``[E, L] bool``.
+
+    Returns:
+        step_id ``[E, L] int32``: the step of each valid token; a masked position holds the step of
+        the previous valid token (0 before the first). num_steps ``[E] long`` (0 for a row without
+        valid tokens). is_b ``[E, L] bool``: valid boundary tokens.
     """
     E, L = valid.shape
-    if E * (L + 1) >= 2**31:
-        raise ValueError(f"{E} rows x {L + 1} positions overflow int32 offsets; select on fewer rows at a time")
-    cv = valid.cumsum(dim=1, dtype=torch.int32)  # [E, L]
-    k = cv[rows, cols]  # [F] valid tokens at or before cols
-    off = torch.arange(E, device=valid.device, dtype=torch.int32).unsqueeze(1) * (L + 1)
-    cv += off
-    target = k + off.squeeze(1)[rows]
-    pos = torch.searchsorted(cv.view(-1), target) - rows * L  # [F] column of that token
-    del cv
-    return (k > 0) & nonb[rows, pos.clamp(0, L - 1)]
+    is_b = is_boundary & valid  # [E, L]
+    nonb = valid ^ is_b  # [E, L] valid non-boundary tokens
+    start = torch.empty(E, L, dtype=torch.int32, device=valid.device)
+    if L:
+        start[:, 0] = 0
+    if L > 1:
+        # A boundary at t - 1 followed by a non-boundary at t: one shifted test, written as int32.
+        torch.logical_and(nonb[:, 1:], is_b[:, :-1], out=start[:, 1:])
+        # A boundary followed by a masked position marks its next valid token, if a non-boundary;
+        # the row's trailing padding (after its last valid token) has none.
+        rows, cols = (is_b[:, :-1] > valid[:, 1:]).nonzero(as_tuple=True)  # [F] each, usually few
+        if rows.numel():
+            last = L - 1 - valid.flip(1).view(torch.uint8).argmax(dim=1)  # [E] last valid position
+            inner = cols < last[rows]
+            rows, cols = rows[inner], cols[inner]
+            nxt = next_valid(valid, rows, cols + 1)  # [F], -1: none
+            hit = nxt >= 0
+            rows, nxt = rows[hit], nxt[hit]
+            start[rows, nxt] = nonb[rows, nxt].to(torch.int32)
+        # The row's first non-boundary token never starts a step (a leading run is in step 0).
+        first = nonb.view(torch.uint8).argmax(dim=1)  # [E]; 0 when the row has none (start is 0 there)
+        start[torch.arange(E, device=valid.device), first] = 0
+    del nonb
+    step_id = start.cumsum_(dim=1)  # [E, L] int32, in place
+    if L == 0:
+        return step_id, torch.zeros(E, dtype=torch.long, device=valid.device), is_b
+    num_steps = torch.where(valid.any(dim=1), step_id[:, -1].long() + 1, 0)  # the count at the row's end
+    return step_id, num_steps, is_b
+
+
+def next_valid(valid: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, windows: Sequence[int] = (8, 64, 512)
+               ) -> torch.Tensor:
+    """``[F] long``: the first valid position ``>= cols`` in row ``rows`` (``[F]`` each), -1 when
+    there is none.
+
+    Windows of growing width are read on the ``F`` queries alone (one ``[F, w]`` gather each), which
+    resolves gaps up to ``sum(windows)`` positions; longer gaps (long multi-turn tool output) use
+    the valid-token count ``cv[r, p]`` (valid positions ``<= p``): offset by ``r * (L + 1)`` it is
+    sorted over the flattened ``[E * L]``, so one ``searchsorted`` finds the first ``p`` with
+    ``cv[r, p] > cv[r, cols - 1]``.
+    """
+    E, L = valid.shape
+    pos = torch.full_like(cols, -1)
+    cand = cols.clone()
+    todo = torch.arange(cols.numel(), device=cols.device)
+    for w in windows:
+        if todo.numel() == 0:
+            return pos
+        c = cand[todo]  # [T]
+        offs = c.unsqueeze(1) + torch.arange(w, device=cols.device)  # [T, w]
+        v = valid[rows[todo].unsqueeze(1), offs.clamp(max=L - 1)] & (offs < L)  # [T, w]
+        found = v.any(dim=1)
+        pos[todo[found]] = (c + v.view(torch.uint8).argmax(dim=1))[found]
+        cand[todo] = c + w
+        todo = todo[~found & (c + w < L)]
+    if todo.numel():
+        if E * (L + 1) >= 2**31:
+            raise ValueError(f"{E} rows x {L + 1} positions overflow int32 offsets; select on fewer rows at a time")
+        r, c = rows[todo], cand[todo]  # c in [0, L)
+        cv = valid.cumsum(dim=1, dtype=torch.int32)  # [E, L]
+        k = torch.where(c > 0, cv[r, (c - 1).clamp(min=0)], 0) + 1  # the rank of the wanted token
+        exists = k <= cv[r, L - 1]
+        off = torch.arange(E, device=valid.device, dtype=torch.int32).unsqueeze(1) * (L + 1)
+        cv += off
+        p = torch.searchsorted(cv.view(-1), k + off.squeeze(1)[r]) - r * L
+        pos[todo] = torch.where(exists, p, -1)
+    return pos
 
 
 def step_aggregates(
@@ -139,9 +188,10 @@ def step_aggregates(
     return aggregate_bins(flat, entropy, num_steps_max, step_agg)
 
 
-def step_bins_(step_id: torch.Tensor, num_steps_max: int) -> torch.Tensor:
+def step_bins_(step_id: torch.Tensor, num_steps_max: int, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Turn ``step_id`` ``[E, L] int32`` IN PLACE into flat bin ids ``row * (S + 1) + step``; masked
-    positions go to each row's dump bin ``row * (S + 1) + S``. Returns the same tensor.
+    positions (``step_id < 0``, or ``~valid`` when ``valid`` ``[E, L] bool`` is given) go to each
+    row's dump bin ``row * (S + 1) + S``. Returns the same tensor.
 
     A valid position of row ``r`` lies in step ``<= k`` iff its bin is ``<= r * (S + 1) + k``, and a
     masked one never does (``S > k``): the clip mask is one comparison on the bins.
@@ -150,7 +200,7 @@ def step_bins_(step_id: torch.Tensor, num_steps_max: int) -> torch.Tensor:
     S = int(num_steps_max)
     if E * (S + 1) >= 2**31:
         raise ValueError(f"{E} rows x {S + 1} step bins overflow int32 bin ids; select on fewer rows at a time")
-    step_id.masked_fill_(step_id < 0, S)
+    step_id.masked_fill_(step_id < 0 if valid is None else ~valid, S)
     step_id += torch.arange(E, device=step_id.device, dtype=torch.int32).unsqueeze(1) * (S + 1)
     return step_id
 

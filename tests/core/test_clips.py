@@ -490,3 +490,21 @@ def test_method_doc_worked_example():
     two = sel.mask.clone()
     two[1, :4] = True  # a second clip of 4 tokens in the batch
     assert echo_row_denominators(two, two, "clip_mean", 1).tolist() == [16.0, 8.0, 1.0]
+
+
+@pytest.mark.parametrize("agg", ["mean", "sum", "max"])
+@pytest.mark.parametrize("bad", [NAN, INF, -INF])
+@pytest.mark.parametrize("all_eligible", [True, False])
+def test_non_finite_entropy_at_a_valid_position_is_refused(agg, bad, all_eligible):
+    """Whether or not every row is eligible (then the check rides on the step aggregates)."""
+    resp = torch.tensor([[5, N, 6, 7]] * 3)
+    mask = torch.ones(3, 4, dtype=torch.long)
+    mask[0, 3] = 0
+    ent = torch.ones(3, 4)
+    scores = torch.tensor([1.0, 1.0, 1.0 if all_eligible else 0.0])
+    ent[0, 3] = bad  # masked: ignored
+    sel = select_echo_clips(resp, mask, ent, scores, [0, 0, 1], EchoConfig(step_agg=agg))
+    assert sel.eligible.tolist() == [True, True, all_eligible]
+    ent[2, 2] = bad  # valid position of row 2
+    with pytest.raises(ValueError, match=r"entropy has NaN or inf at 1 valid response positions \(rows \[2\]"):
+        select_echo_clips(resp, mask, ent, scores, [0, 0, 1], EchoConfig(step_agg=agg))

@@ -213,3 +213,49 @@ def test_is_boundary_token_equals_isin(num_ids):
     assert got.dtype == torch.bool
     assert torch.equal(got, torch.isin(tokens, ids))
     assert int(got.sum()) > 0
+
+
+# ---------------------------------------------------------------------------- long holes
+@pytest.mark.parametrize("windows", [(), (1,), (8, 64, 512)])
+def test_next_valid_scan_and_count_paths_agree_with_a_loop(windows):
+    """``next_valid`` resolves short gaps by a forward scan and long ones (multi-turn tool output)
+    through the valid-token count; both against a plain loop."""
+    from echorl.core.steps import next_valid
+
+    g = torch.Generator().manual_seed(len(windows))
+    valid = torch.rand(5, 300, generator=g) > 0.3
+    valid[1, 40:200] = False  # a 160-token hole
+    valid[2, 150:] = False  # nothing valid after 149
+    valid[3] = False
+    rows = torch.arange(5).repeat_interleave(300)
+    cols = torch.arange(300).repeat(5)
+    got = next_valid(valid, rows, cols, windows=windows).tolist()
+    want = []
+    for r, c in zip(rows.tolist(), cols.tolist()):
+        p = c
+        while p < 300 and not bool(valid[r, p]):
+            p += 1
+        want.append(p if p < 300 else -1)
+    assert got == want
+
+
+def test_segment_steps_with_long_holes_matches_reference():
+    g = torch.Generator().manual_seed(0)
+    E, L = 8, 400
+    toks = torch.randint(0, 10, (E, L), generator=g)
+    toks[torch.rand(E, L, generator=g) < 0.15] = N
+    valid = torch.rand(E, L, generator=g) > 0.05
+    for r in range(E):  # one long masked block per row, as tool output leaves
+        a = int(torch.randint(0, L - 100, (1,), generator=g))
+        valid[r, a:a + 40 + 10 * r] = False
+    toks[:, 148] = N  # boundaries right before holes
+    valid[:, 148] = True
+    valid[:, 149] = False
+    sid, n, hb = segment_steps(toks, valid, torch.tensor([N, M]))
+    for r in range(E):
+        ref = [-1] * L
+        steps = ref_steps(toks[r].tolist(), valid[r].tolist(), {N, M})
+        for k, positions in enumerate(steps):
+            for t in positions:
+                ref[t] = k
+        assert sid[r].tolist() == ref and int(n[r]) == len(steps)
