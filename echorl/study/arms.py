@@ -1,0 +1,148 @@
+"""The arms of the controlled study on the testbed (``scripts/study.py``) and their settings.
+
+An arm is a name and the engine overrides that make it, on top of ``echorl/config/testbed.yaml``
+(the ``chain`` task, the ``tiny-chain`` model, 16 prompts x 8 rollouts at T=1.0). Every arm runs
+with the same steps, batch, rollouts and seeds, so compute is matched (DAPO's dynamic sampling
+generates extra batches per step: its generation cost is logged, not matched). Adding an arm is one
+line of :data:`ARMS`.
+
+Seed ``k`` sets the run's ``seed`` (sampling, the update's shuffle) and ``data.seed`` (the training
+rows and their order), so two arms at seed ``k`` see the same prompts in the same order: the
+paired differences of the report pair runs by seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+__all__ = ["ARMS", "Arm", "Settings", "FULL", "QUICK", "arm_overrides", "compose", "get_arms"]
+
+# DAPO's two changes the engine has (recipes/dapo): dynamic sampling and clip-higher.
+DAPO = ("algorithm.filter_groups.enable=true", "++actor_rollout_ref.actor.clip_ratio_low=0.2",
+        "++actor_rollout_ref.actor.clip_ratio_high=0.28")
+OFF = ("echorl.enable=false",)
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm: ``overrides`` (Hydra strings; ``{steps}`` is replaced by the run's step count),
+    ``base`` (the arm without EchoRL it is paired with, None for a base method), ``seeds`` (how many
+    seeds the full study runs), ``group`` (the report's section) and ``what`` (one line)."""
+
+    name: str
+    overrides: tuple[str, ...]
+    base: str | None
+    seeds: int
+    group: str
+    what: str
+
+
+# Priority order = run order of the full study (the report keeps it too).
+ARMS: tuple[Arm, ...] = (
+    Arm("grpo", OFF, None, 5, "main", "GRPO (EchoRL off)"),
+    Arm("echorl", (), "grpo", 5, "main", "GRPO + EchoRL, paper preset (scope=success, per=group, clip_mean, coef 1e-3)"),
+    Arm("degenerate", ("echorl.preset=degenerate",), "grpo", 3, "reading", "preset=degenerate (all-success groups only, per rollout)"),
+    Arm("coef_1e-2", ("echorl.coef=0.01",), "grpo", 3, "coef", "paper preset, coef 1e-2"),
+    Arm("coef_1e-1", ("echorl.coef=0.1",), "grpo", 3, "coef", "paper preset, coef 1e-1"),
+    Arm("nll_success_full", ("echorl.scope=success", "echorl.per=rollout", "echorl.selector=full"), "grpo", 3, "baseline",
+        "NLL of every successful rollout's full response (VAPO / NeMo-RL positive_example_nll_weight)"),
+    Arm("sel_random_prefix", ("echorl.selector=random_prefix",), "grpo", 3, "selector", "clip ends at a random step"),
+    Arm("sel_full", ("echorl.selector=full",), "grpo", 3, "selector", "clip = whole response (one per group)"),
+    Arm("sel_lowest", ("echorl.selector=lowest",), "grpo", 3, "selector", "clip ends at the lowest-entropy step"),
+    Arm("dapo", DAPO + OFF, None, 3, "dapo", "DAPO: dynamic sampling + clip-higher (0.2/0.28)"),
+    Arm("dapo_echorl", DAPO, "dapo", 3, "dapo", "DAPO + EchoRL (paper preset)"),
+    Arm("rloo", ("algorithm.adv_estimator=rloo",) + OFF, None, 3, "rloo", "RLOO"),
+    Arm("rloo_echorl", ("algorithm.adv_estimator=rloo",), "rloo", 3, "rloo", "RLOO + EchoRL"),
+    Arm("advantage", ("echorl.mode=advantage",), "grpo", 3, "mode", "mode=advantage (adv_coef 0.1 on clip tokens)"),
+    Arm("luffy", ("method.name=luffy",) + OFF, None, 3, "luffy", "LUFFY (1 expert trace per group)"),
+    Arm("luffy_echorl", ("method.name=luffy",), "luffy", 3, "luffy", "LUFFY + EchoRL"),
+    Arm("uft", ("method.name=uft", "method.uft.hint_steps={steps}") + OFF, None, 3, "uft", "UFT (hints annealed over the run)"),
+    Arm("uft_echorl", ("method.name=uft", "method.uft.hint_steps={steps}"), "uft", 3, "uft", "UFT + EchoRL"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Compute and evaluation settings shared by every arm of one study.
+
+    Evaluation (``echorl.eval``, the code of ``echorl eval``): ``test_rows`` / ``ood_rows`` first rows
+    of the fixed ``test`` / ``ood`` splits with ``eval_n`` samples each at ``eval_temperature``
+    (avg@n); pass@k on the first ``passk_rows`` test problems with ``passk_n`` samples at
+    ``passk_temperature``. Validation during training (the engine's, on ``dev``): every
+    ``test_freq`` steps, ``dev_rows`` problems x ``dev_n`` samples at ``eval_temperature``.
+    ``grad_share_every``: the RL and EchoRL gradient norms on the first micro-batch every k steps
+    (0: off)."""
+
+    name: str
+    folder: str
+    steps: int
+    arms: tuple[str, ...] | None  # None: every arm
+    seeds: int | None  # None: each arm's own count
+    test_freq: int
+    dev_rows: int
+    dev_n: int
+    test_rows: int
+    ood_rows: int
+    eval_n: int
+    eval_temperature: float
+    passk_rows: int
+    passk_n: int
+    passk_temperature: float
+    max_new_tokens: int
+    grad_share_every: int
+    eval_seed: int = 1234
+    eval_batch_size: int = 256
+    extra: tuple[str, ...] = field(default_factory=tuple)  # overrides for every arm (tests: tiny settings)
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        d = asdict(self)
+        d["arms"] = list(self.arms) if self.arms is not None else None
+        d["extra"] = list(self.extra)
+        return d
+
+
+FULL = Settings(name="full", folder="results/study", steps=150, arms=None, seeds=None, test_freq=25, dev_rows=200,
+                dev_n=2, test_rows=500, ood_rows=500, eval_n=4, eval_temperature=0.6, passk_rows=64, passk_n=64,
+                passk_temperature=1.0, max_new_tokens=96, grad_share_every=10)
+QUICK = Settings(name="quick", folder="results/study_quick", steps=30, arms=("grpo", "echorl"), seeds=1, test_freq=15,
+                 dev_rows=64, dev_n=1, test_rows=128, ood_rows=64, eval_n=2, eval_temperature=0.6, passk_rows=16,
+                 passk_n=16, passk_temperature=1.0, max_new_tokens=96, grad_share_every=5)
+
+
+def get_arms(names: Sequence[str] | None = None) -> list[Arm]:
+    """Arms by name in table order (``None``: all). Unknown names are an error listing the valid ones."""
+    by = {a.name: a for a in ARMS}
+    if names is None:
+        return list(ARMS)
+    bad = [n for n in names if n not in by]
+    if bad:
+        raise ValueError(f"unknown arm(s) {bad}; valid arms: {list(by)}")
+    return [a for a in ARMS if a.name in set(names)]
+
+
+def arm_overrides(arm: Arm, steps: int) -> list[str]:
+    """The arm's overrides with ``{steps}`` filled in."""
+    return [o.replace("{steps}", str(steps)) for o in arm.overrides]
+
+
+def run_overrides(arm: Arm, seed: int, s: Settings, out_dir: str) -> list[str]:
+    """Every override of one (arm, seed) run: the study's common ones, then the arm's."""
+    val = (f"data.val_files=[{{name: dev, source: chain, group: id, num_rows: {s.dev_rows}, "
+           "task_kwargs: {split: dev}}]")
+    common = [f"output_dir={out_dir}", "resume=auto", f"seed={seed}", f"data.seed={seed}",
+              f"trainer.total_training_steps={s.steps}", "trainer.logger=[]", "trainer.make_report=false",
+              f"trainer.save_freq={max(1, min(50, s.steps))}", "trainer.max_ckpt_to_keep=1",
+              val, f"trainer.test_freq={s.test_freq}", "trainer.val_before_train=true",
+              f"actor_rollout_ref.rollout.val_kwargs.n={s.dev_n}",
+              f"actor_rollout_ref.rollout.val_kwargs.temperature={s.eval_temperature}", "data.val_batch_size=256"]
+    return common + list(s.extra) + arm_overrides(arm, s.steps)
+
+
+def compose(arm: Arm, seed: int, s: Settings, out_dir: str):
+    """The composed engine config of one run (``load_config(..., config_name="testbed")``)."""
+    from echorl.local import load_config
+
+    return load_config(run_overrides(arm, seed, s, out_dir), config_name="testbed")

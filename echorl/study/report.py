@@ -1,0 +1,270 @@
+"""``scripts/study.py --report``: docs/results.md and its figures from a results folder alone.
+
+Reads ``<folder>/<arm>/seed<k>.json`` (:mod:`echorl.study.runner`), ``<folder>/splits.json``,
+``<folder>/initial.json`` (the untrained model's evaluation) and, when present, ``<folder>/notes.md``
+(the written analysis, included verbatim). Writes the markdown and ``<images>/results_*.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from echorl.study.arms import ARMS, Settings
+from echorl.study.stats import mean_sd, paired_difference
+
+__all__ = ["load_results", "arm_table", "verdict", "write_report"]
+
+METRICS = (("test_avg", "test"), ("ood_avg", "ood"))
+
+
+def load_results(folder: str | os.PathLike) -> dict[str, dict[int, dict[str, Any]]]:
+    """arm -> seed -> result dict, for every ``<arm>/seed<k>.json`` in ``folder``."""
+    out: dict[str, dict[int, dict[str, Any]]] = {}
+    root = Path(folder)
+    if not root.is_dir():
+        return out
+    for f in sorted(root.glob("*/seed*.json")):
+        r = json.loads(f.read_text())
+        out.setdefault(r["arm"], {})[int(r["seed"])] = r
+    return out
+
+
+def _vals(runs: dict[int, dict[str, Any]], key: str) -> dict[int, float]:
+    return {s: float(r["final"][key]) for s, r in runs.items() if r["final"].get(key) is not None}
+
+
+def verdict(d: dict[str, Any]) -> str:
+    """``gain`` / ``loss`` when the t interval excludes 0, ``no detectable difference`` otherwise,
+    ``too few seeds`` under 2 pairs."""
+    if d["n"] < 2 or math.isnan(d["t_low"]):
+        return "too few seeds"
+    if d["t_low"] > 0:
+        return "gain"
+    if d["t_high"] < 0:
+        return "loss"
+    return "no detectable difference"
+
+
+def arm_table(results: dict[str, dict[int, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per arm with results: means/sds and paired differences to its base (and to ``echorl``
+    for the EchoRL ablations run on GRPO)."""
+    rows = []
+    for arm in ARMS:
+        runs = results.get(arm.name)
+        if not runs:
+            continue
+        row: dict[str, Any] = {"arm": arm.name, "what": arm.what, "base": arm.base, "seeds": sorted(runs)}
+        for key in ("test_avg", "ood_avg", "passk_avg", "entropy", "all_success_frac", "clips", "clip_len_frac",
+                    "grad_echo_share", "grad_norm_rl", "grad_norm_echo", "pg_clipfrac", "s_per_step", "dev_avg"):
+            row[key] = mean_sd(_vals(runs, key).values())
+        for k in ("1", "8", "64"):
+            row[f"pass@{k}"] = mean_sd([r["final"]["pass@k"][k] for r in runs.values() if k in r["final"]["pass@k"]])
+        for key, _ in METRICS:
+            if arm.base and results.get(arm.base):
+                row[f"d_{key}"] = paired_difference(_vals(runs, key), _vals(results[arm.base], key))
+            if arm.base == "grpo" and arm.name != "echorl" and results.get("echorl"):
+                row[f"d_{key}_vs_echorl"] = paired_difference(_vals(runs, key), _vals(results["echorl"], key))
+        rows.append(row)
+    return rows
+
+
+def _pm(ms: tuple[float, float, int], scale: float = 100.0, digits: int = 1) -> str:
+    m, sd, n = ms
+    if n == 0 or math.isnan(m):
+        return "-"
+    return f"{m * scale:.{digits}f}" + (f" ± {sd * scale:.{digits}f}" if n > 1 else "")
+
+
+def _diff(d: dict[str, Any] | None) -> str:
+    if not d or d["n"] == 0:
+        return "-"
+    if d["n"] < 2:
+        return f"{100 * d['mean']:+.1f} (n=1)"
+    return f"{100 * d['mean']:+.1f} [{100 * d['t_low']:+.1f}, {100 * d['t_high']:+.1f}] (n={d['n']})"
+
+
+def _band(ax: Any, runs: dict[int, dict[str, Any]], xkey: str, ykey: str, where: str, label: str, color: str) -> None:
+    import numpy as np
+
+    series = [(r[where][xkey], r[where][ykey]) for r in runs.values() if r[where].get(ykey)]
+    if not series:
+        return
+    m = min(len(y) for _, y in series)
+    x = np.asarray(series[0][0][:m], dtype=float)
+    ys = np.asarray([[np.nan if v is None else v for v in y[:m]] for _, y in series], dtype=float)
+    mu = np.nanmean(ys, axis=0)
+    ax.plot(x, mu, color=color, label=f"{label} (n={len(series)})")
+    if len(series) > 1:
+        ax.fill_between(x, np.nanmin(ys, axis=0), np.nanmax(ys, axis=0), color=color, alpha=0.2)
+
+
+def _figures(results: dict[str, dict[int, dict[str, Any]]], images: Path, prefix: str) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    images.mkdir(parents=True, exist_ok=True)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    present = [a for a in ARMS if results.get(a.name)]
+    col = {a.name: colors[i % len(colors)] for i, a in enumerate(present)}
+    paths = {}
+    # main: GRPO vs GRPO + EchoRL
+    main = [a for a in present if a.name in ("grpo", "echorl")]
+    if main:
+        fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
+        for a in main:
+            runs = results[a.name]
+            _band(axes[0], runs, "step", "dev", "val", a.name, col[a.name])
+            _band(axes[1], runs, "step", "reward", "curves", a.name, col[a.name])
+            _band(axes[2], runs, "step", "entropy", "curves", a.name, col[a.name])
+            _band(axes[3], runs, "step", "all_success_frac", "curves", a.name, col[a.name])
+        for ax, t in zip(axes, ("dev accuracy (mean@n, T=eval)", "train reward (T=1.0)", "token entropy (nats)",
+                                "all-success groups")):
+            ax.set_title(t)
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+        axes[0].legend()
+        fig.suptitle("GRPO vs GRPO + EchoRL on the chain testbed (line: seed mean, band: min-max over seeds)")
+        fig.tight_layout()
+        p = images / f"{prefix}main.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths["main"] = str(p)
+    if present:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        for a in present:
+            _band(ax, results[a.name], "step", "dev", "val", a.name, col[a.name])
+        ax.set_xlabel("step")
+        ax.set_ylabel("dev accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        p = images / f"{prefix}arms.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths["arms"] = str(p)
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for a in present:
+            runs = list(results[a.name].values())
+            ks = sorted(runs[0]["final"]["pass@k"], key=int)
+            mu = [sum(r["final"]["pass@k"][k] for r in runs) / len(runs) for k in ks]
+            ax.plot([int(k) for k in ks], mu, marker="o", ms=3, color=col[a.name], label=f"{a.name} (n={len(runs)})")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("k")
+        ax.set_ylabel("pass@k (test subset)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        p = images / f"{prefix}passk.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths["passk"] = str(p)
+    return paths
+
+
+def _not_run(results: dict[str, dict[int, dict[str, Any]]], s: Settings, script: str) -> list[str]:
+    from echorl.study.runner import seeds_for
+
+    lines = []
+    for a in ARMS:
+        want = seeds_for(a, s)
+        have = sorted(results.get(a.name, {}))
+        missing = [k for k in want if k not in have]
+        if missing:
+            seeds = "" if not have else f" --seeds {','.join(map(str, missing))}"
+            lines.append(f"| {a.name} | {len(have)}/{len(want)} | `python {script} --arms {a.name}{seeds}` |")
+    return lines
+
+
+def write_report(folder: str | os.PathLike, s: Settings, out_md: str | os.PathLike, images: str | os.PathLike,
+                 prefix: str = "results_", script: str = "scripts/study.py", command: str = "") -> str:
+    """Write the report (markdown + figures) from ``folder``; returns the markdown text."""
+    folder, out_md, images = Path(folder), Path(out_md), Path(images)
+    results = load_results(folder)
+    rows = arm_table(results)
+    figs = _figures(results, images, prefix)
+    rel = lambda p: os.path.relpath(p, out_md.parent)  # noqa: E731
+    splits = json.loads((folder / "splits.json").read_text()) if (folder / "splits.json").exists() else None
+    initial = json.loads((folder / "initial.json").read_text()) if (folder / "initial.json").exists() else None
+    allruns = [r for runs in results.values() for r in runs.values()]
+    L: list[str] = ["# Results: the controlled study on the chain testbed", "",
+                    f"Generated by `{command or f'python {script} --report'}` from `{folder}/` alone "
+                    "(one JSON per finished (arm, seed) run). Negative results are reported as they are.", ""]
+    L += ["## Setup", "",
+          f"- Testbed: `echorl/config/testbed.yaml` (task `chain`, model `tiny-chain`, 16 prompts x 8 rollouts "
+          f"at T=1.0). Every arm: **{s.steps} steps**, the same batch, rollouts and seeds; seed k sets `seed` and "
+          "`data.seed` (same prompts in the same order in every arm).",
+          f"- Validation during training (engine, `trainer.test_freq={s.test_freq}`): first {s.dev_rows} `dev` "
+          f"problems x {s.dev_n} samples at T={s.eval_temperature}. Tuning decisions only on `dev`.",
+          f"- Final numbers (`echorl.eval`, the code of `echorl eval`): avg@{s.eval_n} at T={s.eval_temperature} on "
+          f"the first {s.test_rows} `test` and {s.ood_rows} `ood` problems (6-operation chains); pass@k, k <= "
+          f"{s.passk_n}, from {s.passk_n} samples at T={s.passk_temperature} on the first {s.passk_rows} `test` "
+          f"problems; max {s.max_new_tokens} new tokens; sampling seed {s.eval_seed} for every run.",
+          f"- Gradient share: the RL and EchoRL gradient norms on the first micro-batch every {s.grad_share_every} "
+          "steps (`echorl.study.gradshare`, before `clip_grad`).", ""]
+    if splits:
+        L += ["Held-out sets (fixed before the first run; `" + str(folder / "splits.json") + "`):", "",
+              "| set | split | rows | operations | sha256 (prompt, answer) |", "|---|---|---|---|---|"]
+        L += [f"| {k} | {v['split']} | {v['rows']} | {v['num_ops']} | `{v['sha256'][:16]}…` |"
+              for k, v in splits["sets"].items()]
+        L += ["", f"Training rows ({splits['train_rows']} per seed) overlap `dev`/`test`/`ood` in 0 prompts for seeds "
+              f"{sorted(int(k) for k in splits['train_overlap'])}; `dev` and `test` share none.", ""]
+    if allruns:
+        wall = sum(r["wall_s"] for r in allruns)
+        sps = sorted(r["s_per_step"] for r in allruns if r.get("s_per_step"))
+        med = sps[len(sps) // 2] if sps else float("nan")
+        threads = sorted({r["threads"] for r in allruns})
+        L += ["## Compute", "",
+              f"{len(allruns)} runs finished, {wall / 3600:.2f} h of wall time in all (training + evaluation), "
+              f"median {med:.2f} s per training step, torch threads {threads}. The 2-core machine was shared with "
+              "other jobs during the runs (1-minute load average at the end of the runs: "
+              f"{min(r['load_avg'] for r in allruns):.1f}-{max(r['load_avg'] for r in allruns):.1f}), so these "
+              "timings are inflated; s/step per arm is in the table.", ""]
+    if initial:
+        L += [f"Untrained `tiny-chain` (step 0), same evaluation: test {100 * initial['final']['test_avg']:.1f}, "
+              f"ood {100 * initial['final']['ood_avg']:.1f}, pass@1 {100 * initial['final']['pass@k']['1']:.1f}, "
+              f"pass@{s.passk_n} {100 * initial['final']['pass@k'][str(s.passk_n)]:.1f} (%).", ""]
+    if "main" in figs:
+        L += [f"![GRPO vs GRPO + EchoRL]({rel(figs['main'])})", ""]
+    L += ["## Final accuracy per arm", "",
+          "Accuracies in %, mean ± sd over seeds. Δ: paired difference to the arm's base method over the seeds both "
+          "ran, with a 95% Student t interval [low, high] (bootstrap intervals in the result files' report "
+          "data); for the EchoRL ablations on GRPO also Δ to the `echorl` arm.", "",
+          "| arm | seeds | test | ood | pass@1 | pass@64 | Δ test vs base | Δ ood vs base | Δ test vs echorl | "
+          "entropy | all-success | clips/step | echo grad share | s/step |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        L.append(f"| {r['arm']} | {len(r['seeds'])} | {_pm(r['test_avg'])} | {_pm(r['ood_avg'])} | {_pm(r['pass@1'])} | "
+                 f"{_pm(r['pass@64'])} | {_diff(r.get('d_test_avg'))} | {_diff(r.get('d_ood_avg'))} | "
+                 f"{_diff(r.get('d_test_avg_vs_echorl'))} | {_pm(r['entropy'], 1, 3)} | {_pm(r['all_success_frac'])} | "
+                 f"{_pm(r['clips'], 1, 1)} | {_pm(r['grad_echo_share'], 1, 4)} | {_pm(r['s_per_step'], 1, 2)} |")
+    L += ["", "Arms: " + "; ".join(f"`{a.name}`: {a.what}" for a in ARMS if results.get(a.name)) + ".", ""]
+    L += ["## What the data support", ""]
+    for r in rows:
+        for key, lab in METRICS:
+            d = r.get(f"d_{key}")
+            if d:
+                L.append(f"- `{r['arm']}` vs `{r['base']}` on {lab}: **{verdict(d)}** ({_diff(d)} points).")
+    if not any(r.get("d_test_avg") for r in rows):
+        L.append("- No arm has a finished base run to pair with yet.")
+    L.append("")
+    if (folder / "notes.md").exists():
+        L += [(folder / "notes.md").read_text().strip(), ""]
+    if "arms" in figs:
+        L += ["## Curves and pass@k of every arm", "", f"![dev accuracy of every arm]({rel(figs['arms'])})", "",
+              f"![pass@k]({rel(figs['passk'])})", ""]
+    missing = _not_run(results, s, script)
+    L += ["## Arms not run yet", ""]
+    if missing:
+        L += ["| arm | seeds done | command (resumes; finished runs are skipped) |", "|---|---|---|", *missing, ""]
+    else:
+        L += ["Every arm of the table ran with its full seed count.", ""]
+    text = "\n".join(L)
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    out_md.write_text(text)
+    return text

@@ -1,0 +1,229 @@
+"""Run one (arm, seed) of the study and write its result file; plan which runs are left.
+
+A run trains with the embedded engine (:class:`echorl.local.trainer.LocalTrainer`, ``resume=auto``:
+a killed run continues from its last checkpoint), validates on ``dev`` during training (the engine's
+``trainer.test_freq``, ``val-core/dev/...``), then evaluates the final policy on ``test`` and ``ood``
+(avg@n) and pass@k on a ``test`` subset with :func:`echorl.eval.run.evaluate` (the code of
+``echorl eval``). The result is one JSON file, ``<folder>/<arm>/seed<k>.json`` (:data:`SCHEMA`):
+
+    {"schema", "arm", "seed", "overrides", "settings", "git_commit", "git_dirty", "threads",
+     "steps", "wall_s", "train_s", "eval_s", "s_per_step", "resumed",
+     "final": {"test_avg", "ood_avg", "dev_avg", "pass@k": {k: v}, "entropy", "reward",
+               "all_success_frac", "mixed_frac", "all_fail_frac", "clips", "clip_len_frac",
+               "clip_tokens", "pg_clipfrac", "grad_norm", "grad_norm_rl", "grad_norm_echo",
+               "grad_echo_share", "grad_cos", "echo_loss"},
+     "curves": {"step": [...], <key>: [...]},          # means over windows of `window` steps
+     "val": {"step": [...], "dev": [...]},             # dev mean@n at each validation
+     "eval": {"test": {...}, "ood": {...}, "passk": {...}},   # echorl.eval summaries
+     "per_problem": {"test": [correct counts], "ood": [...], "passk": [...]}}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from echorl.study.arms import Arm, Settings, compose, run_overrides
+
+__all__ = ["SCHEMA", "CURVE_KEYS", "FINAL_KEYS", "plan_runs", "result_path", "run_one", "summarize_run",
+           "commit_file", "eval_policy", "seeds_for"]
+
+SCHEMA = 1
+# training metric -> short name (curves and the "final" block, mean of the last `tail` steps)
+FINAL_KEYS = {
+    "reward/mean": "reward", "actor/entropy": "entropy", "echo/groups_all_success_frac": "all_success_frac",
+    "echo/groups_mixed_frac": "mixed_frac", "echo/groups_all_fail_frac": "all_fail_frac", "echo/clips": "clips",
+    "echo/clip_len_frac": "clip_len_frac", "echo/clip_tokens": "clip_tokens", "echo/loss": "echo_loss",
+    "actor/pg_clipfrac": "pg_clipfrac", "actor/grad_norm": "grad_norm", "response_length/mean": "response_length",
+    "study/grad_norm_rl": "grad_norm_rl", "study/grad_norm_echo": "grad_norm_echo",
+    "study/grad_echo_share": "grad_echo_share", "study/grad_cos": "grad_cos",
+    "filter_groups/num_gen_batches": "gen_batches", "timing/step": "s_per_step",
+}
+CURVE_KEYS = tuple(FINAL_KEYS)
+# averaged over the whole run instead of the last `tail` steps (measured every k steps / a cost)
+WHOLE_RUN_KEYS = ("study/grad_norm_rl", "study/grad_norm_echo", "study/grad_echo_share", "study/grad_cos",
+                  "timing/step", "filter_groups/num_gen_batches")
+
+
+def seeds_for(arm: Arm, s: Settings, override: Sequence[int] | None = None) -> list[int]:
+    """Seeds of an arm: ``override`` (``--seeds``), else ``1..settings.seeds``, else ``1..arm.seeds``."""
+    if override:
+        return [int(x) for x in override]
+    return list(range(1, (s.seeds or arm.seeds) + 1))
+
+
+def result_path(folder: str | os.PathLike, arm: str, seed: int) -> Path:
+    return Path(folder) / arm / f"seed{seed}.json"
+
+
+def plan_runs(arms: Sequence[Arm], s: Settings, folder: str | os.PathLike,
+              seeds: Sequence[int] | None = None) -> tuple[list[tuple[Arm, int]], list[tuple[Arm, int]]]:
+    """``(todo, done)``: (arm, seed) pairs in run order, split by whether the result file exists.
+
+    Run order: the arms' order, seed by seed, with base arms and their EchoRL arm interleaved
+    (``grpo`` 1, ``echorl`` 1, ``grpo`` 2, ...) for arms of the same group, so paired results come first.
+    """
+    order: list[tuple[Arm, int]] = []
+    groups: dict[str, list[Arm]] = {}
+    for a in arms:
+        groups.setdefault(a.group, []).append(a)
+    for g_arms in groups.values():
+        longest = max(len(seeds_for(a, s, seeds)) for a in g_arms)
+        for i in range(longest):
+            for a in g_arms:
+                ss = seeds_for(a, s, seeds)
+                if i < len(ss):
+                    order.append((a, ss[i]))
+    todo = [(a, k) for a, k in order if not result_path(folder, a.name, k).exists()]
+    done = [(a, k) for a, k in order if result_path(folder, a.name, k).exists()]
+    return todo, done
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def commit_file(paths: str | os.PathLike | Sequence[str | os.PathLike], message: str, retries: int = 20) -> bool:
+    """``git add`` + ``git commit --only`` of these files (other staged work is left alone); retries
+    while another process holds ``.git/index.lock``. True when committed."""
+    files = [str(paths)] if isinstance(paths, (str, os.PathLike)) else [str(p) for p in paths]
+    for _ in range(retries):
+        add = subprocess.run(["git", "add", "--", *files], capture_output=True, text=True)
+        if add.returncode == 0:
+            c = subprocess.run(["git", "commit", "-q", "--only", "-m", message, "--", *files], capture_output=True,
+                               text=True)
+            if c.returncode == 0:
+                return True
+            if "index.lock" not in c.stderr:
+                print(f"git commit of {files} failed: {c.stderr.strip() or c.stdout.strip()}", flush=True)
+                return False
+        time.sleep(3)
+    return False
+
+
+def _window_means(rows: list[dict[str, Any]], key: str, window: int) -> list[float | None]:
+    out = []
+    for i in range(0, len(rows), window):
+        vals = [r[key] for r in rows[i:i + window] if key in r and r[key] is not None]
+        out.append(float(np.mean(vals)) if vals else None)
+    return out
+
+
+def summarize_run(rows: list[dict[str, Any]], window: int = 10, tail: int = 20) -> dict[str, Any]:
+    """Curves (window means of :data:`CURVE_KEYS` and the dev validations) and the training part of
+    the ``final`` block from the engine's ``metrics.jsonl`` rows (step 0 = validation before training)."""
+    train = [r for r in rows if r.get("step", 0) >= 1 and "timing/step" in r]
+    curves: dict[str, list] = {"step": [min(i + window, len(train)) for i in range(0, len(train), window)]}
+    for key in CURVE_KEYS:
+        if any(key in r for r in train):
+            curves[FINAL_KEYS[key]] = _window_means(train, key, window)
+    dev_key = next((k for r in rows for k in r if k.startswith("val-core/dev/reward/mean@")), None)
+    val = {"step": [], "dev": []}
+    if dev_key:
+        for r in rows:
+            if dev_key in r:
+                val["step"].append(int(r["step"]))
+                val["dev"].append(float(r[dev_key]))
+    final: dict[str, float] = {}
+    for key, short in FINAL_KEYS.items():
+        src = train if key in WHOLE_RUN_KEYS else train[-tail:]
+        vals = [r[key] for r in src if key in r]
+        if vals:
+            final[short] = float(np.mean(vals))
+    if val["dev"]:
+        final["dev_avg"] = val["dev"][-1]
+        final["dev_start"] = val["dev"][0]
+    return {"curves": curves, "val": val, "final": final}
+
+
+def eval_policy(model: Any, tok: Any, s: Settings, pool: Any) -> dict[str, Any]:
+    """Final held-out evaluation through :func:`echorl.eval.run.evaluate`: ``test`` and ``ood``
+    (avg@``eval_n`` at ``eval_temperature``), ``passk`` (first ``passk_rows`` test problems,
+    ``passk_n`` samples at ``passk_temperature``). Returns summaries and per-problem correct counts."""
+    from echorl.eval.backends import SamplingSettings, TransformersBackend
+    from echorl.eval.data import BenchmarkSpec
+    from echorl.eval.run import evaluate
+
+    backend = TransformersBackend(model, tok, batch_size=s.eval_batch_size)
+    jobs = {
+        "test": (BenchmarkSpec("test", "chain", "id", num_rows=s.test_rows, task_kwargs={"split": "test"}),
+                 SamplingSettings(n=s.eval_n, temperature=s.eval_temperature, max_new_tokens=s.max_new_tokens,
+                                  seed=s.eval_seed)),
+        "ood": (BenchmarkSpec("ood", "chain", "ood", num_rows=s.ood_rows, task_kwargs={"split": "ood"}),
+                SamplingSettings(n=s.eval_n, temperature=s.eval_temperature, max_new_tokens=s.max_new_tokens,
+                                 seed=s.eval_seed)),
+        "passk": (BenchmarkSpec("passk", "chain", "id", num_rows=s.passk_rows, task_kwargs={"split": "test"}),
+                  SamplingSettings(n=s.passk_n, temperature=s.passk_temperature, max_new_tokens=s.max_new_tokens,
+                                   seed=s.eval_seed)),
+    }
+    out: dict[str, Any] = {"eval": {}, "per_problem": {}}
+    for name, (spec, sampling) in jobs.items():
+        samples, summary = evaluate(backend, tok, [(spec, None)], sampling, pool, chat_template="auto")
+        out["eval"][name] = summary["benchmarks"][name]
+        counts: dict[str, int] = {}
+        for r in samples:
+            counts[r["problem_id"]] = counts.get(r["problem_id"], 0) + int(r["correct"])
+        out["per_problem"][name] = [counts[k] for k in sorted(counts, key=int)]
+    return out
+
+
+def _final_eval_block(ev: dict[str, Any], s: Settings) -> dict[str, Any]:
+    e = ev["eval"]
+    return {"test_avg": e["test"][f"avg@{s.eval_n}"], "ood_avg": e["ood"][f"avg@{s.eval_n}"],
+            "passk_avg": e["passk"][f"avg@{s.passk_n}"],
+            "pass@k": {k.split("@")[1]: v for k, v in e["passk"].items() if k.startswith("pass@")}}
+
+
+def run_one(arm: Arm, seed: int, s: Settings, folder: str | os.PathLike, runs_dir: str | os.PathLike,
+            window: int = 10) -> dict[str, Any]:
+    """Train and evaluate one (arm, seed); write and return its result (see the module docstring)."""
+    import torch
+
+    from echorl.eval.run import make_pool
+    from echorl.local.logger import read_metrics
+    from echorl.local.trainer import LocalTrainer
+    from echorl.study.gradshare import GradShareLoss
+
+    out_dir = Path(runs_dir) / arm.name / f"seed{seed}"
+    cfg = compose(arm, seed, s, str(out_dir))
+    t0 = time.time()
+    tr = LocalTrainer(cfg)
+    resumed = tr.global_step > 0
+    ec = tr.echo_cfg
+    coef = ec.coef if (ec.active and ec.mode == "loss") else 0.0
+    tr.loss_fn = GradShareLoss(tr.loss_fn, tr.model, lambda: tr.global_step, s.grad_share_every, coef)
+    tr.train()
+    train_s = time.time() - t0
+    t1 = time.time()
+    pool = make_pool(int(cfg.reward.num_workers), float(cfg.reward.timeout_s))
+    try:
+        ev = eval_policy(tr.model, tr.tok, s, pool)
+    finally:
+        pool.close()
+    eval_s = time.time() - t1
+    summ = summarize_run(read_metrics(out_dir / "metrics.jsonl"), window=window)
+    final = {**summ["final"], **_final_eval_block(ev, s)}
+    res = {
+        "schema": SCHEMA, "arm": arm.name, "seed": seed, "what": arm.what, "base": arm.base,
+        "overrides": run_overrides(arm, seed, s, str(out_dir)), "settings": s.to_dict(),
+        "git_commit": _git("rev-parse", "HEAD"), "git_dirty": bool(_git("status", "--porcelain", "--", "echorl")),
+        "threads": torch.get_num_threads(), "steps": int(tr.global_step), "resumed": resumed,
+        "wall_s": round(time.time() - t0, 1), "train_s": round(train_s, 1), "eval_s": round(eval_s, 1),
+        "s_per_step": final.get("s_per_step"), "load_avg": os.getloadavg()[0],
+        "final": final, "curves": summ["curves"], "val": summ["val"], **ev,
+    }
+    path = result_path(folder, arm.name, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(res, indent=1))
+    tmp.replace(path)
+    return res
