@@ -195,13 +195,13 @@ class LocalTrainer:
 
             loss_fn = EchoLoss(self.actor_cfg, self.echo_cfg)
         self.loss_fn = loss_fn
-        from echorl.rewards.pool import VerifierPool
+        from echorl.rewards.inprocess import make_verifier
         from echorl.tasks import compute_score
 
         if score_fn is None and cfg.reward.get("score_fn"):
             score_fn = import_score_fn(str(cfg.reward.score_fn))
-        self.pool = VerifierPool(score_fn or compute_score, num_workers=int(cfg.reward.num_workers),
-                                 timeout_s=float(cfg.reward.timeout_s))
+        self.pool = make_verifier(score_fn or compute_score, in_process=cfg.reward.get("in_process", False),
+                                  num_workers=int(cfg.reward.num_workers), timeout_s=float(cfg.reward.timeout_s))
         self.out = Path(str(cfg.output_dir))
         self.ckpt_dir = self.out / "checkpoints"
         from echorl.local.validation import make_validator

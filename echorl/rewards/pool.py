@@ -45,7 +45,7 @@ from collections import deque
 from multiprocessing.connection import wait
 from typing import Any, Callable, Sequence
 
-__all__ = ["VerifierPool", "STAT_KEYS"]
+__all__ = ["VerifierPool", "STAT_KEYS", "valid_score"]
 
 # Keys of the stats dict returned by ``VerifierPool.score`` (and of ``VerifierPool.totals``).
 STAT_KEYS = (
@@ -61,6 +61,11 @@ STAT_KEYS = (
 
 _READY = "__ready__"
 _STARTUP_ERROR = "__startup_error__"
+
+
+def valid_score(value: Any) -> bool:
+    """A verifier's return is valid when it is a finite real number (``bool``/``int``/``float``)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, complex) and math.isfinite(float(value))
 
 
 def _worker_main(conn: Any, fn_bytes: bytes, warmup_args: tuple | None = None) -> None:
@@ -93,7 +98,7 @@ def _worker_main(conn: Any, fn_bytes: bytes, warmup_args: tuple | None = None) -
         except BaseException as e:  # noqa: BLE001 - any failure of the check scores 0
             conn.send((task_id, "exception", f"{type(e).__name__}: {e}"[:500]))
             continue
-        if isinstance(value, numbers.Real) and not isinstance(value, complex) and math.isfinite(float(value)):
+        if valid_score(value):
             conn.send((task_id, "ok", float(value)))
         else:
             conn.send((task_id, "invalid", f"{type(value).__name__}: {value!r}"[:200]))
