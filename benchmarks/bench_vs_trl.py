@@ -2,8 +2,9 @@
 
 Both arms get the same model weights (loaded fresh per arm), the same prompts in the same order
 (no shuffling), ``n`` rollouts per prompt, the same sampling (temperature, top-p, top-k, max
-response tokens, EOS), the same reward function (the task's verifier), the same optimizer (AdamW,
-lr, betas, no weight decay, constant schedule, grad-norm clip 1.0), the same number of optimizer
+response tokens, EOS), the same reward function (the task's verifier, called in-process by both
+unless ``--reward-pool``), the same optimizer (AdamW, lr, betas, no weight decay, constant
+schedule, grad-norm clip 1.0), the same number of optimizer
 steps per step (mini-batches, one PPO epoch, no KL term, clip 0.2, token-mean loss over a
 mini-batch) and the same torch thread count. TRL's settings that make this so:
 ``num_generations=n``, ``per_device_train_batch_size = rows per mini-batch``,
@@ -60,7 +61,7 @@ def engine_config(args, out: Path):
         "actor_rollout_ref.actor.loss_agg_mode=token-mean", "algorithm.adv_estimator=grpo", "echorl.enable=false",
         f"trainer.total_training_steps={args.warmup + args.steps * args.rounds}", "trainer.logger=[]",
         "trainer.make_report=false", f"trainer.num_threads={args.threads}", "trainer.save_freq=-1",
-        f"reward.num_workers={args.reward_workers}"])
+        f"reward.num_workers={args.reward_workers}", f"reward.in_process={str(not args.reward_pool).lower()}"])
 
 
 def trl_dataset(tr, n_rows: int):
@@ -111,7 +112,9 @@ def main() -> int:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--threads", type=int, default=2, help="torch threads of both arms")
-    p.add_argument("--reward-workers", type=int, default=1, help="the engine's verifier worker processes")
+    p.add_argument("--reward-pool", action="store_true",
+                   help="score the engine's rollouts in its verifier pool (default: in-process, as TRL; exact tasks only)")
+    p.add_argument("--reward-workers", type=int, default=1, help="the pool's worker processes (with --reward-pool)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", default="benchmarks/results/bench_vs_trl.json")
     args = p.parse_args()
