@@ -38,7 +38,6 @@ from fractions import Fraction
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import torch
 
 from echorl.analysis.entropy import Solution, generate
 
