@@ -18,10 +18,9 @@ from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from . import scenarios
 
-import scenarios  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 E2E_TIMEOUT_S = 3600
 

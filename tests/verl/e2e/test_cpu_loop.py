@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import scenarios
+from . import scenarios
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(4000)]
 
@@ -81,7 +81,7 @@ def test_echo3_dumps_echoclips_every_step_and_the_page_renders_them(e2e):
 def test_echorl_off_trains_bit_identically_to_verl_main_ppo(e2e):
     e2e.ok("off_echorl")
     e2e.ok("off_verl")
-    from scenarios import compose  # the same composition the runs used
+    from .scenarios import compose  # the same composition the runs used
 
     def flat(cfg, prefix=""):
         from omegaconf import OmegaConf
