@@ -5,7 +5,8 @@
     method:
       name: grpo          # grpo (no expert data), luffy, uft
       luffy: {num_off_policy: 1, gamma: 0.1, max_target_length: 8192}
-      uft: {hint_steps: 300, lower_prob: 0.05, upper_prob: 0.95, max_segments: 5, coef: 0.001, seed: 0}
+      uft: {hint_steps: 300, lower_prob: 0.05, upper_prob: 0.95, max_segments: 5, coef: 0.001, seed: 0,
+            echo_hinted: true}
 
 Every bad value is a ``ValueError`` naming ``method.<key>``.
 """
@@ -51,7 +52,9 @@ class UftConfig:
     """UFT (Liu et al. 2025): a hint (the first ``k`` of ``m = min(max_segments, lines)`` segments of
     the expert solution, ``k ~ Binomial(m, p(t))``) is given to the whole group;
     ``p(t) = lower + (upper - lower) * (1 + cos(pi t / hint_steps)) / 2`` for ``t <= hint_steps``,
-    no hint after; ``coef`` weighs the hint tokens' NLL."""
+    no hint after; ``coef`` weighs the hint tokens' NLL. ``echo_hinted``: whether a hinted
+    rollout's own continuation may give an EchoClip (hint tokens never do); false leaves EchoRL
+    only the rollouts of unhinted prompts."""
 
     hint_steps: int = 300
     lower_prob: float = 0.05
@@ -59,6 +62,7 @@ class UftConfig:
     max_segments: int = 5
     coef: float = 0.001
     seed: int = 0
+    echo_hinted: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.hint_steps, int) or self.hint_steps < 0:

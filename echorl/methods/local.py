@@ -6,7 +6,8 @@
    ``num_off_policy`` rows of each group that has an expert trace by the trace; UFT moves the hint
    from the prompt into the response (``response_mask`` 0, ``hint_mask`` 1 on it).
 3. :meth:`LocalMethod.echo_response_mask`: the mask EchoRL selects from: off-policy rows emptied
-   (so they are never eligible and never group members), hint tokens already 0.
+   (so they are never eligible and never group members), hint tokens already 0 (hinted rows
+   emptied too with ``method.uft.echo_hinted=false``).
 4. :meth:`LocalMethod.batch_fields`: ``off_policy`` / ``hint_mask`` / ``hint_denom`` for
    :class:`echorl.methods.luffy.MethodLoss`.
 
@@ -143,6 +144,8 @@ class LocalMethod:
         """``[B, L]``: the mask EchoRL selects from (off-policy rows emptied; hint tokens are already 0)."""
         if self.off is not None and bool(self.off.any()):
             return rows_zeroed(rb.response_mask, self.off)
+        if self.hint_mask is not None and not self.cfg.uft.echo_hinted:  # method.uft.echo_hinted=false
+            return rows_zeroed(rb.response_mask, self.hint_mask.any(1))
         return rb.response_mask
 
     def batch_fields(self, rb: RolloutBatch, num_minibatches: int) -> dict[str, torch.Tensor]:

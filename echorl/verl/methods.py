@@ -139,6 +139,8 @@ class VerlMethod:
             attention = torch.arange(L)[None, :] < response_lens[:, None]
             hint = hint_mask_of(response_mask, attention)
             self.metrics["uft/hint_tokens"] = float(hint.sum())
+            if not self.cfg.uft.echo_hinted:  # hinted rows give no EchoClip
+                exclude = hint.any(1)
             return {HINT_MASK: hint, HINT_DENOM: torch.full((B,), hint_denominator(hint, num_minibatches))}, exclude
         return {}, exclude
 

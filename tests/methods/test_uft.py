@@ -86,6 +86,12 @@ def test_hint_opens_the_response_with_mask_zero_and_is_never_clipped():
     sel = select_echo_clips(out.responses, method.echo_response_mask(out), entropy, torch.ones(4), out.group_index, cfg)
     assert sel.mask.any(1).all() and not (sel.mask & fields["hint_mask"]).any()
     assert torch.equal(sel.mask, out.response_mask.bool())  # 'full': exactly the generated tokens
+    # method.uft.echo_hinted=false: the hinted group (rows 0-1) gives no clip, the unhinted one does
+    strict = LocalMethod(MethodConfig.from_dict({"name": "uft", "uft": {"echo_hinted": False}}), tok,
+                         eos_id=tok.eos_token_id, pad_id=0, n=2, max_response_length=32)
+    strict.hint_mask = fields["hint_mask"]
+    sel = select_echo_clips(out.responses, strict.echo_response_mask(out), entropy, torch.ones(4), out.group_index, cfg)
+    assert sel.mask.any(1).tolist() == [False, False, True, True]
 
 
 def test_hint_nll_gradient_by_hand(token_mean_actor):

@@ -113,6 +113,8 @@ def test_stage_fields_on_verl_layout():
     fields, ignored = uft.stage(keys, data, [False] * 4, num_minibatches=2)
     assert fields["hint_mask"].is_nested and fields["hint_mask"].values().long().tolist() == [0, 0, 0, 0, 0, 1, 1, 0, 0, 0]
     assert fields["hint_denom"].tolist() == [1.0] * 4 and ignored == [False] * 4  # 2 hint tokens / 2 mini-batches
+    strict = VerlMethod(MethodConfig.from_dict({"name": "uft", "uft": {"echo_hinted": False}}))
+    assert strict.stage(keys, data, [False] * 4, num_minibatches=2)[1] == [False, False, True, False]
 
 
 def _method_minibatch(seed: int):
