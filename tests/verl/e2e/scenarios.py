@@ -50,8 +50,9 @@ def spec(out: Path, data: dict) -> dict:
     """All runs, in the order the driver executes them."""
     off = [o.replace("echorl.enable=true", "echorl.enable=false") for o in SMOKE_METHOD]
     runs = [
-        # GRPO + EchoRL, 3 steps, checkpoint after step 2 (and after the last step)
-        _run("echo3", out, data, 3, [*SMOKE_METHOD, "trainer.save_freq=2"]),
+        # GRPO + EchoRL, 3 steps, checkpoint after step 2 (and after the last step), EchoClip dump every step
+        _run("echo3", out, data, 3, [*SMOKE_METHOD, "trainer.save_freq=2", "echorl_dump.freq=1",
+                                     f"echorl_dump.dir={out / 'echo3' / 'clips'}", "echorl_dump.max_records=64"]),
         # resumed from echo3's step-2 checkpoint: step 3 again
         _run("echo_resume", out, data, 3, [*SMOKE_METHOD, "trainer.save_freq=-1", "trainer.resume_mode=resume_path",
                                            f"trainer.resume_from_path={out / 'echo3' / 'ckpt' / 'global_step_2'}"]),
