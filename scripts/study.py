@@ -5,6 +5,7 @@
     python scripts/study.py --arms grpo,echorl   # only these arms (their seed counts from the table)
     python scripts/study.py --arms echorl --seeds 6,7   # other seeds
     python scripts/study.py --quick              # reduced study (2 arms, 1 seed, 30 steps), results/study_quick/
+    python scripts/study.py --pilot --model DIR  # grpo/echorl, 2 seeds, 60 steps, results/study_pilot/
     python scripts/study.py --report             # docs/results.md + docs/images/results_*.png from results/study/
     python scripts/study.py --dry-run            # print the plan (runs left, runs done)
 
@@ -32,9 +33,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def _settings(args):
     import dataclasses
 
-    from echorl.study.arms import FULL, QUICK
+    from echorl.study.arms import FULL, PILOT, QUICK
 
-    s = QUICK if args.quick else FULL
+    s = QUICK if args.quick else PILOT if args.pilot else FULL
+    if args.model:
+        s = dataclasses.replace(s, model=args.model)
     if args.steps:
         s = dataclasses.replace(s, steps=args.steps)
     if args.folder:
@@ -54,7 +57,7 @@ def report(s, folder: Path) -> list[Path]:
     from echorl.study.report import write_report
 
     md, images = _report_paths(s, folder)
-    cmd = "python scripts/study.py --report" + (" --quick" if s.name == "quick" else "")
+    cmd = "python scripts/study.py --report" + {"quick": " --quick", "pilot": " --pilot"}.get(s.name, "")
     write_report(folder, s, md, images, command=cmd)
     return [md, *sorted(images.glob("results_*.png"))]
 
@@ -69,7 +72,7 @@ def initial_eval(s, folder: Path) -> Path:
     path = folder / "initial.json"
     if path.exists():
         return path
-    cfg = load_config(list(s.extra), config_name="testbed")
+    cfg = load_config([f"model.name={s.model}", *s.extra], config_name="testbed")
     model, tok = load_model(str(cfg.model.name))
     pool = make_pool(int(cfg.reward.num_workers), float(cfg.reward.timeout_s))
     t0 = time.time()
@@ -88,6 +91,8 @@ def main(argv=None) -> int:
     ap.add_argument("--arms", default=None, help="comma-separated arm names (default: every arm of the settings)")
     ap.add_argument("--seeds", default=None, help="comma-separated seeds for every selected arm (default: the table's)")
     ap.add_argument("--quick", action="store_true", help="the reduced study (under 20 minutes), results/study_quick/")
+    ap.add_argument("--pilot", action="store_true", help="the pilot (grpo/echorl, 2 seeds, 60 steps), results/study_pilot/")
+    ap.add_argument("--model", default=None, help="model.name for every run (default tiny-chain)")
     ap.add_argument("--report", action="store_true", help="only regenerate the report from the results folder")
     ap.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     ap.add_argument("--commit", action="store_true", help="git-commit each result file (and the report) when written")

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-__all__ = ["ARMS", "Arm", "Settings", "FULL", "QUICK", "arm_overrides", "compose", "get_arms"]
+__all__ = ["ARMS", "Arm", "Settings", "FULL", "PILOT", "QUICK", "arm_overrides", "compose", "get_arms"]
 
 # DAPO's two changes the engine has (recipes/dapo): dynamic sampling and clip-higher.
 DAPO = ("algorithm.filter_groups.enable=true", "++actor_rollout_ref.actor.clip_ratio_low=0.2",
@@ -91,6 +91,7 @@ class Settings:
     passk_temperature: float
     max_new_tokens: int
     grad_share_every: int
+    model: str = "tiny-chain"  # model.name of every run (a folder for an interim build)
     eval_seed: int = 1234
     eval_batch_size: int = 256
     extra: tuple[str, ...] = field(default_factory=tuple)  # overrides for every arm (tests: tiny settings)
@@ -107,6 +108,10 @@ class Settings:
 FULL = Settings(name="full", folder="results/study", steps=150, arms=None, seeds=None, test_freq=25, dev_rows=200,
                 dev_n=2, test_rows=500, ood_rows=500, eval_n=4, eval_temperature=0.6, passk_rows=64, passk_n=64,
                 passk_temperature=1.0, max_new_tokens=96, grad_share_every=10)
+# A pilot that fits a shared 2-core box in about an hour: the main pair, 2 seeds, 60 steps, smaller evaluation.
+PILOT = Settings(name="pilot", folder="results/study_pilot", steps=60, arms=("grpo", "echorl"), seeds=2, test_freq=20,
+                 dev_rows=128, dev_n=1, test_rows=256, ood_rows=128, eval_n=2, eval_temperature=0.6, passk_rows=32,
+                 passk_n=32, passk_temperature=1.0, max_new_tokens=96, grad_share_every=5)
 QUICK = Settings(name="quick", folder="results/study_quick", steps=30, arms=("grpo", "echorl"), seeds=1, test_freq=15,
                  dev_rows=64, dev_n=1, test_rows=128, ood_rows=64, eval_n=2, eval_temperature=0.6, passk_rows=16,
                  passk_n=16, passk_temperature=1.0, max_new_tokens=96, grad_share_every=5)
@@ -132,7 +137,7 @@ def run_overrides(arm: Arm, seed: int, s: Settings, out_dir: str) -> list[str]:
     """Every override of one (arm, seed) run: the study's common ones, then the arm's."""
     val = (f"data.val_files=[{{name: dev, source: chain, group: id, num_rows: {s.dev_rows}, "
            "task_kwargs: {split: dev}}]")
-    common = [f"output_dir={out_dir}", "resume=auto", f"seed={seed}", f"data.seed={seed}",
+    common = [f"model.name={s.model}", f"output_dir={out_dir}", "resume=auto", f"seed={seed}", f"data.seed={seed}",
               f"trainer.total_training_steps={s.steps}", "trainer.logger=[]", "trainer.make_report=false",
               f"trainer.save_freq={max(1, min(50, s.steps))}", "trainer.max_ckpt_to_keep=1",
               val, f"trainer.test_freq={s.test_freq}", "trainer.val_before_train=true",

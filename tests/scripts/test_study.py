@@ -224,8 +224,8 @@ def test_split_record_is_fixed_and_disjoint():
 
 TINY = dataclasses.replace(
     QUICK, steps=2, test_freq=1, dev_rows=4, dev_n=1, test_rows=6, ood_rows=4, eval_n=2, passk_rows=3, passk_n=4,
-    grad_share_every=1, eval_batch_size=64,
-    extra=("model.name=tiny", "data.task=arithmetic", "+data.task_kwargs.levels=[1]", "data.num_rows=64",
+    grad_share_every=1, eval_batch_size=64, model="tiny",
+    extra=("data.task=arithmetic", "+data.task_kwargs.levels=[1]", "data.num_rows=64",
            "data.train_batch_size=4", "actor_rollout_ref.rollout.n=4", "actor_rollout_ref.actor.ppo_mini_batch_size=2",
            "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8", "actor_rollout_ref.actor.optim.lr_warmup_steps=0",
            "reward.num_workers=1"))
