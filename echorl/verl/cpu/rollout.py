@@ -20,7 +20,10 @@ there is none, so this module provides the three pieces verl expects, with the s
   it); rank 0 of a replica ships the tensors to its server.
 
 Sampling is reproducible when verl's ``rollout.full_determinism=true`` (request ids ``det-<row>``):
-each request seeds torch from ``(rollout.seed, global_steps, request_id)``.
+each request seeds torch from ``(rollout.seed, global_steps, request_id, prompt, k)``, ``k`` counting
+identical requests within one weight version. verl gives the ``n`` rollouts of a prompt the same
+request id, so without ``k`` a group would hold ``n`` copies of one sample; with it the group's
+samples are fixed, though which row receives which depends on arrival order.
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ class HFGenerateServer:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos[0]
         self.max_model_len = int(config.max_model_len or (config.prompt_length + config.response_length))
         self.global_steps: Optional[int] = None
+        self._seen: dict[str, int] = {}  # identical requests so far under this weight version
         self._lock = asyncio.Lock()
 
     async def ready(self) -> bool:
@@ -113,8 +117,11 @@ class HFGenerateServer:
         temperature = float(params.get("temperature", 1.0))
         top_k = int(params.get("top_k", -1))
         top_p = float(params.get("top_p", 1.0))
-        seed = request_seed(int(self.config.seed), int(self.global_steps or 0), str(request_id))
         async with self._lock:
+            ident = f"{request_id}/{hashlib.sha256(str(prompt_ids).encode()).hexdigest()[:16]}"
+            k = self._seen.get(ident, 0)
+            self._seen[ident] = k + 1
+            seed = request_seed(int(self.config.seed), int(self.global_steps or 0), f"{ident}/{k}")
             token_ids, log_probs = await asyncio.to_thread(
                 self._sample, prompt_ids, max_tokens, temperature, top_k, top_p,
                 float(params.get("repetition_penalty", 1.0)), seed,
@@ -167,6 +174,7 @@ class HFGenerateServer:
             if self.model.config.tie_word_embeddings:
                 self.model.tie_weights()
             self.global_steps = global_steps
+            self._seen.clear()
         return len(state)
 
     # verl's lifecycle calls: nothing to do on CPU (no KV cache kept between calls, no device memory)

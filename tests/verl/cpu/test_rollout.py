@@ -45,12 +45,20 @@ def test_log_probs_are_the_models_at_the_sampling_temperature(server):
     assert server.eos_ids == [server.tokenizer.eos_token_id]
 
 
-def test_sampling_is_fixed_by_seed_step_and_request_id(server):
+def test_sampling_is_fixed_by_seed_step_request_and_occurrence(server):
+    """verl sends a group's n rollouts with one request id: they must differ from each other, and
+    the same requests under the same weight version must give the same samples again."""
     prompt = _prompt(server, "Compute 9-2.")
-    a = [_gen(server, prompt, f"det-{i}", temperature=1.5).token_ids for i in range(4)]
-    b = [_gen(server, prompt, f"det-{i}", temperature=1.5).token_ids for i in range(4)]
+    weights = {k: v.clone() for k, v in server.model.state_dict().items() if k != "lm_head.weight"}
+    asyncio.run(server.update_weights(weights, global_steps=5))
+    a = [_gen(server, prompt, "det-0", temperature=1.5).token_ids for _ in range(4)]
+    asyncio.run(server.update_weights(weights, global_steps=5))  # same version again: counts restart
+    b = [_gen(server, prompt, "det-0", temperature=1.5).token_ids for _ in range(4)]
     assert a == b
-    assert len({tuple(x) for x in a}) > 1  # different rows sample differently
+    assert len({tuple(x) for x in a}) > 1  # the group's rollouts are not copies of one sample
+    asyncio.run(server.update_weights(weights, global_steps=6))
+    c = [_gen(server, prompt, "det-0", temperature=1.5).token_ids for _ in range(4)]
+    assert c != a  # another weight version samples anew
     assert request_seed(7, 0, "det-1") != request_seed(7, 1, "det-1") != request_seed(8, 1, "det-1")
 
 
