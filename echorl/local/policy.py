@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from echorl.local.attention import gqa_attention
+
 __all__ = ["position_ids_from_mask", "response_logits", "token_logprob_entropy", "old_policy_pass",
            "policy_logprobs", "pack_for_verl", "trim_padding", "bucketed_logprobs", "BUCKET_ROWS"]
 
@@ -111,11 +113,12 @@ def old_policy_pass(model: torch.nn.Module, input_ids: torch.Tensor, attention_m
     was_training = model.training
     model.eval()
     lps, ents = [], []
-    for s in range(0, input_ids.shape[0], chunk_rows):
-        lp, ent = bucketed_logprobs(model, input_ids[s:s + chunk_rows], attention_mask[s:s + chunk_rows],
-                                    responses[s:s + chunk_rows], temperature, with_entropy=True)
-        lps.append(lp)
-        ents.append(ent)
+    with gqa_attention(model):
+        for s in range(0, input_ids.shape[0], chunk_rows):
+            lp, ent = bucketed_logprobs(model, input_ids[s:s + chunk_rows], attention_mask[s:s + chunk_rows],
+                                        responses[s:s + chunk_rows], temperature, with_entropy=True)
+            lps.append(lp)
+            ents.append(ent)
     model.train(was_training)
     return torch.cat(lps), torch.cat(ents)
 

@@ -12,6 +12,8 @@ from typing import Any, Sequence
 
 import torch
 
+from echorl.local.attention import gqa_attention
+
 __all__ = ["RolloutBatch", "format_prompts", "encode_prompts", "generate_rollouts", "response_mask_from_eos",
            "eos_ids_of", "compact_decode", "compact_decode_supported"]
 
@@ -215,8 +217,9 @@ def generate_rollouts(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequence[
     was_training = model.training
     model.eval()
     if decode == "compact" and compact_decode_supported(model) is None:
-        out = compact_decode(model, prompts1, pmask1, n=n, max_new_tokens=max_response_length, temperature=temperature,
-                             top_p=top_p, top_k=top_k, eos_ids=eos_ids, pad_id=pad_id)
+        with gqa_attention(model):  # no copy of the KV cache per step for GQA models
+            out = compact_decode(model, prompts1, pmask1, n=n, max_new_tokens=max_response_length,
+                                 temperature=temperature, top_p=top_p, top_k=top_k, eos_ids=eos_ids, pad_id=pad_id)
     else:
         out = model.generate(
             input_ids=prompts, attention_mask=pmask, do_sample=True, temperature=temperature, top_p=top_p,

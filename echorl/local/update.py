@@ -26,6 +26,7 @@ import torch
 from tensordict import TensorDict
 
 from echorl.filtering import split_minibatches
+from echorl.local.attention import gqa_attention
 from echorl.local.policy import bucketed_logprobs, pack_for_verl
 
 __all__ = ["token_level_rewards", "compute_advantages", "actor_update", "build_micro_batch"]
@@ -129,8 +130,9 @@ def actor_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sched
                                          temperature=temperature)
                 am = batch["attention_mask"][rows]
                 # length buckets on their own columns: the same packed values as one full-width forward
-                log_prob, entropy = bucketed_logprobs(model, batch["input_ids"][rows], am, batch["responses"][rows],
-                                                      temperature, with_entropy=want_entropy)
+                with gqa_attention(model):
+                    log_prob, entropy = bucketed_logprobs(model, batch["input_ids"][rows], am, batch["responses"][rows],
+                                                          temperature, with_entropy=want_entropy)
                 output = {"log_probs": pack_for_verl(log_prob, am, P)}
                 if entropy is not None:
                     output["entropy"] = pack_for_verl(entropy, am, P)
