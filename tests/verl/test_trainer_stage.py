@@ -90,9 +90,28 @@ def _core_mask(padded, uids, is_padding, cfg):
                              padded["rm_scores"].sum(-1), uids, cfg), valid
 
 
+def test_paper_default_writes_clip_mean_row_denominators():
+    """Default preset (scope=success, per=group, loss_agg=clip_mean): the core's clips, and D_b =
+    |c_b| * C / M per row."""
+    from echorl import echo_row_denominators
+
+    cfg = EchoConfig()
+    data, is_padding, padded, uids = make_batch(seed=1)
+    fields, out = echo_stage_fields(data, is_padding, cfg, num_minibatches=2, step=3)
+    sel, valid = _core_mask(padded, uids, is_padding, cfg)
+    assert torch.equal(torch.nested.to_padded_tensor(fields["echo_mask"], False), sel.mask)
+    lens = sel.mask.sum(dim=1).float()
+    clips = int(sel.mask.any(dim=1).sum())
+    assert clips >= 3  # groups A and D (all-success) and the mixed group's successes
+    expected = torch.where(lens > 0, lens * clips / 2, 1.0)
+    assert torch.equal(fields["echo_denom"], expected)
+    assert torch.equal(fields["echo_denom"], echo_row_denominators(sel.mask, valid, "clip_mean", 2))
+    assert out.metrics["echo/denom"] == clips / 2
+
+
 @pytest.mark.parametrize("per", ["rollout", "group"])
 def test_mask_equals_core_selection(per):
-    cfg = EchoConfig(per=per)
+    cfg = EchoConfig(preset="degenerate", per=per)
     data, is_padding, padded, uids = make_batch(seed=1)
     fields, out = echo_stage_fields(data, is_padding, cfg, num_minibatches=2, step=3)
     sel, valid = _core_mask(padded, uids, is_padding, cfg)
