@@ -48,7 +48,11 @@ def _settings(args):
 
 
 def _report_paths(s, folder: Path) -> tuple[Path, Path]:
-    if s.name == "full" and folder == ROOT / "results/study":
+    """docs/results.md for the full study, and for the pilot while the full study has no result yet."""
+    from echorl.study.report import load_results
+
+    if (s.name == "full" and folder == ROOT / "results/study") or (
+            s.name == "pilot" and folder == ROOT / "results/study_pilot" and not load_results(ROOT / "results/study")):
         return ROOT / "docs/results.md", ROOT / "docs/images"
     return folder / "report.md", folder / "images"
 
@@ -58,7 +62,7 @@ def report(s, folder: Path) -> list[Path]:
 
     md, images = _report_paths(s, folder)
     cmd = "python scripts/study.py --report" + {"quick": " --quick", "pilot": " --pilot"}.get(s.name, "")
-    write_report(folder, s, md, images, command=cmd)
+    write_report(folder, s, md, images, command=cmd, full_folder=None if s.name == "full" else ROOT / "results/study")
     return [md, *sorted(images.glob("results_*.png"))]
 
 

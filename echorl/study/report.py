@@ -194,8 +194,10 @@ def _recorded_settings(results: dict[str, dict[int, dict[str, Any]]]) -> Setting
 
 
 def write_report(folder: str | os.PathLike, s: Settings, out_md: str | os.PathLike, images: str | os.PathLike,
-                 prefix: str = "results_", script: str = "scripts/study.py", command: str = "") -> str:
-    """Write the report (markdown + figures) from ``folder``; returns the markdown text."""
+                 prefix: str = "results_", script: str = "scripts/study.py", command: str = "",
+                 full_folder: str | os.PathLike | None = None) -> str:
+    """Write the report (markdown + figures) from ``folder``; returns the markdown text. For a reduced
+    study (quick, pilot), ``full_folder`` adds the full study's status and the commands that run it."""
     folder, out_md, images = Path(folder), Path(out_md), Path(images)
     results = load_results(folder)
     s = _recorded_settings(results) or s  # the settings the runs actually used
@@ -271,8 +273,17 @@ def write_report(folder: str | os.PathLike, s: Settings, out_md: str | os.PathLi
     if "arms" in figs:
         L += ["## Curves and pass@k of every arm", "", f"![dev accuracy of every arm]({rel(figs['arms'])})", "",
               f"![pass@k]({rel(figs['passk'])})", ""]
-    missing = _not_run(results, s, script)
-    L += ["## Arms not run yet", ""]
+    if full_folder is None:
+        missing = _not_run(results, s, script)
+        L += ["## Arms not run yet", ""]
+    else:
+        from echorl.study.arms import FULL
+
+        missing = _not_run(load_results(full_folder), FULL, script)
+        L += ["## The full study: arms not run yet", "",
+              f"The full study ({FULL.steps} steps, {sum(a.seeds for a in ARMS)} runs over {len(ARMS)} arms, "
+              f"results in `{FULL.folder}/`) runs with the commands below, in this priority order; "
+              "`python scripts/study.py` runs all of them, resuming and skipping finished runs.", ""]
     if missing:
         L += ["| arm | seeds done | command (resumes; finished runs are skipped) |", "|---|---|---|", *missing, ""]
     else:
