@@ -65,8 +65,16 @@ def init_ray(config, num_gpus: int, out: Path) -> None:
     env = get_ppo_ray_runtime_env(config)
     env = OmegaConf.to_container(OmegaConf.merge(env, config.ray_kwargs.ray_init.runtime_env))
     env["env_vars"].update(TRANSFER_QUEUE_ENABLE="1", VERL_FILE_LOGGER_ROOT=str(out / "logs"))
-    ray.init(num_cpus=int(config.ray_kwargs.ray_init.num_cpus), num_gpus=num_gpus, runtime_env=env,
-             include_dashboard=False)
+    for attempt in (1, 2):  # a busy machine can miss Ray's node start-up deadline once
+        try:
+            ray.init(num_cpus=int(config.ray_kwargs.ray_init.num_cpus), num_gpus=num_gpus, runtime_env=env,
+                     include_dashboard=False)
+            return
+        except Exception:
+            if attempt == 2:
+                raise
+            traceback.print_exc()
+            ray.shutdown()
 
 
 def launch(entry: str, config) -> None:
