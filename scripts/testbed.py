@@ -4,6 +4,8 @@
     python scripts/testbed.py regime                          # the shipped tiny-chain model on 128 dev prompts x 8
     python scripts/testbed.py regime --model DIR --prompts 256
     python scripts/testbed.py tune --out /tmp/tc noise=0.2 warm_start_steps=1500   # build a variant, then its regime
+    python scripts/testbed.py tune --out /tmp/tc --snapshots 200,400,600 noise=0.3  # one run, the regime every k steps
+    python scripts/testbed.py ship --src /tmp/tc --step 400   # that snapshot as the shipped build (CHAIN_RECIPE)
     python scripts/testbed.py grpo --steps 200 --out outputs/testbed_grpo [overrides...]
 
 ``regime`` prints the sampled success at T=1.0, mean token entropy, distinct responses per group
@@ -94,6 +96,8 @@ def cmd_tune(args) -> int:
                 state = torch.get_rng_state()
                 res = regime(m, tok, args.prompts, args.n)
                 torch.set_rng_state(state)
+                Path(args.out).mkdir(parents=True, exist_ok=True)
+                torch.save(m.state_dict(), Path(args.out) / f"step_{step}.pt")  # for `ship`
                 print(json.dumps({"set": args.set, "warm_start_steps": step, "wall_s": round(time.time() - t0), **res}),
                       flush=True)
 
@@ -105,6 +109,34 @@ def cmd_tune(args) -> int:
     res = regime(model, tok, args.prompts, args.n)
     print(json.dumps({"set": args.set, "final_loss": meta["final_loss"], "params": meta["num_params"],
                       "build_s": meta["warm_start_seconds"], **res}))
+    return 0
+
+
+def cmd_ship(args) -> int:
+    """Save snapshot ``step_<k>.pt`` of a ``tune --snapshots`` run as the build of CHAIN_RECIPE with
+    ``warm_start_steps=k`` (with the constant schedule, the first k steps of the run are exactly the
+    k-step warm start) into ``--dest`` (default: the shipped folder), evaluated as a build is."""
+    import torch
+    from transformers import Qwen2ForCausalLM
+
+    from echorl.models.char_tokenizer import build_char_tokenizer
+    from echorl.models.tiny import CHAIN_RECIPE, finish_build, shipped_dir, tiny_config
+
+    recipe = dict(CHAIN_RECIPE, warm_start_steps=args.step)
+    for kv in args.set:  # the tune run's recipe overrides
+        k, _, v = kv.partition("=")
+        recipe[k] = _parse_value(v)
+    if recipe.get("schedule") != "constant":
+        raise SystemExit("snapshots are builds only with schedule=constant")
+    if args.dest is None and recipe != CHAIN_RECIPE:
+        raise SystemExit(f"set CHAIN_RECIPE to {recipe} before shipping this snapshot (or pass --dest)")
+    torch.set_num_threads(1)
+    tok = build_char_tokenizer()
+    model = Qwen2ForCausalLM(tiny_config(len(tok), recipe, tok.eos_token_id))
+    model.load_state_dict(torch.load(Path(args.src) / f"step_{args.step}.pt"))
+    model.eval()
+    meta = finish_build(model, tok, args.dest or shipped_dir(recipe), recipe, n_eval=500)
+    print(json.dumps(meta, indent=1))
     return 0
 
 
@@ -120,15 +152,23 @@ def cmd_grpo(args) -> int:
     tr = LocalTrainer(cfg)
     evals = []
 
-    def ev(step):
-        acc = {s: heldout_accuracy(tr.model, tr.tok, s, args.eval_prompts, seed=1000 + step) for s in ("dev", "ood")}
+    def ev(step, final=False):
+        splits = ("dev", "ood") if final or step in (0, args.steps) else ("dev",)
+        state = torch.get_rng_state()  # the run's sampling stream is the same with or without evals
+        acc = {s: heldout_accuracy(tr.model, tr.tok, s, args.eval_prompts, seed=1000 + step) for s in splits}
+        torch.set_rng_state(state)
         evals.append({"step": step, **acc})
-        print(f"eval step {step:4d}: dev {acc['dev']:.3f}  ood {acc['ood']:.3f}", flush=True)
+        print(f"eval step {step:4d}: " + "  ".join(f"{k} {v:.3f}" for k, v in acc.items()), flush=True)
 
     ev(0)
     rows = []
     try:
+        deadline = time.monotonic() + 60 * args.time_limit_min if args.time_limit_min else None
         while tr.global_step < args.steps:
+            if deadline is not None and time.monotonic() > deadline:
+                print(f"--time-limit-min {args.time_limit_min} reached at step {tr.global_step}", flush=True)
+                ev(tr.global_step, final=True)
+                break
             m = tr.step()
             rows.append({"step": tr.global_step, **m})
             if tr.global_step % 10 == 0:
@@ -165,15 +205,21 @@ def main(argv=None) -> int:
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--snapshots", default="", help="comma-separated step counts: regime of each prefix of one run")
     t.add_argument("set", nargs="*", help="recipe overrides key=value")
+    sh = sub.add_parser("ship")
+    sh.add_argument("--src", required=True, help="the --out folder of a tune --snapshots run")
+    sh.add_argument("--step", type=int, required=True)
+    sh.add_argument("--dest", default=None)
+    sh.add_argument("set", nargs="*", help="the recipe overrides of the tune run (key=value)")
     g = sub.add_parser("grpo")
     g.add_argument("--out", default="outputs/testbed_grpo")
     g.add_argument("--steps", type=int, default=200)
     g.add_argument("--eval-every", type=int, default=50)
-    g.add_argument("--eval-prompts", type=int, default=500)
+    g.add_argument("--eval-prompts", type=int, default=256)
+    g.add_argument("--time-limit-min", type=float, default=None, help="stop (with a last eval) after this many minutes")
     g.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return {"regime": cmd_regime, "tune": cmd_tune, "grpo": cmd_grpo}[args.cmd](args)
+    return {"regime": cmd_regime, "tune": cmd_tune, "ship": cmd_ship, "grpo": cmd_grpo}[args.cmd](args)
 
 
 if __name__ == "__main__":

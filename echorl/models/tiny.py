@@ -29,6 +29,13 @@ the command above (``tests/models/test_tiny_shipped.py`` fails until then).
 
 Build elsewhere by hand: ``python scripts/build_tiny_model.py --out DIR`` (prints per-level success
 rates).
+
+The testbed model ``tiny-chain`` (:data:`CHAIN_RECIPE`, shipped in ``echorl/assets/tiny-chain``,
+``model.name=tiny-chain``) uses the same machinery on :mod:`echorl.tasks.chain`: a smaller network
+(0.33M parameters), a deliberately short warm start at a constant rate, and a fraction of
+warm-start solutions with a wrong product (:func:`sft_rows`). Its folder's ``echorl_tiny.json`` also
+holds ``regime_T1`` (:func:`echorl.models.regime.rollout_regime` on 128 dev prompts x 8). Rebuild:
+``python scripts/build_tiny_model.py --recipe tiny-chain --ship``; docs/engine.md, "Testbed".
 """
 
 from __future__ import annotations
@@ -94,11 +101,12 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 # The model built from RECIPE, shipped inside the package (read-only; never written at run time).
 SHIPPED_DIR = ASSETS / CACHE_NAME
 
-# The EchoRL testbed model (``model.name=tiny-chain``, docs/engine.md "Testbed"): warm-started on
-# the chain task (:mod:`echorl.tasks.chain`) with a fraction ``noise`` of the reference solutions
-# given a wrong product (one digit changed, carried through; :func:`chain.corrupt_hard_step`), so
-# the model is unsure exactly at the hard step: sampled at T=1.0 it solves part of the prompts and
-# its 8 rollouts of a prompt differ there.
+# The EchoRL testbed model (``model.name=tiny-chain``, docs/engine.md "Testbed"): deliberately
+# undertrained on the chain task (:mod:`echorl.tasks.chain`), with a fraction ``noise`` of the
+# reference solutions given a wrong product (one digit changed, carried through;
+# :func:`chain.corrupt_hard_step`), so sampled at T=1.0 it solves part of the prompts and its 8
+# rollouts of a prompt differ. Constant rate after warm-up: the k-step build is the first k steps
+# of a longer one, so ``scripts/testbed.py tune --snapshots`` measures several step counts in one run.
 CHAIN_RECIPE: dict[str, Any] = {
     "version": 1,
     "name": "tiny-chain",
@@ -110,9 +118,9 @@ CHAIN_RECIPE: dict[str, Any] = {
     "num_key_value_heads": 2,
     "max_position_embeddings": 256,
     "seed": 0,
-    "warm_start_steps": 2000,
+    "warm_start_steps": 1300,
     "schedule": "constant",
-    "noise": 0.3,
+    "noise": 0.1,
     "batch_size": 32,
     "lr": 4e-3,
     "warmup_steps": 100,
@@ -345,7 +353,7 @@ def build_tiny_model(out_dir: str | os.PathLike, recipe: dict[str, Any] = RECIPE
 
 
 def _build(out_dir: Path, recipe: dict[str, Any], n_eval: int, log_every: int) -> dict[str, Any]:
-    from transformers import GenerationConfig, Qwen2ForCausalLM
+    from transformers import Qwen2ForCausalLM
 
     t0 = time.time()
     torch.manual_seed(recipe["seed"])
@@ -353,7 +361,15 @@ def _build(out_dir: Path, recipe: dict[str, Any], n_eval: int, log_every: int) -
     tok = build_char_tokenizer()
     model = Qwen2ForCausalLM(tiny_config(len(tok), recipe, tok.eos_token_id))
     losses = warm_start(model, tok, recipe, log_every=log_every)
-    t_train = time.time() - t0
+    return finish_build(model, tok, out_dir, recipe, n_eval, losses, time.time() - t0)
+
+
+def finish_build(model: Any, tok: Any, out_dir: str | os.PathLike, recipe: dict[str, Any], n_eval: int,
+                 losses: Sequence[float] = (), t_train: float | None = None) -> dict[str, Any]:
+    """Evaluate a warm-started ``model`` of ``recipe`` and save it with its metadata to ``out_dir``
+    (what :func:`build_tiny_model` does after :func:`warm_start`). Returns the metadata."""
+    from transformers import GenerationConfig
+
     acc = sample_success(model, tok, eval_rows(recipe, n_eval)) if n_eval else {}
     model.generation_config = GenerationConfig(
         do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=96,
@@ -363,7 +379,7 @@ def _build(out_dir: Path, recipe: dict[str, Any], n_eval: int, log_every: int) -
         "recipe": dict(recipe),
         "num_params": sum(p.numel() for p in model.parameters()),
         "final_loss": tail_loss(losses) if losses else None,  # mean of the last 50 steps
-        "warm_start_seconds": round(t_train, 1),
+        "warm_start_seconds": None if t_train is None else round(t_train, 1),
         "sampled_success_T1": acc,
         "boundary_ids": list(boundary_ids(tok)),
     }
@@ -372,7 +388,7 @@ def _build(out_dir: Path, recipe: dict[str, Any], n_eval: int, log_every: int) -
 
         meta["regime_T1"] = rollout_regime(model, tok, chain.generate(min(n_eval, 128), split="dev"), chain.score,
                                            n=8, temperature=1.0, seed=recipe["seed"])
-    save_folder_atomic(model, tok, out_dir, META_FILE, meta)
+    save_folder_atomic(model, tok, Path(out_dir), META_FILE, meta)
     return meta
 
 
