@@ -154,3 +154,29 @@ def test_recipes_found_on_disk_are_all_run(e2e):
     on_disk = sorted(p.name for p in scenarios.RECIPES.iterdir() if p.is_dir() and (p / f"{p.name}.yaml").exists())
     assert scenarios.recipe_names() == on_disk and len(on_disk) >= 7
     assert {f"recipe_{m}" for m in on_disk} <= set(e2e.results)
+
+
+def test_dapo_dynamic_sampling_with_echorl_trains_on_mixed_groups_only(e2e):
+    """recipes/dapo (filter_groups on acc) + EchoRL's defaults (scope=success, per=group,
+    loss_agg=clip_mean): verl's replay buffer evicts every zero-variance group, so the stage sees
+    mixed groups only and every clip comes from one; D_b = |c_b| * C (one mini-batch) and the
+    workers report the mean over clips of each clip's token-mean NLL."""
+    e2e.ok("dapo_echo")
+    logged = e2e.metrics("dapo_echo")
+    assert sorted(logged) == [1, 2]
+    for step in (1, 2):
+        m = logged[step]
+        assert m["echo/groups_zero_var_frac"] == 0.0 and m["echo/groups_all_success_frac"] == 0.0
+        assert m["echo/groups_mixed_frac"] == 1.0
+        assert m["echo/clips_from_all_success"] == 0.0 and m["echo/clips"] == m["echo/clips_from_mixed"]
+        trace = e2e.trace("dapo_echo", step)
+        keep = ~trace["is_padding"]
+        mask = trace["echo_mask"][keep]
+        clips = int(mask.any(dim=1).sum())
+        assert clips == m["echo/clips"] and clips <= len(set(trace["uid"]))  # one clip per group at most
+        lens = mask.sum(dim=1).double()
+        torch.testing.assert_close(trace["echo_denom"][keep].double(), torch.where(lens > 0, lens * clips, 1.0))
+        if clips:
+            nll, _ = clip_nll(trace)
+            assert m["echo/loss"] == pytest.approx(nll, rel=1e-4, abs=1e-7)
+
