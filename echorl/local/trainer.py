@@ -38,7 +38,7 @@ from echorl.local.data import PromptSampler, prepare_prompts
 from echorl.local.dynamic_sampling import dynamic_sample, filter_config, generate_and_score
 from echorl.local.logger import RunLogger
 from echorl.local.policy import old_policy_pass
-from echorl.local.rollout import eos_ids_of, generate_rollouts
+from echorl.local.rollout import eos_ids_of
 from echorl.local.update import actor_update, compute_advantages, token_level_rewards
 from echorl.stage import num_minibatches, run_echo_stage
 
@@ -293,7 +293,6 @@ class LocalTrainer:
         t["timing/echo"] = time.perf_counter() - t4
 
         t5 = time.perf_counter()
-        B = rb.responses.shape[0]
         batch = {"prompts": rb.prompts, "responses": rb.responses, "input_ids": rb.input_ids,
                  "attention_mask": rb.attention_mask, "response_mask": rl_mask,
                  "old_log_probs": old_lp, "advantages": echo.advantages, "echo_mask": echo.echo_mask,
