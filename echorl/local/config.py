@@ -21,12 +21,6 @@ from echorl.core.config import EchoConfig
 
 RESUME_MODES = ("auto", "disable")
 OVERLONG_MODES = ("error", "skip")
-# Estimators that need inputs this engine does not produce (a critic, per-token pi^2 sums).
-_UNSUPPORTED_ESTIMATORS = {
-    "gae": "needs a critic (values); the embedded engine trains the actor only",
-    "optimal_token_baseline": "needs actor.calculate_sum_pi_squared, not produced by the embedded engine",
-    "tir_optimal_token_baseline": "needs actor.calculate_sum_pi_squared, not produced by the embedded engine",
-}
 
 
 def load_config(overrides: Sequence[str] = (), config_name: str = "local") -> DictConfig:
@@ -108,7 +102,7 @@ def build_method_config(cfg: DictConfig):
 
 def validate(cfg: DictConfig, actor_cfg: Any) -> None:
     """Cross-key rules of the embedded engine; each error names the key(s) and the fix."""
-    from verl.trainer.ppo.core_algos import get_adv_estimator_fn
+    from echorl.estimators import check_estimator_name, check_group_size, engine_refusal, registered
 
     if cfg.resume not in RESUME_MODES:
         raise ValueError(f"resume must be one of {list(RESUME_MODES)}, got {cfg.resume!r}")
@@ -124,6 +118,12 @@ def validate(cfg: DictConfig, actor_cfg: Any) -> None:
                     cfg.actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu)):
         if not isinstance(v, int) or v < 1:
             raise ValueError(f"{key} must be a positive int, got {v!r}")
+    est = str(cfg.algorithm.adv_estimator)
+    check_estimator_name(est)  # unknown: lists the registered names
+    if engine_refusal(est):
+        raise ValueError(f"algorithm.adv_estimator={est} {engine_refusal(est)}; choose one of "
+                         f"{[e for e in registered() if not engine_refusal(e)]} or use the verl path")
+    check_group_size(est, n)  # before the batch-size rules: n=1 is refused for its real reason
     mini = actor_cfg.ppo_mini_batch_size
     if bs % mini != 0:
         raise ValueError(f"data.train_batch_size ({bs}) must be a multiple of actor_rollout_ref.actor.ppo_mini_batch_size ({mini})")
@@ -141,10 +141,6 @@ def validate(cfg: DictConfig, actor_cfg: Any) -> None:
     if actor_cfg.policy_loss.get("loss_mode", "vanilla") == "bypass_mode":
         raise ValueError("actor_rollout_ref.actor.policy_loss.loss_mode=bypass_mode skips the old-policy pass, "
                          "so there is no token entropy for EchoRL; choose another loss_mode")
-    est = str(cfg.algorithm.adv_estimator)
-    if est in _UNSUPPORTED_ESTIMATORS:
-        raise ValueError(f"algorithm.adv_estimator={est} {_UNSUPPORTED_ESTIMATORS[est]}")
-    get_adv_estimator_fn(est)  # raises ValueError listing nothing useful; checked early on purpose
     for b in cfg.trainer.logger:
         if b not in ("console", "tensorboard", "wandb"):
             raise ValueError(f"trainer.logger entries must be console, tensorboard or wandb, got {b!r}")

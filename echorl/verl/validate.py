@@ -31,6 +31,9 @@ def validate_config(config: DictConfig) -> EchoConfig:
 
     Refuses (``ValueError`` naming the key and the fix):
 
+    * an unknown ``algorithm.adv_estimator`` (the registered names are listed), and
+      ``actor_rollout_ref.rollout.n=1`` with a group-relative estimator (:mod:`echorl.estimators`);
+
     * a missing ``echorl:`` node or bad ``echorl.*`` keys/values (via ``EchoConfig.from_dict``);
     * ``trainer.use_v1=false``: the deprecated v0 trainer drops the old-policy entropy;
     * ``trainer.v1.trainer_mode`` other than ``sync``: EchoRL's stage is wired into the sync trainer;
@@ -49,6 +52,12 @@ def validate_config(config: DictConfig) -> EchoConfig:
         )
     node = config.echorl
     echo = EchoConfig.from_dict(OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node)
+    est = _get(config, "algorithm.adv_estimator")
+    if est is not None:  # before verl's own checks: unknown names listed, n=1 refused for its reason
+        from echorl.estimators import check_estimator_name, check_group_size
+
+        check_estimator_name(str(est))
+        check_group_size(str(est), int(_get(config, "actor_rollout_ref.rollout.n", 1)))
 
     if not bool(_get(config, "trainer.use_v1", False)):
         raise ValueError(
