@@ -1,12 +1,15 @@
-"""``make demo`` / ``python -m echorl.demo``: GRPO + EchoRL on the tiny model, on one CPU machine.
+"""``make demo`` / ``python -m echorl.demo``: GRPO + EchoRL on the testbed, on one CPU machine.
 
-Trains the warm-started tiny Qwen2 (:mod:`echorl.models.tiny`, shipped in ``echorl/assets``) on
-the synthetic arithmetic task with the embedded engine for a few minutes, long
-enough for the reward to rise and for all-success (advantage-degenerated) groups to appear, which
-is where EchoRL's term takes over. Then prints a short summary and where the figure
-(``outputs/demo/metrics.png``) and the EchoClip page (``outputs/demo/echo_clips.html``) are.
+Trains the testbed model (``tiny-chain``, a warm-started tiny Qwen2 shipped in ``echorl/assets``)
+on the chain task (:mod:`echorl.tasks.chain`: five-line solutions with one hard multiplication)
+with the embedded engine, sampling at T=1.0 with the EchoRL paper preset (the defaults of
+``echorl/config/testbed.yaml``; docs/engine.md, "Testbed"). From the first step some groups are
+all-success, some mixed and some all-fail; GRPO learns from the mixed ones and EchoRL echoes the
+successful rollouts' prefixes up to their highest-entropy step. Prints a short summary and where
+the figure (``outputs/demo/metrics.png``) and the EchoClip page (``outputs/demo/echo_clips.html``)
+are.
 
-Extra arguments are Hydra overrides of ``echorl/config/local.yaml`` (e.g. ``echorl.enable=false``
+Extra arguments are Hydra overrides of ``echorl/config/testbed.yaml`` (e.g. ``echorl.enable=false``
 for the GRPO baseline, ``trainer.total_training_steps=40`` for a shorter run).
 """
 
@@ -17,34 +20,13 @@ import sys
 import time
 from typing import Sequence
 
-# Why these settings (docs/log.md, 2026-11-23): the warm-started tiny model is over-confident
-# (~0.08 nats/token at T=1.0), so at T=1.0 the 8 rollouts of a prompt are near copies, groups are
-# all-right or all-wrong, and GRPO learns nothing in minutes (measured: reward flat over 120
-# steps). Sampling at T=2.0 makes groups diverse; RL then sharpens the policy, the reward rises
-# and all-success groups appear (0 -> ~0.1 of groups), which is where EchoRL's term takes over.
-# Levels 1-2: level 1 starts near 95% (T=1), level 2 near 14%. coef=0.01 (paper: 0.001) makes the
-# small term visible in the demo's few minutes. Four optimizer steps per batch (mini-batch 4).
+# Everything else is the testbed config; the method settings are EchoConfig's defaults (the paper).
 DEMO_OVERRIDES = [
-    "model.name=tiny",
     "output_dir=outputs/demo",
     "resume=disable",
-    "data.task=arithmetic",
-    "+data.task_kwargs.levels=[1,2]",
-    "data.train_batch_size=16",
-    "data.max_response_length=64",
-    "actor_rollout_ref.rollout.n=8",
-    "actor_rollout_ref.rollout.temperature=2.0",
-    "actor_rollout_ref.actor.ppo_mini_batch_size=4",
-    "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=32",
-    "actor_rollout_ref.actor.optim.lr=4e-4",
-    "actor_rollout_ref.actor.optim.lr_warmup_steps=5",
-    "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=64",
-    "algorithm.adv_estimator=grpo",
-    "echorl.coef=0.01",
-    "trainer.total_training_steps=150",
-    "trainer.time_limit_min=8",
-    "trainer.num_threads=1",
-    "trainer.save_freq=50",
+    "trainer.total_training_steps=200",
+    "trainer.time_limit_min=9",
+    "trainer.save_freq=100",
     "trainer.logger=[console,tensorboard]",
 ]
 
@@ -60,8 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from echorl.local.logger import read_metrics
 
     overrides = DEMO_OVERRIDES + list(sys.argv[1:] if argv is None else argv)
-    cfg = load_config(overrides)
-    print("EchoRL demo: GRPO + EchoRL, tiny Qwen2 (char tokenizer) on multi-step arithmetic, "
+    cfg = load_config(overrides, config_name="testbed")
+    print("EchoRL demo: GRPO + EchoRL (paper preset), tiny-chain Qwen2 on the chain testbed at "
+          f"T={cfg.actor_rollout_ref.rollout.temperature}, "
           f"{cfg.data.train_batch_size} prompts x {cfg.actor_rollout_ref.rollout.n} rollouts per step, "
           f"up to {cfg.trainer.total_training_steps} steps / {cfg.trainer.time_limit_min} min")
     t0 = time.time()
@@ -79,9 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"with start-up and the report) in {summary['output_dir']}")
     print(f"  reward        {avg(first, 'reward/mean'):.3f} (first {k} steps) -> {avg(last, 'reward/mean'):.3f} (last {k})")
     print(f"  accuracy      {avg(first, 'reward/accuracy'):.3f} -> {avg(last, 'reward/accuracy'):.3f}")
-    print(f"  degenerated   {avg(first, 'echo/groups_zero_var_frac'):.2f} -> {avg(last, 'echo/groups_zero_var_frac'):.2f} "
-          f"of groups (all-success: {avg(first, 'echo/groups_all_success_frac'):.2f} -> "
-          f"{avg(last, 'echo/groups_all_success_frac'):.2f})")
+    for key, label in (("all_success", "all-success"), ("mixed", "mixed"), ("all_fail", "all-fail")):
+        print(f"  {label:13s} {avg(first, f'echo/groups_{key}_frac'):.2f} -> {avg(last, f'echo/groups_{key}_frac'):.2f} of groups")
+    print(f"  entropy       {avg(first, 'actor/entropy'):.3f} -> {avg(last, 'actor/entropy'):.3f} nats/token (T=1.0)")
     with_clips = [r for r in rows if r.get("echo/clips", 0) > 0]  # clip length / loss undefined without clips
     if with_clips:
         print(f"  EchoClips     {sum(r['echo/clips'] for r in with_clips):.0f} in total, "
