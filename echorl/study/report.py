@@ -117,15 +117,16 @@ def _figures(results: dict[str, dict[int, dict[str, Any]]], images: Path, prefix
     # main: GRPO vs GRPO + EchoRL
     main = [a for a in present if a.name in ("grpo", "echorl")]
     if main:
-        fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
+        fig, axes = plt.subplots(1, 5, figsize=(21, 3.6))
         for a in main:
             runs = results[a.name]
             _band(axes[0], runs, "step", "dev", "val", a.name, col[a.name])
             _band(axes[1], runs, "step", "reward", "curves", a.name, col[a.name])
             _band(axes[2], runs, "step", "entropy", "curves", a.name, col[a.name])
-            _band(axes[3], runs, "step", "all_success_frac", "curves", a.name, col[a.name])
+            _band(axes[3], runs, "step", "mixed_frac", "curves", a.name, col[a.name])
+            _band(axes[4], runs, "step", "grad_echo_share", "curves", a.name, col[a.name])
         for ax, t in zip(axes, ("dev accuracy (mean@n, T=eval)", "train reward (T=1.0)", "token entropy (nats)",
-                                "all-success groups")):
+                                "mixed groups (share)", "EchoRL share of grad norm")):
             ax.set_title(t)
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)
