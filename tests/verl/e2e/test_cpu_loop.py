@@ -78,6 +78,22 @@ def test_echo3_dumps_echoclips_every_step_and_the_page_renders_them(e2e):
     assert (clips / "echo_clips.html").read_text().count('class="card"') == len(recs)
 
 
+def test_echorl_off_first_step_equals_verl_main_ppo_exactly(e2e):
+    """Same config (up to names), same seed: step 1 of echorl.enable=false through echorl.main and of
+    verl's main_ppo report exactly the same losses and gradient norm."""
+    e2e.ok("off_echorl")
+    e2e.ok("off_verl")
+    ma, mb = e2e.metrics("off_echorl")[1], e2e.metrics("off_verl")[1]
+    assert ma["critic/advantages/max"] > 0  # mixed groups: the step really trained
+    for key in ("actor/pg_loss", "actor/grad_norm", "critic/score/mean", "response_length/mean", "actor/entropy"):
+        assert ma[key] == mb[key], key
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "not deterministic across runs on CPU: rows reach the actor update in a different order in each run "
+    "(verl gives each prompt a uuid4 uid and TransferQueue lists the batch by its keys; the hf_cpu rollout "
+    "hands a group's identical requests their seeds in arrival order), so float sums differ from step 2 on "
+    "(measured: step-2 grad_norm 0.2657446 vs 0.2657426, weights within 6.2e-6)"))
 def test_echorl_off_trains_bit_identically_to_verl_main_ppo(e2e):
     e2e.ok("off_echorl")
     e2e.ok("off_verl")
