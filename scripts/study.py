@@ -48,11 +48,13 @@ def _settings(args):
 
 
 def _report_paths(s, folder: Path) -> tuple[Path, Path]:
-    """docs/results.md for the full study, and for the pilot while the full study has no result yet."""
+    """docs/results.md for the most complete study that has results (full, else quick, else pilot),
+    ``<folder>/report.md`` for the others."""
     from echorl.study.report import load_results
 
-    if (s.name == "full" and folder == ROOT / "results/study") or (
-            s.name == "pilot" and folder == ROOT / "results/study_pilot" and not load_results(ROOT / "results/study")):
+    default = {"full": "results/study", "quick": "results/study_quick", "pilot": "results/study_pilot"}
+    lead = next((name for name in ("full", "quick", "pilot") if load_results(ROOT / default[name])), "full")
+    if s.name == lead and folder == ROOT / default[s.name]:
         return ROOT / "docs/results.md", ROOT / "docs/images"
     return folder / "report.md", folder / "images"
 
