@@ -80,13 +80,16 @@ def test_echo3_dumps_echoclips_every_step_and_the_page_renders_them(e2e):
 
 def test_echorl_off_first_step_equals_verl_main_ppo_exactly(e2e):
     """Same config (up to names), same seed: step 1 of echorl.enable=false through echorl.main and of
-    verl's main_ppo report exactly the same losses and gradient norm."""
+    verl's main_ppo report exactly the same policy loss, gradient norm, scores and lengths."""
     e2e.ok("off_echorl")
     e2e.ok("off_verl")
     ma, mb = e2e.metrics("off_echorl")[1], e2e.metrics("off_verl")[1]
     assert ma["critic/advantages/max"] > 0  # mixed groups: the step really trained
-    for key in ("actor/pg_loss", "actor/grad_norm", "critic/score/mean", "response_length/mean", "actor/entropy"):
+    for key in ("actor/pg_loss", "actor/grad_norm", "critic/score/mean", "response_length/mean"):
         assert ma[key] == mb[key], key
+    # batch means summed over rows in each run's own row order (see the expected failure below)
+    for key in ("actor/entropy", "critic/advantages/mean"):
+        assert ma[key] == pytest.approx(mb[key], rel=1e-5), key
 
 
 @pytest.mark.xfail(strict=True, reason=(
