@@ -197,11 +197,11 @@ def main() -> int:
     t_c = t_c_sub * B / rows.numel()
     # cross-check at scale: the core on the sub-batch gives the reference's clips
     sub_sel = select_echo_clips(*sub, cfg)
-    ref_agrees = bool(torch.equal(sub_sel.mask, ref.mask) and torch.equal(sub_sel.peak_step, ref.peak_step))
+    ref_agrees = bool(torch.equal(sub_sel.mask, ref.mask) and torch.equal(sub_sel.clip_end_step, ref.clip_end_step))
     w_rows = torch.arange(min(B, args.ref_groups * args.n))  # worst case: the first groups
     w_sub = [t[w_rows] for t in (w_resp, w_mask, w_ent, w_scores, w_uids)]
     w_ref, w_core = ref_select(*w_sub, cfg), select_echo_clips(*w_sub, cfg)
-    ref_agrees_w = bool(torch.equal(w_core.mask, w_ref.mask) and torch.equal(w_core.peak_step, w_ref.peak_step))
+    ref_agrees_w = bool(torch.equal(w_core.mask, w_ref.mask) and torch.equal(w_core.clip_end_step, w_ref.clip_end_step))
 
     mem = measure_memory(args)
     ent_bytes = entropy.numel() * entropy.element_size()

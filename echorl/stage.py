@@ -12,10 +12,9 @@ from typing import Sequence
 
 import torch
 
-from echorl.core.clips import EchoSelection, select_echo_clips
+from echorl.core.clips import EchoSelection, grad_token_fractions, select_echo_clips
 from echorl.core.config import EchoConfig
 from echorl.core.loss import PER_CLIP_LOSS_AGGS, apply_echo_advantage, denominators_from_counts
-from echorl.core.tensorops import count_true
 
 
 @dataclass
@@ -79,7 +78,7 @@ def run_echo_stage(
     metrics = dict(sel.metrics)
     active = cfg.active
     metrics["echo/active"] = float(active)
-    use_loss = active and cfg.mode == "loss"
+    use_loss = cfg.adds_loss_term
     echo_mask = sel.mask if use_loss else torch.zeros_like(sel.mask)
     denom_rows = denominators_from_counts(sel.clip_len, float(sel.lengths.sum()), cfg.loss_agg, num_minibatches)
     if cfg.loss_agg in PER_CLIP_LOSS_AGGS:
@@ -93,18 +92,14 @@ def run_echo_stage(
             raise ValueError(f"echo_only must have shape [B]=[{sel.clip_len.shape[0]}], got {list(kept.shape)}")
         metrics["echo/kept_rows"] = float(kept.sum())
         metrics["echo/kept_clip_tokens"] = float(torch.where(kept, sel.clip_len, 0).sum())
-        metrics["echo/clips_from_kept"] = float((kept & (sel.peak_step >= 0)).sum())
+        metrics["echo/clips_from_kept"] = float((kept & (sel.clip_end_step >= 0)).sum())
     out_adv = advantages
     if advantages is not None:
         if advantages.shape != sel.mask.shape:
             raise ValueError(f"advantages must have shape [B, L]={list(sel.mask.shape)}, got {list(advantages.shape)}")
-        if active and cfg.mode == "advantage":
+        if cfg.adds_advantage_bonus:
             out_adv = apply_echo_advantage(advantages, sel.mask, cfg.adv_coef)
-        # bool [B, L] counts without .sum()'s int64 copy of the whole batch (count_true)
-        n_valid = max(float(sel.lengths.sum()), 1.0)
-        with_grad = (advantages != 0) & (response_mask != 0)  # [B, L]
-        metrics["echo/grad_token_frac_base"] = float(count_true(with_grad).sum()) / n_valid
-        metrics["echo/grad_token_frac_echo"] = float(count_true(with_grad.logical_or_(sel.mask)).sum()) / n_valid
+        metrics.update(grad_token_fractions(advantages, response_mask, sel.mask))
     return EchoStageOutput(echo_mask=echo_mask, echo_denom_rows=denom_rows, echo_denom=denom, advantages=out_adv,
                            selection=sel, metrics=metrics)
 

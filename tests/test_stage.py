@@ -133,7 +133,7 @@ def test_random_prefix_is_seeded_by_seed_and_step():
         direct = select_echo_clips(resp, mask, ent, scores, [0] * B, cfg, generator=gen)
         assert torch.equal(out.echo_mask, direct.mask)
         u = torch.rand(B, generator=torch.Generator().manual_seed(3 * 1_000_003 + step), dtype=torch.float64)
-        assert out.selection.peak_step.tolist() == [math.floor(x * 7) for x in u.tolist()]
+        assert out.selection.clip_end_step.tolist() == [math.floor(x * 7) for x in u.tolist()]
         outs.setdefault(step, out.echo_mask)
         assert torch.equal(outs[step], out.echo_mask)  # same step -> same clips
     assert not torch.equal(outs[0], outs[1])  # another step -> other clips

@@ -266,7 +266,7 @@ def profile_solutions(solutions: Sequence[Solution], entropies: Sequence[torch.T
     out = []
     for i, s in enumerate(solutions):
         n = int(num_steps[i])
-        k = int(sel.peak_step[i])
+        k = int(sel.clip_end_step[i])
         hs = h[i, :n].tolist()
         out.append({
             "kind": s.kind, "row": s.row, "score": s.score, "tokens": len(s.response_ids),

@@ -10,7 +10,7 @@ every piece of text is HTML-escaped.
 Records (one per rollout) are plain dicts::
 
     {"prompt": str, "tokens": list[str], "entropy": list[float], "clip_len": int,
-     "peak_step": int (-1 = none), "step_ids": list[int], "score": float, "group": str | int,
+     "clip_end_step": int (-1 = none), "step_ids": list[int], "score": float, "group": str | int,
      "group_kind": "all-success" | "mixed" | "all-fail" (optional), "group_successes": str (optional, "k/n")}
 
 ``tokens``, ``entropy`` and ``step_ids`` cover the valid response positions only, in order; the
@@ -126,7 +126,7 @@ def clip_records(
         responses: ``[B, L] long`` response token ids.
         response_mask: ``[B, L]`` 1 on valid response tokens.
         entropy: ``[B, L] float`` token entropy.
-        selection: the :class:`echorl.core.EchoSelection` of this batch (``mask [B, L]``, ``peak_step [B]``).
+        selection: the :class:`echorl.core.EchoSelection` of this batch (``mask [B, L]``, ``clip_end_step [B]``).
         tokenizer: decodes one token id at a time (``batch_decode``).
         boundary_ids: step boundary ids (those the selection used).
         prompts: ``B`` prompt texts (default empty).
@@ -145,7 +145,7 @@ def clip_records(
     valid = response_mask.bool()
     step_id, _, _ = segment_steps(responses, valid, boundary_ids_tensor(boundary_ids, responses.device))  # [B, L]
     clip_mask = selection.mask.bool()
-    peak = selection.peak_step
+    peak = selection.clip_end_step
     gids = list(range(B)) if group_ids is None else [g.item() if torch.is_tensor(g) else g for g in group_ids]
     score_list = None if scores is None else [float(x) for x in scores]
     kinds = group_kinds(score_list, gids, success_threshold) if score_list is not None else {}
@@ -175,7 +175,7 @@ def clip_records(
             "tokens": [str(t) for t in tokens],
             "entropy": ent[b][v].tolist(),
             "clip_len": clip_len,
-            "peak_step": int(peak[b]) if clip_len else -1,
+            "clip_end_step": int(peak[b]) if clip_len else -1,
             "step_ids": step_id[b][v].tolist(),
             "score": float("nan") if score_list is None else score_list[b],
             "group": gids[b],
@@ -203,7 +203,7 @@ def _record_html(i: int, r: dict[str, Any], hmax: float) -> str:
     tokens, ent, steps = list(r["tokens"]), list(r["entropy"]), list(r["step_ids"])
     if not (len(tokens) == len(ent) == len(steps)):
         raise ValueError(f"record {i}: tokens ({len(tokens)}), entropy ({len(ent)}) and step_ids ({len(steps)}) differ in length")
-    clip_len, peak = int(r.get("clip_len", 0)), int(r.get("peak_step", -1))
+    clip_len, peak = int(r.get("clip_len", 0)), int(r.get("clip_end_step", -1))
     if not 0 <= clip_len <= len(tokens):
         raise ValueError(f"record {i}: clip_len {clip_len} outside [0, {len(tokens)}]")
     parts = []

@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
-import numpy as np
 import torch
 
 from echorl.core.config import EchoConfig
-from echorl.core.registry import Registry
+from echorl.core.registry import SELECTORS
 from echorl.core.tensorops import count_true
 from echorl.core.steps import aggregate_bins, boundary_ids_tensor, is_boundary_token, step_bins_, step_ids
 
-# selector name -> fn(h [E, S] float, eligible [E, S] bool, u [E] float in [0, 1)) -> k [E] long (-1 = none)
-SELECTORS: Registry[Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = Registry("selector")
 
 
 class EchoBoundaryWarning(UserWarning):
@@ -39,7 +36,7 @@ class EchoSelection:
             of each row's valid positions).
         metrics: ``echo/*`` scalars of SPEC 2.5 (those that need no advantages or loss).
         eligible: ``[B] bool`` rollouts eligible by score and group (before step rules and ``per``).
-        peak_step: ``[B] long`` index of the step the clip ends at, ``-1`` without a clip.
+        clip_end_step: ``[B] long`` index of the step the clip ends at, ``-1`` without a clip.
         num_steps: ``[B] long`` steps of eligible rows (``0`` elsewhere).
         peak_h: ``[B] float`` highest eligible step aggregate of eligible rows (NaN elsewhere).
         lengths: ``[B] long`` valid response tokens per row.
@@ -50,7 +47,7 @@ class EchoSelection:
     mask: torch.Tensor
     metrics: dict[str, float]
     eligible: torch.Tensor
-    peak_step: torch.Tensor
+    clip_end_step: torch.Tensor
     num_steps: torch.Tensor
     peak_h: torch.Tensor
     lengths: torch.Tensor = field(repr=False)
@@ -102,14 +99,16 @@ def _group_codes(group_ids: torch.Tensor | Sequence, B: int, device: torch.devic
     if isinstance(group_ids, (str, bytes)) or len(group_ids) != B:
         n = "a string" if isinstance(group_ids, (str, bytes)) else f"length {len(group_ids)}"
         raise ValueError(f"group_ids must be a sequence of B={B} uids, got {n}")
-    # fromiter keeps one object per uid; np.asarray would unpack tuple uids into a 2-D array.
-    arr = np.fromiter(group_ids, dtype=object, count=B)
+    # Codes follow the sorted order of the uids (as torch.unique does for tensors); mixed,
+    # unorderable uid types fall back to first-seen order. Tuple uids stay one uid each.
+    first_seen: dict = {}
+    for g in group_ids:
+        first_seen.setdefault(g, len(first_seen))
     try:
-        _, codes = np.unique(arr, return_inverse=True)  # sorts in C; uids of one type
-    except TypeError:  # mixed, unorderable uid types: fall back to first-seen codes
-        seen: dict = {}
-        codes = np.fromiter((seen.setdefault(g, len(seen)) for g in group_ids), dtype=np.int64, count=B)
-    return torch.as_tensor(codes.reshape(-1), dtype=torch.long, device=device)
+        order = {g: i for i, g in enumerate(sorted(first_seen))}
+    except TypeError:
+        order = first_seen
+    return torch.tensor([order[g] for g in group_ids], dtype=torch.long, device=device)
 
 
 def _check_inputs(responses, response_mask, entropy, scores) -> None:
@@ -220,7 +219,7 @@ def select_echo_clips(
         _check_entropy_finite(entropy, response_mask)
 
     # ---- steps and clips on eligible rows only (SPEC 2.1-2.2); nothing [B, L] but the output
-    peak_step = torch.full((B,), -1, dtype=torch.long, device=device)
+    clip_end_step = torch.full((B,), -1, dtype=torch.long, device=device)
     num_steps = torch.zeros(B, dtype=torch.long, device=device)
     peak_h = torch.full((B,), float("nan"), dtype=torch.float64, device=device)
     clip_len = torch.zeros(B, dtype=torch.long, device=device)
@@ -262,7 +261,7 @@ def select_echo_clips(
             mask[idx] = bins <= limit.unsqueeze(1).to(torch.int32)  # [E, L]
         del bins
         clip_len[idx] = torch.where(has_clip, count.cumsum(dim=1).gather(1, k.clamp(min=0).unsqueeze(1)).squeeze(1), 0)
-        peak_step[idx] = k
+        clip_end_step[idx] = k
         num_steps[idx] = n_e
         peak_h[idx] = torch.where(torch.isfinite(ph), ph.to(torch.float64), float("nan"))
 
@@ -270,11 +269,11 @@ def select_echo_clips(
         _warn_if_no_boundary(responses, response_mask, cfg.boundary_token_ids)
 
     metrics = _selection_metrics(
-        clip_len=clip_len, lengths=lengths, row_ok=row_ok, eligible=eligible, codes=codes, peak_step=peak_step,
+        clip_len=clip_len, lengths=lengths, row_ok=row_ok, eligible=eligible, codes=codes, clip_end_step=clip_end_step,
         num_steps=num_steps, peak_h=peak_h, g_real=g_real, g_zero_var=g_zero_var, g_all_succ=g_all_succ,
         g_all_fail=g_all_fail, g_deg_succ=g_deg_succ,
     )
-    return EchoSelection(mask=mask, metrics=metrics, eligible=eligible, peak_step=peak_step, num_steps=num_steps,
+    return EchoSelection(mask=mask, metrics=metrics, eligible=eligible, clip_end_step=clip_end_step, num_steps=num_steps,
                          peak_h=peak_h, lengths=lengths, group_index=codes, clip_len=clip_len)
 
 
@@ -305,20 +304,14 @@ def _warn_if_no_boundary(responses: torch.Tensor, response_mask: torch.Tensor, i
     )
 
 
-def _selection_metrics(*, clip_len, lengths, row_ok, eligible, codes, peak_step, num_steps, peak_h, g_real,
+def _selection_metrics(*, clip_len, lengths, row_ok, eligible, codes, clip_end_step, num_steps, peak_h, g_real,
                        g_zero_var, g_all_succ, g_all_fail, g_deg_succ) -> dict[str, float]:
     """``echo/*`` metrics of SPEC 2.5 that the selection alone determines; one device sync."""
     f64 = torch.float64
-    clipped = peak_step >= 0  # [B]
+    clipped = clip_end_step >= 0  # [B]
     n_groups = g_real.sum().clamp(min=1).to(f64)
     n_clips = clipped.sum()
     nc = n_clips.clamp(min=1).to(f64)
-    # Tokens that carry policy gradient under a group-relative baseline: rows of non-zero-variance
-    # groups. EchoRL adds its clip tokens (disjoint from those rows under scope='degenerate').
-    grad_rows = row_ok & ~g_zero_var[codes] if g_real.numel() else row_ok & False
-    total_tokens = lengths.sum().clamp(min=1).to(f64)
-    base_tokens = torch.where(grad_rows, lengths, 0).sum().to(f64)
-    echo_extra = torch.where(grad_rows, 0, clip_len).sum().to(f64)
     resp_len = lengths.clamp(min=1).to(f64)
     g_mixed = g_real & ~g_all_succ & ~g_all_fail
     vals = torch.stack([
@@ -331,19 +324,38 @@ def _selection_metrics(*, clip_len, lengths, row_ok, eligible, codes, peak_step,
         n_clips.to(f64),
         clip_len.sum().to(f64),
         torch.where(clipped, clip_len / resp_len, 0).sum() / nc,
-        torch.where(clipped, peak_step, 0).sum() / nc,
+        torch.where(clipped, clip_end_step, 0).sum() / nc,
         torch.where(clipped, num_steps, 0).sum() / nc,
-        torch.where(clipped, (peak_step + 1).to(f64) / num_steps.clamp(min=1), 0).sum() / nc,
+        torch.where(clipped, (clip_end_step + 1).to(f64) / num_steps.clamp(min=1), 0).sum() / nc,
         torch.where(clipped, peak_h, 0).nansum() / nc,
-        base_tokens / total_tokens,
-        (base_tokens + echo_extra) / total_tokens,
         (clipped & g_all_succ[codes]).sum().to(f64) if g_real.numel() else n_clips.to(f64) * 0,
         (clipped & g_mixed[codes]).sum().to(f64) if g_real.numel() else n_clips.to(f64) * 0,
     ]).tolist()
     keys = [
         "groups_all_success_frac", "groups_all_fail_frac", "groups_mixed_frac", "groups_zero_var_frac",
         "groups_degenerate_success_frac", "eligible_rollouts", "clips", "clip_tokens", "clip_len_frac",
-        "peak_step", "num_steps", "peak_step_rel", "peak_h", "grad_token_frac_base", "grad_token_frac_echo",
+        "clip_end_step", "num_steps", "clip_end_step_rel", "peak_h",
         "clips_from_all_success", "clips_from_mixed",
     ]
     return {f"echo/{k}": float(v) for k, v in zip(keys, vals)}
+
+
+def grad_token_fractions(advantages: torch.Tensor, response_mask: torch.Tensor, clip_mask: torch.Tensor) -> dict[str, float]:
+    """``echo/grad_token_frac_base`` and ``echo/grad_token_frac_echo`` (SPEC 2.5).
+
+    Args:
+        advantages: ``[B, L] float`` advantages of the base estimator.
+        response_mask: ``[B, L]`` valid response tokens (bool or 0/1).
+        clip_mask: ``[B, L] bool`` EchoClip tokens (:attr:`EchoSelection.mask`).
+
+    Returns:
+        ``base``: the fraction of valid response tokens with a non-zero advantage (the tokens that
+        carry policy gradient); ``echo``: the fraction that carry gradient once the clip tokens are
+        added (a clip token counts once even when its advantage is non-zero).
+    """
+    valid = response_mask != 0  # [B, L]
+    n_valid = max(float(count_true(valid).sum()), 1.0)
+    with_grad = (advantages != 0) & valid  # [B, L]; count_true avoids .sum()'s int64 copy
+    base = float(count_true(with_grad).sum()) / n_valid
+    echo = float(count_true(with_grad.logical_or_(clip_mask & valid)).sum()) / n_valid
+    return {"echo/grad_token_frac_base": base, "echo/grad_token_frac_echo": echo}

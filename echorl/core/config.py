@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from echorl.core.registry import LOSS_AGGS, SELECTORS, STEP_AGGS
+
 QWEN_NEWLINE_IDS: tuple[int, ...] = (198, 271)  # Qwen2/2.5: "\n" and "\n\n"
 
 SCOPES = ("degenerate", "success")
@@ -93,10 +95,6 @@ class EchoConfig:
 
     # ------------------------------------------------------------------ validation
     def __post_init__(self) -> None:
-        from echorl.core.clips import SELECTORS
-        from echorl.core.loss import LOSS_AGGS
-        from echorl.core.steps import STEP_AGGS
-
         ids = self.boundary_token_ids
         if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence):
             if hasattr(ids, "__iter__") and not isinstance(ids, (str, bytes)):
@@ -153,6 +151,16 @@ class EchoConfig:
         if not self.enable:
             return False
         return (self.coef if self.mode == "loss" else self.adv_coef) != 0.0
+
+    @property
+    def adds_loss_term(self) -> bool:
+        """True when EchoRL adds ``coef * NLL(clip)`` to the actor loss (active, ``mode='loss'``)."""
+        return self.active and self.mode == "loss"
+
+    @property
+    def adds_advantage_bonus(self) -> bool:
+        """True when EchoRL adds ``adv_coef`` to the clip tokens' advantages (active, ``mode='advantage'``)."""
+        return self.active and self.mode == "advantage"
 
     def resolve_boundary(self, tokenizer: Any) -> "EchoConfig":
         """Return a config whose ``boundary_token_ids`` are set; with boundary='auto' they are derived

@@ -32,11 +32,10 @@ from typing import Callable
 
 import torch
 
-from echorl.core.registry import Registry
+from echorl.core.registry import LOSS_AGGS
 from echorl.core.tensorops import count_true
 
 # loss_agg name -> fn(clip_len [B] float64, valid_tokens, num_minibatches) -> [B] float64 D_b
-LOSS_AGGS: Registry[Callable[[torch.Tensor, float, int], torch.Tensor]] = Registry("loss_agg")
 # loss_aggs whose D_b differs between rows (no single scalar D)
 PER_CLIP_LOSS_AGGS = ("clip_mean",)
 

@@ -40,3 +40,14 @@ class Registry(Generic[F]):
 
     def __contains__(self, name: object) -> bool:
         return name in self._fns
+
+
+# The registries of the method's variants. They live here, in the leaf module, so that the config
+# validates names without importing the modules that register the functions (no import cycle);
+# echorl.core's package import fills them (steps.py, clips.py, loss.py).
+# step_agg name -> fn(flat [N] int bin ids, values [N] float, count [nbins] long) -> [nbins] float
+STEP_AGGS: Registry = Registry("step_agg")
+# selector name -> fn(h [E, S] float, eligible [E, S] bool, u [E] float in [0, 1)) -> k [E] long (-1 = none)
+SELECTORS: Registry = Registry("selector")
+# loss_agg name -> fn(clip_len [B] long, valid_tokens float, num_minibatches int) -> [B] float
+LOSS_AGGS: Registry = Registry("loss_agg")

@@ -30,10 +30,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from echorl.core.registry import Registry
-
-# step_agg name -> fn(flat [N] int bin ids, values [N] float, count [nbins] long) -> [nbins] float
-STEP_AGGS: Registry[Callable[..., torch.Tensor]] = Registry("step_agg")
+from echorl.core.registry import STEP_AGGS
 
 
 def boundary_ids_tensor(ids: Sequence[int] | torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -188,7 +188,7 @@ class MethodLoss:
             nll = echo_loss_term(log_prob, hint, data[HINT_DENOM]) * dp_size  # sum -logp / D over hint tokens
             loss = loss + m.uft.coef * nll
             metrics["uft/hint_nll"] = Metric(value=nll.detach(), aggregation=AggregationType.SUM)
-        if self.echo_cfg.active and self.echo_cfg.mode == "loss":
+        if self.echo_cfg.adds_loss_term:
             missing = [k for k in (ECHO_MASK, ECHO_DENOM) if k not in data.keys()]
             if missing:
                 raise KeyError(f"MethodLoss: EchoRL is on but the micro-batch lacks {missing}")

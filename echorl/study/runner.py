@@ -199,7 +199,7 @@ def run_one(arm: Arm, seed: int, s: Settings, folder: str | os.PathLike, runs_di
     tr = LocalTrainer(cfg)
     resumed = tr.global_step > 0
     ec = tr.echo_cfg
-    coef = ec.coef if (ec.active and ec.mode == "loss") else 0.0
+    coef = ec.coef if ec.adds_loss_term else 0.0
     tr.loss_fn = GradShareLoss(tr.loss_fn, tr.model, lambda: tr.global_step, s.grad_share_every, coef)
     tr.train()
     train_s = time.time() - t0

@@ -86,8 +86,8 @@ def echo_stage_fields(
     Returns:
         ``(fields, out)``: ``fields`` is a ``TensorDict`` of batch size ``B`` to write back:
         ``echo_mask`` (nested ``[B, j]`` bool, like ``response_mask``; all False unless
-        ``cfg.active`` and ``mode='loss'``), ``echo_denom`` (``[B]`` float32, the per-row
-        denominators ``D_b`` of :func:`echorl.core.loss.echo_row_denominators`) and, when ``cfg.active`` and ``mode='advantage'``, ``advantages`` (nested, with
+        ``cfg.adds_loss_term``), ``echo_denom`` (``[B]`` float32, the per-row
+        denominators ``D_b`` of :func:`echorl.core.loss.echo_row_denominators`) and, when ``cfg.adds_advantage_bonus``, ``advantages`` (nested, with
         ``adv_coef`` added on clip tokens). ``out`` is the stage output (selection, ``echo/*``
         metrics).
     """
@@ -120,7 +120,7 @@ def echo_stage_fields(
         ECHO_MASK: _to_nested(out.echo_mask, resp_mask_nested),
         ECHO_DENOM: out.echo_denom_rows.to(torch.float32),
     }
-    if cfg.active and cfg.mode == "advantage":
+    if cfg.adds_advantage_bonus:
         adv_dtype = data["advantages"].dtype
         fields["advantages"] = _to_nested(out.advantages.to(adv_dtype), resp_mask_nested)
     return TensorDict(fields, batch_size=[B]), out

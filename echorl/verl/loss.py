@@ -85,7 +85,7 @@ class EchoLoss:
     @property
     def adds_term(self) -> bool:
         """True when the EchoRL term is added (enabled, ``mode='loss'``, ``coef > 0``)."""
-        return self.echo_cfg.active and self.echo_cfg.mode == "loss"
+        return self.echo_cfg.adds_loss_term
 
     def __call__(self, model_output: dict, data: TensorDict, dp_group=None) -> tuple[torch.Tensor, dict]:
         """One micro-batch.

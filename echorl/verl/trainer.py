@@ -50,7 +50,7 @@ class EchoLossMissingError(RuntimeError):
 def check_echo_loss_reported(metrics: dict, echo_cfg: EchoConfig, step: int) -> None:
     """After an actor update: when the stage selected clips with the EchoRL loss on, the workers'
     loss must have reported ``echo/loss``; otherwise raise :class:`EchoLossMissingError`."""
-    if echo_cfg.active and echo_cfg.mode == "loss" and metrics.get("echo/clips", 0.0) > 0 and "echo/loss" not in metrics:
+    if echo_cfg.adds_loss_term and metrics.get("echo/clips", 0.0) > 0 and "echo/loss" not in metrics:
         raise EchoLossMissingError(
             f"EchoRL: step {step} selected {int(metrics['echo/clips'])} clips (echorl.mode=loss) but the actor workers "
             "reported no echo/loss: their loss callable is not EchoRL's (set_loss_fn did not take effect, or the "
@@ -83,7 +83,7 @@ class EchoPPOTrainerSync(PPOTrainerSync):
         self.echo_loss = None
         if self.method.active:  # LUFFY / UFT: their loss (+ the EchoRL term), echorl.methods.luffy.MethodLoss
             self.echo_loss = self.install_echo_loss(method=True)
-        elif self.echo_cfg.active and self.echo_cfg.mode == "loss":
+        elif self.echo_cfg.adds_loss_term:
             self.echo_loss = self.install_echo_loss()
 
     def install_echo_loss(self, method: bool = False) -> EchoLoss:

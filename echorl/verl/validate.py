@@ -87,7 +87,7 @@ def validate_config(config: DictConfig) -> EchoConfig:
             "that survive), or the embedded engine (`echorl train`), which supports it."
         )
     check_filter_groups(filter_on, echo)  # scope=degenerate would select nothing under dynamic sampling
-    if bool(_get(config, "distillation.enabled", False)) and echo.active and echo.mode == "loss":
+    if bool(_get(config, "distillation.enabled", False)) and echo.adds_loss_term:
         raise ValueError(
             "distillation.enabled=true is not supported with echorl.mode=loss: EchoLoss wraps verl's ppo_loss "
             "and would replace the distillation loss. Fix: set distillation.enabled=false, or "

@@ -81,7 +81,7 @@ def test_dump_round_trips_into_the_page(tmp_path):
         assert r["step"] == 20 and r["score"] == float(scores[b]) and r["group"] == uids[b]
         assert r["tokens"] == [tok.decode([t]) for t in responses[b][v].tolist()]
         assert r["entropy"] == pytest.approx(entropy[b][v].tolist())
-        assert r["clip_len"] == int(sel.mask[b].sum()) and r["peak_step"] == (int(sel.peak_step[b]) if r["clip_len"] else -1)
+        assert r["clip_len"] == int(sel.mask[b].sum()) and r["clip_end_step"] == (int(sel.clip_end_step[b]) if r["clip_len"] else -1)
     assert main(["analyze", "clips", str(tmp_path / "dump")]) == 0
     page = (tmp_path / "dump" / "echo_clips.html").read_text()
     assert "Compute &lt;A&gt; &amp; more" in page

@@ -109,11 +109,11 @@ def test_records_from_tensors():
     r0 = recs[0]
     assert "".join(r0["tokens"]) == texts[0]
     assert len(r0["tokens"]) == len(r0["entropy"]) == len(r0["step_ids"]) == len(texts[0])
-    assert r0["peak_step"] == 1 and r0["clip_len"] == len("1<2&3=1\n1+1=2\n")
+    assert r0["clip_end_step"] == 1 and r0["clip_len"] == len("1<2&3=1\n1+1=2\n")
     assert r0["clip_len"] == int(sel.mask[0].sum())
     assert r0["step_ids"] == [0] * 8 + [1] * 6 + [2] * 6 + [3] * 9
     assert r0["score"] == 1.0 and r0["group"] == 0
-    assert recs[2]["clip_len"] == 0 and recs[2]["peak_step"] == -1
+    assert recs[2]["clip_len"] == 0 and recs[2]["clip_end_step"] == -1
     assert [r["prompt"] for r in clip_records(responses, mask, entropy, sel, tok, (nl,), prompts=prompts,
                                               scores=scores, group_ids=groups, max_records=1)] == ["p0"]
     assert clip_records(responses, mask, entropy, sel, tok, (nl,), rows=[3])[0]["group"] == 3
@@ -143,8 +143,8 @@ def test_html_escapes_marks_clip_and_peak(tmp_path):
         assert card["tokens"] == rec["tokens"]  # every token, unescaped back to its text
         # the highlight covers exactly the clip: the first clip_len tokens, and no other
         assert card["in_clip"] == [True] * rec["clip_len"] + [False] * (len(rec["tokens"]) - rec["clip_len"])
-        assert card["peak"] == [rec["peak_step"] >= 0 and s == rec["peak_step"] for s in rec["step_ids"]]
-        assert card["markers"] == ([f"peak step {rec['peak_step']}"] if rec["clip_len"] else [])
+        assert card["peak"] == [rec["clip_end_step"] >= 0 and s == rec["clip_end_step"] for s in rec["step_ids"]]
+        assert card["markers"] == ([f"peak step {rec['clip_end_step']}"] if rec["clip_len"] else [])
         assert card["lines"] == max(rec["step_ids"]) + 1  # one line span per step
         assert card["kind"] == f"{rec['group_kind']} {rec['group_successes']}"
     assert "".join(t for t, c in zip(p.cards[0]["tokens"], p.cards[0]["in_clip"]) if c) == "1<2&3=1\n1+1=2\n"
@@ -152,7 +152,7 @@ def test_html_escapes_marks_clip_and_peak(tmp_path):
 
 
 def test_record_validation():
-    bad = {"prompt": "", "tokens": ["a", "b"], "entropy": [0.1], "clip_len": 1, "peak_step": 0, "step_ids": [0, 0],
+    bad = {"prompt": "", "tokens": ["a", "b"], "entropy": [0.1], "clip_len": 1, "clip_end_step": 0, "step_ids": [0, 0],
            "score": 1.0, "group": 0}
     with pytest.raises(ValueError, match="record 0: tokens \\(2\\), entropy \\(1\\)"):
         render_clip_viewer([bad])

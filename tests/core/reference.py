@@ -20,14 +20,14 @@ import torch
 class RefSelection:
     """What the reference chose; fields mirror :class:`echorl.core.clips.EchoSelection`.
 
-    mask: ``[B, L] bool``; eligible: ``[B] bool``; peak_step: ``[B] long`` (-1 = no clip);
+    mask: ``[B, L] bool``; eligible: ``[B] bool``; clip_end_step: ``[B] long`` (-1 = no clip);
     num_steps: ``[B] long`` (eligible rows only, else 0); peak_h: list of ``B`` floats (NaN when
     the row is not eligible or has no eligible step).
     """
 
     mask: torch.Tensor
     eligible: torch.Tensor
-    peak_step: torch.Tensor
+    clip_end_step: torch.Tensor
     num_steps: torch.Tensor
     peak_h: list
 
@@ -156,7 +156,7 @@ def ref_select_echo_clips(
 
     # ---- SPEC 2.1-2.2 per eligible row
     work = set(range(B)) if rows is None else set(rows)
-    peak_step = [-1] * B
+    clip_end_step = [-1] * B
     num_steps = [0] * B
     peak_h = [float("nan")] * B
     steps_of: dict[int, list[list[int]]] = {}
@@ -168,7 +168,7 @@ def ref_select_echo_clips(
         num_steps[i] = len(steps)
         h = [ref_step_value([ent[i][t] for t in st], cfg.step_agg) for st in steps]
         ok = [len(st) >= cfg.min_step_tokens for st in steps]
-        peak_step[i] = ref_choose(h, ok, cfg.selector, u[i] if u is not None else 0.0)
+        clip_end_step[i] = ref_choose(h, ok, cfg.selector, u[i] if u is not None else 0.0)
         eligible_h = [h[k] for k in range(len(h)) if ok[k]]
         if eligible_h:
             peak_h[i] = max(eligible_h)
@@ -177,7 +177,7 @@ def ref_select_echo_clips(
     if cfg.per == "group":
         best_row: dict = {}
         for i in range(B):
-            if peak_step[i] < 0:
+            if clip_end_step[i] < 0:
                 continue
             g = uids[i]
             if g not in best_row or peak_h[i] > peak_h[best_row[g]]:
@@ -185,14 +185,14 @@ def ref_select_echo_clips(
         keep = set(best_row.values())
         for i in range(B):
             if i not in keep:
-                peak_step[i] = -1
+                clip_end_step[i] = -1
     elif cfg.per != "rollout":
         raise ValueError(f"unknown per {cfg.per!r}")
 
     # ---- the clip: every valid position from the first valid one to the end of the chosen step
     mask = [[False] * L for _ in range(B)]
     for i in range(B):
-        k = peak_step[i]
+        k = clip_end_step[i]
         if k < 0:
             continue
         last_pos = steps_of[i][k][-1]
@@ -202,7 +202,7 @@ def ref_select_echo_clips(
     return RefSelection(
         mask=torch.tensor(mask, dtype=torch.bool).reshape(B, L),
         eligible=torch.tensor(eligible, dtype=torch.bool),
-        peak_step=torch.tensor(peak_step, dtype=torch.long),
+        clip_end_step=torch.tensor(clip_end_step, dtype=torch.long),
         num_steps=torch.tensor(num_steps, dtype=torch.long),
         peak_h=peak_h,
     )

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from echorl import EchoConfig, select_echo_clips
 from echorl.core import clips as clips_mod
-from echorl.core.clips import SELECTORS, EchoBoundaryWarning
+from echorl.core.clips import SELECTORS, EchoBoundaryWarning, grad_token_fractions
 
 from .reference import ref_pooled_group_mask, ref_select_echo_clips
 
@@ -65,16 +65,16 @@ def test_peak_clip_by_hand(device, dtype):
     sel = sel_of([ROW_A, ROW_B], [ENT_A, ENT_B], [1.0, 1.0], ["g", "g"], dtype=dtype, device=device)
     assert sel.mask.device.type == device and sel.mask.dtype == torch.bool
     assert sel.mask.cpu().tolist() == [prefix(6, 7), prefix(2, 7)]
-    assert sel.peak_step.tolist() == [1, 0]
+    assert sel.clip_end_step.tolist() == [1, 0]
     assert sel.num_steps.tolist() == [3, 3]
     assert sel.peak_h.tolist() == [3.0, 4.0]
     assert sel.eligible.tolist() == [True, True]
     assert sel.metrics["echo/clips"] == 2 and sel.metrics["echo/clip_tokens"] == 8
     assert sel.metrics["echo/eligible_rollouts"] == 2
     assert sel.metrics["echo/clip_len_frac"] == pytest.approx((6 / 7 + 2 / 6) / 2)
-    assert sel.metrics["echo/peak_step"] == pytest.approx(0.5)
+    assert sel.metrics["echo/clip_end_step"] == pytest.approx(0.5)
     assert sel.metrics["echo/num_steps"] == pytest.approx(3.0)
-    assert sel.metrics["echo/peak_step_rel"] == pytest.approx((2 / 3 + 1 / 3) / 2)
+    assert sel.metrics["echo/clip_end_step_rel"] == pytest.approx((2 / 3 + 1 / 3) / 2)
     assert sel.metrics["echo/peak_h"] == pytest.approx(3.5)
 
 
@@ -88,7 +88,7 @@ ENT_AGG = [3, 0, 1, 1, 1, 1, 1, 1, 1, 2, 2]
 @pytest.mark.parametrize("agg, k, clip_len, h", [("mean", 2, 11, 2.0), ("sum", 1, 9, 7.0), ("max", 0, 2, 3.0)])
 def test_step_agg_changes_the_peak(agg, k, clip_len, h):
     sel = sel_of([ROW_AGG], [ENT_AGG], [1.0], [0], EchoConfig(preset="degenerate", step_agg=agg))
-    assert sel.peak_step.tolist() == [k] and sel.peak_h.tolist() == [h]
+    assert sel.clip_end_step.tolist() == [k] and sel.peak_h.tolist() == [h]
     assert sel.mask.tolist() == [prefix(clip_len, 11)]
 
 
@@ -104,7 +104,7 @@ def test_step_agg_changes_the_peak(agg, k, clip_len, h):
 )
 def test_ties_go_to_the_earliest_step(selector, agg, ent, k):
     sel = sel_of([[5, N, 6, N, 7]], [ent], [1.0], [0], EchoConfig(preset="degenerate", selector=selector, step_agg=agg))
-    assert sel.peak_step.tolist() == [k]
+    assert sel.clip_end_step.tolist() == [k]
     assert sel.mask.tolist() == [prefix([2, 4, 5][k], 5)]
 
 
@@ -122,7 +122,7 @@ ENT_MIN = [1, 1, 1, 1, 5, 5, 3, 3, 3, 3, 9]
 )
 def test_min_step_tokens(min_tokens, selector, k, clip_len):
     sel = sel_of([ROW_MIN], [ENT_MIN], [1.0], [0], EchoConfig(preset="degenerate", min_step_tokens=min_tokens, selector=selector))
-    assert sel.peak_step.tolist() == [k]
+    assert sel.clip_end_step.tolist() == [k]
     assert sel.mask.tolist() == [prefix(clip_len, 11)]
     assert sel.eligible.tolist() == [True] and sel.num_steps.tolist() == [4]
     expected_h = {1: 9.0, 2: 5.0, 3: 3.0, 4: 3.0, 5: NAN}[min_tokens]
@@ -139,13 +139,13 @@ def test_random_prefix_picks_the_floor_u_n_th_eligible_step():
         u = torch.rand(B, generator=torch.Generator().manual_seed(123), dtype=torch.float64)
         sel = sel_of([row] * B, [[1] * 9] * B, [1.0] * B, [0] * B, cfg, generator=torch.Generator().manual_seed(123))
         k = [math.floor(x * n) for x in u.tolist()]
-        assert sel.peak_step.tolist() == k
+        assert sel.clip_end_step.tolist() == k
         assert sel.mask.tolist() == [prefix(ends[j], 9) for j in k]
         assert len(set(k)) > 1  # the draw really varies across rows
         # without a generator the core seeds one with cfg.seed
         u7 = torch.rand(B, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
         sel7 = sel_of([row] * B, [[1] * 9] * B, [1.0] * B, [0] * B, cfg)
-        assert sel7.peak_step.tolist() == [math.floor(x * n) for x in u7.tolist()]
+        assert sel7.clip_end_step.tolist() == [math.floor(x * n) for x in u7.tolist()]
 
 
 def test_random_prefix_row_i_uses_u_i_even_when_earlier_rows_are_not_eligible():
@@ -155,7 +155,7 @@ def test_random_prefix_row_i_uses_u_i_even_when_earlier_rows_are_not_eligible():
     cfg = EchoConfig(preset="degenerate", selector="random_prefix")
     sel = sel_of([row] * B, [[1] * 9] * B, scores, list(range(B)), cfg, generator=torch.Generator().manual_seed(5))
     u = torch.rand(B, generator=torch.Generator().manual_seed(5), dtype=torch.float64).tolist()
-    assert sel.peak_step.tolist() == [-1] * 6 + [math.floor(x * 5) for x in u[6:]]
+    assert sel.clip_end_step.tolist() == [-1] * 6 + [math.floor(x * 5) for x in u[6:]]
 
 
 # ---------------------------------------------------------------------------- which rollouts
@@ -183,14 +183,14 @@ def test_paper_default_one_clip_per_group_from_successes_of_any_group():
     sel = sel_of([ROW_A, ROW_B, ROW_A, ROW_B, ROW_A, ROW_B], [ENT_A, ENT_B] * 3,
                  [1.0, 1.0, 1.0, 0.0, 0.0, 0.0], ["g", "g", "m", "m", "f", "f"], EchoConfig())
     assert sel.eligible.tolist() == [True, True, True, False, False, False]
-    assert sel.peak_step.tolist() == [-1, 0, 1, -1, -1, -1]
+    assert sel.clip_end_step.tolist() == [-1, 0, 1, -1, -1, -1]
     assert sel.mask.tolist() == [prefix(0, 7), prefix(2, 7), prefix(6, 7)] + [prefix(0, 7)] * 3
     assert sel.clip_len.tolist() == [0, 2, 6, 0, 0, 0]
     m = sel.metrics
     assert (m["echo/clips"], m["echo/clips_from_all_success"], m["echo/clips_from_mixed"]) == (2, 1, 1)
     deg = sel_of([ROW_A, ROW_B, ROW_A, ROW_B], [ENT_A, ENT_B] * 2, [1.0, 1.0, 1.0, 0.0], ["g", "g", "m", "m"],
                  EchoConfig(preset="degenerate"))
-    assert deg.peak_step.tolist() == [1, 0, -1, -1]
+    assert deg.clip_end_step.tolist() == [1, 0, -1, -1]
     assert (deg.metrics["echo/clips_from_all_success"], deg.metrics["echo/clips_from_mixed"]) == (2, 0)
 
 
@@ -212,7 +212,7 @@ def test_eligibility(kwargs, eligible_groups):
     expected = [bool(x) for g in GROUPS for x in eligible_groups.get(g, [0, 0])]
     assert sel.eligible.tolist() == expected
     assert sel.mask.tolist() == [prefix(6, 7) if e else prefix(0, 7) for e in expected]
-    assert sel.peak_step.tolist() == [1 if e else -1 for e in expected]
+    assert sel.clip_end_step.tolist() == [1 if e else -1 for e in expected]
     assert sel.num_steps.tolist() == [3 if e else 0 for e in expected]
 
 
@@ -224,9 +224,21 @@ def test_group_metrics():
     assert m["echo/groups_zero_var_frac"] == pytest.approx(5 / 6)
     assert m["echo/groups_degenerate_success_frac"] == pytest.approx(3 / 6)
     assert m["echo/eligible_rollouts"] == 6 and m["echo/clips"] == 6 and m["echo/clip_tokens"] == 36
-    # gradient-carrying rows: the mixed group only (7 tokens each); EchoRL adds 6 clip tokens x 6
-    assert m["echo/grad_token_frac_base"] == pytest.approx(14 / 84)
-    assert m["echo/grad_token_frac_echo"] == pytest.approx((14 + 36) / 84)
+    # the gradient-token fractions need advantages: run_echo_stage adds them (grad_token_fractions)
+    assert "echo/grad_token_frac_base" not in m and "echo/grad_token_frac_echo" not in m
+
+
+def test_grad_token_fractions_hand_case():
+    # 2 rows x 5 positions; valid: 4 + 3 = 7 tokens. Non-zero advantage on valid tokens: row 0's
+    # first 2 (its last valid token has advantage 0), row 1 none; a padded position with a
+    # non-zero advantage does not count. Clip: row 0's first 3 tokens (2 already carry gradient,
+    # 1 new), row 1's first 2 (new), and a clip bit on padding (ignored).
+    adv = torch.tensor([[0.5, -0.5, 0.0, 0.0, 9.0], [0.0, 0.0, 0.0, 7.0, 7.0]])
+    valid = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]])
+    clip = torch.tensor([[1, 1, 1, 0, 1], [1, 1, 0, 0, 0]], dtype=torch.bool)
+    m = grad_token_fractions(adv, valid, clip)
+    assert m == {"echo/grad_token_frac_base": pytest.approx(2 / 7), "echo/grad_token_frac_echo": pytest.approx(5 / 7)}
+    assert clip.tolist()[0] == [True, True, True, False, True]  # the caller's mask is not changed
 
 
 def test_padding_rows_are_never_members_nor_eligible():
@@ -264,13 +276,13 @@ def test_per_group_keeps_the_largest_peak_first_row_on_ties():
     ents = [[2, 2, 1], [3, 3, 1], [1, 1, 3], [5, 5, 0], [4, 4, 4]]
     uids = ["x", "x", "x", "y", "y"]
     sel = sel_of(rows, ents, [1.0] * 5, uids, EchoConfig(preset="degenerate", per="group"))
-    assert sel.peak_step.tolist() == [-1, 0, -1, 0, -1]
+    assert sel.clip_end_step.tolist() == [-1, 0, -1, 0, -1]
     assert sel.mask.tolist() == [prefix(0, 3), prefix(2, 3), prefix(0, 3), prefix(2, 3), prefix(0, 3)]
     assert sel.eligible.tolist() == [True] * 5  # eligibility is before `per`
     assert sel.peak_h.tolist() == [2, 3, 3, 5, 4]
     # whatever the selector, the row is chosen by its peak h; the clip ends at the selector's step
     sel = sel_of(rows, ents, [1.0] * 5, uids, EchoConfig(preset="degenerate", per="group", selector="lowest"))
-    assert sel.peak_step.tolist() == [-1, 1, -1, 1, -1]
+    assert sel.clip_end_step.tolist() == [-1, 1, -1, 1, -1]
     assert sel.mask.tolist() == [prefix(0, 3), prefix(3, 3), prefix(0, 3), prefix(3, 3), prefix(0, 3)]
 
 
@@ -280,7 +292,7 @@ def test_per_group_skips_rows_without_a_clip():
     rows = [[5, N, 9], [5, N, 9], [9]]
     ents = [[1, 1, 10], [2, 2, 0], [7]]
     sel = sel_of(rows, ents, [1.0] * 3, [0, 0, 1], EchoConfig(preset="degenerate", per="group", min_step_tokens=2))
-    assert sel.peak_step.tolist() == [-1, 0, -1]
+    assert sel.clip_end_step.tolist() == [-1, 0, -1]
     assert sel.mask.tolist() == [prefix(0, 3), prefix(2, 3), prefix(0, 3)]
     assert sel.peak_h.tolist()[:2] == [1.0, 2.0] and math.isnan(sel.peak_h[2].item())
 
@@ -441,7 +453,7 @@ def test_select_echo_clips_matches_reference(batch, pass_generator):
 
     assert torch.equal(sel.mask, ref.mask)
     assert torch.equal(sel.eligible, ref.eligible)
-    assert torch.equal(sel.peak_step, ref.peak_step)
+    assert torch.equal(sel.clip_end_step, ref.clip_end_step)
     assert torch.equal(sel.num_steps, ref.num_steps)
     assert torch.allclose(sel.peak_h, torch.tensor(ref.peak_h, dtype=torch.float64), rtol=1e-6, atol=0, equal_nan=True)
 
@@ -455,12 +467,12 @@ def test_select_echo_clips_matches_reference(batch, pass_generator):
         pos = valid[i].nonzero().flatten()
         n_clip = int(sel.mask[i].sum())
         assert sel.mask[i, pos[:n_clip]].all()
-        assert (n_clip > 0) == (sel.peak_step[i].item() >= 0)
+        assert (n_clip > 0) == (sel.clip_end_step[i].item() >= 0)
     if cfg.per == "group" and cfg.selector == "peak":  # the paper's pooled-steps wording, literally
         assert torch.equal(sel.mask, ref_pooled_group_mask(resp, mask, ent, scores, uids, cfg))
     if cfg.per == "group":  # at most one clip per group
         g = uids.tolist() if torch.is_tensor(uids) else uids
-        clipped = [g[i] for i in range(len(g)) if sel.peak_step[i] >= 0]
+        clipped = [g[i] for i in range(len(g)) if sel.clip_end_step[i] >= 0]
         assert len(clipped) == len(set(clipped))
 
 
@@ -470,9 +482,9 @@ def test_method_doc_worked_example():
     H = [0.5, 0.5, 0.2, 2.0, 1.0, 2.4, 0.3, 0.3, 0.8, 0.2, 0.1]
     for agg in ("mean", "sum", "max"):
         sel = sel_of([T], [H], [1.0], [0], EchoConfig(step_agg=agg))
-        assert sel.peak_step.tolist() == [1] and sel.mask.tolist() == [prefix(8, 11)]
+        assert sel.clip_end_step.tolist() == [1] and sel.mask.tolist() == [prefix(8, 11)]
     assert sel_of([T], [H], [1.0], [0], EchoConfig(selector="lowest")).mask.tolist() == [prefix(11, 11)]
-    assert sel_of([T], [H], [1.0], [0], EchoConfig(min_step_tokens=6)).peak_step.tolist() == [-1]
+    assert sel_of([T], [H], [1.0], [0], EchoConfig(min_step_tokens=6)).clip_end_step.tolist() == [-1]
     hole = [[1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1]]
     sel = sel_of([T], [H], [1.0], [0], masks=hole)
     assert sel.peak_h.item() == pytest.approx(1.25)
@@ -481,7 +493,7 @@ def test_method_doc_worked_example():
     B_ = [21, N, 22, 23]
     rows, ents = [T, B_, B_], [H, [0.9, 0.9, 0.5, 0.4], [0.9, 0.9, 0.5, 0.4]]
     sel = sel_of(rows, ents, [1.0, 1.0, 0.0], [0, 0, 0], EchoConfig())
-    assert sel.peak_step.tolist() == [1, -1, -1] and sel.mask[0].tolist() == prefix(8, 11)
+    assert sel.clip_end_step.tolist() == [1, -1, -1] and sel.mask[0].tolist() == prefix(8, 11)
     assert sel.peak_h[1].item() == pytest.approx(0.9)  # B was a candidate, its peak lost to A's 1.2
     assert not sel_of(rows, ents, [1.0, 1.0, 0.0], [0, 0, 0], EchoConfig(preset="degenerate")).mask.any()
     from echorl import echo_row_denominators
