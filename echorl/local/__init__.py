@@ -1,4 +1,4 @@
-"""The embedded single-machine engine (issue 4): real GRPO-family training + EchoRL in one process.
+"""The embedded single-machine engine: real GRPO-family training + EchoRL in one process.
 
 It reuses, not rewrites: verl's advantage estimators, actor config dataclass and ``ppo_loss``
 (through :class:`echorl.verl.loss.EchoLoss`), the EchoRL stage :func:`echorl.stage.run_echo_stage`
@@ -12,11 +12,12 @@ see docs/engine.md.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from echorl.local.config import load_config
 
-__all__ = ["LocalTrainer", "load_config", "main", "train"]
+__all__ = ["LocalTrainer", "load_config", "train"]
 
 
 def __getattr__(name: str) -> Any:  # LocalTrainer imports verl (seconds): load it on first use
@@ -33,11 +34,3 @@ def train(cfg: Any, **kwargs: Any) -> dict[str, Any]:
 
     return LocalTrainer(cfg, **kwargs).train()
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m echorl.local [overrides]``: compose ``local.yaml`` with the overrides and train."""
-    import sys
-
-    from echorl.cli import main as cli_main
-
-    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])

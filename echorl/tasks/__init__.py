@@ -1,4 +1,4 @@
-"""Tasks for the embedded engine: generators, verifiers and dataset loading (issue 4, item 3).
+"""Tasks for the embedded engine: generators, verifiers and dataset loading.
 
 A *task* makes rows and scores responses. Rows share one format, whatever their origin::
 
@@ -25,26 +25,14 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from echorl.tasks import arithmetic, chain
+from echorl.tasks.base import Task
 
 __all__ = ["REQUIRED_FIELDS", "Task", "compute_score", "get_task", "load_dataset", "task_names", "validate_rows"]
 
 REQUIRED_FIELDS = ("prompt", "answer")
-
-
-@dataclass(frozen=True)
-class Task:
-    """A named task: ``generate(n, seed, **kw) -> rows`` and
-    ``score(solution_str, answer, extra_info=None) -> float`` in ``[0, 1]``."""
-
-    name: str
-    data_source: str
-    generate: Callable[..., list[dict[str, Any]]]
-    score: Callable[..., float]
-    description: str = ""
 
 
 def _arith_score(solution_str: Any, answer: Any, extra_info: Any = None) -> float:

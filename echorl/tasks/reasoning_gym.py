@@ -22,6 +22,8 @@ import json
 import re
 from typing import Any
 
+from echorl.tasks.base import Task
+
 ADAPTERS: dict[str, dict[int, dict[str, Any]]] = {
     # name -> level -> reasoning-gym config kwargs
     "gsm_symbolic": {1: {"difficulty": 1.0}},  # reasoning-gym 0.1.19 supports difficulty 1.0 only
@@ -112,7 +114,7 @@ def extract_answer(solution_str: Any) -> str | None:
     return rest[-1] if rest else None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _score_fn(base: str):
     return _rg().get_score_answer_fn(base)
 
@@ -142,8 +144,6 @@ def score(name: str, solution_str: Any, answer: Any, extra_info: Any = None) -> 
 
 def make_task(base: str):
     """The :class:`echorl.tasks.Task` of adapter ``base`` (registered as ``rg/<base>``)."""
-    from echorl.tasks import Task
-
     _check(base)
     return Task(
         name=f"rg/{base}",
