@@ -25,13 +25,17 @@ from typing import Sequence
 __all__ = ["main"]
 
 
-def _train(overrides: Sequence[str], config_name: str = "local") -> int:
+def _train(overrides: Sequence[str], config_name: str = "local", debug: bool = False) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from echorl.local import load_config, train
+    from echorl.errors import bad_settings_exit
+    from echorl.local import load_config
+    from echorl.local.trainer import LocalTrainer
 
-    cfg = load_config(overrides, config_name=config_name)
-    summary = train(cfg)
+    with bad_settings_exit("echorl train", debug=debug):  # start-up: a bad setting is one line, exit 2
+        cfg = load_config(overrides, config_name=config_name)
+        trainer = LocalTrainer(cfg)
+    summary = trainer.train()
     print(f"done: {summary['steps']} steps, run folder {summary['output_dir']}")
     for key in ("metrics", "figure", "clips_html"):
         if key in summary:
@@ -90,6 +94,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     p_train = sub.add_parser("train", help="train with the embedded engine (hydra overrides follow)")
     p_train.add_argument("--config-name", default="local",
                          help="config of echorl/config/: local (default) or testbed (the chain testbed, docs/engine.md)")
+    p_train.add_argument("--debug", action="store_true",
+                         help="show the Python traceback of a bad setting (same as ECHORL_DEBUG=1)")
     p_train.add_argument("overrides", nargs="*", help="key=value overrides of echorl/config/<config-name>.yaml")
     p_an = sub.add_parser("analyze", help="figure + EchoClip HTML page of a run folder")
     p_an.add_argument("run_dir")
@@ -97,7 +103,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("export", help="engine checkpoint -> Hugging Face folder (echorl export -h)")
     args = parser.parse_args(argv)
     if args.cmd == "train":
-        return _train(args.overrides, args.config_name)
+        return _train(args.overrides, args.config_name, args.debug)
     return _analyze(args.run_dir)
 
 

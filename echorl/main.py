@@ -156,7 +156,10 @@ def prepare(config: DictConfig):
 
 @hydra.main(config_path="config", config_name="echorl_trainer", version_base=None)
 def main(config: DictConfig) -> None:
-    prepare(config)
+    from echorl.errors import bad_settings_exit
+
+    with bad_settings_exit("echorl.main"):  # a bad setting: one line, exit 2 (ECHORL_DEBUG=1: traceback)
+        prepare(config)
     run_ppo(config, task_runner_class=EchoTaskRunnerActor)
 
 
