@@ -155,6 +155,18 @@ def _check_entropy_finite(entropy: torch.Tensor, response_mask: torch.Tensor) ->
         )
 
 
+def default_generator(responses: torch.Tensor, seed: int) -> torch.Generator:
+    """The ``random_prefix`` generator when none is given: seeded with ``seed`` and a fingerprint of
+    the batch, ``sum_ij (responses[i, j] mod 1000003) * (j + 1) * (i + 1)`` over ``responses [B, L]``
+    (padding included), so two steps' batches draw different uniforms while the same batch and seed
+    always draw the same. The hosts pass their own generator seeded with ``(cfg.seed, step)``."""
+    B, L = responses.shape
+    col = torch.arange(1, L + 1, device=responses.device, dtype=torch.long)
+    row = torch.arange(1, B + 1, device=responses.device, dtype=torch.long)
+    fp = int((((responses.long() % 1_000_003) * col).sum(dim=1) * row).sum())
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + fp) % (2**63 - 1))
+
+
 # ---------------------------------------------------------------------------- main entry
 def select_echo_clips(
     responses: torch.Tensor,
@@ -174,7 +186,8 @@ def select_echo_clips(
         scores: ``[B] float`` outcome reward per rollout.
         group_ids: ``[B] long`` tensor or a sequence of ``B`` hashables (verl's uids).
         cfg: the options; ``cfg.enable``, ``mode`` and ``coef`` are read by the hosts, not here.
-        generator: CPU generator for ``selector='random_prefix'``; default: seeded with ``cfg.seed``.
+        generator: CPU generator for ``selector='random_prefix'``; default: :func:`default_generator`
+            (``cfg.seed`` and the batch's tokens, so successive steps draw differently, reproducibly).
             ``B`` uniforms are drawn from it (one per row, used by eligible rows).
 
     Returns:
@@ -244,7 +257,7 @@ def select_echo_clips(
         if check_in_h and not bool(torch.isfinite(h).all()):  # NaN/inf at a valid position reaches h
             _check_entropy_finite(entropy, response_mask)
         step_ok = count >= cfg.min_step_tokens  # [E, S]; nonexistent steps have count 0
-        gen = generator if generator is not None else torch.Generator().manual_seed(cfg.seed)
+        gen = generator if generator is not None else default_generator(responses, cfg.seed)
         u = torch.rand(B, generator=gen, dtype=torch.float64)[idx.cpu()].to(device)  # [E]
         k = SELECTORS.get(cfg.selector)(h, step_ok, u)  # [E]
         ph = h.masked_fill(~step_ok, float("-inf")).amax(dim=1)  # [E]

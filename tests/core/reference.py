@@ -151,7 +151,10 @@ def ref_select_echo_clips(
     # ---- random_prefix uniforms, drawn exactly as the core documents
     u = None
     if cfg.selector == "random_prefix" and any(eligible):
-        gen = generator if generator is not None else torch.Generator().manual_seed(cfg.seed)
+        if generator is None:  # the core's default: cfg.seed and a literal fingerprint of the batch
+            fp = sum((t % 1_000_003) * (j + 1) * (i + 1) for i, r in enumerate(tokens) for j, t in enumerate(r))
+            generator = torch.Generator().manual_seed((int(cfg.seed) * 1_000_003 + fp) % (2**63 - 1))
+        gen = generator
         u = torch.rand(B, generator=gen, dtype=torch.float64).tolist()
 
     # ---- SPEC 2.1-2.2 per eligible row

@@ -142,10 +142,31 @@ def test_random_prefix_picks_the_floor_u_n_th_eligible_step():
         assert sel.clip_end_step.tolist() == k
         assert sel.mask.tolist() == [prefix(ends[j], 9) for j in k]
         assert len(set(k)) > 1  # the draw really varies across rows
-        # without a generator the core seeds one with cfg.seed
-        u7 = torch.rand(B, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+        # without a generator the core seeds one with cfg.seed and the batch's fingerprint
+        fp = sum((t % 1_000_003) * (j + 1) * (i + 1) for i in range(B) for j, t in enumerate(row))
+        u7 = torch.rand(B, generator=torch.Generator().manual_seed(7 * 1_000_003 + fp), dtype=torch.float64)
         sel7 = sel_of([row] * B, [[1] * 9] * B, [1.0] * B, [0] * B, cfg)
         assert sel7.clip_end_step.tolist() == [math.floor(x * n) for x in u7.tolist()]
+
+
+def test_random_prefix_without_generator_draws_differ_between_batches_and_repeat_on_the_same():
+    """Two successive steps (different batches) draw different clips; the same batch draws the same."""
+    g = torch.Generator().manual_seed(0)
+    B, L = 32, 9
+    cfg = EchoConfig(preset="degenerate", selector="random_prefix", seed=7)
+
+    def batch():  # every row: 5 steps of 1 token + a newline N, tokens 1..5 drawn at random
+        toks = torch.randint(1, 6, (B, 5), generator=g).tolist()
+        return [[r[0], N, r[1], N, r[2], N, r[3], N, r[4]] for r in toks]
+
+    b1, b2 = batch(), batch()
+    s1 = sel_of(b1, [[1] * L] * B, [1.0] * B, [0] * B, cfg)
+    s2 = sel_of(b2, [[1] * L] * B, [1.0] * B, [0] * B, cfg)
+    assert s1.clip_end_step.tolist() != s2.clip_end_step.tolist()  # step to step: new draws
+    assert sel_of(b1, [[1] * L] * B, [1.0] * B, [0] * B, cfg).clip_end_step.tolist() == s1.clip_end_step.tolist()
+    other_seed = sel_of(b1, [[1] * L] * B, [1.0] * B, [0] * B, EchoConfig(preset="degenerate",
+                                                                           selector="random_prefix", seed=8))
+    assert other_seed.clip_end_step.tolist() != s1.clip_end_step.tolist()
 
 
 def test_random_prefix_row_i_uses_u_i_even_when_earlier_rows_are_not_eligible():
