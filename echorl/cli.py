@@ -91,7 +91,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="echorl", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
-    p_train = sub.add_parser("train", help="train with the embedded engine (hydra overrides follow)")
+    from echorl.config.generate import cli_help
+
+    p_train = sub.add_parser("train", help="train with the embedded engine (hydra overrides follow)",
+                             epilog=cli_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p_train.add_argument("--config-name", default="local",
                          help="config of echorl/config/: local (default) or testbed (the chain testbed, docs/engine.md)")
     p_train.add_argument("--debug", action="store_true",
