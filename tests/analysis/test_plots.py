@@ -1,4 +1,4 @@
-"""Tests for echorl/analysis/plots.py: the PNG is written, valid and of sane size; robust input."""
+"""Tests for echorl/analysis/plots.py: what is drawn (titles, labels, line data), the PNG written; robust input."""
 
 from __future__ import annotations
 
@@ -51,3 +51,61 @@ def test_missing_keys_broken_lines_and_empty_log(tmp_path):
 def test_missing_file_raises(tmp_path):
     with pytest.raises(FileNotFoundError):
         plot_metrics(tmp_path / "nope.jsonl", tmp_path / "c.png")
+
+
+def _drawn_figure(monkeypatch, *args, **kwargs):
+    """Run plot_metrics for real and keep the Figure it saves (a spy on Figure.savefig)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    from matplotlib.figure import Figure
+
+    saved = []
+    real = Figure.savefig
+
+    def spy(self, *a, **k):
+        saved.append(self)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    plot_metrics(*args, **kwargs)
+    assert len(saved) == 1
+    return saved[0]
+
+
+def test_figure_draws_the_logged_values(tmp_path, monkeypatch):
+    rows = [{"step": s, "reward/mean": 0.1 * (s % 3), "reward/accuracy": 0.5, "echo/groups_zero_var_frac": 0.25,
+             "echo/clips": 0 if s == 2 else 3, "echo/clip_len_frac": 0.4 + 0.1 * s, "echo/loss": 2.0 - s}
+            for s in range(1, 5)]
+    _write(tmp_path / "metrics.jsonl", rows)
+    fig = _drawn_figure(monkeypatch, tmp_path / "metrics.jsonl", tmp_path / "f.png", title="my run")
+    assert fig._suptitle.get_text() == "my run"
+    ax = {a.get_title(): a for a in fig.axes}
+    assert list(ax) == ["Reward and accuracy", "Advantage-degenerated groups", "EchoClip length", "EchoRL loss"]
+    assert [a.get_xlabel() for a in fig.axes] == ["step"] * 4
+    assert [a.get_ylabel() for a in fig.axes] == ["value", "share of groups", "fraction of response", "NLL per clip token"]
+
+    def lines(title):
+        return {ln.get_label(): (list(ln.get_xdata()), [round(float(y), 9) for y in ln.get_ydata()])
+                for ln in ax[title].get_lines()}
+
+    assert lines("Reward and accuracy") == {"reward (mean)": ([1.0, 2.0, 3.0, 4.0], [0.1, 0.2, 0.0, 0.1]),
+                                            "accuracy": ([1.0, 2.0, 3.0, 4.0], [0.5] * 4)}
+    assert lines("Advantage-degenerated groups") == {"zero variance (all same)": ([1.0, 2.0, 3.0, 4.0], [0.25] * 4)}
+    # step 2 had no clip: clip length and EchoRL loss are left out there, not drawn as 0
+    assert lines("EchoClip length") == {"clip length / response length": ([1.0, 3.0, 4.0], [0.5, 0.7, 0.8])}
+    assert lines("EchoRL loss") == {"L_echo": ([1.0, 3.0, 4.0], [1.0, -1.0, -2.0])}
+
+
+def test_long_run_gets_the_rolling_mean_and_an_empty_panel_says_no_data(tmp_path, monkeypatch):
+    ys = [float(s % 2) for s in range(30)]
+    _write(tmp_path / "metrics.jsonl", [{"step": s, "reward/mean": y} for s, y in enumerate(ys)])
+    fig = _drawn_figure(monkeypatch, tmp_path / "metrics.jsonl", tmp_path / "f.png")
+    reward = fig.axes[0]
+    smooth = [ln for ln in reward.get_lines() if ln.get_label() == "reward (mean), 10-step mean"]
+    assert len(smooth) == 1
+    want = [sum(ys[max(0, i - 9):i + 1]) / min(i + 1, 10) for i in range(30)]  # literal trailing mean
+    assert [round(float(y), 12) for y in smooth[0].get_ydata()] == [round(y, 12) for y in want]
+    texts = [t.get_text() for t in fig.axes[3].texts]
+    assert texts == ["no data (echo/loss)"]
+    assert fig._suptitle.get_text() == f"EchoRL run: {tmp_path.name} (30 steps)"
