@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM := false
 # OpenMP threads that spin-wait were measured 10-25x slower on a busy 2-core box (docs/log.md).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install demo test bench clean verl-smoke
+.PHONY: install demo lint test bench clean verl-smoke
 
 install: $(STAMP)
 
@@ -31,7 +31,11 @@ demo: install
 verl-smoke: install
 	$(PY) -m echorl.verl.cpu.smoke
 
-test: install
+# ruff (dev extra; rules in pyproject.toml [tool.ruff]) before the tests.
+lint: install
+	$(VENV)/bin/ruff check .
+
+test: lint
 	$(PY) -m pytest -q tests
 
 bench: install

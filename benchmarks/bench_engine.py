@@ -1,4 +1,4 @@
-"""Embedded-engine step time and tokens/s with EchoRL on vs off (issue 4, item 10).
+"""Embedded-engine step time and tokens/s with EchoRL on vs off.
 
 Two trainers start from the same weights and seed (tiny model, arithmetic, GRPO); their steps are
 interleaved (on/off, off/on, ...) so machine-load drift hits both alike. Reported per arm: median
@@ -87,7 +87,8 @@ def main() -> int:
     }
     print(f"\nbench_engine: {args.model}, {args.prompts} prompts x {args.n} rollouts, <= {args.max_response_length} "
           f"response tokens, {args.steps} timed steps per arm (median)")
-    print(f"{'arm':5s} {'step s':>8s} {'tokens/s':>10s} {'gen s':>7s} {'oldlp s':>8s} {'update s':>9s} {'echo stage s':>13s} {'clips/step':>11s}")
+    print(f"{'arm':5s} {'step s':>8s} {'tokens/s':>10s} {'gen s':>7s} {'oldlp s':>8s} {'update s':>9s} "
+          f"{'echo stage s':>13s} {'clips/step':>11s}")
     for name, r in res.items():
         print(f"{name:5s} {r['step_s']:8.3f} {r['tokens_per_s']:10.0f} {r['gen_s']:7.3f} {r['old_log_prob_s']:8.3f} "
               f"{r['update_s']:9.3f} {r['echo_stage_s']:13.4f} {r['clips_per_step']:11.1f}")

@@ -1,4 +1,4 @@
-"""Benchmark of EchoClip selection at the authors' scale (SPEC 4; issue 2 item 6).
+"""Benchmark of EchoClip selection at the authors' scale (SPEC 4).
 
 One run measures, on the same synthetic batch (B=1024 = 128 groups x 8, L=8192, ~30% of groups
 all-success, response lengths lognormal in [500, 8192], right-padded, a newline id 198/271 every

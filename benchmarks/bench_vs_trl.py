@@ -186,11 +186,13 @@ def main() -> int:
     em = rec["engine_metrics"]
     phases = {name: statistics.median(sum(m[k] for k in keys) for m in em) for name, keys in PHASES}
     res = {
-        "engine": {"step_s": statistics.median(rec["engine"]), "cpu_s": statistics.median(rec["engine_cpu"]), "min_s": min(rec["engine"]), "max_s": max(rec["engine"]),
+        "engine": {"step_s": statistics.median(rec["engine"]), "cpu_s": statistics.median(rec["engine_cpu"]),
+                   "min_s": min(rec["engine"]), "max_s": max(rec["engine"]),
                    "per_round_s": [statistics.median(rec["engine"][i * args.steps:(i + 1) * args.steps]) for i in range(args.rounds)],
                    "phases_s": phases, "response_length_mean": statistics.mean(m["response_length/mean"] for m in em),
                    "reward_mean": statistics.mean(m["reward/mean"] for m in em)},
-        "trl": {"step_s": statistics.median(rec["trl"]), "cpu_s": statistics.median(rec["trl_cpu"]), "min_s": min(rec["trl"]), "max_s": max(rec["trl"]),
+        "trl": {"step_s": statistics.median(rec["trl"]), "cpu_s": statistics.median(rec["trl_cpu"]),
+                "min_s": min(rec["trl"]), "max_s": max(rec["trl"]),
                 "per_round_s": [statistics.median(rec["trl"][i * args.steps:(i + 1) * args.steps]) for i in range(args.rounds)]},
     }
     ratio = res["trl"]["step_s"] / res["engine"]["step_s"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 # Everything else is the testbed config; the method settings are EchoConfig's defaults (the paper).
 DEMO_OVERRIDES = [

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 __all__ = ["EXIT_BAD_SETTING", "debug_enabled", "one_line", "bad_settings_exit", "setting_errors"]
 

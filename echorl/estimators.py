@@ -15,7 +15,7 @@ of keyword tensors (``token_level_rewards [B, L]``, ``response_mask [B, L]``, ``
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from collections.abc import Callable
 
 __all__ = ["registered", "check_estimator_name", "engine_refusal", "is_group_relative", "check_group_size",
            "ENGINE_INPUTS"]

@@ -40,7 +40,7 @@ class FilterConfig:
     max_num_gen_batches: int = 0
 
     @classmethod
-    def from_node(cls, node: Any) -> "FilterConfig":
+    def from_node(cls, node: Any) -> FilterConfig:
         """From an ``algorithm.filter_groups`` mapping or ``None`` (off)."""
         if node is None:
             return cls()

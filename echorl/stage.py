@@ -7,8 +7,8 @@ advantages (changed only in ``mode='advantage'``) and the ``echo/*`` metrics (SP
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 

@@ -172,8 +172,10 @@ def cmd_grpo(args) -> int:
             m = tr.step()
             rows.append({"step": tr.global_step, **m})
             if tr.global_step % 10 == 0:
-                k = rows[-10:]
-                avg = lambda key: sum(r.get(key, 0.0) for r in k) / len(k)  # noqa: E731
+                last = rows[-10:]
+
+                def avg(key, last=last):
+                    return sum(r.get(key, 0.0) for r in last) / len(last)
                 print(f"step {tr.global_step:4d} reward {avg('reward/mean'):.3f} entropy {avg('actor/entropy'):.3f} "
                       f"all-success {avg('echo/groups_all_success_frac'):.2f} zero-var {avg('echo/groups_zero_var_frac'):.2f} "
                       f"step {avg('timing/step'):.2f}s", flush=True)

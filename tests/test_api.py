@@ -42,8 +42,8 @@ def test_spec_signatures():
 
 
 def test_core_imports_no_host_code():
-    import sys
     import subprocess
+    import sys
 
     code = "import sys, echorl.core; bad = [m for m in sys.modules if m.split('.')[0] in ('verl', 'hydra', 'ray')]; print(bad)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()

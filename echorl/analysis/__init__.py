@@ -1,4 +1,4 @@
-"""Figures and the EchoClip HTML viewer (issue 4, item 5).
+"""Figures and the EchoClip HTML viewer.
 
 * :func:`plot_metrics` (``plots.py``): one PNG from a run's ``metrics.jsonl``.
 * :func:`write_clip_viewer` / :func:`clip_records` (``viewer.py``): a self-contained HTML page of

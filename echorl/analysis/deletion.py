@@ -34,8 +34,9 @@ and small pools give identical prefixes across orders). Run: ``echorl analyze de
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from fractions import Fraction
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -50,7 +51,7 @@ class DumpConfig:
                              "set max_records >= 1 or freq=0 to turn dumps off")
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "DumpConfig":
+    def from_dict(cls, d: Mapping[str, Any] | None) -> DumpConfig:
         """From a mapping (``None``: the defaults); an unknown key raises ``ValueError`` listing the valid ones."""
         d = dict(d or {})
         valid = ("freq", "dir", "max_records")

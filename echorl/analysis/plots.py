@@ -1,4 +1,4 @@
-"""One PNG summarising a training run from its ``metrics.jsonl`` (issue 4, item 5).
+"""One PNG summarising a training run from its ``metrics.jsonl``.
 
 Panels (each drawn from whichever of its keys the log holds; a panel with none says so):
 
@@ -23,8 +23,11 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
+
+from echorl.metrics_file import read_metrics  # re-exported: the one reader of metrics.jsonl
 
 __all__ = ["PANELS", "plot_metrics", "read_metrics", "rolling_mean"]
 
@@ -43,23 +46,6 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
     ("EchoClip length", "fraction of response", [("echo/clip_len_frac", "clip length / response length")]),
     ("EchoRL loss", "NLL per clip token", [("echo/loss", "L_echo")]),
 ]
-
-
-def read_metrics(jsonl_path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The JSON objects of ``jsonl_path``, one per line; blank, broken or non-object lines skipped."""
-    rows = []
-    with open(jsonl_path, encoding="utf-8") as fh:
-        for line in fh:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(obj, dict):
-                rows.append(obj)
-    return rows
 
 
 def rolling_mean(ys: list[float], window: int) -> list[float]:

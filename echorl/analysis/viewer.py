@@ -1,4 +1,4 @@
-"""A self-contained HTML page showing sample EchoClips (issue 4, item 5).
+"""A self-contained HTML page showing sample EchoClips.
 
 For each sample rollout: the prompt, the response tokens shaded by token entropy (white -> red),
 one line per reasoning step (a small step number opens it, inline, on the same line), the peak
@@ -29,8 +29,9 @@ from __future__ import annotations
 import html
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 

@@ -1,4 +1,4 @@
-"""Convert math RL datasets to verl's RL parquet format (issue 3 item 5).
+"""Convert math RL datasets to verl's RL parquet format.
 
 Sources (downloaded by the user on the cluster; nothing is downloaded here), parquet or JSONL:
 
@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from echorl.rewards.boxed import last_boxed
 

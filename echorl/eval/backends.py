@@ -14,8 +14,9 @@ it ended with EOS), so the rest of the evaluation does not know which one ran.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 

@@ -16,7 +16,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 __all__ = ["eval_main", "export_main"]
 

@@ -11,7 +11,8 @@ independently in the same replicate (stratified) and averages the replicate mean
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Sequence
+from typing import Any
 
 from echorl.eval.graders import GRADERS
 
@@ -56,7 +57,7 @@ class BenchmarkSpec:
             raise ValueError(f"{where}: num_rows must be a positive int or null, got {self.num_rows!r}")
 
     @classmethod
-    def from_any(cls, entry: Any, where: str = "benchmark") -> "BenchmarkSpec":
+    def from_any(cls, entry: Any, where: str = "benchmark") -> BenchmarkSpec:
         """From a ``NAME=SOURCE[:GROUP]`` string or a mapping of the dataclass fields."""
         if isinstance(entry, cls):
             return entry

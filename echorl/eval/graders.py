@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import re
 import string
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from echorl.rewards.boxed import last_boxed
 

@@ -18,7 +18,7 @@ unweighted mean over benchmarks. ``ks_for(n)`` lists the k reported: 1, 2, 4, ..
 from __future__ import annotations
 
 import math
-from typing import Hashable, Sequence
+from collections.abc import Hashable, Sequence
 
 __all__ = ["avg_at_k", "ks_for", "maj_at_k", "majority_vote", "mean", "pass_at_k", "problem_metrics"]
 

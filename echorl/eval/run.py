@@ -22,9 +22,10 @@ import csv
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from echorl.eval import metrics as M
 from echorl.eval.backends import SamplingSettings
@@ -108,7 +109,7 @@ def summarize(samples: Sequence[dict[str, Any]], pool_counts: dict[str, dict[str
         if len(ns) != 1:
             raise ValueError(f"benchmark {name!r}: problems have different sample counts {sorted(ns)}")
         per = []
-        for pid, ss in problems.items():
+        for ss in problems.values():
             ss = sorted(ss, key=lambda s: s["sample"])
             per.append(M.problem_metrics([s["correct"] for s in ss], [s["pred"] for s in ss]))
         flat = [s for ss in problems.values() for s in ss]

@@ -15,7 +15,8 @@ unchanged for anyone else. Any other attention implementation is left alone.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 

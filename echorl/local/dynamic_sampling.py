@@ -12,8 +12,9 @@ old-policy log-prob pass and their clip tokens in the update. Row classification
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F

@@ -14,27 +14,16 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+
+from echorl.metrics_file import read_metrics  # re-exported: the one reader of metrics.jsonl
 
 __all__ = ["RunLogger", "read_metrics"]
 
 BAR_KEYS = (("reward/mean", "rew"), ("reward/accuracy", "acc"), ("echo/groups_zero_var_frac", "deg"),
             ("echo/loss", "echo"))
-
-
-def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The per-step dicts of a ``metrics.jsonl`` (a torn last line, from a killed run, is skipped)."""
-    out = []
-    p = Path(path)
-    if not p.exists():
-        return out
-    for line in p.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
 
 
 class RunLogger:

@@ -1,5 +1,5 @@
 """Log-probs and token entropy of the policy: the old-policy pass and the training forward
-(issue 4, item 1; SPEC 2.2 "token entropy from the old-policy pass").
+(SPEC 2.2 "token entropy from the old-policy pass").
 
 Sequences use verl's left-right padded layout: ``input_ids = [prompts | responses]`` with
 ``prompts [B, P]`` left-padded and ``responses [B, L]`` right-padded, ``attention_mask [B, P+L]``

@@ -1,4 +1,4 @@
-"""Prompt encoding and rollouts with transformers ``generate`` (issue 4, item 1).
+"""Prompt encoding and rollouts with transformers ``generate``.
 
 Layout (verl's): prompts left-padded to the batch's longest prompt, responses right-padded;
 ``response_mask`` is 1 up to and including the first EOS and 0 after it. Each prompt is repeated
@@ -7,8 +7,9 @@ Layout (verl's): prompts left-padded to the batch's longest prompt, responses ri
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 

@@ -1,4 +1,4 @@
-"""Advantages and the actor update, through verl's own estimators and loss (issue 4, item 1).
+"""Advantages and the actor update, through verl's own estimators and loss.
 
 * :func:`token_level_rewards`: verl's layout, the outcome score on the last valid response token.
 * :func:`compute_advantages`: ``verl.trainer.ppo.core_algos.get_adv_estimator_fn(name)`` called
@@ -16,10 +16,10 @@
 
 from __future__ import annotations
 
-import warnings
-
 import inspect
-from typing import Any, Callable
+import warnings
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch

@@ -16,8 +16,8 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 RUNS = [("luffy", "off"), ("luffy", "on"), ("uft", "off"), ("uft", "on")]
 
@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(row), flush=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(json.dumps(table, indent=1))
-    print(f"\n| method | EchoRL | dev acc before | dev acc after | reward first 10 | last 10 | clips | min |")
+    print("\n| method | EchoRL | dev acc before | dev acc after | reward first 10 | last 10 | clips | min |")
     print("|---|---|---|---|---|---|---|---|")
     for r in table:
         fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731

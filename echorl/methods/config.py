@@ -13,8 +13,9 @@ Every bad value is a ``ValueError`` naming ``method.<key>``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any
 
 METHODS = ("grpo", "luffy", "uft")
 
@@ -92,7 +93,7 @@ class MethodConfig:
             raise ValueError(f"method.name must be one of {list(METHODS)}, got {self.name!r}")
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "MethodConfig":
+    def from_dict(cls, d: Mapping[str, Any] | None) -> MethodConfig:
         """From a plain mapping (a resolved Hydra ``method:`` node); ``None`` gives plain GRPO."""
         d = dict(d or {})
         valid = {"name", "luffy", "uft"}

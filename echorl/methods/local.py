@@ -17,14 +17,22 @@ object unchanged, so training is bit-identical to the base method.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from echorl.local.rollout import RolloutBatch
 from echorl.methods.config import MethodConfig
-from echorl.methods.luffy import (HINT_DENOM, HINT_MASK, OFF_POLICY, expert_text, expert_trace_ids,
-                                  off_policy_rows, rows_zeroed)
+from echorl.methods.luffy import (
+    HINT_DENOM,
+    HINT_MASK,
+    OFF_POLICY,
+    expert_text,
+    expert_trace_ids,
+    off_policy_rows,
+    rows_zeroed,
+)
 from echorl.methods.uft import hint_denominator, hint_probability, hint_token_ids, sample_hints
 
 __all__ = ["LocalMethod", "assemble_batch"]

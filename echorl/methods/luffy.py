@@ -25,7 +25,8 @@ term added exactly as :class:`echorl.verl.loss.EchoLoss` adds it.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from tensordict import TensorDict

@@ -23,7 +23,7 @@ Rules (facts from the authors' public code are listed in docs/method.md, "Base m
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

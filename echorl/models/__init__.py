@@ -1,4 +1,4 @@
-"""Models for the embedded engine, all offline (issue 4, item 3).
+"""Models for the embedded engine, all offline.
 
 * :mod:`echorl.models.tiny`: tiny Qwen2 + character tokenizer (newline = step boundary),
   warm-started on :mod:`echorl.tasks.arithmetic`, built once and cached:

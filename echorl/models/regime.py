@@ -9,7 +9,8 @@ model (``tiny-chain``) is tuned and checked with it (``scripts/testbed.py``, doc
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 

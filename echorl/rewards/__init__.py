@@ -1,4 +1,4 @@
-"""Reward verifiers that run in worker processes with timeouts (issue 3 item 5, issue 4 item 2).
+"""Reward verifiers that run in worker processes with timeouts.
 
 - ``echorl.rewards.pool.VerifierPool``: any picklable ``score_fn(*args) -> float`` in worker
   processes; a hang or crash scores 0.0, is counted, and never stalls training.

@@ -16,7 +16,8 @@ Example::
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from echorl.rewards.pool import STAT_KEYS, VerifierPool, valid_score
 
@@ -67,7 +68,7 @@ class InProcessVerifier:
     def close(self) -> None:
         self._closed = True
 
-    def __enter__(self) -> "InProcessVerifier":
+    def __enter__(self) -> InProcessVerifier:
         return self
 
     def __exit__(self, *exc: Any) -> None:

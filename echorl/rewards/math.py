@@ -1,4 +1,4 @@
-"""Math answer verifier on math-verify, usable as verl's custom reward function (issue 3 item 5).
+"""Math answer verifier on math-verify, usable as verl's custom reward function.
 
 The rule (the paper's, Qwen2.5-Math style prompts ask for the answer "within \\boxed{}"):
 score 1.0 when the **last** ``\\boxed{...}`` (or ``\\fbox{...}``) of the response is
@@ -34,7 +34,8 @@ import importlib
 import logging
 import os
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from math_verify import parse, verify  # at module level: the pool's forkserver preloads it
 

@@ -1,7 +1,6 @@
 """VerifierPool: run a reward verifier in worker processes with a hard per-check timeout.
 
-Implements the reward side of issue 3 item 5 / issue 4 item 2 (shared by the verl reward function
-and the embedded engine). A verifier is a picklable, module-level ``score_fn(*args) -> float``.
+Shared by the verl reward function and the embedded engine. A verifier is a picklable, module-level ``score_fn(*args) -> float``.
 Each check runs in a long-lived worker process (``forkserver`` on POSIX, ``spawn`` elsewhere;
 never ``fork``, which is unsafe in the multithreaded Ray / torch processes that call it), so:
 
@@ -42,8 +41,9 @@ import time
 import traceback
 import weakref
 from collections import deque
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import wait
-from typing import Any, Callable, Sequence
+from typing import Any
 
 __all__ = ["VerifierPool", "STAT_KEYS", "valid_score"]
 
@@ -357,7 +357,7 @@ class VerifierPool:
                 break
         self._finalizer()
 
-    def __enter__(self) -> "VerifierPool":
+    def __enter__(self) -> VerifierPool:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -1,4 +1,4 @@
-"""Synthetic multi-step arithmetic with one reasoning step per line (issue 4, item 3).
+"""Synthetic multi-step arithmetic with one reasoning step per line.
 
 A problem is a left-nested chain of operations on small non-negative integers::
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from echorl.tasks.arithmetic import extract_answer, score
@@ -112,7 +112,7 @@ def _draw(stream: str, n: int, spec: ChainSpec, exclude: frozenset[str]) -> list
     return rows
 
 
-@lru_cache(maxsize=None)
+@cache
 def _fixed_split(split: str) -> tuple[dict[str, Any], ...]:
     """The whole fixed held-out split (``HELDOUT_SIZE`` rows); ``test`` excludes ``dev``'s prompts."""
     if split == "ood":

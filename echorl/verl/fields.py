@@ -21,7 +21,7 @@ plus the per-row ``is_padding`` tag that ``_balance_batch`` puts on rows it appe
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from tensordict import TensorDict
@@ -87,7 +87,8 @@ def echo_stage_fields(
         ``(fields, out)``: ``fields`` is a ``TensorDict`` of batch size ``B`` to write back:
         ``echo_mask`` (nested ``[B, j]`` bool, like ``response_mask``; all False unless
         ``cfg.adds_loss_term``), ``echo_denom`` (``[B]`` float32, the per-row
-        denominators ``D_b`` of :func:`echorl.core.loss.echo_row_denominators`) and, when ``cfg.adds_advantage_bonus``, ``advantages`` (nested, with
+        denominators ``D_b`` of :func:`echorl.core.loss.echo_row_denominators`) and, when
+        ``cfg.adds_advantage_bonus``, ``advantages`` (nested, with
         ``adv_coef`` added on clip tokens). ``out`` is the stage output (selection, ``echo/*``
         metrics).
     """

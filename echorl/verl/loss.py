@@ -47,7 +47,8 @@ reports ``L_echo`` of the mini-batch. The v1 trainer prefixes actor metrics with
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F

@@ -16,7 +16,8 @@ field that :class:`echorl.methods.luffy.MethodLoss` reads, and empties those row
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from verl.experimental.agent_loop.agent_loop import AgentLoopMetrics, AgentLoopOutput

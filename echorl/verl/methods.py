@@ -17,7 +17,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict

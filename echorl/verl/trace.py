@@ -17,8 +17,9 @@ debugging and test runs (one small file per step). For the human-readable EchoCl
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 

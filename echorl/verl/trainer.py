@@ -28,16 +28,17 @@ import transfer_queue as tq
 from transfer_queue import KVBatchMeta
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
+from echorl.analysis.dump import DumpConfig
 from echorl.core.clips import EchoBoundaryWarning
 from echorl.core.config import EchoConfig
 from echorl.stage import num_minibatches
-from echorl.analysis.dump import DumpConfig
 from echorl.verl.dump import dump_config_of, write_verl_dump
 from echorl.verl.fields import READ_FIELDS, echo_stage_fields
 from echorl.verl.loss import EchoLoss
+from echorl.verl.methods import VerlMethod
+from echorl.verl.methods import configure as configure_method
 from echorl.verl.trace import FIELDS as TRACE_FIELDS
 from echorl.verl.trace import trace_dir_of, write_trace
-from echorl.verl.methods import VerlMethod, configure as configure_method
 from echorl.verl.validate import check_boundary_ids, validate_config
 
 logger = logging.getLogger(__name__)

@@ -11,8 +11,15 @@ import pytest
 import torch
 
 from echorl.analysis.deletion import deleted_steps, deletion_ranking, num_deleted, run_deletion
-from echorl.analysis.entropy import (encode_prompts_of, expert_solutions, generate, grade, profile_solutions,
-                                     read_rows, token_entropies)
+from echorl.analysis.entropy import (
+    encode_prompts_of,
+    expert_solutions,
+    generate,
+    grade,
+    profile_solutions,
+    read_rows,
+    token_entropies,
+)
 
 
 @pytest.mark.parametrize("share,pool,k", [

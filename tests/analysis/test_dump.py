@@ -76,7 +76,8 @@ def test_dump_round_trips_into_the_page(tmp_path):
     # the viewer's sample covers every group; the padding row is never dumped
     assert 3 <= len(back) <= 6 and {r["group"] for r in back} == {"A", "B", "C"}
     for r in back:
-        b = next(i for i in range(6) if prompts[i] == r["prompt"] and tok.decode(responses[i][mask[i].bool()].tolist()) == "".join(r["tokens"]))
+        b = next(i for i in range(6) if prompts[i] == r["prompt"]
+                 and tok.decode(responses[i][mask[i].bool()].tolist()) == "".join(r["tokens"]))
         v = mask[b].bool()
         assert r["step"] == 20 and r["score"] == float(scores[b]) and r["group"] == uids[b]
         assert r["tokens"] == [tok.decode([t]) for t in responses[b][v].tolist()]

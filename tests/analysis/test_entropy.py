@@ -10,8 +10,18 @@ import numpy as np
 import pytest
 import torch
 
-from echorl.analysis.entropy import (Solution, dump_solutions, encode_prompts_of, expert_solutions, expert_text,
-                                     generate, profile_solutions, read_rows, summarize, token_entropies)
+from echorl.analysis.entropy import (
+    Solution,
+    dump_solutions,
+    encode_prompts_of,
+    expert_solutions,
+    expert_text,
+    generate,
+    profile_solutions,
+    read_rows,
+    summarize,
+    token_entropies,
+)
 
 
 @pytest.fixture(scope="module")

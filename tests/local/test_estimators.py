@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import base_overrides, make_model
 from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY
 
-from conftest import base_overrides, make_model
 from echorl.estimators import engine_refusal, is_group_relative
 from echorl.local import load_config
 from echorl.local.trainer import LocalTrainer

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-
 from echorl.local.logger import RunLogger, read_metrics
 
 STEPS = [{"reward/mean": 0.25, "echo/clips": 3.0, "echo/loss": 0.5}, {"reward/mean": 0.75, "echo/clips": 0.0}]

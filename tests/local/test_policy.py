@@ -119,8 +119,9 @@ def test_actor_update_in_length_buckets_equals_the_full_width_update(tmp_path, m
     """Each micro-batch runs in length buckets on their own columns (bucketed_logprobs); the
     reference runs every micro-batch at the whole batch's width in one forward. Same data and
     weights: the same update and metrics up to float summation order."""
-    import echorl.local.update as upd
     from conftest import base_overrides, make_model
+
+    import echorl.local.update as upd
     from echorl.core.config import EchoConfig
     from echorl.local import load_config
     from echorl.local.config import build_actor_config

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from conftest import HERE, base_overrides, make_model
+
 from echorl.local import load_config
 from echorl.local.checkpoint import latest_checkpoint, load_checkpoint
 from echorl.local.trainer import LocalTrainer

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import make_model
+
 from echorl.local.rollout import compact_decode_supported, generate_rollouts
 
 PROMPTS = [[5, 6, 7, 8, 9, 10], [9, 10], [11, 12, 13], [14, 15, 16, 17]]

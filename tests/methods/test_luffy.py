@@ -14,8 +14,14 @@ from echorl.core.clips import select_echo_clips
 from echorl.core.config import EchoConfig
 from echorl.methods.config import MethodConfig
 from echorl.methods.local import LocalMethod, assemble_batch
-from echorl.methods.luffy import (MethodLoss, expert_text, expert_trace_ids, off_policy_loss_mat, off_policy_rows,
-                                  rows_zeroed)
+from echorl.methods.luffy import (
+    MethodLoss,
+    expert_text,
+    expert_trace_ids,
+    off_policy_loss_mat,
+    off_policy_rows,
+    rows_zeroed,
+)
 
 
 def test_expert_text_sources():

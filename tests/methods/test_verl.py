@@ -41,7 +41,7 @@ def test_configure_points_verl_at_the_methods_agent_loop():
     assert agent.default_agent_loop == "luffy_agent" and agent.agent_loop_config_path == AGENT_LOOPS_YAML
     entries = {e["name"]: e["_target_"] for e in yaml.safe_load(Path(AGENT_LOOPS_YAML).read_text())}
     assert entries == {"luffy_agent": "echorl.verl.luffy.LuffyAgentLoop", "uft_agent": "echorl.verl.uft.UftAgentLoop"}
-    for name, target in entries.items():  # hydra can build what the file names
+    for target in entries.values():  # hydra can build what the file names
         mod, cls = target.rsplit(".", 1)
         assert getattr(__import__(mod, fromlist=[cls]), cls).__name__ == cls
     plain = _compose()

@@ -15,7 +15,6 @@ from echorl.models.tiny import META_FILE, RECIPE, SHIPPED_DIR, load_tiny_model, 
 from echorl.tasks import arithmetic
 
 
-
 @pytest.fixture(scope="module")
 def meta():
     return json.loads((SHIPPED_DIR / META_FILE).read_text())

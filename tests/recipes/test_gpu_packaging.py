@@ -8,10 +8,10 @@ import importlib.metadata as md
 import os
 import re
 import subprocess
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -84,8 +84,8 @@ def test_gpu_megatron_extra_covers_verls_megatron_extra_except_compiled_packages
 # ---------------------------------------------------------------------------- Dockerfile
 def _instructions() -> list[tuple[str, str]]:
     """(INSTRUCTION, argument) pairs with continuation lines joined and comments dropped."""
-    text = re.sub(r"\\\n", " ", "\n".join(l for l in DOCKERFILE.read_text().splitlines()
-                                         if not l.lstrip().startswith("#")))
+    text = re.sub(r"\\\n", " ", "\n".join(line for line in DOCKERFILE.read_text().splitlines()
+                                         if not line.lstrip().startswith("#")))
     return [(m[0].upper(), m[1].strip()) for m in re.findall(r"^\s*([A-Za-z]+)\s+(.*)$", text, re.M)]
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from echorl.rewards import math as rmath
-from echorl.rewards.pool import VerifierPool
 from echorl.rewards.math import compute_score, compute_scores, last_boxed, verify_answer
+from echorl.rewards.pool import VerifierPool
 
 CASES = [  # (solution, gold, expected)
     ("Half of 1 is \\boxed{\\frac{1}{2}}.", "0.5", 1.0),

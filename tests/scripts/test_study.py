@@ -61,11 +61,17 @@ def test_arm_table_is_the_expected_one():
 def test_every_arm_composes_into_a_valid_engine_config(arm, tmp_path):
     """Hydra composition of testbed.yaml + the arm, then every start-up check of LocalTrainer
     (verl actor/algorithm dataclasses, cross-key validation, EchoConfig, method, DAPO filter)."""
-    from echorl.eval.data import specs_from_config
-    from echorl.local.config import (build_actor_config, build_algo_config, build_echo_config, build_method_config,
-                                     validate)
-    from echorl.local.dynamic_sampling import filter_config
     from omegaconf import OmegaConf
+
+    from echorl.eval.data import specs_from_config
+    from echorl.local.config import (
+        build_actor_config,
+        build_algo_config,
+        build_echo_config,
+        build_method_config,
+        validate,
+    )
+    from echorl.local.dynamic_sampling import filter_config
 
     a = get_arms([arm])[0]
     cfg = compose(a, 3, FULL, str(tmp_path / "run"))

@@ -116,8 +116,8 @@ def _ppo(actor_config):
 def test_off_or_coef0_is_ppo_loss_bit_identical(actor_config, echo):
     data, thetas, _ = make_minibatch(seed=1)
     g_ref, l_ref, m_ref = run_minibatch(_ppo(actor_config), data, thetas, n_micro=2)
-    g, l, m = run_minibatch(EchoLoss(actor_config, echo), data, thetas, n_micro=2)
-    for a, b in zip(l_ref, l):
+    g, losses, m = run_minibatch(EchoLoss(actor_config, echo), data, thetas, n_micro=2)
+    for a, b in zip(l_ref, losses):
         assert torch.equal(a, b)
     for a, b in zip(g_ref, g):
         assert torch.equal(a, b)
@@ -187,8 +187,8 @@ def test_echo_loss_metric_sums_to_minibatch_value_across_dp(actor_config):
 def test_empty_clip_set_adds_exact_zero(actor_config):
     data, thetas, _ = make_minibatch(seed=6, empty_clip=True)
     g_ref, l_ref, _ = run_minibatch(_ppo(actor_config), data, thetas, n_micro=2)
-    g, l, m = run_minibatch(EchoLoss(actor_config, EchoConfig(coef=0.5)), data, thetas, n_micro=2)
-    for a, b in zip(l_ref, l):
+    g, losses, m = run_minibatch(EchoLoss(actor_config, EchoConfig(coef=0.5)), data, thetas, n_micro=2)
+    for a, b in zip(l_ref, losses):
         assert torch.equal(a, b)
     for a, b in zip(g_ref, g):
         assert torch.equal(a, b)

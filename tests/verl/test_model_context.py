@@ -131,7 +131,8 @@ def test_sglang_rollout_reads_its_json_override(plain, tmp_path):
         "actor_rollout_ref.model.override_config": {"max_position_embeddings": 16384}})
     with pytest.raises(ValueError, match="sglang rollout \\(4096\\)") as err:
         check_model_context(cfg)
-    assert "++actor_rollout_ref.rollout.engine_kwargs.sglang.json_model_override_args='{\"max_position_embeddings\": 16384}'" in str(err.value)
+    assert ("++actor_rollout_ref.rollout.engine_kwargs.sglang.json_model_override_args="
+            "'{\"max_position_embeddings\": 16384}'") in str(err.value)
     ok = _with_model(cfg, cfg.actor_rollout_ref.model.path, **{
         "actor_rollout_ref.rollout.engine_kwargs.sglang.json_model_override_args": '{"max_position_embeddings": 16384}'})
     assert check_model_context(ok)["rollout_max_positions"] == 16384

@@ -64,7 +64,7 @@ def make_batch(seed: int = 0, n_pad: int = 2):
     if n_pad:
         src = {k: v for k, v in rows[0].items() if k not in ("entropy", "old_log_probs")}
         template, tag = construct_minimal_padding_template(src, tags[0], eos_token_id=NL)
-        for i in range(n_pad):
+        for _ in range(n_pad):
             pad = dict(template, uid="pad0123", entropy=torch.zeros(1), old_log_probs=torch.zeros(1))
             rows.append(pad)
             tags.append(dict(tag))

@@ -11,8 +11,9 @@ reward loop calls (``reward.custom_reward_function.path=<this file>``,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 
 def write_arithmetic_parquets(out_dir: str | Path, n_train: int = 16, n_val: int = 4, seed: int = 0,

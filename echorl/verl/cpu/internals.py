@@ -25,8 +25,8 @@ import importlib.abc
 import importlib.machinery
 import inspect
 import sys
+from collections.abc import Callable
 from importlib import metadata
-from typing import Callable
 
 ROLLOUT_NAME = "hf_cpu"  # actor_rollout_ref.rollout.name of the transformers-generate CPU rollout
 ADAPTER_FQN = "echorl.verl.cpu.rollout.HFServerAdapter"

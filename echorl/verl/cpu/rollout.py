@@ -32,11 +32,10 @@ import asyncio
 import hashlib
 import logging
 import os
-from typing import Any, Optional
+from typing import Any
 
 import ray
 import torch
-
 from verl.utils import normalize_token_ids
 from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, TokenOutput
@@ -82,7 +81,7 @@ class HFGenerateServer:
         self.eos_ids = eos
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos[0]
         self.max_model_len = int(config.max_model_len or (config.prompt_length + config.response_length))
-        self.global_steps: Optional[int] = None
+        self.global_steps: int | None = None
         self._seen: dict[str, int] = {}  # identical requests so far under this weight version
         self._lock = asyncio.Lock()
 
@@ -94,10 +93,10 @@ class HFGenerateServer:
         prompt_ids: list[int],
         sampling_params: dict[str, Any],
         request_id: str,
-        image_data: Optional[list[Any]] = None,
-        video_data: Optional[list[Any]] = None,
-        audio_data: Optional[list[Any]] = None,
-        mm_processor_kwargs: Optional[dict[str, Any]] = None,
+        image_data: list[Any] | None = None,
+        video_data: list[Any] | None = None,
+        audio_data: list[Any] | None = None,
+        mm_processor_kwargs: dict[str, Any] | None = None,
         priority: int = 0,
         **kwargs: Any,
     ) -> TokenOutput:
@@ -159,7 +158,7 @@ class HFGenerateServer:
         log_probs = torch.log_softmax(logits, dim=-1).gather(-1, torch.tensor(new)[:, None])[:, 0]  # [R]
         return new, log_probs.tolist()
 
-    async def update_weights(self, state: dict[str, torch.Tensor], global_steps: Optional[int] = None) -> int:
+    async def update_weights(self, state: dict[str, torch.Tensor], global_steps: int | None = None) -> int:
         """Load the trainer's full weights (HF names). Every model tensor must be covered, except the
         output head when it is tied to the input embeddings. Returns the number of tensors loaded."""
         async with self._lock:

@@ -18,8 +18,10 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+
+from echorl.metrics_file import read_metrics
 
 
 def cpu_overrides(data: dict[str, str], out_dir: str | Path, steps: int = 2, n: int = 4, prompts: int = 4) -> list[str]:
@@ -73,12 +75,6 @@ SMOKE_METHOD = [
     "echorl.loss_agg=clip_token_mean",
     "echorl.selector=peak",
 ]
-
-
-def read_metrics(path: str | Path) -> list[dict]:
-    """The per-step records of verl's file logger (``{"step": k, "data": {...}}`` per line)."""
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -30,8 +30,9 @@ from pathlib import Path
 
 os.environ["VERL_PLATFORM"] = "cpu"  # before `import verl`: the EchoRL plugin installs verl on CPU
 
-from echorl.main import EchoTaskRunner  # noqa: E402  (imports verl first)
 from scenarios import compose  # noqa: E402
+
+from echorl.main import EchoTaskRunner  # noqa: E402  (imports verl first)
 
 
 class VerlLossTaskRunner(EchoTaskRunner):
