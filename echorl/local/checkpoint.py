@@ -4,7 +4,8 @@
 scheduler, the RNG states of python, numpy and torch, the prompt sampler's position and the step;
 ``latest_checkpointed_iteration.txt`` (verl's file name) names the last complete one. A checkpoint
 is written to a temporary folder and renamed, so a run killed mid-save leaves the previous one
-intact.
+intact. Pruning (``trainer.max_ckpt_to_keep``) always keeps the checkpoint just written; ``resume=disable``
+moves a previous run's checkpoints aside first (:mod:`echorl.local.resume`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["rng_state", "set_rng_state", "save_checkpoint", "latest_checkpoint", "load_checkpoint"]
+__all__ = ["rng_state", "set_rng_state", "save_checkpoint", "prune", "latest_checkpoint", "load_checkpoint"]
 
 LATEST = "latest_checkpointed_iteration.txt"
 
@@ -53,10 +54,20 @@ def save_checkpoint(ckpt_dir: str | os.PathLike, step: int, state: dict[str, Any
     (root / (LATEST + ".tmp")).write_text(str(step))
     os.replace(root / (LATEST + ".tmp"), root / LATEST)
     if max_keep and max_keep > 0:
-        steps = sorted(int(p.name.split("_")[-1]) for p in root.glob("global_step_*"))
-        for s in steps[:-max_keep]:
-            shutil.rmtree(root / f"global_step_{s}", ignore_errors=True)
+        prune(root, step, max_keep)
     return final
+
+
+def prune(root: Path, step: int, max_keep: int) -> list[int]:
+    """Delete checkpoints so that ``global_step_<step>`` (just written, named by the latest pointer) and
+    the ``max_keep - 1`` newest before it remain. Folders of higher steps are stale (a save that
+    never reached the pointer, before a crash) and are deleted too. Returns the deleted steps."""
+    steps = sorted(int(p.name.split("_")[-1]) for p in root.glob("global_step_*") if p.name.split("_")[-1].isdigit())
+    older = [s for s in steps if s < step]
+    gone = [s for s in steps if s > step] + (older[:-(max_keep - 1)] if max_keep > 1 else older)
+    for s in gone:
+        shutil.rmtree(root / f"global_step_{s}", ignore_errors=True)
+    return sorted(gone)
 
 
 def latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:

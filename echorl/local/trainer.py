@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from echorl.core.steps import check_boundary_ids
 from echorl.local import checkpoint as ckpt
 from echorl.local.config import build_actor_config, build_algo_config, build_echo_config, build_method_config, validate
 from echorl.filtering import rl_response_mask
@@ -42,7 +43,7 @@ from echorl.local.rollout import eos_ids_of
 from echorl.local.update import actor_update, compute_advantages, token_level_rewards
 from echorl.stage import num_minibatches, run_echo_stage
 
-__all__ = ["LocalTrainer", "load_model", "check_boundary_ids", "import_score_fn"]
+__all__ = ["LocalTrainer", "load_model", "import_score_fn"]
 
 
 def import_score_fn(spec: str) -> Callable[..., float]:
@@ -113,31 +114,6 @@ def _checked_tokenizer(tok: Any) -> Any:
                      "would be lost")
 
 
-def check_boundary_ids(ids: Sequence[int], tokenizer: Any, rows: Sequence[dict[str, Any]]) -> None:
-    """Refuse boundary ids outside the vocabulary; warn when they never occur in reference solutions.
-
-    Raises:
-        ValueError: an id is ``>= len(tokenizer)`` (e.g. Qwen's 198/271 with another tokenizer).
-    """
-    from echorl.core.clips import EchoBoundaryWarning
-
-    vocab = len(tokenizer)
-    bad = [i for i in ids if i >= vocab]
-    if bad:
-        raise ValueError(f"echorl.boundary_token_ids {list(ids)}: {bad} are outside the vocabulary of "
-                         f"{type(tokenizer).__name__} (size {vocab}); set echorl.boundary=auto to derive the "
-                         "newline ids from the tokenizer, or give this tokenizer's ids")
-    sols = [str(r["solution"]) for r in rows[:64] if r.get("solution")]
-    if sols:
-        toks = tokenizer(sols, add_special_tokens=False)["input_ids"]
-        if not any(t in set(ids) for seq in toks for t in seq):
-            texts = [tokenizer.decode([i]) for i in ids]
-            warnings.warn(EchoBoundaryWarning(
-                f"echorl.boundary_token_ids {list(ids)} (text {texts!r}) never occur in {len(sols)} tokenized reference "
-                "solutions of this dataset, so no response would be split into steps and every EchoClip would be "
-                "the whole response; set echorl.boundary=auto or this tokenizer's newline ids"), stacklevel=2)
-
-
 class LocalTrainer:
     """The embedded single-process trainer.
 
@@ -172,7 +148,7 @@ class LocalTrainer:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
         self.prompts = prepare_prompts(cfg.data, tokenizer, rows)
         self.echo_cfg = echo_cfg.resolve_boundary(tokenizer)
-        check_boundary_ids(self.echo_cfg.boundary_token_ids, tokenizer, self.prompts.rows)
+        check_boundary_ids(self.echo_cfg.boundary_token_ids, tokenizer, [r.get("solution") for r in self.prompts.rows])
         self.sampler = PromptSampler(len(self.prompts.rows), int(cfg.data.train_batch_size), bool(cfg.data.shuffle),
                                      int(cfg.data.seed))
         from verl.workers.config.optimizer import build_optimizer
@@ -212,6 +188,10 @@ class LocalTrainer:
         self.update_gen = torch.Generator().manual_seed(int(self.actor_cfg.data_loader_seed))
         if cfg.resume == "auto":
             self._maybe_resume()
+        else:  # resume=disable: a previous run in this folder is moved aside, never mixed with this one
+            from echorl.local.resume import set_previous_run_aside
+
+            set_previous_run_aside(self.out)
 
     # ------------------------------------------------------------------ setup helpers
     @staticmethod
@@ -241,6 +221,9 @@ class LocalTrainer:
         if path is None:
             return
         st = ckpt.load_checkpoint(path)
+        from echorl.local.resume import check_resume_config  # refuses a changed algorithm, warns on the rest
+
+        check_resume_config(st.get("config"), OmegaConf.to_container(self.cfg, resolve=True), path)
         self.model.load_state_dict(st["model"])
         self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
