@@ -16,12 +16,8 @@ import torch
 from echorl.core.config import EchoConfig
 from echorl.core.registry import SELECTORS
 from echorl.core.tensorops import count_true
-from echorl.core.steps import aggregate_bins, boundary_ids_tensor, is_boundary_token, step_bins_, step_ids
+from echorl.core.steps import EchoBoundaryWarning, aggregate_bins, boundary_ids_tensor, is_boundary_token, step_bins_, step_ids
 
-
-
-class EchoBoundaryWarning(UserWarning):
-    """Non-empty responses with no boundary token at all: the ids likely do not fit the tokenizer."""
 
 
 _warned_no_boundary: set[tuple[int, ...]] = set()

@@ -28,9 +28,15 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
+import warnings
+
 import torch
 
 from echorl.core.registry import STEP_AGGS
+
+
+class EchoBoundaryWarning(UserWarning):
+    """Boundary ids that likely do not fit the tokenizer: steps would never end."""
 
 
 def boundary_ids_tensor(ids: Sequence[int] | torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -257,3 +263,45 @@ def auto_boundary_token_ids(tokenizer: Any) -> tuple[int, ...]:
             "set echorl.boundary='fixed' and echorl.boundary_token_ids explicitly"
         )
     return found
+
+
+def check_boundary_ids(ids: Sequence[int], tokenizer: Any, solutions: Sequence[str] = ()) -> None:
+    """Check step boundary ids against the tokenizer a run uses; both hosts call it at start-up.
+
+    Args:
+        ids: ``echorl.boundary_token_ids`` (after ``cfg.resolve_boundary(tokenizer)``).
+        tokenizer: needs ``len()`` and ``decode([id])``; with ``solutions`` also
+            ``tokenizer(texts, add_special_tokens=False)["input_ids"]``.
+        solutions: reference solutions of the dataset (the first 64 are tokenized), or none.
+
+    Raises:
+        ValueError: an id is outside the vocabulary (``>= len(tokenizer)``), e.g. Qwen's 198/271
+            with another tokenizer.
+
+    Warns :class:`EchoBoundaryWarning` when an id's text holds no newline, or when no id occurs in
+    the tokenized ``solutions`` (no response would be split into steps).
+    """
+    ids = [int(i) for i in ids]
+    vocab = len(tokenizer)
+    bad = [i for i in ids if i >= vocab]
+    if bad:
+        raise ValueError(
+            f"echorl.boundary_token_ids {ids}: {bad} are outside the vocabulary of {type(tokenizer).__name__} "
+            f"(size {vocab}). Fix: set echorl.boundary=auto to derive the newline ids from the tokenizer, or "
+            "give this tokenizer's ids."
+        )
+    texts = {i: tokenizer.decode([i]) for i in ids}
+    no_newline = [i for i, t in texts.items() if "\n" not in t]
+    if no_newline:
+        warnings.warn(EchoBoundaryWarning(
+            f"echorl.boundary_token_ids {no_newline} decode to {[texts[i] for i in no_newline]!r}, not newlines: "
+            "steps may never end. Set this tokenizer's newline ids or echorl.boundary=auto."), stacklevel=2)
+    sols = [str(s) for s in list(solutions)[:64] if s]
+    if sols:
+        toks = tokenizer(sols, add_special_tokens=False)["input_ids"]
+        wanted = set(ids)
+        if not any(t in wanted for seq in toks for t in seq):
+            warnings.warn(EchoBoundaryWarning(
+                f"echorl.boundary_token_ids {ids} (text {list(texts.values())!r}) never occur in {len(sols)} tokenized "
+                "reference solutions of this dataset, so no response would be split into steps and every EchoClip "
+                "would be the whole response; set echorl.boundary=auto or this tokenizer's newline ids"), stacklevel=2)

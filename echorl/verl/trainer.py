@@ -29,7 +29,7 @@ from transfer_queue import KVBatchMeta
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
 from echorl.analysis.dump import DumpConfig
-from echorl.core.clips import EchoBoundaryWarning
+from echorl.core.steps import EchoBoundaryWarning, check_boundary_ids
 from echorl.core.config import EchoConfig
 from echorl.stage import num_minibatches
 from echorl.verl.dump import dump_config_of, write_verl_dump
@@ -39,7 +39,7 @@ from echorl.verl.methods import VerlMethod
 from echorl.verl.methods import configure as configure_method
 from echorl.verl.trace import FIELDS as TRACE_FIELDS
 from echorl.verl.trace import trace_dir_of, write_trace
-from echorl.verl.validate import check_boundary_ids, validate_config
+from echorl.verl.validate import validate_config
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,8 @@ class EchoPPOTrainerSync(PPOTrainerSync):
         EchoLoss is installed only when it adds a term (enabled, mode=loss, coef>0); otherwise the
         workers keep verl's own loss, so training is verl's, bit for bit."""
         super()._setup()
-        check_boundary_ids(self.echo_cfg, self.tokenizer)
+        if self.echo_cfg.boundary != "auto":  # auto ids come from this tokenizer: nothing to check
+            check_boundary_ids(self.echo_cfg.boundary_token_ids, self.tokenizer)
         self._resolve_echo_boundary()
         self.echo_loss = None
         if self.method.active:  # LUFFY / UFT: their loss (+ the EchoRL term), echorl.methods.luffy.MethodLoss

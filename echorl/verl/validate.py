@@ -10,12 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import warnings
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from echorl.core.clips import EchoBoundaryWarning
 from echorl.core.config import EchoConfig
 from echorl.filtering import check_filter_groups
 
@@ -94,33 +92,6 @@ def validate_config(config: DictConfig) -> EchoConfig:
             "echorl.mode=advantage (no loss change)."
         )
     return echo
-
-
-def check_boundary_ids(echo: EchoConfig, tokenizer: Any) -> None:
-    """Check ``echorl.boundary_token_ids`` against the tokenizer the run uses.
-
-    Ids outside the vocabulary are refused (``ValueError``); ids whose text holds no newline give an
-    :class:`EchoBoundaryWarning` (they likely belong to another tokenizer family, e.g. the Qwen ids
-    198/271 on a Llama tokenizer). With ``boundary='auto'`` there is nothing to check.
-    """
-    if echo.boundary == "auto":
-        return
-    vocab = len(tokenizer)
-    bad = [i for i in echo.boundary_token_ids if i >= vocab]
-    if bad:
-        raise ValueError(
-            f"echorl.boundary_token_ids {bad} are outside the tokenizer's vocabulary (size {vocab}). Fix: give "
-            "this tokenizer's newline token ids, or set echorl.boundary=auto."
-        )
-    texts = {i: tokenizer.decode([i]) for i in echo.boundary_token_ids}
-    no_newline = [i for i, t in texts.items() if "\n" not in t]
-    if no_newline:
-        warnings.warn(
-            f"echorl.boundary_token_ids {no_newline} decode to {[texts[i] for i in no_newline]!r}, not newlines: "
-            "steps may never end. Set this tokenizer's newline ids or echorl.boundary=auto.",
-            EchoBoundaryWarning,
-            stacklevel=2,
-        )
 
 
 # ---------------------------------------------------------------------------- model context

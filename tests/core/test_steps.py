@@ -5,6 +5,8 @@ Run: ``.venv/bin/python -m pytest -q tests/core/test_steps.py``.
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -259,3 +261,30 @@ def test_segment_steps_with_long_holes_matches_reference():
             for t in positions:
                 ref[t] = k
         assert sid[r].tolist() == ref and int(n[r]) == len(steps)
+
+
+class _Tok:
+    """The three calls check_boundary_ids makes; 300 ids, 198 '\\n', 271 '\\n\\n', the rest 'x'."""
+
+    def __len__(self):
+        return 300
+
+    def decode(self, ids):
+        return {198: "\n", 271: "\n\n"}.get(ids[0], "x")
+
+    def __call__(self, texts, add_special_tokens=False):
+        return {"input_ids": [[198 if c == "\n" else 5 for c in t] for t in texts]}
+
+
+def test_check_boundary_ids_against_the_tokenizer():
+    from echorl.core.steps import EchoBoundaryWarning, check_boundary_ids
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_boundary_ids((198, 271), _Tok(), ["a\nb"])  # fine: in the vocabulary, newlines, occur
+    with pytest.warns(EchoBoundaryWarning, match=r"\[5\] decode to \['x'\]"):
+        check_boundary_ids((198, 5), _Tok())
+    with pytest.raises(ValueError, match=r"\[400\] are outside the vocabulary of _Tok \(size 300\)"):
+        check_boundary_ids((198, 400), _Tok())
+    with pytest.warns(EchoBoundaryWarning, match=r"never occur in 2 tokenized reference solutions"):
+        check_boundary_ids((271,), _Tok(), ["a\nb", None, "c"])

@@ -104,24 +104,6 @@ def test_baselines_that_only_conflict_with_echorl_on_are_allowed(echorl_cfg):
     assert validate_config(_with(echorl_cfg, **{"distillation.enabled": True, "echorl.mode": "advantage"})).mode == "advantage"
 
 
-def test_boundary_ids_checked_against_the_tokenizer():
-    from echorl.core.clips import EchoBoundaryWarning
-    from echorl.verl.validate import check_boundary_ids
-
-    class Tok:  # the two calls the check makes; a real tokenizer needs network or a model download
-        def __len__(self):
-            return 300
-
-        def decode(self, ids):
-            return {198: "\n", 271: "\n\n"}.get(ids[0], "x")
-
-    check_boundary_ids(EchoConfig(), Tok())
-    with pytest.warns(EchoBoundaryWarning, match=r"\[5\] decode to \['x'\]"):
-        check_boundary_ids(EchoConfig(boundary_token_ids=(198, 5)), Tok())
-    with pytest.raises(ValueError, match=r"\[400\] are outside the tokenizer's vocabulary \(size 300\)"):
-        check_boundary_ids(EchoConfig(boundary_token_ids=(198, 400)), Tok())
-
-
 def test_docs_table_lists_every_echorl_key_with_its_default():
     from pathlib import Path
 
