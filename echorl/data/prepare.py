@@ -27,7 +27,6 @@ the field and the columns the row has. CLI: ``scripts/prepare_data.py``. Tests:
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from echorl.rewards.boxed import last_boxed
+from echorl.tasks.files import DataFormatError, read_rows  # re-exported: the one dataset reader
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +49,6 @@ DAPO_PREFIX = ("Solve the following math problem step by step. The last line of 
                "be of the form Answer: $Answer (without quotes) where $Answer is the answer to the "
                "problem.\n\n")
 DAPO_SUFFIX = '\n\nRemember to put your answer on its own line after "Answer:".'
-
-
-class DataFormatError(ValueError):
-    """A source row lacks a field the format needs (message names file, row and field)."""
 
 
 _MISSING = object()
@@ -200,29 +196,6 @@ def convert_rows(rows: Iterable[dict], fmt: str, *, split: str = "train", data_s
             "extra_info": {"split": split, "index": len(out)},
         })
     return out
-
-
-def read_rows(path: str | Path) -> list[dict]:
-    """Rows of a ``.parquet`` or ``.jsonl``/``.json`` (JSON lines) file as Python dicts."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"input file not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    if suffix in (".jsonl", ".json"):
-        rows = []
-        with path.open(encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise DataFormatError(f"{path}: line {line_no}: not valid JSON ({e.msg})") from e
-        return rows
-    raise ValueError(f"{path}: unsupported file type {suffix!r}; use .parquet or .jsonl")
 
 
 def write_parquet(rows: Sequence[dict], path: str | Path) -> None:

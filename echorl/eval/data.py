@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from echorl.eval.graders import GRADERS
+from echorl.tasks.files import DATASET_SUFFIXES
 
 __all__ = ["BenchmarkSpec", "DEFAULT_TASK_ROWS", "load_benchmark_yaml", "load_rows", "parse_bench", "prompt_ids",
            "specs_from_config"]
@@ -79,7 +80,7 @@ class BenchmarkSpec:
 
 def _default_name(source: str) -> str:
     base = os.path.basename(source.rstrip("/"))
-    for ext in (".parquet", ".jsonl", ".json"):
+    for ext in DATASET_SUFFIXES:
         if base.lower().endswith(ext):
             return base[: -len(ext)]
     return source.replace("/", "_")

@@ -23,12 +23,12 @@ parquet file and checks every row has ``prompt`` and ``answer`` (the error names
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 from echorl.tasks import arithmetic, chain
 from echorl.tasks.base import Task
+from echorl.tasks.files import is_dataset_file, read_rows
 
 __all__ = ["REQUIRED_FIELDS", "Task", "compute_score", "get_task", "load_dataset", "task_names", "validate_rows"]
 
@@ -108,48 +108,23 @@ def validate_rows(rows: list[Any], source: str = "dataset") -> list[dict[str, An
     return out
 
 
-def _read_file(path: str) -> list[Any]:
-    low = path.lower()
-    if low.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    if low.endswith(".jsonl"):
-        rows = []
-        with open(path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}: line {lineno} (row {len(rows)}) is not valid JSON: {e}") from None
-        return rows
-    if low.endswith(".json"):
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-        if not isinstance(data, list):
-            raise ValueError(f"{path}: expected a JSON list of rows, got {type(data).__name__}")
-        return data
-    raise ValueError(f"{path}: unsupported file type; use .jsonl, .json or .parquet")
-
-
 def load_dataset(name_or_path: str, n: int | None = None, seed: int = 0, **task_kwargs: Any) -> list[dict[str, Any]]:
     """Rows of a registered task (generated) or of a file (read and validated).
 
     Args:
-        name_or_path: a name from :func:`task_names` or a ``.jsonl`` / ``.json`` / ``.parquet`` path.
+        name_or_path: a name from :func:`task_names` or a ``.jsonl`` (one object per line), ``.json``
+            (a list of objects) or ``.parquet`` path (:mod:`echorl.tasks.files`).
         n: rows to generate (default 1024), or the first ``n`` rows of a file (default all).
         seed: generation seed (tasks only).
         **task_kwargs: passed to the task's ``generate`` (e.g. ``levels=(1, 2, 3)``).
     """
     if name_or_path not in _TASKS and (os.path.exists(name_or_path) or os.sep in name_or_path
-                                       or name_or_path.lower().endswith((".jsonl", ".json", ".parquet"))):
+                                       or is_dataset_file(name_or_path)):
         if not os.path.exists(name_or_path):
             raise FileNotFoundError(f"dataset file not found: {name_or_path}")
         if task_kwargs:
             raise ValueError(f"{name_or_path}: options {sorted(task_kwargs)} apply to generated tasks, not to files")
-        rows = _read_file(name_or_path)
+        rows = read_rows(name_or_path)
         if n is not None:
             rows = rows[:n]
         rows = validate_rows(rows, source=name_or_path)

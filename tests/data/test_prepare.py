@@ -128,13 +128,13 @@ def test_errors_name_the_row_and_field(tmp_path, fmt, rows, match):
 
 
 def test_bad_inputs(tmp_path):
-    with pytest.raises(FileNotFoundError, match="input file not found"):
+    with pytest.raises(FileNotFoundError, match="dataset file not found"):
         read_rows(tmp_path / "nope.parquet")
     (tmp_path / "x.csv").write_text("a,b\n")
     with pytest.raises(ValueError, match="unsupported file type '.csv'"):
         read_rows(tmp_path / "x.csv")
     (tmp_path / "bad.jsonl").write_text('{"problem": "a", "answer": "1"}\n{oops\n')
-    with pytest.raises(DataFormatError, match="bad.jsonl: line 2: not valid JSON"):
+    with pytest.raises(DataFormatError, match=r"bad.jsonl: line 2 \(row 1\) is not valid JSON"):
         read_rows(tmp_path / "bad.jsonl")
     with pytest.raises(ValueError, match="unknown format 'gsm8k'"):
         convert_rows([], "gsm8k")

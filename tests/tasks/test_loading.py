@@ -77,3 +77,22 @@ def test_compute_score_dispatches_on_data_source():
     assert compute_score("echorl/arithmetic", "Answer: 3", "2") == 0.0
     with pytest.raises(ValueError, match="no task has data_source"):
         compute_score("unknown/src", "x", "y")
+
+
+def test_one_rule_for_json_files(tmp_path):
+    from echorl.data.prepare import read_rows as prepare_read_rows
+    from echorl.tasks.files import DataFormatError, read_rows
+
+    assert prepare_read_rows is read_rows  # the verl data preparation reads files the same way
+    rows = [{"prompt": "1+1", "answer": "2"}, {"prompt": "2+2", "answer": "4"}]
+    (tmp_path / "a.json").write_text(json.dumps(rows))
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert read_rows(tmp_path / "a.json") == rows == read_rows(tmp_path / "A.JSONL".lower())
+    (tmp_path / "lines.json").write_text("".join(json.dumps(r) + "\n" for r in rows))  # JSON lines named .json
+    with pytest.raises(DataFormatError, match=r"lines.json: not one JSON document .*name the file .jsonl"):
+        read_rows(tmp_path / "lines.json")
+    (tmp_path / "obj.json").write_text(json.dumps(rows[0]))
+    with pytest.raises(DataFormatError, match=r"obj.json: expected a JSON list of rows, got dict"):
+        read_rows(tmp_path / "obj.json")
+    with pytest.raises(ValueError, match=r"unsupported file type '.csv'; use .jsonl \(one JSON object per line\)"):
+        read_rows(tmp_path / "a.csv")
