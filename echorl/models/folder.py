@@ -1,5 +1,6 @@
-"""Write a Hugging Face model folder atomically (shared by the tiny-model build and the SmolLM2
-conversion): concurrent builders never see a half-written folder."""
+"""Model folders: where built models are cached (:func:`cache_root`, the one rule) and an atomic
+writer (shared by the tiny-model build and the SmolLM2 conversion): concurrent builders never see a
+half-written folder."""
 
 from __future__ import annotations
 
@@ -9,6 +10,15 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+
+
+CACHE_ENV = "ECHORL_CACHE"
+
+
+def cache_root() -> Path:
+    """Where EchoRL caches built model folders: ``$ECHORL_CACHE`` when set (and non-empty), else
+    ``~/.cache/echorl``."""
+    return Path(os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "echorl"))
 
 
 def save_folder_atomic(model: Any, tokenizer: Any, out_dir: Path, meta_file: str, meta: dict[str, Any]) -> None:

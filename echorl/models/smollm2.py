@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from echorl.models.folder import save_folder_atomic
+from echorl.models.folder import cache_root, save_folder_atomic
 
 __all__ = ["GGUF_NAME", "boundary_ids", "convert_smollm2", "default_cache_dir", "gguf_path", "load_smollm2"]
 
@@ -40,8 +40,8 @@ _MISSING = (
 
 
 def default_cache_dir() -> Path:
-    """``$ECHORL_CACHE/smollm2-135m-instruct``, else ``~/.cache/echorl/smollm2-135m-instruct``."""
-    root = os.environ.get("ECHORL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "echorl")
+    """``cache_root() / "smollm2-135m-instruct"`` (:func:`echorl.models.folder.cache_root`)."""
+    root = cache_root()
     return Path(root) / CACHE_NAME
 
 

@@ -52,7 +52,7 @@ from typing import Any
 import torch
 
 from echorl.models.char_tokenizer import build_char_tokenizer
-from echorl.models.folder import save_folder_atomic
+from echorl.models.folder import cache_root, save_folder_atomic
 from echorl.tasks import arithmetic, chain
 
 __all__ = [
@@ -143,8 +143,8 @@ def shipped_dir(recipe: dict[str, Any] = RECIPE) -> Path:
 
 
 def default_cache_dir(recipe: dict[str, Any] = RECIPE) -> Path:
-    """``$ECHORL_CACHE/<name>``, else ``~/.cache/echorl/<name>`` (``tiny-qwen2-char`` for RECIPE)."""
-    root = os.environ.get("ECHORL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "echorl")
+    """``cache_root() / <name>`` (``tiny-qwen2-char`` for RECIPE; :func:`echorl.models.folder.cache_root`)."""
+    root = cache_root()
     return Path(root) / _name(recipe)
 
 
