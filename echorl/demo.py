@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from echorl.local import load_config, train
-    from echorl.local.logger import read_metrics
+    from echorl.metrics_file import read_metrics
 
     overrides = DEMO_OVERRIDES + list(sys.argv[1:] if argv is None else argv)
     cfg = load_config(overrides, config_name="testbed")

@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from echorl.local import load_config, train
-    from echorl.local.logger import read_metrics
+    from echorl.metrics_file import read_metrics
 
     out = Path(args.out)
     table = []

@@ -189,7 +189,7 @@ def run_one(arm: Arm, seed: int, s: Settings, folder: str | os.PathLike, runs_di
     import torch
 
     from echorl.eval.run import make_pool
-    from echorl.local.logger import read_metrics
+    from echorl.metrics_file import read_metrics
     from echorl.local.trainer import LocalTrainer
     from echorl.study.gradshare import GradShareLoss
 
