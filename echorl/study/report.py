@@ -59,7 +59,8 @@ def arm_table(results: dict[str, dict[int, dict[str, Any]]], kmax: int = 64) -> 
             continue
         row: dict[str, Any] = {"arm": arm.name, "what": arm.what, "base": arm.base, "seeds": sorted(runs)}
         for key in ("test_avg", "ood_avg", "passk_avg", "entropy", "all_success_frac", "clips", "clip_len_frac",
-                    "grad_echo_share", "grad_norm_rl", "grad_norm_echo", "pg_clipfrac", "s_per_step", "dev_avg"):
+                    "grad_echo_share", "grad_norm_rl", "grad_norm_echo", "grad_cos", "pg_clipfrac", "s_per_step",
+                    "dev_avg"):
             row[key] = mean_sd(_vals(runs, key).values())
         for k in ("1", str(kmax)):
             row[f"pass@{k}"] = mean_sd([r["final"]["pass@k"][k] for r in runs.values() if k in r["final"]["pass@k"]])
@@ -258,28 +259,36 @@ def write_report(folder: str | os.PathLike, s: Settings, out_md: str | os.PathLi
         L += [f"![GRPO vs GRPO + EchoRL]({rel(figs['main'])})", ""]
     L += ["## Final accuracy per arm", "",
           "Accuracies in %, mean ± sd over seeds. Δ: paired difference to the arm's base method over the seeds both "
-          "ran, with a 95% Student t interval [low, high] (bootstrap intervals in the result files' report "
-          "data); for the EchoRL ablations on GRPO also Δ to the `echorl` arm. Entropy: mean token entropy of the "
+          "ran, with a 95% Student t interval [low, high] (the percentile bootstrap interval is under \"What the data "
+          "support\"); for the EchoRL ablations on GRPO also Δ to the `echorl` arm. Entropy: mean token entropy of the "
           "training rollouts (nats), all-success: share of groups, both over the last 20 steps. Clips/step for arms "
           "with EchoRL off is what the selection would have picked (logged, not trained). Echo grad share: "
           "||g_echo|| / (||g_rl|| + ||g_echo||) on one micro-batch, mean over the run's measurements.", "",
           f"| arm | seeds | test | ood | pass@1 | pass@{s.passk_n} | Δ test vs base | Δ ood vs base | Δ test vs echorl | "
-          "entropy | all-success | clips/step | echo grad share | s/step |",
+          "entropy | all-success | clips/step | echo grad share (%) | s/step |",
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         L.append(f"| {r['arm']} | {len(r['seeds'])} | {_pm(r['test_avg'])} | {_pm(r['ood_avg'])} | {_pm(r['pass@1'])} | "
                  f"{_pm(r[f'pass@{s.passk_n}'])} | {_diff(r.get('d_test_avg'))} | {_diff(r.get('d_ood_avg'))} | "
                  f"{_diff(r.get('d_test_avg_vs_echorl'))} | {_pm(r['entropy'], 1, 3)} | {_pm(r['all_success_frac'])} | "
-                 f"{_pm(r['clips'], 1, 1)} | {_pm(r['grad_echo_share'], 1, 4)} | {_pm(r['s_per_step'], 1, 2)} |")
+                 f"{_pm(r['clips'], 1, 1)} | {_pm(r['grad_echo_share'], 100, 2)} | {_pm(r['s_per_step'], 1, 2)} |")
     L += ["", "Arms: " + "; ".join(f"`{a.name}`: {a.what}" for a in ARMS if results.get(a.name)) + ".", ""]
     L += ["## What the data support", ""]
     for r in rows:
         for key, lab in METRICS:
             d = r.get(f"d_{key}")
             if d:
-                L.append(f"- `{r['arm']}` vs `{r['base']}` on {lab}: **{verdict(d)}** ({_diff(d)} points).")
+                boot = (f"; bootstrap [{100 * d['boot_low']:+.1f}, {100 * d['boot_high']:+.1f}]"
+                        if d["n"] >= 2 else "")
+                L.append(f"- `{r['arm']}` vs `{r['base']}` on {lab}: **{verdict(d)}** ({_diff(d)} points{boot}).")
     if not any(r.get("d_test_avg") for r in rows):
         L.append("- No arm has a finished base run to pair with yet.")
+    for r in rows:
+        share, cos = r["grad_echo_share"], r["grad_cos"]
+        if share[2] and share[0] > 0:
+            L.append(f"- `{r['arm']}`: the EchoRL term is {100 * share[0]:.2f}% of the gradient norm "
+                     f"(||g_echo|| / (||g_rl|| + ||g_echo||), first micro-batch every {s.grad_share_every} steps, "
+                     f"mean over {share[2]} run(s)); cosine with the RL gradient {cos[0]:.2f}.")
     L.append("")
     if (folder / "notes.md").exists():
         L += [(folder / "notes.md").read_text().strip(), ""]
