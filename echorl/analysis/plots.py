@@ -20,7 +20,6 @@ non-numeric and non-finite values are skipped per key. Uses the Agg backend (no 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterable

@@ -12,7 +12,6 @@ see docs/engine.md.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from echorl.local.config import load_config

@@ -1,24 +1,26 @@
 """VerifierPool: run a reward verifier in worker processes with a hard per-check timeout.
 
-Shared by the verl reward function and the embedded engine. A verifier is a picklable, module-level ``score_fn(*args) -> float``.
-Each check runs in a long-lived worker process (``forkserver`` on POSIX, ``spawn`` elsewhere;
-never ``fork``, which is unsafe in the multithreaded Ray / torch processes that call it), so:
+Shared by the verl reward function and the embedded engine. A verifier is a picklable,
+module-level ``score_fn(*args) -> float``. The processes are a ``pebble.ProcessPool`` (long-lived
+workers, one scheduled call per check with its own timeout, workers replaced when they are killed
+or die) started with ``forkserver`` on POSIX, ``spawn`` elsewhere -- never ``fork``, which is
+unsafe in the multithreaded Ray / torch processes that call it. This module adds the scoring rules
+and their counts:
 
-- a **hang** (the check exceeds ``timeout_s``) scores 0.0, is counted in ``timeouts``, and the
-  worker is killed (SIGKILL) and replaced;
+- a **hang** (the check exceeds ``timeout_s``, counted from the moment a worker took it) scores
+  0.0 and is counted in ``timeouts``; pebble kills the worker and starts a new one;
 - a **crash** scores 0.0 and is counted in ``crashes``: either ``score_fn`` raised (also counted
   in ``exceptions``; the worker survives) or the worker process died (``os._exit``, segfault,
   OOM kill; also counted in ``deaths``; the worker is replaced);
 - an **invalid return** (not a real number -- ``bool``/``int``/``float`` are accepted -- or NaN /
   infinite) scores 0.0 and is counted in ``errors``.
 
-Training never stalls: every check ends within ``timeout_s`` of the moment its worker took it
-(plus the worker's start-up time if the worker was just replaced), whatever ``score_fn`` does.
-Workers are started once and reused, so a batch of 1024 checks costs 1024 pipe round trips
-(tens of microseconds each), not 1024 process starts.
+Training never stalls: every check ends within ``timeout_s`` of the moment its worker took it,
+whatever ``score_fn`` does. Workers are reused, so a batch of 1024 checks costs 1024 pipe round
+trips, not 1024 process starts. ``score`` returns once the pool is back at full size.
 
 ``score`` is thread-safe: several threads may score at once (verl's reward manager calls the
-reward function from an executor thread pool); each worker serves one caller at a time.
+reward function from an executor thread pool); pebble's scheduler serialises the dispatch.
 
 Example::
 
@@ -35,15 +37,21 @@ import multiprocessing as mp
 import numbers
 import os
 import pickle
-import queue
 import threading
 import time
 import traceback
 import weakref
-from collections import deque
 from collections.abc import Callable, Sequence
-from multiprocessing.connection import wait
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
+
+from pebble import ProcessExpired, ProcessPool
+from pebble.common import CONSTS
+
+# pebble stops a timed-out worker with SIGTERM and waits ``term_timeout`` (3 s) before SIGKILL. A
+# check stuck in C code (sympy's big-integer power) never runs the SIGTERM handler, so the 3 s
+# would be added to every such timeout: SIGKILL after 0.1 s instead.
+CONSTS.term_timeout = min(CONSTS.term_timeout, 0.1)
 
 __all__ = ["VerifierPool", "STAT_KEYS", "valid_score"]
 
@@ -59,8 +67,10 @@ STAT_KEYS = (
     "restarts",    # workers started to replace killed / dead ones
 )
 
-_READY = "__ready__"
-_STARTUP_ERROR = "__startup_error__"
+_STARTUP_ERROR = "startup"
+
+# Per worker process: score_fn, unpickled once (the first check, or the initializer's warm-up).
+_FN: dict[bytes, Callable[..., Any]] = {}
 
 
 def valid_score(value: Any) -> bool:
@@ -68,80 +78,54 @@ def valid_score(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, complex) and math.isfinite(float(value))
 
 
-def _worker_main(conn: Any, fn_bytes: bytes, warmup_args: tuple | None = None) -> None:
-    """Worker loop: unpickle score_fn, warm it up, announce readiness, then answer tasks.
+def _load(fn_bytes: bytes) -> Callable[..., Any]:
+    fn = _FN.get(fn_bytes)
+    if fn is None:
+        fn = _FN[fn_bytes] = pickle.loads(fn_bytes)
+    return fn
 
-    Replies are ``(task_id, "ok", float)``, ``(task_id, "invalid", type name)`` or
-    ``(task_id, "exception", text)``. ``None`` or a closed pipe ends the loop.
-    """
+
+def _warm_up(fn_bytes: bytes, warmup_args: tuple | None) -> None:
+    """Worker initializer: import ``score_fn`` and pay its first-call costs before any check's clock
+    starts. Never raises (pebble would restart a failing worker forever); a module that cannot be
+    imported is reported by the first check (``_check``)."""
     try:
-        fn = pickle.loads(fn_bytes)
-    except BaseException:  # noqa: BLE001 - reported to the parent, which raises with it
-        conn.send((_STARTUP_ERROR, traceback.format_exc(limit=5)))
-        return
-    if warmup_args is not None:  # first-call costs (lazy imports, caches) before the clock starts
-        try:
+        fn = _load(fn_bytes)
+        if warmup_args is not None:
             fn(*warmup_args)
-        except BaseException:  # noqa: BLE001 - a failing warm-up shows up again in real checks
-            pass
-    conn.send((_READY, os.getpid()))
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            return
-        if msg is None:
-            return
-        task_id, args = msg
-        try:
-            value = fn(*args)
-        except BaseException as e:  # noqa: BLE001 - any failure of the check scores 0
-            conn.send((task_id, "exception", f"{type(e).__name__}: {e}"[:500]))
-            continue
-        if valid_score(value):
-            conn.send((task_id, "ok", float(value)))
-        else:
-            conn.send((task_id, "invalid", f"{type(value).__name__}: {value!r}"[:200]))
+    except BaseException:  # noqa: BLE001 - reported by the first real check
+        pass
 
 
-class _Worker:
-    """One worker process and the parent's end of its pipe."""
-
-    def __init__(self, ctx: Any, fn_bytes: bytes, warmup_args: tuple | None):
-        parent_conn, child_conn = ctx.Pipe(duplex=True)
-        self.proc = ctx.Process(target=_worker_main, args=(child_conn, fn_bytes, warmup_args), daemon=True,
-                                name="echorl-verifier")
-        self.proc.start()
-        child_conn.close()  # so that the parent sees EOF when the child dies
-        self.conn = parent_conn
-        self.ready = False
-        self.started_at = time.monotonic()
-
-    def kill(self) -> None:
-        try:
-            if self.proc.is_alive():
-                self.proc.kill()
-            self.proc.join(timeout=5)
-        except (OSError, ValueError, AssertionError):
-            pass
-        try:
-            self.conn.close()
-        except OSError:
-            pass
-
-    def stop(self) -> None:
-        """Ask the worker to exit; kill it if it does not within a second."""
-        try:
-            self.conn.send(None)
-            self.proc.join(timeout=1)
-        except (OSError, ValueError, AssertionError):
-            pass
-        self.kill()
+def _check(fn_bytes: bytes, args: tuple) -> tuple[str, Any]:
+    """One check in a worker: ``("ok", float)``, ``("invalid", type and value)``,
+    ``("exception", text)`` or ``("startup", traceback)`` when ``score_fn`` cannot be unpickled."""
+    try:
+        fn = _load(fn_bytes)
+    except BaseException:  # noqa: BLE001 - the parent raises with it
+        return _STARTUP_ERROR, traceback.format_exc(limit=5)
+    try:
+        value = fn(*args)
+    except BaseException as e:  # noqa: BLE001 - any failure of the check scores 0
+        return "exception", f"{type(e).__name__}: {e}"[:500]
+    if valid_score(value):
+        return "ok", float(value)
+    return "invalid", f"{type(value).__name__}: {value!r}"[:200]
 
 
-def _shutdown(workers: list) -> None:
-    for w in list(workers):
-        w.kill()
+def _shutdown(pool: ProcessPool) -> None:
+    """Stop a pool's workers: at ``close()``, or when the VerifierPool is garbage-collected."""
+    pool.close()
+    pool.join(timeout=5)
+    pool.stop()  # kills what did not exit
+    pool.join()
+
+
+class _WorkerView:
+    """A worker process of the pool (``.proc``), for inspection."""
+
+    def __init__(self, proc: Any):
+        self.proc = proc
 
 
 class VerifierPool:
@@ -153,12 +137,13 @@ class VerifierPool:
         timeout_s: per-check wall-clock limit in seconds; past it the check scores 0.0 and its
             worker is killed and replaced.
         start_method: ``"forkserver"`` (default on POSIX) or ``"spawn"``. ``"fork"`` is refused.
-        startup_timeout_s: how long a new worker may take to import ``score_fn``'s module.
+        startup_timeout_s: how long the pool may take to get back to ``num_workers`` workers after
+            one was replaced (a new worker imports ``score_fn``'s module).
         preload: modules the forkserver imports once so that new workers start in milliseconds
             (default: ``score_fn``'s module; this module is always added). Only effective if
             the process's forkserver is not running yet.
-        warmup_args: if given, each worker calls ``score_fn(*warmup_args)`` once before it
-            reports ready, so first-call costs do not count against the first real check.
+        warmup_args: if given, each worker calls ``score_fn(*warmup_args)`` once when it starts,
+            so first-call costs do not count against the first real check.
 
     As with any ``spawn``/``forkserver`` use of multiprocessing, a script that creates a pool must
     guard its entry point with ``if __name__ == "__main__":`` (workers re-import ``__main__``).
@@ -193,50 +178,36 @@ class VerifierPool:
         self.startup_timeout_s = float(startup_timeout_s)
         self.num_workers = num_workers
         self._fn_bytes = fn_bytes
-        self._warmup_args = tuple(warmup_args) if warmup_args is not None else None
-        self._ctx = mp.get_context(start_method)
+        ctx = mp.get_context(start_method)
         if start_method == "forkserver":
             # The forkserver imports these once; each worker is then a cheap fork of it. This
             # module is always included: importing it imports the echorl package (and torch).
             module = getattr(score_fn, "__module__", None)
             mods = [__name__] + (list(preload) if preload is not None else
                                  [module] if module and module != "__main__" else [])
-            self._ctx.set_forkserver_preload(mods)
+            ctx.set_forkserver_preload(mods)
+        warm = tuple(warmup_args) if warmup_args is not None else None
+        self._pool = ProcessPool(max_workers=num_workers, initializer=_warm_up, initargs=(fn_bytes, warm),
+                                 context=ctx)
+        self._finalizer = weakref.finalize(self, _shutdown, self._pool)
         self._lock = threading.Lock()
         self._closed = False
-        self._idle: queue.Queue[_Worker] = queue.Queue()
-        self._workers: list[_Worker] = []  # every live worker (for shutdown)
         self.totals = dict.fromkeys(STAT_KEYS, 0)
-        self._finalizer = weakref.finalize(self, _shutdown, self._workers)
-        for _ in range(num_workers):
-            self._idle.put(self._spawn())
 
-    # ------------------------------------------------------------------ workers
-    def _spawn(self) -> _Worker:
-        w = _Worker(self._ctx, self._fn_bytes, self._warmup_args)
-        with self._lock:
-            self._workers.append(w)
-        return w
+    @property
+    def _workers(self) -> list[_WorkerView]:
+        """The live worker processes (pebble's, by pid)."""
+        procs = self._pool._pool_manager.worker_manager.workers  # pebble's pid -> process map
+        return [_WorkerView(p) for p in list(procs.values())]
 
-    def _retire(self, w: _Worker) -> None:
-        w.kill()
-        with self._lock:
-            if w in self._workers:
-                self._workers.remove(w)
-
-    def _replace(self, w: _Worker, stats: dict) -> None:
-        self._retire(w)
-        stats["restarts"] += 1
-        if not self._closed:
-            self._idle.put(self._spawn())
-
-    def _startup_failed(self, w: _Worker, detail: str) -> None:
-        self._retire(w)
-        if not self._closed:  # keep the pool at full size; the next call fails the same way
-            self._idle.put(self._spawn())
-        raise RuntimeError(
-            f"VerifierPool: a worker could not start score_fn (exit code {w.proc.exitcode}). "
-            f"Is its module importable in a fresh process?\n{detail}")
+    def _wait_full(self) -> None:
+        """Wait until replaced workers are running again (at most ``startup_timeout_s``)."""
+        end = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < end:
+            procs = list(self._pool._pool_manager.worker_manager.workers.values())
+            if len(procs) >= self.num_workers and all(p.is_alive() for p in procs):
+                return
+            time.sleep(0.01)
 
     # ------------------------------------------------------------------ scoring
     def score(self, arg_tuples: Sequence[Sequence[Any]]) -> tuple[list[float], dict]:
@@ -249,100 +220,55 @@ class VerifierPool:
         if self._closed:
             raise RuntimeError("VerifierPool.score called after close()")
         t0 = time.monotonic()
-        n = len(arg_tuples)
-        results = [0.0] * n
+        tasks = [tuple(a) for a in arg_tuples]
+        for i, args in enumerate(tasks):  # refuse before anything runs, naming the check
+            try:
+                pickle.dumps(args)
+            except Exception as e:  # noqa: BLE001
+                raise TypeError(f"VerifierPool.score: arguments of check {i} are not picklable: {e}") from e
         stats = dict.fromkeys(STAT_KEYS, 0)
-        stats["checked"] = n
-        pending = deque((i, tuple(a)) for i, a in enumerate(arg_tuples))
-        inflight: dict[_Worker, list] = {}  # worker -> [task index, args, deadline or None]
+        stats["checked"] = len(tasks)
+        futures = [self._pool.schedule(_check, (self._fn_bytes, args), timeout=self.timeout_s) for args in tasks]
+        results = [0.0] * len(tasks)
+        startup_error = None
         try:
-            self._run(pending, inflight, results, stats)
+            for i, fut in enumerate(futures):
+                try:
+                    kind, value = fut.result()
+                except FutureTimeout:
+                    stats["timeouts"] += 1
+                    stats["restarts"] += 1
+                    continue
+                except ProcessExpired:
+                    stats["deaths"] += 1
+                    stats["crashes"] += 1
+                    stats["restarts"] += 1
+                    continue
+                if kind == "ok":
+                    results[i] = value
+                    stats["ok"] += 1
+                elif kind == "invalid":
+                    stats["errors"] += 1
+                elif kind == _STARTUP_ERROR:
+                    startup_error = value
+                else:
+                    stats["exceptions"] += 1
+                    stats["crashes"] += 1
         except BaseException:
-            for w in list(inflight):  # their replies would reach the next caller: replace them
-                self._replace(w, stats)
+            for fut in futures:
+                fut.cancel()  # a running check's worker is stopped and replaced by pebble
             raise
+        if startup_error is not None:
+            raise RuntimeError(
+                "VerifierPool: a worker could not start score_fn. Is its module importable in a fresh "
+                f"process?\n{startup_error}")
+        if stats["restarts"]:
+            self._wait_full()
         stats["seconds"] = time.monotonic() - t0
         with self._lock:
             for k in STAT_KEYS:
                 self.totals[k] += stats[k]
         return results, stats
-
-    def _run(self, pending: deque, inflight: dict, results: list, stats: dict) -> None:
-        """The dispatch loop of ``score``: fills ``results`` and ``stats`` in place."""
-        while pending or inflight:
-            # 1. hand tasks to idle workers (block briefly only when nothing is running)
-            while pending:
-                try:
-                    w = self._idle.get_nowait() if inflight else self._idle.get(timeout=0.05)
-                except queue.Empty:
-                    break
-                idx, args = pending[0]
-                try:
-                    payload = pickle.dumps((idx, args))
-                except Exception as e:  # noqa: BLE001
-                    self._idle.put(w)
-                    raise TypeError(f"VerifierPool.score: arguments of check {idx} are not picklable: {e}") from e
-                try:
-                    w.conn.send_bytes(payload)
-                except (OSError, ValueError, EOFError):  # died while idle: not this task's fault
-                    stats["deaths"] += 1
-                    self._replace(w, stats)
-                    continue
-                pending.popleft()
-                now = time.monotonic()
-                inflight[w] = [idx, args, now + self.timeout_s if w.ready else None]
-            if not inflight:
-                if self._closed:
-                    raise RuntimeError("VerifierPool closed while scoring")
-                continue
-            # 2. wait for a reply, a death, or the nearest deadline
-            now = time.monotonic()
-            deadlines = [d if d is not None else w.started_at + self.startup_timeout_s
-                         for w, (_, _, d) in inflight.items()]
-            wait_s = max(0.0, min(deadlines) - now)
-            objs = [w.conn for w in inflight] + [w.proc.sentinel for w in inflight]
-            ready = set(wait(objs, timeout=wait_s))
-            now = time.monotonic()
-            for w in list(inflight):
-                idx, args, deadline = inflight[w]
-                if w.conn in ready or w.proc.sentinel in ready:
-                    try:
-                        msg = w.conn.recv() if w.conn.poll() else None
-                    except (EOFError, OSError, pickle.UnpicklingError):
-                        msg = None
-                    if msg is None:  # the process died (or closed its pipe) during the check
-                        del inflight[w]
-                        if not w.ready:
-                            self._startup_failed(w, "the worker exited before it was ready")
-                        stats["deaths"] += 1
-                        stats["crashes"] += 1
-                        self._replace(w, stats)
-                        continue
-                    if msg[0] == _READY:
-                        w.ready = True
-                        inflight[w][2] = now + self.timeout_s
-                        continue
-                    if msg[0] == _STARTUP_ERROR:
-                        del inflight[w]
-                        self._startup_failed(w, msg[1])
-                    _, kind, value = msg
-                    del inflight[w]
-                    if kind == "ok":
-                        results[idx] = value
-                        stats["ok"] += 1
-                    elif kind == "invalid":
-                        stats["errors"] += 1
-                    else:
-                        stats["exceptions"] += 1
-                        stats["crashes"] += 1
-                    self._idle.put(w)
-                elif deadline is None and now >= w.started_at + self.startup_timeout_s:
-                    del inflight[w]
-                    self._startup_failed(w, f"no ready signal within {self.startup_timeout_s} s")
-                elif deadline is not None and now >= deadline:
-                    del inflight[w]
-                    stats["timeouts"] += 1
-                    self._replace(w, stats)
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
@@ -350,11 +276,6 @@ class VerifierPool:
         if self._closed:
             return
         self._closed = True
-        while True:
-            try:
-                self._idle.get_nowait().stop()
-            except queue.Empty:
-                break
         self._finalizer()
 
     def __enter__(self) -> VerifierPool:

@@ -29,8 +29,8 @@ from transfer_queue import KVBatchMeta
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
 from echorl.analysis.dump import DumpConfig
-from echorl.core.steps import EchoBoundaryWarning, check_boundary_ids
 from echorl.core.config import EchoConfig
+from echorl.core.steps import EchoBoundaryWarning, check_boundary_ids
 from echorl.stage import num_minibatches
 from echorl.verl.dump import dump_config_of, write_verl_dump
 from echorl.verl.fields import READ_FIELDS, echo_stage_fields
