@@ -19,7 +19,7 @@ EXIT_MISSING_EXTRA = 3
 # top-level module -> the extra that installs it (pyproject.toml [project.optional-dependencies])
 EXTRA_OF_MODULE: dict[str, str] = {
     "verl": "verl", "ray": "verl", "hydra": "verl", "omegaconf": "verl", "tensordict": "verl",
-    "math_verify": "verl", "wandb": "verl", "tensorboard": "verl", "numpy": "verl", "pyarrow": "verl",
+    "math_verify": "verl", "pebble": "verl", "wandb": "verl", "tensorboard": "verl", "numpy": "verl", "pyarrow": "verl",
     "transformers": "engine", "tqdm": "engine", "rich": "engine",
     "matplotlib": "analysis",
     "gguf": "models", "reasoning_gym": "models",
