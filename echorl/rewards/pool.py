@@ -43,6 +43,7 @@ import traceback
 import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from pebble import ProcessExpired, ProcessPool
@@ -186,13 +187,27 @@ class VerifierPool:
             mods = [__name__] + (list(preload) if preload is not None else
                                  [module] if module and module != "__main__" else [])
             ctx.set_forkserver_preload(mods)
-        warm = tuple(warmup_args) if warmup_args is not None else None
-        self._pool = ProcessPool(max_workers=num_workers, initializer=_warm_up, initargs=(fn_bytes, warm),
-                                 context=ctx)
-        self._finalizer = weakref.finalize(self, _shutdown, self._pool)
+        self._ctx = ctx
+        self._warmup_args = tuple(warmup_args) if warmup_args is not None else None
         self._lock = threading.Lock()
+        self._new_pool()
         self._closed = False
         self.totals = dict.fromkeys(STAT_KEYS, 0)
+
+    def _new_pool(self) -> None:
+        self._pool = ProcessPool(max_workers=self.num_workers, initializer=_warm_up,
+                                 initargs=(self._fn_bytes, self._warmup_args), context=self._ctx)
+        self._finalizer = weakref.finalize(self, _shutdown, self._pool)
+
+    def _ensure_pool(self, stats: dict) -> None:
+        """pebble marks its whole pool broken when a worker dies while no check runs on it (an OOM
+        kill of an idle worker): start a new one, counted as ``num_workers`` restarts."""
+        with self._lock:
+            if self._pool.active or self._closed:
+                return
+            self._finalizer()
+            self._new_pool()
+            stats["restarts"] += self.num_workers
 
     @property
     def _workers(self) -> list[_WorkerView]:
@@ -228,6 +243,7 @@ class VerifierPool:
                 raise TypeError(f"VerifierPool.score: arguments of check {i} are not picklable: {e}") from e
         stats = dict.fromkeys(STAT_KEYS, 0)
         stats["checked"] = len(tasks)
+        self._ensure_pool(stats)
         futures = [self._pool.schedule(_check, (self._fn_bytes, args), timeout=self.timeout_s) for args in tasks]
         results = [0.0] * len(tasks)
         startup_error = None
@@ -243,6 +259,10 @@ class VerifierPool:
                     stats["deaths"] += 1
                     stats["crashes"] += 1
                     stats["restarts"] += 1
+                    continue
+                except BrokenProcessPool:  # pebble gave up its pool while this check waited
+                    stats["deaths"] += 1
+                    stats["crashes"] += 1
                     continue
                 if kind == "ok":
                     results[i] = value
@@ -262,6 +282,7 @@ class VerifierPool:
             raise RuntimeError(
                 "VerifierPool: a worker could not start score_fn. Is its module importable in a fresh "
                 f"process?\n{startup_error}")
+        self._ensure_pool(stats)
         if stats["restarts"]:
             self._wait_full()
         stats["seconds"] = time.monotonic() - t0
@@ -276,7 +297,8 @@ class VerifierPool:
         if self._closed:
             return
         self._closed = True
-        self._finalizer()
+        with self._lock:
+            self._finalizer()
 
     def __enter__(self) -> VerifierPool:
         return self

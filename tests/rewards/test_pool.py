@@ -69,7 +69,9 @@ def test_1024_checks_reuse_the_same_workers():
         scores, stats = p.score([(i,) for i in range(1024)])
         elapsed = time.monotonic() - t0
         worker_pids = {w.proc.pid for w in p._workers}
-    assert {int(s) for s in scores} == worker_pids and len(worker_pids) == 2
+    # every check ran in one of the two long-lived workers (the shared task queue may let one of them
+    # take every trivial check)
+    assert {int(s) for s in scores} <= worker_pids and len(worker_pids) == 2
     _only(stats, checked=1024, ok=1024)
     assert elapsed < 5.0, f"1024 trivial checks took {elapsed:.2f} s"
 
@@ -191,3 +193,15 @@ def test_unimportable_score_fn_fails_loudly(tmp_path, monkeypatch):
     with VerifierPool(vanishing_verifier.check, num_workers=1, timeout_s=5, preload=[]) as p:
         with pytest.raises(RuntimeError, match="(?s)could not start score_fn.*No module named .vanishing_verifier"):
             p.score([(1,)])
+
+
+def test_worker_killed_while_idle_is_replaced():
+    """A worker that dies between calls (an OOM kill) costs nothing: the next call scores normally."""
+    with VerifierPool(add, num_workers=2, timeout_s=5) as p:
+        assert p.score([(1, 2)] * 4)[0] == [3.0] * 4
+        os.kill(p._workers[0].proc.pid, 9)
+        time.sleep(0.5)
+        scores, stats = p.score([(i, 1) for i in range(6)])
+        assert scores == [float(i + 1) for i in range(6)]
+        assert stats["ok"] == 6 and stats["crashes"] == 0 and stats["timeouts"] == 0
+        assert len(p._workers) == 2
