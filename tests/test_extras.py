@@ -6,10 +6,10 @@ import re
 import subprocess
 import sys
 import textwrap
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from echorl.extras import EXIT_MISSING_EXTRA, EXTRA_OF_MODULE, extra_for
 

@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections import defaultdict
 from pathlib import Path
 
 import pytest

@@ -15,9 +15,10 @@ import argparse
 import dataclasses
 import sys
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from echorl.core.config import EchoConfig
 

@@ -8,17 +8,22 @@ check over the entropy.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 
 from echorl.core.config import EchoConfig
 from echorl.core.registry import SELECTORS
+from echorl.core.steps import (
+    EchoBoundaryWarning,
+    aggregate_bins,
+    boundary_ids_tensor,
+    is_boundary_token,
+    step_bins_,
+    step_ids,
+)
 from echorl.core.tensorops import count_true
-from echorl.core.steps import EchoBoundaryWarning, aggregate_bins, boundary_ids_tensor, is_boundary_token, step_bins_, step_ids
-
-
 
 _warned_no_boundary: set[tuple[int, ...]] = set()
 

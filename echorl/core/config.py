@@ -8,8 +8,9 @@ generated from it, so the text lives in one place. Construction validates every 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from echorl.core.registry import LOSS_AGGS, SELECTORS, STEP_AGGS
 
@@ -162,7 +163,7 @@ class EchoConfig:
         """True when EchoRL adds ``adv_coef`` to the clip tokens' advantages (active, ``mode='advantage'``)."""
         return self.active and self.mode == "advantage"
 
-    def resolve_boundary(self, tokenizer: Any) -> "EchoConfig":
+    def resolve_boundary(self, tokenizer: Any) -> EchoConfig:
         """Return a config whose ``boundary_token_ids`` are set; with boundary='auto' they are derived
         from ``tokenizer`` (see :func:`echorl.core.steps.auto_boundary_token_ids`)."""
         if self.boundary != "auto":
@@ -172,7 +173,7 @@ class EchoConfig:
         return dataclasses.replace(self, boundary_token_ids=auto_boundary_token_ids(tokenizer))
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None, prefix: str = "echorl") -> "EchoConfig":
+    def from_dict(cls, d: Mapping[str, Any] | None, prefix: str = "echorl") -> EchoConfig:
         """Build from a plain mapping (e.g. a Hydra ``echorl:`` node). Unknown keys are an error that
         names the dotted key and lists the valid ones. ``preset`` names a reading (:data:`PRESETS`);
         ``scope``, ``per`` and ``loss_agg`` absent or null take its values, explicit ones win, so
@@ -199,7 +200,7 @@ class EchoConfig:
         return d
 
     @classmethod
-    def from_preset(cls, preset: str = "paper", **overrides: Any) -> "EchoConfig":
+    def from_preset(cls, preset: str = "paper", **overrides: Any) -> EchoConfig:
         """The config of a named reading (:data:`PRESETS`) with ``overrides`` on top."""
         return cls(preset=preset, **overrides)
 

@@ -28,8 +28,6 @@ token before the update, so the term rides any method's own policy loss.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 
 from echorl.core.registry import LOSS_AGGS

@@ -6,7 +6,8 @@ registered under the name that the config uses, so a new ablation is one functio
 
 from __future__ import annotations
 
-from typing import Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 F = TypeVar("F", bound=Callable)
 

@@ -26,9 +26,9 @@ next valid token (:func:`next_valid`).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
-
 import warnings
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 

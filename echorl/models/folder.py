@@ -11,7 +11,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-
 CACHE_ENV = "ECHORL_CACHE"
 
 

@@ -13,8 +13,9 @@ paired differences of the report pair runs by seed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 __all__ = ["ARMS", "Arm", "Settings", "FULL", "PILOT", "QUICK", "arm_overrides", "compose", "get_arms"]
 

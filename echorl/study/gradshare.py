@@ -18,7 +18,8 @@ Cost: two extra backward passes through one micro-batch every ``every`` steps.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 

@@ -11,7 +11,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from echorl.study.arms import ARMS, Settings
 from echorl.study.stats import mean_sd, paired_difference

@@ -24,8 +24,9 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -189,8 +190,8 @@ def run_one(arm: Arm, seed: int, s: Settings, folder: str | os.PathLike, runs_di
     import torch
 
     from echorl.eval.run import make_pool
-    from echorl.metrics_file import read_metrics
     from echorl.local.trainer import LocalTrainer
+    from echorl.metrics_file import read_metrics
     from echorl.study.gradshare import GradShareLoss
 
     out_dir = Path(runs_dir) / arm.name / f"seed{seed}"

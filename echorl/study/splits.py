@@ -11,7 +11,8 @@ answers, so a change of the task generator shows up as a changed hash (``results
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["split_record", "rows_hash"]
 

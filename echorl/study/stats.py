@@ -11,7 +11,7 @@ bootstrap interval (resampling the ``n`` differences with replacement, numpy
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 

@@ -12,8 +12,8 @@ import warnings
 from pathlib import Path
 
 import pytest
-
 from conftest import HERE, base_overrides, make_model
+
 from echorl.local import load_config
 from echorl.local.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from echorl.local.logger import read_metrics
