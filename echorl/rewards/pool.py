@@ -98,6 +98,10 @@ def _warm_up(fn_bytes: bytes, warmup_args: tuple | None) -> None:
         pass
 
 
+def _noop() -> None:
+    """Scheduled once per pool to start its workers."""
+
+
 def _check(fn_bytes: bytes, args: tuple) -> tuple[str, Any]:
     """One check in a worker: ``("ok", float)``, ``("invalid", type and value)``,
     ``("exception", text)`` or ``("startup", traceback)`` when ``score_fn`` cannot be unpickled."""
@@ -198,6 +202,9 @@ class VerifierPool:
         self._pool = ProcessPool(max_workers=self.num_workers, initializer=_warm_up,
                                  initargs=(self._fn_bytes, self._warmup_args), context=self._ctx)
         self._finalizer = weakref.finalize(self, _shutdown, self._pool)
+        # pebble starts its workers at the first scheduled call: start them now, so that they import
+        # and warm up score_fn while the caller prepares its first batch.
+        self._pool.schedule(_noop)
 
     def _ensure_pool(self, stats: dict) -> None:
         """pebble marks its whole pool broken when a worker dies while no check runs on it (an OOM
