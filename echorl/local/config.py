@@ -13,7 +13,8 @@ real verl config dataclasses built from it (issue 4, item 4).
 from __future__ import annotations
 
 import inspect
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 

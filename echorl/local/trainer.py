@@ -24,17 +24,18 @@ import os
 import random
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from echorl.core.steps import check_boundary_ids
+from echorl.filtering import rl_response_mask
 from echorl.local import checkpoint as ckpt
 from echorl.local.config import build_actor_config, build_algo_config, build_echo_config, build_method_config, validate
-from echorl.filtering import rl_response_mask
 from echorl.local.data import PromptSampler, prepare_prompts
 from echorl.local.dynamic_sampling import dynamic_sample, filter_config, generate_and_score
 from echorl.local.logger import RunLogger
