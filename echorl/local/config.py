@@ -1,5 +1,5 @@
 """Configuration of the embedded engine: Hydra composition of ``echorl/config/local.yaml`` and the
-real verl config dataclasses built from it (issue 4, item 4).
+real verl config dataclasses built from it.
 
 * :func:`load_config` composes ``local.yaml`` with command-line style overrides.
 * :func:`build_actor_config` merges ``actor_rollout_ref.actor`` onto verl's own

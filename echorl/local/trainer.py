@@ -1,4 +1,4 @@
-"""LocalTrainer: GRPO-family training + EchoRL in one process (issue 4, item 1).
+"""LocalTrainer: GRPO-family training + EchoRL in one process.
 
 How it differs from verl's trainer: nothing in the algorithm. Same estimators
 (``core_algos.get_adv_estimator_fn``), same actor config dataclass, same loss callable
