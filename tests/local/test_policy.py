@@ -7,6 +7,7 @@ import functools
 import numpy as np
 import pytest
 import torch
+from conftest import base_overrides, make_model
 
 from echorl.local.policy import old_policy_pass, pack_for_verl, policy_logprobs, position_ids_from_mask
 from echorl.local.rollout import generate_rollouts, response_mask_from_eos
@@ -119,7 +120,6 @@ def test_actor_update_in_length_buckets_equals_the_full_width_update(tmp_path, m
     """Each micro-batch runs in length buckets on their own columns (bucketed_logprobs); the
     reference runs every micro-batch at the whole batch's width in one forward. Same data and
     weights: the same update and metrics up to float summation order."""
-    from conftest import base_overrides, make_model
 
     import echorl.local.update as upd
     from echorl.core.config import EchoConfig

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import actor_config
 from tensordict import TensorDict
 from verl.utils import tensordict_utils as tu
 from verl.workers.engine.utils import prepare_micro_batches
@@ -168,8 +169,6 @@ def _run(loss_fn, data, thetas, n_micro):
 @pytest.mark.parametrize("name", ["luffy", "uft"])
 @pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-sum-norm"])
 def test_method_loss_is_the_same_for_any_micro_batch_split(name, agg):
-    from conftest import actor_config
-
     # seq-mean-token-sum-norm needs a fixed scale (verl's default is the micro-batch width)
     actor = actor_config(f"actor_rollout_ref.actor.loss_agg_mode={agg}", "+actor_rollout_ref.actor.loss_scale_factor=16")
     loss_fn = MethodLoss(actor, EchoConfig(coef=0.5, boundary_token_ids=(9,)), MethodConfig(name=name))

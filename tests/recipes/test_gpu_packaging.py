@@ -110,7 +110,7 @@ def _first(pattern: str) -> int:
 
 def test_dockerfile_installs_in_the_working_order():
     runs = _runs()
-    verl, flash, echorl = _first(r'pip install "verl\[vllm\]==0\.9\.1"'), _first("flash-attn=="), _first(r'-e "\.\[gpu\]"')
+    verl, flash, echorl = _first(r'pip install "verl\[vllm\]==0\.9\.1"'), _first("flash-attn=="), _first(r'-e "\.\[all,gpu\]"')
     assert verl < flash < echorl
     for run in runs:  # nothing installs verl's fsdp/megatron extras, in any spelling
         assert not re.search(r"verl\[[^\]]*(fsdp|megatron|flash-attn)", run), run

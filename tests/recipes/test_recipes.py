@@ -93,7 +93,9 @@ def test_every_yaml_is_covered():
     walked = _yamls_on_disk()
     assert globbed == walked
     covered = {RECIPES / m / f"{m}.yaml" for m in METHODS} | {RECIPES / "paper_setting.yaml"} \
-        | {CONFIG / "echorl_trainer.yaml", CONFIG / "local.yaml"}
+        | {CONFIG / "echorl_trainer.yaml", CONFIG / "local.yaml"} \
+        | {CONFIG / "cpu" / "cpu.yaml",  # composed and run in tests/verl/cpu/test_config.py
+           CONFIG / "testbed.yaml"}  # composed with every study arm in tests/scripts/test_study.py
     assert walked == covered, f"untested YAMLs: {sorted(map(str, walked - covered))}; " \
                               f"missing: {sorted(map(str, covered - walked))}"
     assert sorted(p.name for p in RECIPES.iterdir() if p.is_dir()) == METHODS

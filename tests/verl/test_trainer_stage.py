@@ -205,8 +205,12 @@ def test_trainer_stage_through_real_transferqueue(ray_session, echorl_cfg):
         stored["old_log_probs"] = torch.nested.as_nested_tensor(
             [torch.zeros(n) for n in data["responses"].offsets().diff().tolist()], layout=torch.jagged)
         batch = tq.kv_batch_put(keys=keys, partition_id="train", fields=stored, tags=tags)
+        from echorl.verl.methods import VerlMethod
+        from echorl.verl.methods import configure as configure_method
+
         trainer = EchoPPOTrainerSync.__new__(EchoPPOTrainerSync)  # no workers: only the driver-side step
         trainer.config, trainer.echo_cfg, trainer._echo_boundary_resolved, trainer.global_steps = cfg, EchoConfig(), True, 1
+        trainer.method = VerlMethod(configure_method(cfg))  # what __init__ sets: plain GRPO, no LUFFY/UFT rows
         metrics: dict = {}
         out_meta = trainer._compute_advantage(batch, metrics)
         assert {"advantages", "echo_mask", "echo_denom"} <= set(out_meta.fields)
