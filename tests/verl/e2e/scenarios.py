@@ -67,7 +67,9 @@ def spec(out: Path, data: dict) -> dict:
     ]
     searchpath = f"hydra.searchpath=[pkg://verl.trainer.config,file://{RECIPES}]"
     for m in recipe_names():  # only model, data and CPU overrides changed
-        runs.append(_run(f"recipe_{m}", out, data, 1, [], pre=[searchpath, f"+{m}={m}"]))
+        # sizes follow the CPU run's 48-token responses: DAPO's overlong buffer must fit inside them
+        size = ["reward.reward_kwargs.overlong_buffer_cfg.len=16"] if m == "dapo" else []
+        runs.append(_run(f"recipe_{m}", out, data, 1, size, pre=[searchpath, f"+{m}={m}"]))
     # DAPO + EchoRL at the paper's defaults: dynamic sampling on acc (no overlong shaping, so the
     # score is acc), 2 steps, traced
     runs.append(_run("dapo_echo", out, data, 2, ["reward.reward_kwargs.overlong_buffer_cfg.enable=false",
