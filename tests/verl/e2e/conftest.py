@@ -64,11 +64,27 @@ class E2E:
                 out[f"{f.name}:{k}"] = v.full_tensor() if hasattr(v, "full_tensor") else v
         return out
 
+    @staticmethod
+    def initial_weights() -> dict:
+        """The shipped tiny model's state dict, the weights every run starts from (keys as in the
+        checkpoint shards)."""
+        from transformers import AutoModelForCausalLM
+
+        from echorl.models.tiny import SHIPPED_DIR
+
+        return AutoModelForCausalLM.from_pretrained(str(SHIPPED_DIR)).state_dict()
+
 
 @pytest.fixture(scope="session")
 def e2e(tmp_path_factory) -> E2E:
     from echorl.verl.cpu.data import write_arithmetic_parquets
 
+    reuse = os.environ.get("ECHORL_E2E_REUSE")  # a finished set's folder: re-check the tests on it
+    if reuse:
+        out = Path(reuse)
+        spec = json.loads((out / "spec.json").read_text())
+        results = json.loads((out / "results.json").read_text())
+        return E2E(out=out, spec=spec, results=results, wall_s=float("nan"))
     out = tmp_path_factory.mktemp("verl_e2e")
     data = write_arithmetic_parquets(out / "data", n_train=12, n_val=4, levels=(1, 2))
     spec = scenarios.spec(out, data)

@@ -78,26 +78,21 @@ def test_echo3_dumps_echoclips_every_step_and_the_page_renders_them(e2e):
     assert (clips / "echo_clips.html").read_text().count('class="card"') == len(recs)
 
 
-def test_echorl_off_first_step_equals_verl_main_ppo_exactly(e2e):
-    """Same config (up to names), same seed: step 1 of echorl.enable=false through echorl.main and of
-    verl's main_ppo report exactly the same policy loss, gradient norm, scores and lengths."""
-    e2e.ok("off_echorl")
-    e2e.ok("off_verl")
-    ma, mb = e2e.metrics("off_echorl")[1], e2e.metrics("off_verl")[1]
-    assert ma["critic/advantages/max"] > 0  # mixed groups: the step really trained
-    for key in ("actor/pg_loss", "actor/grad_norm", "critic/score/mean", "response_length/mean"):
-        assert ma[key] == mb[key], key
-    # batch means summed over rows in each run's own row order (see the expected failure below)
-    for key in ("actor/entropy", "critic/advantages/mean"):
-        assert ma[key] == pytest.approx(mb[key], rel=1e-5), key
+# verl's CPU run is not bit-reproducible across runs, so neither are two runs compared here: rows
+# reach the actor update in a different order in each run (verl gives each prompt a uuid4 uid and the
+# TransferQueue batch lists rows by those keys; verl gives a group's n requests one request id, so
+# the hf_cpu rollout hands the group's fixed samples out in arrival order). Float sums over rows then
+# differ in the last bits and Adam amplifies them on near-zero gradients (measured after 2 steps: 5%
+# of weights differ, max 2.6e-5, difference norm 8e-4 of the update norm). What does not depend on
+# row order is compared exactly; the rest at float-noise tolerances far below any real difference.
+ORDER_FREE = ("critic/score/mean", "critic/score/max", "critic/score/min", "response_length/mean",
+              "response_length/max", "response_length/min")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "not deterministic across runs on CPU: rows reach the actor update in a different order in each run "
-    "(verl gives each prompt a uuid4 uid and TransferQueue lists the batch by its keys; the hf_cpu rollout "
-    "hands a group's identical requests their seeds in arrival order), so float sums differ from step 2 on "
-    "(measured: step-2 grad_norm 0.2657446 vs 0.2657426, weights within 6.2e-6)"))
-def test_echorl_off_trains_bit_identically_to_verl_main_ppo(e2e):
+def test_echorl_off_trains_like_verl_main_ppo(e2e):
+    """echorl.enable=false through echorl.main vs verl's main_ppo, same config (up to names), same
+    seed, 2 steps: the same samples and scores, the same losses and gradient norms up to summation
+    order, and actor weights whose difference is under 1% of what the 2 steps changed."""
     e2e.ok("off_echorl")
     e2e.ok("off_verl")
     from .scenarios import compose  # the same composition the runs used
@@ -115,17 +110,27 @@ def test_echorl_off_trains_bit_identically_to_verl_main_ppo(e2e):
     b = flat(compose("verl", e2e.run("off_verl")["overrides"]))
     differ = {k for k in set(a) | set(b) if a.get(k, "<missing>") != b.get(k, "<missing>")}
     assert {k for k in differ if not k.startswith("echorl")} <= {"trainer.experiment_name", "trainer.default_local_dir"}
-    wa, wb = e2e.actor_weights("off_echorl", 2), e2e.actor_weights("off_verl", 2)
-    assert sorted(wa) == sorted(wb) and len(wa) > 0
-    for k in wa:
-        assert torch.equal(wa[k], wb[k]), k
     ma, mb = e2e.metrics("off_echorl"), e2e.metrics("off_verl")
-    # the steps really trained (mixed groups: non-zero advantages and gradients)
-    assert any(ma[s]["critic/advantages/max"] > 0 for s in (1, 2))
+    assert sorted(ma) == sorted(mb) == [1, 2]
+    assert any(ma[s]["critic/advantages/max"] > 0 for s in (1, 2))  # mixed groups: the steps trained
     for s in (1, 2):
-        for key in ("actor/pg_loss", "actor/grad_norm", "critic/score/mean", "response_length/mean"):
-            assert ma[s][key] == mb[s][key], (s, key)
         assert ma[s]["echo/active"] == 0.0 and "echo/loss" not in ma[s]
+        for key in ORDER_FREE:
+            assert ma[s][key] == mb[s][key], (s, key)
+        assert ma[s]["actor/grad_norm"] == pytest.approx(mb[s]["actor/grad_norm"], rel=1e-5), s
+        # GRPO's policy loss at ratio 1 is a sum of advantages (zero up to float noise of ~1e-8)
+        assert ma[s]["actor/pg_loss"] == pytest.approx(mb[s]["actor/pg_loss"], rel=1e-5, abs=1e-6), s
+        for key in ("actor/entropy", "critic/advantages/mean"):
+            assert ma[s][key] == pytest.approx(mb[s][key], rel=1e-5, abs=1e-7), (s, key)
+    wa, wb = e2e.actor_weights("off_echorl", 2), e2e.actor_weights("off_verl", 2)
+    w0 = e2e.initial_weights()
+    assert sorted(wa) == sorted(wb) and len(wa) > 0
+    diff = sum(float(((wa[k].double() - wb[k].double()) ** 2).sum()) for k in wa) ** 0.5
+    update = sum(float(((wa[k].double() - w0[k.split(":", 1)[1]].double()) ** 2).sum()) for k in wa) ** 0.5
+    equal = sum(int((wa[k] == wb[k]).sum()) for k in wa) / sum(wa[k].numel() for k in wa)
+    assert update > 1e-3, update  # the 2 steps moved the weights
+    assert diff <= 1e-2 * update, (diff, update)
+    assert equal >= 0.8, equal
 
 
 def test_resume_from_step2_checkpoint_repeats_step3(e2e):
@@ -137,8 +142,9 @@ def test_resume_from_step2_checkpoint_repeats_step3(e2e):
     keys = [k for k in full if k.startswith(("echo/", "actor/", "critic/", "response_length/")) and "perf" not in k]
     assert len(keys) > 20
     for k in keys:
-        assert resumed[k] == pytest.approx(full[k], rel=1e-6, abs=1e-9), k
-    # the same rows (uids are fresh uuids each run, so the batch order may differ): compare sorted rows
+        # abs: keys that are float noise around 0 (GRPO's pg_loss at ratio 1, ppo_kl); see ORDER_FREE above
+        assert resumed[k] == pytest.approx(full[k], rel=1e-5, abs=1e-6), k
+    # the same rows, exactly (uids are fresh uuids each run, so the batch order may differ): sorted
     rows = {}
     for name in ("echo3", "echo_resume"):
         t = e2e.trace(name, 3)
