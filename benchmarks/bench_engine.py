@@ -14,13 +14,14 @@ the step is reported as the clean number.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from bench_report import print_table, write_json
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -85,19 +86,14 @@ def main() -> int:
         "overhead_tokens_per_s": overhead_tps, "overhead_step_time": res["on"]["step_s"] / res["off"]["step_s"] - 1,
         "echo_stage_share_of_step": stage_share, "target_overhead": 0.03,
     }
-    print(f"\nbench_engine: {args.model}, {args.prompts} prompts x {args.n} rollouts, <= {args.max_response_length} "
-          f"response tokens, {args.steps} timed steps per arm (median)")
-    print(f"{'arm':5s} {'step s':>8s} {'tokens/s':>10s} {'gen s':>7s} {'oldlp s':>8s} {'update s':>9s} "
-          f"{'echo stage s':>13s} {'clips/step':>11s}")
-    for name, r in res.items():
-        print(f"{name:5s} {r['step_s']:8.3f} {r['tokens_per_s']:10.0f} {r['gen_s']:7.3f} {r['old_log_prob_s']:8.3f} "
-              f"{r['update_s']:9.3f} {r['echo_stage_s']:13.4f} {r['clips_per_step']:11.1f}")
+    print_table(f"bench_engine: {args.model}, {args.prompts} prompts x {args.n} rollouts, <= "
+                f"{args.max_response_length} response tokens, {args.steps} timed steps per arm (median)",
+                ["arm", "step s", "tokens/s", "gen s", "oldlp s", "update s", "echo stage s", "clips/step"],
+                [[name, f"{r['step_s']:.3f}", f"{r['tokens_per_s']:.0f}", f"{r['gen_s']:.3f}", f"{r['old_log_prob_s']:.3f}",
+                  f"{r['update_s']:.3f}", f"{r['echo_stage_s']:.4f}", f"{r['clips_per_step']:.1f}"] for name, r in res.items()])
     print(f"overhead (tokens/s off/on - 1): {overhead_tps:+.1%}   step time on/off - 1: {summary['overhead_step_time']:+.1%}   "
           f"EchoRL stage share of an 'on' step: {stage_share:.2%}   target <= 3%")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2))
-    print(f"wrote {out}")
+    write_json(args.out, summary)
     return 0
 
 

@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 import torch
+from bench_report import print_table, write_json  # noqa: E402  (benchmarks/ is this script's folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -234,14 +235,12 @@ def main() -> int:
             "cpu_count": os.cpu_count(), "loadavg": os.getloadavg(), "quick": args.quick}
     report = {"benchmark": "bench_select", "meta": meta, "results": results,
               "targets": {k: bool(v) for k, v in targets.items()}}
-    print_table(meta, results, targets)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.out}")
+    print_targets(meta, results, targets)
+    write_json(args.out, report)
     return 1 if args.check and not all(targets.values()) else 0
 
 
-def print_table(meta, r, targets) -> None:
+def print_targets(meta, r, targets) -> None:
     rows = [
         ("(a) select_echo_clips", f"{r['a_select_s'] * 1e3:.1f} ms", "< 1000 ms", targets["a < 1 s"]),
         ("(b) floor: masked sum + isin", f"{r['b_floor_s'] * 1e3:.1f} ms", "", None),
@@ -259,20 +258,8 @@ def print_table(meta, r, targets) -> None:
     ]
     title = (f"bench_select: B={meta['B']} L={meta['L']}, {meta['threads']} threads, median of {meta['repeats']}, "
              f"load avg {meta['loadavg'][0]:.1f}; {int(r['clips'])} clips, {int(r['clip_tokens'])} clip tokens")
-    try:
-        from rich.console import Console
-        from rich.table import Table
-
-        t = Table(title=title)
-        for c in ("measure", "value", "target", "pass"):
-            t.add_column(c)
-        for name, val, tgt, ok in rows:
-            t.add_row(name, val, tgt, "" if ok is None else ("PASS" if ok else "FAIL"))
-        Console().print(t)
-    except ImportError:  # plain fallback
-        print(title)
-        for name, val, tgt, ok in rows:
-            print(f"{name:48s} {val:>28s} {tgt:>10s} {'' if ok is None else ('PASS' if ok else 'FAIL')}")
+    print_table(title, ["measure", "value", "target", "pass"],
+                [(name, val, tgt, "" if ok is None else ("PASS" if ok else "FAIL")) for name, val, tgt, ok in rows])
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ Target: (b) <= (a). Prints a table and writes JSON (default benchmarks/results/b
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -32,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from bench_report import print_table, write_json  # noqa: E402  (benchmarks/ is on sys.path)
 from bench_select import make_batch  # noqa: E402  (the selection benchmark's batch, one generator)
 
 
@@ -126,16 +126,12 @@ def main(argv=None) -> int:
         "threads": args.threads,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
     }
-    print(f"B={B} L={L} tokens={tokens} clips={int(metrics['echo/clips'])} (median of {args.repeats}, "
-          f"{args.threads} threads)")
-    print(f"{'stage':<46}{'seconds':>10}")
-    print(f"{'(a) verl _compute_advantage (GRPO, TQ get/put)':<46}{a:>10.3f}")
-    print(f"{'(b) EchoRL stage (timing_s/echo)':<46}{b:>10.3f}")
+    print_table(f"bench_verl_stage: B={B} L={L} tokens={tokens} clips={int(metrics['echo/clips'])} "
+                f"(median of {args.repeats}, {args.threads} threads)", ["stage", "seconds"],
+                [["(a) verl _compute_advantage (GRPO, TQ get/put)", f"{a:.3f}"],
+                 ["(b) EchoRL stage (timing_s/echo)", f"{b:.3f}"]])
     print(f"(b)/(a) = {b / a:.2f}  target (b) <= (a): {'met' if b <= a else 'NOT met'}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {out}")
+    write_json(args.out, result)
     return 0
 
 

@@ -28,7 +28,6 @@ selects clips for the ``echo/*`` metrics, which is counted in the engine's time.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -36,6 +35,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench_report import print_table, write_json
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -210,21 +211,17 @@ def main() -> int:
                            "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl_mod.__version__},
                "arms": res, "trl_over_engine": ratio, "trl_over_engine_cpu": cpu_ratio, "trl_over_engine_per_round": per_round,
                "raw_s": {k: rec[k] for k in ("engine", "trl", "engine_cpu", "trl_cpu")}}
-    print(f"\nbench_vs_trl: {args.model} on {args.task}, {args.prompts} prompts x {args.n} rollouts, <= "
-          f"{args.max_response_length} tokens, {args.minibatches} optimizer steps/step, {args.threads} threads, "
-          f"{args.rounds} rounds x {args.steps} steps per arm (median; load avg {load})")
-    print(f"{'arm':8s} {'s/step':>8s} {'min':>7s} {'max':>7s} {'cpu s':>7s}   per round")
-    for name in ("engine", "trl"):
-        r = res[name]
-        print(f"{name:8s} {r['step_s']:8.3f} {r['min_s']:7.3f} {r['max_s']:7.3f} {r['cpu_s']:7.3f}   "
-              + " ".join(f"{x:.3f}" for x in r["per_round_s"]))
+    print_table(f"bench_vs_trl: {args.model} on {args.task}, {args.prompts} prompts x {args.n} rollouts, <= "
+                f"{args.max_response_length} tokens, {args.minibatches} optimizer steps/step, {args.threads} threads, "
+                f"{args.rounds} rounds x {args.steps} steps per arm (median; load avg {load})",
+                ["arm", "s/step", "min", "max", "cpu s", "per round"],
+                [[name, f"{res[name]['step_s']:.3f}", f"{res[name]['min_s']:.3f}", f"{res[name]['max_s']:.3f}",
+                  f"{res[name]['cpu_s']:.3f}", " ".join(f"{x:.3f}" for x in res[name]["per_round_s"])]
+                 for name in ("engine", "trl")])
     print("engine phases (median s): " + ", ".join(f"{k} {v:.3f}" for k, v in phases.items()))
     print(f"TRL / engine: {ratio:.2f}x wall (per round: {', '.join(f'{x:.2f}x' for x in per_round)}), "
           f"{cpu_ratio:.2f}x process CPU time")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2))
-    print(f"wrote {out}")
+    write_json(args.out, summary)
     return 0
 
 
