@@ -10,19 +10,12 @@ from typing import Any
 
 import numpy as np
 
+from echorl.figures import pyplot, save_figure
+
 __all__ = ["plot_deletion", "plot_entropy_profile"]
 
 _COLOURS = {"expert": "#7c3aed", "correct": "#15803d", "wrong": "#b91c1c",
             "highest": "#dc2626", "lowest": "#2563eb", "random": "#525252"}
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot_entropy_profile(summary: dict[str, Any], profiles: Sequence[dict[str, Any]], out_png: str | Path,
@@ -30,7 +23,7 @@ def plot_entropy_profile(summary: dict[str, Any], profiles: Sequence[dict[str, A
     """Four panels per kind of solution (expert / correct / wrong): mean token entropy per solution
     (mean and 95% interval), the distribution of step entropies, the peak step's relative position,
     and the mean step entropy along the solution (relative position bins)."""
-    plt = _plt()
+    plt = pyplot()
     kinds = [k for k in ("expert", "correct", "wrong") if k in summary]
     fig, ax = plt.subplots(1, 4, figsize=(16, 3.6))
     for i, k in enumerate(kinds):
@@ -67,18 +60,13 @@ def plot_entropy_profile(summary: dict[str, Any], profiles: Sequence[dict[str, A
     ax[3].legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out_png, dpi=80)
 
 
 def plot_deletion(result: dict[str, Any], out_png: str | Path, title: str = "") -> Path:
     """Accuracy against the share of reasoning steps deleted, one line per order; the random order
     is the mean over seeds with a band from the lowest to the highest seed."""
-    plt = _plt()
+    plt = pyplot()
     x = 100 * np.asarray(result["shares"])
     fig, ax = plt.subplots(figsize=(5.6, 3.8))
     for o, r in result["orders"].items():
@@ -93,9 +81,4 @@ def plot_deletion(result: dict[str, Any], out_png: str | Path, title: str = "") 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title or f"Step deletion ({result['solutions']} correct solutions)", fontsize=10)
-    fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out_png, dpi=80)

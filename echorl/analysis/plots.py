@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from echorl.figures import pyplot, save_figure
 from echorl.metrics_file import read_metrics  # re-exported: the one reader of metrics.jsonl
 
 __all__ = ["PANELS", "plot_metrics", "read_metrics", "rolling_mean"]
@@ -78,11 +79,7 @@ def plot_metrics(jsonl_path: str | os.PathLike, out_png: str | os.PathLike, titl
     Raises ``FileNotFoundError`` when the log is missing; an empty log gives a figure whose panels
     say "no data".
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     if not Path(jsonl_path).exists():  # read_metrics gives [] for a missing file; a figure needs a log
         raise FileNotFoundError(f"metrics log not found: {jsonl_path}")
     rows = read_metrics(jsonl_path)
@@ -111,9 +108,4 @@ def plot_metrics(jsonl_path: str | os.PathLike, out_png: str | os.PathLike, titl
             ax.text(0.5, 0.5, "no data (" + ", ".join(k for k, _ in keys) + ")", ha="center", va="center",
                     transform=ax.transAxes, fontsize=8, color="gray", wrap=True)
     fig.suptitle(title or f"EchoRL run: {Path(jsonl_path).parent.name or Path(jsonl_path).name} ({len(rows)} steps)")
-    fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png")
-    plt.close(fig)
-    return out
+    return save_figure(fig, out_png)

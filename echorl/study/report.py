@@ -103,13 +103,16 @@ def _band(ax: Any, runs: dict[int, dict[str, Any]], xkey: str, ykey: str, where:
         ax.fill_between(x, np.nanmin(ys, axis=0), np.nanmax(ys, axis=0), color=color, alpha=0.2)
 
 
+def _finish(ax) -> None:
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+
+
 def _figures(results: dict[str, dict[int, dict[str, Any]]], images: Path, prefix: str,
              initial: dict[str, Any] | None = None) -> dict[str, str]:
-    import matplotlib
+    from echorl.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     images.mkdir(parents=True, exist_ok=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     present = [a for a in ARMS if results.get(a.name)]
@@ -133,24 +136,15 @@ def _figures(results: dict[str, dict[int, dict[str, Any]]], images: Path, prefix
             ax.grid(alpha=0.3)
         axes[0].legend()
         fig.suptitle("GRPO vs GRPO + EchoRL on the chain testbed (line: seed mean, band: min-max over seeds)")
-        fig.tight_layout()
-        p = images / f"{prefix}main.png"
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        paths["main"] = str(p)
+        paths["main"] = str(save_figure(fig, images / f"{prefix}main.png", dpi=110))
     if present:
         fig, ax = plt.subplots(figsize=(8, 4.5))
         for a in present:
             _band(ax, results[a.name], "step", "dev", "val", a.name, col[a.name])
         ax.set_xlabel("step")
         ax.set_ylabel("dev accuracy")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        p = images / f"{prefix}arms.png"
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        paths["arms"] = str(p)
+        _finish(ax)
+        paths["arms"] = str(save_figure(fig, images / f"{prefix}arms.png", dpi=110))
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for a in present:
             runs = list(results[a.name].values())
@@ -163,13 +157,8 @@ def _figures(results: dict[str, dict[int, dict[str, Any]]], images: Path, prefix
         ax.set_xscale("log", base=2)
         ax.set_xlabel("k")
         ax.set_ylabel("pass@k (test subset)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        p = images / f"{prefix}passk.png"
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        paths["passk"] = str(p)
+        _finish(ax)
+        paths["passk"] = str(save_figure(fig, images / f"{prefix}passk.png", dpi=110))
     return paths
 
 
