@@ -93,6 +93,11 @@ def token_logprob_entropy(logits: torch.Tensor, tokens: torch.Tensor, with_entro
     return log_prob, entropy
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of ``model``'s parameters (the engine's ``trainer.device``)."""
+    return next(model.parameters()).device
+
+
 @torch.no_grad()
 def old_policy_pass(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                     responses: torch.Tensor, temperature: float, chunk_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,8 +112,9 @@ def old_policy_pass(model: torch.nn.Module, input_ids: torch.Tensor, attention_m
         chunk_rows: rows per forward (``rollout.log_prob_micro_batch_size_per_gpu``).
 
     Returns:
-        ``(old_log_probs [B, L] float32, entropy [B, L] float32)``; values at padded positions are
-        meaningless (mask them with ``response_mask``).
+        ``(old_log_probs [B, L] float32, entropy [B, L] float32)`` on the CPU (the batch's device,
+        whatever the model's); values at padded positions are meaningless (mask them with
+        ``response_mask``).
     """
     was_training = model.training
     model.eval()
@@ -117,8 +123,8 @@ def old_policy_pass(model: torch.nn.Module, input_ids: torch.Tensor, attention_m
         for s in range(0, input_ids.shape[0], chunk_rows):
             lp, ent = bucketed_logprobs(model, input_ids[s:s + chunk_rows], attention_mask[s:s + chunk_rows],
                                         responses[s:s + chunk_rows], temperature, with_entropy=True)
-            lps.append(lp)
-            ents.append(ent)
+            lps.append(lp.cpu())
+            ents.append(ent.cpu())
     model.train(was_training)
     return torch.cat(lps), torch.cat(ents)
 
@@ -134,27 +140,30 @@ def bucketed_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention
     the whole ``[b, P+L]`` batch, up to float summation order. Gradient flows through.
 
     Args:
-        input_ids: ``[b, P+L] long``; attention_mask: ``[b, P+L]``; responses: ``[b, L] long``.
+        input_ids: ``[b, P+L] long``; attention_mask: ``[b, P+L]``; responses: ``[b, L] long``
+            (on any device: each bucket is moved to the model's).
         bucket_rows: rows per bucket (default :data:`BUCKET_ROWS`).
 
     Returns:
-        ``(log_prob [b, L] float32, entropy [b, L] float32 or None)``; 0 past a bucket's longest response.
+        ``(log_prob [b, L] float32, entropy [b, L] float32 or None)`` on the model's device; 0 past
+        a bucket's longest response.
     """
     bucket_rows = BUCKET_ROWS if bucket_rows is None else bucket_rows
     b, L = responses.shape
     P = input_ids.shape[1] - L
     order = torch.argsort(attention_mask[:, P:].sum(-1), stable=True)  # [b] shortest responses first
     k = -(-b // max(1, bucket_rows))
+    dev = model_device(model)
     lps, ents = [], []
     for rows in order.tensor_split(k):
         am = attention_mask[rows]
         c0, c1 = trim_padding(am, P)
-        lp, ent = policy_logprobs(model, input_ids[rows, c0:c1], am[:, c0:c1], responses[rows, :c1 - P], temperature,
-                                  with_entropy=with_entropy)
+        lp, ent = policy_logprobs(model, input_ids[rows, c0:c1].to(dev), am[:, c0:c1].to(dev),
+                                  responses[rows, :c1 - P].to(dev), temperature, with_entropy=with_entropy)
         lps.append(F.pad(lp, (0, P + L - c1)))
         if ent is not None:
             ents.append(F.pad(ent, (0, P + L - c1)))
-    back = torch.argsort(order)  # [b] inverse permutation
+    back = torch.argsort(order).to(dev)  # [b] inverse permutation
     lp = torch.cat(lps)[back]
     return lp, (torch.cat(ents)[back] if ents else None)
 

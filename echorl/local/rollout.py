@@ -15,7 +15,7 @@ import torch
 
 from echorl.local.attention import gqa_attention
 
-__all__ = ["RolloutBatch", "format_prompts", "encode_prompts", "generate_rollouts", "response_mask_from_eos",
+__all__ = ["RolloutBatch", "format_prompts", "is_chat", "encode_prompts", "generate_rollouts", "response_mask_from_eos",
            "eos_ids_of", "compact_decode", "compact_decode_supported"]
 
 
@@ -40,11 +40,23 @@ class RolloutBatch:
     group_index: torch.Tensor
 
 
-def format_prompts(tokenizer: Any, prompts: Sequence[str], chat_template: str | bool) -> list[str]:
-    """Apply the chat template (``auto``: when the tokenizer has one; ``true``: required).
+def is_chat(prompt: Any) -> bool:
+    """A prompt in verl's parquet format: a list of ``{"role", "content"}`` messages."""
+    return isinstance(prompt, (list, tuple)) and len(prompt) > 0 and all(
+        isinstance(m, dict) and "role" in m and "content" in m for m in prompt)
+
+
+def format_prompts(tokenizer: Any, prompts: Sequence[Any], chat_template: str | bool) -> list[str]:
+    """The text each prompt is encoded from.
+
+    A prompt is a string (one user message) or a list of chat messages (verl's parquet format,
+    rendered as they are). The chat template applies with ``auto`` when the tokenizer has one and
+    with ``true`` (required); without it a string stays as it is and a chat prompt becomes its
+    last user message.
 
     Raises:
-        ValueError: ``chat_template`` is true and the tokenizer has none.
+        ValueError: ``chat_template`` is true and the tokenizer has none; a prompt is neither a
+            string nor a chat message list, or a chat prompt has no user message (naming its index).
     """
     has = bool(getattr(tokenizer, "chat_template", None))
     mode = str(chat_template).lower()
@@ -55,10 +67,28 @@ def format_prompts(tokenizer: Any, prompts: Sequence[str], chat_template: str | 
             f"data.chat_template=true but the tokenizer ({type(tokenizer).__name__}, "
             f"{getattr(tokenizer, 'name_or_path', '?')!r}) has no chat template; set data.chat_template=false to "
             "feed the raw prompt text, or use a model whose tokenizer defines one")
-    if mode == "false" or not has:
-        return list(prompts)
-    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-            for p in prompts]
+    templated = mode != "false" and has
+    out = []
+    for i, p in enumerate(prompts):
+        if is_chat(p):
+            messages = [dict(m) for m in p]
+            if not templated:
+                users = [m["content"] for m in messages if m["role"] == "user"]
+                if not users:
+                    raise ValueError(f"prompt {i}: the chat prompt has no user message (roles "
+                                     f"{[m['role'] for m in messages]})")
+                out.append(str(users[-1]))
+                continue
+        elif isinstance(p, str):
+            if not templated:
+                out.append(p)
+                continue
+            messages = [{"role": "user", "content": p}]
+        else:
+            raise ValueError(f"prompt {i}: must be a string or a list of chat messages ({{'role', 'content'}} "
+                             f"dicts), got {type(p).__name__}")
+        out.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    return out
 
 
 def encode_prompts(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
@@ -162,7 +192,8 @@ def compact_decode(model: Any, prompts: torch.Tensor, pmask: torch.Tensor, *, n:
     if max_new_tokens < 1:
         raise ValueError(f"data.max_response_length must be >= 1, got {max_new_tokens}")
     B = N * n
-    eos = torch.tensor(list(eos_ids), dtype=torch.long)
+    dev = prompts.device
+    eos = torch.tensor(list(eos_ids), dtype=torch.long, device=dev)
     pos = (pmask.long().cumsum(-1) - 1).masked_fill(pmask == 0, 0)  # generate's position ids
     cache = DynamicCache(config=model.config)
     out = model(input_ids=prompts, attention_mask=pmask, position_ids=pos, past_key_values=cache, use_cache=True,
@@ -174,8 +205,8 @@ def compact_decode(model: Any, prompts: torch.Tensor, pmask: torch.Tensor, *, n:
     attn = pmask.repeat_interleave(n, dim=0)  # [B, P + t]
     last_pos = pos[:, -1].repeat_interleave(n, dim=0)  # [B]
     tokens: list[torch.Tensor] = []
-    unfinished = torch.ones(B, dtype=torch.bool)
-    live = torch.arange(B)  # rows held in the cache, in cache order
+    unfinished = torch.ones(B, dtype=torch.bool, device=dev)
+    live = torch.arange(B, device=dev)  # rows held in the cache, in cache order
     for t in range(max_new_tokens):
         probs = torch.softmax(_warp(scores, temperature, top_k, top_p), dim=-1)
         nxt = torch.multinomial(probs, num_samples=1).squeeze(1)  # [B]
@@ -184,7 +215,7 @@ def compact_decode(model: Any, prompts: torch.Tensor, pmask: torch.Tensor, *, n:
         unfinished &= ~torch.isin(nxt, eos)
         if not bool(unfinished.any()) or t == max_new_tokens - 1:
             break
-        attn = torch.cat([attn, torch.ones(B, 1, dtype=attn.dtype)], dim=1)
+        attn = torch.cat([attn, torch.ones(B, 1, dtype=attn.dtype, device=dev)], dim=1)
         last_pos = last_pos + 1
         keep = unfinished[live]
         if not bool(keep.all()):  # drop finished rows from the cache
@@ -217,15 +248,17 @@ def generate_rollouts(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequence[
     top_k = top_k if top_k and top_k > 0 else 0
     was_training = model.training
     model.eval()
+    dev = next(model.parameters()).device  # sampling runs there; the batch comes back to the CPU
     if decode == "compact" and compact_decode_supported(model) is None:
         with gqa_attention(model):  # no copy of the KV cache per step for GQA models
-            out = compact_decode(model, prompts1, pmask1, n=n, max_new_tokens=max_response_length,
+            out = compact_decode(model, prompts1.to(dev), pmask1.to(dev), n=n, max_new_tokens=max_response_length,
                                  temperature=temperature, top_p=top_p, top_k=top_k, eos_ids=eos_ids, pad_id=pad_id)
     else:
         out = model.generate(
-            input_ids=prompts, attention_mask=pmask, do_sample=True, temperature=temperature, top_p=top_p,
-            top_k=top_k, max_new_tokens=max_response_length, eos_token_id=list(eos_ids),
+            input_ids=prompts.to(dev), attention_mask=pmask.to(dev), do_sample=True, temperature=temperature,
+            top_p=top_p, top_k=top_k, max_new_tokens=max_response_length, eos_token_id=list(eos_ids),
             pad_token_id=pad_id, use_cache=True, num_beams=1, min_new_tokens=0)
+    out = out.cpu()
     model.train(was_training)
     P = prompts.shape[1]
     responses = out[:, P:]  # [B, L'] with L' <= max_response_length

@@ -44,7 +44,7 @@ from echorl.local.rollout import eos_ids_of
 from echorl.local.update import actor_update, compute_advantages, token_level_rewards
 from echorl.stage import num_minibatches, run_echo_stage
 
-__all__ = ["LocalTrainer", "load_model", "import_score_fn"]
+__all__ = ["LocalTrainer", "load_model", "import_score_fn", "resolve_device"]
 
 
 def import_score_fn(spec: str) -> Callable[..., float]:
@@ -58,6 +58,27 @@ def import_score_fn(spec: str) -> Callable[..., float]:
         return getattr(importlib.import_module(mod), fn)
     except (ImportError, AttributeError) as e:
         raise ValueError(f"reward.score_fn={spec!r} cannot be imported: {e}") from None
+
+
+def resolve_device(name: str) -> torch.device:
+    """``trainer.device`` -> a ``torch.device`` that exists here (``cpu``, ``cuda``, ``cuda:<i>``).
+
+    Raises:
+        ValueError: not a device name, not cpu/cuda, or CUDA asked for where there is none.
+    """
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"trainer.device={name!r} is not a device; use cpu, cuda or cuda:<index>") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"trainer.device={name!r}: the engine runs on cpu or cuda")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"trainer.device={name!r} but torch.cuda.is_available() is False (torch {torch.__version__}: "
+                             "a CPU build, or no GPU visible); set trainer.device=cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"trainer.device={name!r} but only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return dev
 
 
 def load_model(name: str, dtype: str = "float32") -> tuple[Any, Any]:
@@ -131,9 +152,12 @@ class LocalTrainer:
                  rows: list[dict[str, Any]] | None = None, score_fn: Callable[..., float] | None = None,
                  loss_fn: Callable | None = None):
         self.cfg = cfg
+        self.device = resolve_device(str(cfg.trainer.device))
         if int(cfg.trainer.num_threads) > 0:
             torch.set_num_threads(int(cfg.trainer.num_threads))
         if cfg.trainer.deterministic:
+            if self.device.type == "cuda":  # cuBLAS is deterministic only with this workspace setting
+                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True, warn_only=True)
         self._seed(int(cfg.seed))
         self.actor_cfg = build_actor_config(cfg)
@@ -144,10 +168,11 @@ class LocalTrainer:
             model, tokenizer = load_model(str(cfg.model.name), str(cfg.model.dtype))
         elif tokenizer is None:
             raise ValueError("LocalTrainer: a model was given without its tokenizer")
-        self.model, self.tok = model, tokenizer
+        self.model, self.tok = model.to(self.device), tokenizer
         self.eos_ids = eos_ids_of(tokenizer, model)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
-        self.prompts = prepare_prompts(cfg.data, tokenizer, rows)
+        self.prompts = prepare_prompts(cfg.data, tokenizer, rows,
+                                       custom_verifier=score_fn is not None or bool(cfg.reward.get("score_fn")))
         self.echo_cfg = echo_cfg.resolve_boundary(tokenizer)
         check_boundary_ids(self.echo_cfg.boundary_token_ids, tokenizer, [r.get("solution") for r in self.prompts.rows])
         self.sampler = PromptSampler(len(self.prompts.rows), int(cfg.data.train_batch_size), bool(cfg.data.shuffle),

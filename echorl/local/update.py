@@ -27,7 +27,7 @@ from tensordict import TensorDict
 
 from echorl.filtering import split_minibatches
 from echorl.local.attention import gqa_attention
-from echorl.local.policy import bucketed_logprobs, pack_for_verl
+from echorl.local.policy import bucketed_logprobs, model_device, pack_for_verl
 
 __all__ = ["token_level_rewards", "compute_advantages", "actor_update", "build_micro_batch"]
 
@@ -92,7 +92,8 @@ def actor_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sched
     """One training step's actor update over the whole batch.
 
     Args:
-        batch: ``prompts [B, P]``, ``responses [B, L]``, ``input_ids [B, P+L]``, ``attention_mask [B, P+L]``,
+        batch: CPU tensors (each micro-batch moves to the model's device): ``prompts [B, P]``,
+            ``responses [B, L]``, ``input_ids [B, P+L]``, ``attention_mask [B, P+L]``,
             ``response_mask [B, L]``, ``old_log_probs [B, L]``, ``advantages [B, L]``, ``echo_mask
             [B, L] bool``, ``echo_denom [B] float32``, optionally ``echo_only [B] bool`` (rows kept
             for the EchoRL term only, with a zero ``response_mask``: the mini-batches are cut over
@@ -116,6 +117,7 @@ def actor_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sched
     micro = actor_cfg.ppo_micro_batch_size_per_gpu
     clip = actor_cfg.optim.clip_grad
     want_entropy = bool(actor_cfg.entropy_coeff)
+    dev = model_device(model)  # the batch stays on the CPU; each micro-batch goes to the model
     model.train()
     per_mini: list[dict[str, float]] = []
     for _epoch in range(actor_cfg.ppo_epochs):
@@ -127,8 +129,8 @@ def actor_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sched
             for u0 in range(0, len(mrows), micro):
                 rows = mrows[u0:u0 + micro]
                 data = build_micro_batch(rows, batch, batch_num_tokens=n_tokens, global_batch_size=n_rl,
-                                         temperature=temperature)
-                am = batch["attention_mask"][rows]
+                                         temperature=temperature).to(dev)
+                am = batch["attention_mask"][rows].to(dev)
                 # length buckets on their own columns: the same packed values as one full-width forward
                 with gqa_attention(model):
                     log_prob, entropy = bucketed_logprobs(model, batch["input_ids"][rows], am, batch["responses"][rows],
