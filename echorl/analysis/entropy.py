@@ -99,7 +99,7 @@ def encode_prompts_of(tokenizer: Any, rows: Sequence[dict[str, Any]], chat_templ
     """Chat-formatted prompt ids, exactly as the engine builds them (``echorl.local.rollout``)."""
     from echorl.local.rollout import encode_prompts, format_prompts
 
-    return encode_prompts(tokenizer, format_prompts(tokenizer, [str(r["prompt"]) for r in rows], chat_template))
+    return encode_prompts(tokenizer, format_prompts(tokenizer, [r["prompt"] for r in rows], chat_template))
 
 
 def grade(row: dict[str, Any], text: str) -> float:

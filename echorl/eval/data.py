@@ -145,19 +145,10 @@ def load_rows(spec: BenchmarkSpec) -> list[dict[str, Any]]:
 def _prompt_text(tokenizer: Any, prompt: Any, chat_template: str | bool, where: str) -> str:
     from echorl.local.rollout import format_prompts
 
-    if isinstance(prompt, str):
+    try:
         return format_prompts(tokenizer, [prompt], chat_template)[0]
-    if isinstance(prompt, (list, tuple)) and all(isinstance(m, dict) and "content" in m for m in prompt):
-        mode = str(chat_template).lower()
-        if mode != "false" and getattr(tokenizer, "chat_template", None):
-            return tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
-        if mode == "true":
-            format_prompts(tokenizer, ["probe"], True)  # raises the engine's "no chat template" error
-        users = [m["content"] for m in prompt if m.get("role") == "user"]
-        if not users:
-            raise ValueError(f"{where}: the chat prompt has no user message")
-        return str(users[-1])
-    raise ValueError(f"{where}: prompt must be a string or a list of chat messages, got {type(prompt).__name__}")
+    except ValueError as e:
+        raise ValueError(f"{where}: {str(e).removeprefix('prompt 0: ')}") from None
 
 
 def prompt_ids(tokenizer: Any, rows: Sequence[dict[str, Any]], chat_template: str | bool = "auto",

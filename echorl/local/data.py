@@ -33,7 +33,8 @@ class PromptSet:
     source_index: list[int] = field(default_factory=list)  # row index in the loaded dataset
 
 
-def prepare_prompts(cfg_data: Any, tokenizer: Any, rows: list[dict[str, Any]] | None = None) -> PromptSet:
+def prepare_prompts(cfg_data: Any, tokenizer: Any, rows: list[dict[str, Any]] | None = None,
+                    custom_verifier: bool = False) -> PromptSet:
     """Load (unless ``rows`` is given), check and encode the training prompts.
 
     Args:
@@ -41,10 +42,17 @@ def prepare_prompts(cfg_data: Any, tokenizer: Any, rows: list[dict[str, Any]] | 
             ``max_prompt_length``, ``overlong_prompt``, ``chat_template``).
         tokenizer: the model's tokenizer.
         rows: rows to use instead of loading ``cfg_data.task`` (tests, notebooks).
+        custom_verifier: ``reward.score_fn`` is set: it receives every row's ``data_source``
+            (whatever it is, e.g. a verl-prepared parquet's ``lighteval/MATH``; ``unknown`` when
+            the row has none), so the built-in dispatch's sources are not required.
+
+    A prompt is a string or a list of chat messages (verl's parquet format); see
+    :func:`echorl.local.rollout.format_prompts`.
 
     Raises:
-        ValueError: a row lacks a field, has an unknown ``data_source``, or a prompt is longer than
-            ``max_prompt_length`` with ``overlong_prompt=error``; each message names the row.
+        ValueError: a row lacks a field, has an unknown ``data_source`` (built-in verifiers), a
+            prompt of the wrong type, or is longer than ``max_prompt_length`` with
+            ``overlong_prompt=error``; each message names the row.
     """
     from echorl.tasks import get_task, load_dataset, task_names, validate_rows
 
@@ -60,15 +68,21 @@ def prepare_prompts(cfg_data: Any, tokenizer: Any, rows: list[dict[str, Any]] | 
     known = {get_task(t).data_source for t in task_names()}
     for i, row in enumerate(rows):
         ds = row.get("data_source", default_source)
+        if ds is None and custom_verifier:
+            ds = "unknown"  # verl's name for a row without one; the custom verifier gets it
         if ds is None:
             raise ValueError(f"data.task={task}: row {i} is missing field 'data_source' (needed to pick its verifier; "
                              f"known data sources: {sorted(known)})")
-        if ds not in known:
+        if ds not in known and not custom_verifier:
             raise ValueError(f"data.task={task}: row {i} has data_source={ds!r}, which no task verifies; "
-                             f"known: {sorted(known)}")
+                             f"known: {sorted(known)}; or set reward.score_fn to a verifier for it (for "
+                             "math: reward.score_fn=echorl.rewards.math:compute_score)")
         if "data_source" not in row:
             rows[i] = {**row, "data_source": ds}
-    texts = format_prompts(tokenizer, [str(r["prompt"]) for r in rows], cfg_data.chat_template)
+    try:
+        texts = format_prompts(tokenizer, [r["prompt"] for r in rows], cfg_data.chat_template)
+    except ValueError as e:
+        raise ValueError(f"data.task={task}: {str(e).replace('prompt ', 'row ', 1)}") from None
     ids = encode_prompts(tokenizer, texts)
     limit = int(cfg_data.max_prompt_length)
     lens = np.array([len(x) for x in ids])

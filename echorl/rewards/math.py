@@ -40,7 +40,7 @@ from typing import Any
 from math_verify import parse, verify  # at module level: the pool's forkserver preloads it
 
 from echorl.rewards.boxed import last_boxed
-from echorl.rewards.pool import VerifierPool
+from echorl.rewards.pool import VerifierPool, in_verifier_worker
 
 __all__ = ["compute_score", "compute_scores", "last_boxed", "verify_answer", "get_pool", "close_pool"]
 
@@ -136,7 +136,11 @@ def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_
     ``data_source`` and ``extra_info`` are accepted for verl's signature and not used (every
     source is scored as math). A timeout, crash or invalid result scores 0.0 and is counted in
     ``get_pool().totals``. Unknown keywords (verl adds ``reward_router_address`` and
-    ``reward_model_tokenizer`` when a reward model is enabled) are ignored.
+    ``reward_model_tokenizer`` when a reward model is enabled) are ignored. Called inside a
+    ``VerifierPool`` worker (the embedded engine's ``reward.score_fn``), it checks in that worker,
+    under the engine pool's timeout.
     """
+    if in_verifier_worker():
+        return verify_answer(solution_str, ground_truth)
     scores, _stats = get_pool(timeout_s=timeout_s, num_workers=num_workers).score([(solution_str, ground_truth)])
     return scores[0]

@@ -72,6 +72,16 @@ _STARTUP_ERROR = "startup"
 
 # Per worker process: score_fn, unpickled once (the first check, or the initializer's warm-up).
 _FN: dict[bytes, Callable[..., Any]] = {}
+# True in a VerifierPool worker process (set by its initializer).
+_IN_WORKER = False
+
+
+def in_verifier_worker() -> bool:
+    """Whether this process is a :class:`VerifierPool` worker: a verifier that would start its own
+    pool (``echorl.rewards.math.compute_score``) checks in-process there instead: the calling
+    pool's timeout already bounds the check, and a second pool inside every worker would only
+    multiply processes."""
+    return _IN_WORKER
 
 
 def valid_score(value: Any) -> bool:
@@ -90,6 +100,8 @@ def _warm_up(fn_bytes: bytes, warmup_args: tuple | None) -> None:
     """Worker initializer: import ``score_fn`` and pay its first-call costs before any check's clock
     starts. Never raises (pebble would restart a failing worker forever); a module that cannot be
     imported is reported by the first check (``_check``)."""
+    global _IN_WORKER
+    _IN_WORKER = True
     try:
         fn = _load(fn_bytes)
         if warmup_args is not None:
