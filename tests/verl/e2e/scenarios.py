@@ -46,6 +46,17 @@ def _run(name: str, out: Path, data: dict, steps: int, extra: list[str], entry: 
     return {"name": name, "entry": entry, "overrides": over}
 
 
+# recipe -> (steps, CPU-size overrides) where a recipe's run does more than one plain step:
+# * grpo (the paper's setting) runs on 2 trainer ranks (FSDP2 over gloo, 2 rollout replicas);
+# * dapo runs 2 steps (dynamic sampling refills the batch from a second generation batch when
+#   groups are evicted) with its overlong buffer sized to the CPU run's 48-token responses
+#   (verl's DAPO reward asserts that the buffer fits inside them).
+RECIPE_RUNS = {
+    "grpo": (1, ["trainer.n_gpus_per_node=2"]),
+    "dapo": (2, ["reward.reward_kwargs.overlong_buffer_cfg.len=16"]),
+}
+
+
 def spec(out: Path, data: dict) -> dict:
     """All runs, in the order the driver executes them."""
     off = [o.replace("echorl.enable=true", "echorl.enable=false") for o in SMOKE_METHOD]
@@ -60,19 +71,11 @@ def spec(out: Path, data: dict) -> dict:
         _run("off_echorl", out, data, 2, [*off, "trainer.save_freq=2"], trace=False),
         _run("off_verl", out, data, 2, [*off, "trainer.save_freq=2", "actor_rollout_ref.actor.use_dynamic_bsz=true",
                                         "algorithm.adv_estimator=grpo"], entry="verl", trace=False),
-        # 2 trainer ranks (FSDP2 over gloo, 2 rollout replicas)
-        _run("two_ranks", out, data, 1, [*SMOKE_METHOD, "trainer.n_gpus_per_node=2"]),
         # workers that never report echo/loss: the driver must stop the run
         _run("verl_loss", out, data, 1, SMOKE_METHOD, entry="echorl_verl_loss", trace=False),
     ]
     searchpath = f"hydra.searchpath=[pkg://verl.trainer.config,file://{RECIPES}]"
     for m in recipe_names():  # only model, data and CPU overrides changed
-        # sizes follow the CPU run's 48-token responses: DAPO's overlong buffer must fit inside them
-        size = ["reward.reward_kwargs.overlong_buffer_cfg.len=16"] if m == "dapo" else []
-        runs.append(_run(f"recipe_{m}", out, data, 1, size, pre=[searchpath, f"+{m}={m}"]))
-    # DAPO + EchoRL at the paper's defaults: dynamic sampling on acc (no overlong shaping, so the
-    # score is acc), 2 steps, traced
-    runs.append(_run("dapo_echo", out, data, 2, ["reward.reward_kwargs.overlong_buffer_cfg.enable=false",
-                                                 "actor_rollout_ref.rollout.max_model_len=null"],
-                     pre=[searchpath, "+dapo=dapo"]))
+        steps, extra = RECIPE_RUNS.get(m, (1, []))
+        runs.append(_run(f"recipe_{m}", out, data, steps, extra, pre=[searchpath, f"+{m}={m}"]))
     return {"out": str(out), "num_gpus": 2, "runs": runs}

@@ -11,9 +11,8 @@ from . import scenarios
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(4000)]
 
 
-def clip_nll(trace: dict) -> tuple[float, float]:
-    """The EchoRL loss of one mini-batch, written out: sum over clip tokens of -old_log_prob / D_b,
-    and the clip-token count of the batch (clip_token_mean with one mini-batch: D_b = that count)."""
+def clip_nll(trace: dict) -> float:
+    """The EchoRL loss of one mini-batch, written out: sum over clip tokens of -old_log_prob / D_b."""
     keep = ~trace["is_padding"]
     mask = trace["echo_mask"][keep]  # [B, L] bool
     old = trace["old_log_probs"][keep].double()  # [B, L]
@@ -23,19 +22,30 @@ def clip_nll(trace: dict) -> tuple[float, float]:
         for t in range(mask.shape[1]):
             if mask[b, t]:
                 total += float(-old[b, t] / denom[b])
-    return total, float(mask.sum())
+    return total
 
 
-def check_loss_step(trace: dict, logged: dict) -> None:
+def check_loss_step(trace: dict, logged: dict, loss_agg: str) -> None:
+    """Selection, transport and loss agree on one step: the clips lie on real response tokens, each
+    row's denominator is the one ``loss_agg`` fixes on the driver (one mini-batch), and the workers'
+    ``echo/loss`` equals the clip NLL recomputed from the stored ``old_log_probs`` (one mini-batch,
+    one epoch: the update's forward runs at the old weights)."""
     assert logged["echo/clips"] > 0 and trace["metrics"]["echo/clips"] == logged["echo/clips"]
     assert "echo/loss" in logged, sorted(logged)
     assert (trace["echo_mask"] & ~trace["response_mask"]).sum() == 0  # clips lie on response tokens
     assert trace["echo_mask"][trace["is_padding"]].sum() == 0  # never on verl's padding rows
-    nll, n_clip_tokens = clip_nll(trace)
     keep = ~trace["is_padding"]
-    assert n_clip_tokens == logged["echo/clip_tokens"]
-    torch.testing.assert_close(trace["echo_denom"][keep], torch.full_like(trace["echo_denom"][keep], n_clip_tokens))
-    # one mini-batch, one epoch: the update's forward runs at the old weights
+    mask = trace["echo_mask"][keep]  # [B, L]
+    lens = mask.sum(dim=1).double()  # [B] clip length per row
+    clips = int((lens > 0).sum())
+    assert clips == logged["echo/clips"] and float(lens.sum()) == logged["echo/clip_tokens"]
+    if loss_agg == "clip_token_mean":  # every clip token weighs 1 / (clip tokens of the mini-batch)
+        expected = torch.full_like(lens, float(lens.sum()))
+    else:  # clip_mean: token t of clip c weighs 1 / (|c| * C)
+        assert loss_agg == "clip_mean", loss_agg
+        expected = torch.where(lens > 0, lens * clips, 1.0)
+    torch.testing.assert_close(trace["echo_denom"][keep].double(), expected)
+    nll = clip_nll(trace)
     assert logged["echo/loss"] == pytest.approx(nll, rel=1e-4, abs=1e-7)
     assert logged["echo/loss"] > 0
 
@@ -45,7 +55,7 @@ def test_grpo_echorl_selects_clips_and_workers_report_the_clip_nll(e2e):
     logged = e2e.metrics("echo3")
     assert sorted(logged) == [1, 2, 3]
     for step in (1, 2, 3):
-        check_loss_step(e2e.trace("echo3", step), logged[step])
+        check_loss_step(e2e.trace("echo3", step), logged[step], "clip_token_mean")
         assert logged[step]["timing_s/echo"] > 0
         assert logged[step]["echo/active"] == 1.0
 
@@ -153,9 +163,10 @@ def test_resume_from_step2_checkpoint_repeats_step3(e2e):
 
 
 def test_two_trainer_ranks_select_transport_and_report_the_loss(e2e):
-    e2e.ok("two_ranks")
-    logged = e2e.metrics("two_ranks")[1]
-    check_loss_step(e2e.trace("two_ranks", 1), logged)
+    """recipes/grpo (the paper's setting: one clip per group, clip_mean) on 2 trainer ranks."""
+    e2e.ok("recipe_grpo")
+    assert e2e.run("recipe_grpo")["overrides"].count("trainer.n_gpus_per_node=2") == 1
+    check_loss_step(e2e.trace("recipe_grpo", 1), e2e.metrics("recipe_grpo")[1], "clip_mean")
 
 
 def test_workers_that_do_not_report_echo_loss_stop_the_run(e2e):
@@ -169,10 +180,12 @@ def test_every_recipe_runs_one_step_on_cpu(e2e, method):
     name = f"recipe_{method}"
     e2e.ok(name)
     logged = e2e.metrics(name)
-    assert sorted(logged) == [1]
-    step = logged[1]
-    for key in ("echo/clips", "echo/active", "actor/pg_loss", "timing_s/echo", "timing_s/update_actor"):
-        assert key in step, key
+    steps = scenarios.RECIPE_RUNS.get(method, (1, []))[0]
+    assert sorted(logged) == list(range(1, steps + 1))
+    for step in logged.values():
+        for key in ("echo/clips", "echo/active", "actor/pg_loss", "timing_s/echo", "timing_s/update_actor"):
+            assert key in step, key
+        assert step["echo/active"] == 1.0
 
 
 def test_recipes_found_on_disk_are_all_run(e2e):
@@ -182,26 +195,19 @@ def test_recipes_found_on_disk_are_all_run(e2e):
 
 
 def test_dapo_dynamic_sampling_with_echorl_trains_on_mixed_groups_only(e2e):
-    """recipes/dapo (filter_groups on acc) + EchoRL's defaults (scope=success, per=group,
-    loss_agg=clip_mean): verl's replay buffer evicts every zero-variance group, so the stage sees
-    mixed groups only and every clip comes from one; D_b = |c_b| * C (one mini-batch) and the
-    workers report the mean over clips of each clip's token-mean NLL."""
-    e2e.ok("dapo_echo")
-    logged = e2e.metrics("dapo_echo")
+    """recipes/dapo (filter_groups on acc, overlong shaping) + EchoRL's defaults (scope=success,
+    per=group, loss_agg=clip_mean): verl's replay buffer evicts every group whose acc has zero
+    variance, so the stage sees no all-success group and every clip comes from a mixed one; at
+    most one clip per group, and the workers report the clip NLL."""
+    e2e.ok("recipe_dapo")
+    logged = e2e.metrics("recipe_dapo")
     assert sorted(logged) == [1, 2]
     for step in (1, 2):
         m = logged[step]
-        assert m["echo/groups_zero_var_frac"] == 0.0 and m["echo/groups_all_success_frac"] == 0.0
-        assert m["echo/groups_mixed_frac"] == 1.0
-        assert m["echo/clips_from_all_success"] == 0.0 and m["echo/clips"] == m["echo/clips_from_mixed"]
-        trace = e2e.trace("dapo_echo", step)
+        assert m["echo/groups_all_success_frac"] == 0.0 and m["echo/clips_from_all_success"] == 0.0
+        assert m["echo/clips"] == m["echo/clips_from_mixed"]
+        trace = e2e.trace("recipe_dapo", step)
         keep = ~trace["is_padding"]
-        mask = trace["echo_mask"][keep]
-        clips = int(mask.any(dim=1).sum())
-        assert clips == m["echo/clips"] and clips <= len(set(trace["uid"]))  # one clip per group at most
-        lens = mask.sum(dim=1).double()
-        torch.testing.assert_close(trace["echo_denom"][keep].double(), torch.where(lens > 0, lens * clips, 1.0))
-        if clips:
-            nll, _ = clip_nll(trace)
-            assert m["echo/loss"] == pytest.approx(nll, rel=1e-4, abs=1e-7)
-
+        assert int(trace["echo_mask"][keep].any(dim=1).sum()) <= len(set(trace["uid"]))  # one clip per group at most
+        if m["echo/clips"]:
+            check_loss_step(trace, m, "clip_mean")
