@@ -104,6 +104,12 @@ def _start_driver(out: Path) -> _Driver:
     return _Driver(proc=proc, out=out, spec=spec, t0=time.perf_counter())
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """Run the end-to-end tests last (they wait for the driver), so every other test of the suite
+    runs while the driver does."""
+    items.sort(key=lambda item: HERE in Path(str(item.path)).parents)  # stable: the rest keeps its order
+
+
 def pytest_collection_finish(session):
     """Start the driver as soon as collection shows an end-to-end test will run: its runs (mostly
     one process importing verl at a time) overlap the rest of the suite, which runs meanwhile."""
