@@ -23,6 +23,7 @@ parquet file and checks every row has ``prompt`` and ``answer`` (the error names
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any
 
@@ -132,4 +133,10 @@ def load_dataset(name_or_path: str, n: int | None = None, seed: int = 0, **task_
             raise ValueError(f"{name_or_path}: no rows")
         return rows
     task = get_task(name_or_path)
+    params = inspect.signature(task.generate).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        accepted = sorted(k for k in params if k not in ("n", "seed"))
+        bad = sorted(set(task_kwargs) - set(params))
+        if bad:
+            raise ValueError(f"task {name_or_path!r} takes no option(s) {bad}; its options are {accepted}")
     return task.generate(1024 if n is None else n, seed=seed, **task_kwargs)

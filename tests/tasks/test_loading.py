@@ -96,3 +96,9 @@ def test_one_rule_for_json_files(tmp_path):
         read_rows(tmp_path / "obj.json")
     with pytest.raises(ValueError, match=r"unsupported file type '.csv'; use .jsonl \(one JSON object per line\)"):
         read_rows(tmp_path / "a.csv")
+
+
+def test_an_option_the_task_does_not_take_names_the_task_and_its_options():
+    with pytest.raises(ValueError, match=r"task 'chain' takes no option\(s\) \['levels'\]; its options are \['split'\]"):
+        load_dataset("chain", n=2, levels=(4,))
+    assert [r["level"] for r in load_dataset("arithmetic", n=4, levels=(2,))] == [2, 2, 2, 2]
