@@ -4,8 +4,9 @@ The only change to verl's step is in ``_compute_advantage`` (driver side, after 
 log-probs + entropy and the base estimator, before the actor update):
 
 1. the parent computes advantages exactly as verl does;
-2. the stage reads ``uid``, ``responses``, ``response_mask``, ``entropy``, ``rm_scores`` and
-   ``advantages`` from TransferQueue (``tq.kv_batch_get``) and the ``is_padding`` tags, and calls
+2. the stage takes ``uid``, ``response_mask``, ``rm_scores`` and ``advantages`` from what the
+   parent read and wrote (:mod:`echorl.verl.stage_io`), reads ``responses`` and ``entropy`` from
+   TransferQueue (``tq.kv_batch_get``) and the ``is_padding`` tags, and calls
    :func:`echorl.verl.fields.echo_stage_fields` -> :func:`echorl.stage.run_echo_stage`;
 3. it writes ``echo_mask`` and ``echo_denom`` (and, in ``mode='advantage'``, ``advantages``) with
    ``tq.kv_batch_put`` and continues with the handle that put returns (an older handle does not
@@ -37,6 +38,7 @@ from echorl.verl.fields import READ_FIELDS, echo_stage_fields
 from echorl.verl.loss import EchoLoss
 from echorl.verl.methods import VerlMethod
 from echorl.verl.methods import configure as configure_method
+from echorl.verl.stage_io import recording, stage_inputs
 from echorl.verl.trace import FIELDS as TRACE_FIELDS
 from echorl.verl.trace import trace_dir_of, write_trace
 from echorl.verl.validate import validate_config
@@ -108,10 +110,11 @@ class EchoPPOTrainerSync(PPOTrainerSync):
             self._echo_boundary_resolved = True
 
     def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
-        batch = super()._compute_advantage(batch, metrics)
+        with recording(PPOTrainerSync._compute_advantage) as verl_io:  # keep what verl's stage reads/writes
+            batch = super()._compute_advantage(batch, metrics)
         echo_t0 = time.perf_counter()  # timing_s/echo: fetch + select + write-back of the EchoRL stage
         self._resolve_echo_boundary()
-        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=list(READ_FIELDS))
+        data = stage_inputs(verl_io, tq, batch.keys, batch.partition_id, READ_FIELDS)
         is_padding = [bool(tag.get("is_padding", False)) for tag in batch.tags]
         actor = self.config.actor_rollout_ref.actor
         n_mini = num_minibatches(len(batch), actor.ppo_mini_batch_size, self.config.actor_rollout_ref.rollout.n)
