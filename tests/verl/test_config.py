@@ -8,18 +8,10 @@ import dataclasses
 import pytest
 from omegaconf import OmegaConf, open_dict
 from verl.utils.config import omega_conf_to_dataclass
+from verl_cfg_helpers import with_keys
 
 from echorl import EchoConfig
 from echorl.verl.validate import validate_config
-
-
-def _with(cfg, **updates):
-    """A copy of ``cfg`` with dotted keys set (``_with(cfg, **{"trainer.use_v1": False})``)."""
-    c = copy.deepcopy(cfg)
-    with open_dict(c):
-        for key, value in updates.items():
-            OmegaConf.update(c, key, value, force_add=True)
-    return c
 
 
 def test_echorl_node_is_exactly_echoconfig_with_defaults(echorl_cfg):
@@ -84,7 +76,7 @@ REFUSALS = [
 @pytest.mark.parametrize("updates,message", REFUSALS, ids=[next(iter(u)) + "=" + str(next(iter(u.values()))) for u, _ in REFUSALS])
 def test_refusals_name_the_key_and_the_fix(echorl_cfg, updates, message):
     with pytest.raises(ValueError, match=message):
-        validate_config(_with(echorl_cfg, **updates))
+        validate_config(with_keys(echorl_cfg, **updates))
 
 
 def test_missing_echorl_node_is_refused(echorl_cfg):
@@ -97,11 +89,11 @@ def test_missing_echorl_node_is_refused(echorl_cfg):
 
 def test_baselines_that_only_conflict_with_echorl_on_are_allowed(echorl_cfg):
     # DAPO dynamic sampling as the EchoRL-off baseline (any scope), distillation with the advantage variant
-    assert validate_config(_with(echorl_cfg, **{"algorithm.filter_groups.enable": True, "echorl.enable": False,
+    assert validate_config(with_keys(echorl_cfg, **{"algorithm.filter_groups.enable": True, "echorl.enable": False,
                                                 "echorl.scope": "degenerate"})).enable is False
     # DAPO + EchoRL with the paper's scope=success: clips from the mixed groups that survive
-    assert validate_config(_with(echorl_cfg, **{"algorithm.filter_groups.enable": True})).scope == "success"
-    assert validate_config(_with(echorl_cfg, **{"distillation.enabled": True, "echorl.mode": "advantage"})).mode == "advantage"
+    assert validate_config(with_keys(echorl_cfg, **{"algorithm.filter_groups.enable": True})).scope == "success"
+    assert validate_config(with_keys(echorl_cfg, **{"distillation.enabled": True, "echorl.mode": "advantage"})).mode == "advantage"
 
 
 def test_docs_table_lists_every_echorl_key_with_its_default():

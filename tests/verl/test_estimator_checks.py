@@ -3,32 +3,22 @@ rollout.n=1 with a group-relative estimator for that reason (echorl/estimators.p
 
 from __future__ import annotations
 
-import copy
-
 import pytest
-from omegaconf import OmegaConf, open_dict
 from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY
+from verl_cfg_helpers import with_keys
 
 from echorl.verl.validate import validate_config
 
 
-def _with(cfg, **updates):
-    c = copy.deepcopy(cfg)
-    with open_dict(c):
-        for key, value in updates.items():
-            OmegaConf.update(c, key, value, force_add=True)
-    return c
-
-
 def test_unknown_estimator_lists_the_registered_names(echorl_cfg):
     with pytest.raises(ValueError) as e:
-        validate_config(_with(echorl_cfg, **{"algorithm.adv_estimator": "nope"}))
+        validate_config(with_keys(echorl_cfg, **{"algorithm.adv_estimator": "nope"}))
     assert "algorithm.adv_estimator='nope' is not a registered advantage estimator; valid names: " in str(e.value)
     assert all(name in str(e.value) for name in ADV_ESTIMATOR_REGISTRY)
 
 
 def test_n1_refused_for_group_relative_estimators_only(echorl_cfg):
     with pytest.raises(ValueError, match=r"actor_rollout_ref\.rollout\.n=1 leaves algorithm\.adv_estimator=rloo no group"):
-        validate_config(_with(echorl_cfg, **{"algorithm.adv_estimator": "rloo", "actor_rollout_ref.rollout.n": 1}))
-    validate_config(_with(echorl_cfg, **{"algorithm.adv_estimator": "reinforce_plus_plus",
+        validate_config(with_keys(echorl_cfg, **{"algorithm.adv_estimator": "rloo", "actor_rollout_ref.rollout.n": 1}))
+    validate_config(with_keys(echorl_cfg, **{"algorithm.adv_estimator": "reinforce_plus_plus",
                                          "actor_rollout_ref.rollout.n": 1}))

@@ -3,14 +3,13 @@ for the actor and the rollout engine, with the recipes' override and LUFFY's con
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import re
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf, open_dict
+from verl_cfg_helpers import with_keys
 
 from echorl.verl.validate import check_model_context, read_model_config
 
@@ -46,12 +45,7 @@ def plain(tmp_path_factory):
 
 
 def _with_model(cfg, path, **updates):
-    c = copy.deepcopy(cfg)
-    with open_dict(c):
-        OmegaConf.update(c, "actor_rollout_ref.model.path", str(path), force_add=True)
-        for key, value in updates.items():
-            OmegaConf.update(c, key, value, force_add=True)
-    return c
+    return with_keys(cfg, **{"actor_rollout_ref.model.path": str(path), **updates})
 
 
 def test_refuses_short_model_with_both_fixes_in_the_message(plain, tmp_path):
