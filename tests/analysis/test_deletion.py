@@ -66,17 +66,6 @@ def test_orders_on_hand_made_step_entropies():
         deletion_ranking(h, "middle")
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    from echorl.models.tiny import load_tiny_model
-
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    model, tok = load_tiny_model()
-    yield model.eval(), tok
-    torch.set_num_threads(prev)
-
-
 def _literal(model, tok, rows, sols, profiles, shares, order, seed, include_answer):
     """Accuracy per share, one solution and one greedy continuation at a time, the steps deleted as
     text lines (every step of the arithmetic format is one line)."""

@@ -24,17 +24,6 @@ from echorl.analysis.entropy import (
 )
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    from echorl.models.tiny import load_tiny_model
-
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    model, tok = load_tiny_model()
-    yield model.eval(), tok
-    torch.set_num_threads(prev)
-
-
 def _full_vocab_entropy(model, sol: Solution, temperature: float) -> torch.Tensor:
     """One unpadded sequence, every position projected onto the whole vocabulary, float64."""
     ids = torch.tensor([sol.prompt_ids + sol.response_ids])
