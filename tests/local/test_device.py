@@ -32,15 +32,18 @@ def test_device_names_are_checked_with_the_fix_in_the_message():
             resolve_device("cuda")
 
 
-def test_cpu_run_keeps_model_and_batch_on_the_cpu(tmp_path):
-    model, tok = make_model()
-    cfg = load_config(base_overrides(tmp_path, steps=1, **{"trainer.device": "cpu",
-                                                           "reward.score_fn": "local_scorers:len_mod4"}))
+def _one_step(tmp_path, model, tok, **extra):
+    """A trainer on ``model`` and its first step's metrics."""
+    cfg = load_config(base_overrides(tmp_path, steps=1, **{"reward.score_fn": "local_scorers:len_mod4", **extra}))
     tr = LocalTrainer(cfg, model=model, tokenizer=tok)
     try:
-        m = tr.step()
+        return tr, cfg, tr.step()
     finally:
         tr.pool.close()
+
+
+def test_cpu_run_keeps_model_and_batch_on_the_cpu(tmp_path):
+    tr, _, m = _one_step(tmp_path, *make_model(), **{"trainer.device": "cpu"})
     assert tr.device == torch.device("cpu") and m["actor/grad_norm"] > 0
     assert {v.device.type for v in tr.last_batch.values() if torch.is_tensor(v)} == {"cpu"}
 
@@ -74,13 +77,7 @@ def test_engine_step_on_cuda(tmp_path):
 
     model, tok = make_model()
     start = copy.deepcopy(model)
-    cfg = load_config(base_overrides(tmp_path, steps=1, **{"trainer.device": "cuda", "echorl.coef": 0.5,
-                                                           "reward.score_fn": "local_scorers:len_mod4"}))
-    tr = LocalTrainer(cfg, model=model, tokenizer=tok)
-    try:
-        m = tr.step()
-    finally:
-        tr.pool.close()
+    tr, cfg, m = _one_step(tmp_path, model, tok, **{"trainer.device": "cuda", "echorl.coef": 0.5})
     assert next(tr.model.parameters()).device.type == "cuda"
     assert {v.device.type for v in tr.last_batch.values() if torch.is_tensor(v)} == {"cpu"}
     assert m["actor/grad_norm"] > 0
