@@ -146,9 +146,9 @@ def _prompt_text(tokenizer: Any, prompt: Any, chat_template: str | bool, where: 
     from echorl.local.rollout import format_prompts
 
     try:
-        return format_prompts(tokenizer, [prompt], chat_template)[0]
+        return format_prompts(tokenizer, [prompt], chat_template, label=where)[0]
     except ValueError as e:
-        raise ValueError(f"{where}: {str(e).removeprefix('prompt 0: ')}") from None
+        raise ValueError(str(e).replace(f"{where} 0: ", f"{where}: ", 1)) from None
 
 
 def prompt_ids(tokenizer: Any, rows: Sequence[dict[str, Any]], chat_template: str | bool = "auto",

@@ -80,9 +80,9 @@ def prepare_prompts(cfg_data: Any, tokenizer: Any, rows: list[dict[str, Any]] | 
         if "data_source" not in row:
             rows[i] = {**row, "data_source": ds}
     try:
-        texts = format_prompts(tokenizer, [r["prompt"] for r in rows], cfg_data.chat_template)
+        texts = format_prompts(tokenizer, [r["prompt"] for r in rows], cfg_data.chat_template, label="row")
     except ValueError as e:
-        raise ValueError(f"data.task={task}: {str(e).replace('prompt ', 'row ', 1)}") from None
+        raise ValueError(f"data.task={task}: {e}") from None
     ids = encode_prompts(tokenizer, texts)
     limit = int(cfg_data.max_prompt_length)
     lens = np.array([len(x) for x in ids])

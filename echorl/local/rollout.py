@@ -46,7 +46,7 @@ def is_chat(prompt: Any) -> bool:
         isinstance(m, dict) and "role" in m and "content" in m for m in prompt)
 
 
-def format_prompts(tokenizer: Any, prompts: Sequence[Any], chat_template: str | bool) -> list[str]:
+def format_prompts(tokenizer: Any, prompts: Sequence[Any], chat_template: str | bool, label: str = "prompt") -> list[str]:
     """The text each prompt is encoded from.
 
     A prompt is a string (one user message) or a list of chat messages (verl's parquet format,
@@ -56,7 +56,8 @@ def format_prompts(tokenizer: Any, prompts: Sequence[Any], chat_template: str | 
 
     Raises:
         ValueError: ``chat_template`` is true and the tokenizer has none; a prompt is neither a
-            string nor a chat message list, or a chat prompt has no user message (naming its index).
+            string nor a chat message list, or a chat prompt has no user message (naming it as
+            ``<label> <index>``).
     """
     has = bool(getattr(tokenizer, "chat_template", None))
     mode = str(chat_template).lower()
@@ -75,7 +76,7 @@ def format_prompts(tokenizer: Any, prompts: Sequence[Any], chat_template: str | 
             if not templated:
                 users = [m["content"] for m in messages if m["role"] == "user"]
                 if not users:
-                    raise ValueError(f"prompt {i}: the chat prompt has no user message (roles "
+                    raise ValueError(f"{label} {i}: the chat prompt has no user message (roles "
                                      f"{[m['role'] for m in messages]})")
                 out.append(str(users[-1]))
                 continue
@@ -85,7 +86,7 @@ def format_prompts(tokenizer: Any, prompts: Sequence[Any], chat_template: str | 
                 continue
             messages = [{"role": "user", "content": p}]
         else:
-            raise ValueError(f"prompt {i}: must be a string or a list of chat messages ({{'role', 'content'}} "
+            raise ValueError(f"{label} {i}: must be a string or a list of chat messages ({{'role', 'content'}} "
                              f"dicts), got {type(p).__name__}")
         out.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
     return out
