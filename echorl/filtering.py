@@ -65,6 +65,10 @@ def check_filter_groups(filter_enable: bool, echo: EchoConfig, host: str = "") -
             "scope=degenerate takes clips from. Fix: echorl.scope=success (the paper's rule, preset=paper: clips "
             "from the mixed groups that survive), echorl.keep_filtered=true where the host supports it, or "
             "algorithm.filter_groups.enable=false.")
+    if echo.keep_filtered and echo.enable and echo.mode != "loss":
+        raise ValueError(
+            f"echorl.keep_filtered=true with echorl.mode={echo.mode!r}: the kept rows carry no RL gradient, so an "
+            "advantage bonus on their clips would train nothing. Fix: echorl.mode=loss or echorl.keep_filtered=false.")
     if echo.keep_filtered and not filter_enable:
         raise ValueError(
             "echorl.keep_filtered=true keeps the groups DAPO dynamic sampling drops, but "

@@ -85,6 +85,8 @@ def test_refused_combinations_say_why():
     check_filter_groups(True, EchoConfig())  # paper scope: allowed
     check_filter_groups(True, EchoConfig(preset="degenerate", enable=False))  # the DAPO baseline
     check_filter_groups(True, EchoConfig(preset="degenerate", keep_filtered=True))  # kept groups give clips
+    with pytest.raises(ValueError, match=r"keep_filtered=true with echorl.mode='advantage'.*train nothing"):
+        check_filter_groups(True, EchoConfig(keep_filtered=True, mode="advantage", adv_coef=0.1))
     with pytest.raises(ValueError, match=r"filter_groups.metric must be one of"):
         FilterConfig.from_node({"enable": True, "metric": "bleu"})
     with pytest.raises(ValueError, match=r"max_num_gen_batches must be an int >= 0"):

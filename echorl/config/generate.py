@@ -116,7 +116,7 @@ AUTO_BOUNDARY = {
 }
 
 VERL_NOTES = {
-    "keep_filtered": (False, "embedded engine only; the verl path refuses true at start-up (docs/verl.md)."),
+    "keep_filtered": (False, "mode=loss, sync trainer, no critic, actor.shuffle=false (echorl/verl/keep_filtered.py)."),
 }
 
 TARGETS: list[Target] = [

@@ -27,6 +27,7 @@ import torch
 from tensordict import TensorDict
 
 from echorl.core.config import EchoConfig
+from echorl.filtering import rl_response_mask
 from echorl.stage import EchoStageOutput, run_echo_stage
 
 READ_FIELDS = ("uid", "responses", "response_mask", "entropy", "rm_scores", "advantages")
@@ -71,6 +72,7 @@ def echo_stage_fields(
     *,
     num_minibatches: int = 1,
     step: int = 0,
+    echo_only: Sequence[bool] | None = None,
 ) -> tuple[TensorDict, EchoStageOutput]:
     """Run the EchoRL stage on a batch in verl's layout.
 
@@ -82,6 +84,8 @@ def echo_stage_fields(
         cfg: the EchoRL options (``boundary`` already resolved).
         num_minibatches: for the fixed normaliser (:func:`num_minibatches`).
         step: training step (seeds ``selector='random_prefix'``).
+        echo_only: ``[B] bool`` rows kept for the EchoRL term only (``echorl.keep_filtered``,
+            :mod:`echorl.verl.keep_filtered`), or None.
 
     Returns:
         ``(fields, out)``: ``fields`` is a ``TensorDict`` of batch size ``B`` to write back:
@@ -89,8 +93,9 @@ def echo_stage_fields(
         ``cfg.adds_loss_term``), ``echo_denom`` (``[B]`` float32, the per-row
         denominators ``D_b`` of :func:`echorl.core.loss.echo_row_denominators`) and, when
         ``cfg.adds_advantage_bonus``, ``advantages`` (nested, with
-        ``adv_coef`` added on clip tokens). ``out`` is the stage output (selection, ``echo/*``
-        metrics).
+        ``adv_coef`` added on clip tokens); with ``echo_only`` rows, ``response_mask`` and
+        ``loss_mask`` (nested, zero on those rows: no RL gradient, not in ``batch_num_tokens``).
+        ``out`` is the stage output (selection, ``echo/*`` metrics).
     """
     missing = [k for k in READ_FIELDS if k != "advantages" and k not in data.keys()]
     if missing:
@@ -113,9 +118,14 @@ def echo_stage_fields(
             raise ValueError(f"is_padding must have {B} entries, got {pad.shape[0]}")
         response_mask = response_mask & ~pad[:, None]  # padding rows: empty mask
     advantages = _padded(data, "advantages").float() if "advantages" in data.keys() else None
+    kept = None
+    if echo_only is not None:
+        kept = torch.as_tensor(list(echo_only), dtype=torch.bool)
+        if kept.shape != (B,):
+            raise ValueError(f"echo_only must have {B} entries, got {kept.shape[0]}")
     out = run_echo_stage(
         responses, response_mask, entropy, scores, uids, cfg,
-        advantages=advantages, num_minibatches=num_minibatches, step=step,
+        advantages=advantages, num_minibatches=num_minibatches, step=step, echo_only=kept,
     )
     fields = {
         ECHO_MASK: _to_nested(out.echo_mask, resp_mask_nested),
@@ -124,4 +134,9 @@ def echo_stage_fields(
     if cfg.adds_advantage_bonus:
         adv_dtype = data["advantages"].dtype
         fields["advantages"] = _to_nested(out.advantages.to(adv_dtype), resp_mask_nested)
+    if kept is not None and bool(kept.any()):
+        stored = _padded(data, "response_mask")  # [B, L] in the stored dtype
+        rl_mask = _to_nested(rl_response_mask(stored, kept), resp_mask_nested)
+        fields["response_mask"] = rl_mask
+        fields["loss_mask"] = rl_mask
     return TensorDict(fields, batch_size=[B]), out

@@ -4,6 +4,7 @@ With ``+echorl_trace.dir=<folder>``, :class:`echorl.verl.trainer.EchoPPOTrainerS
 every actor update, ``<folder>/step_<k>.pt`` (``torch.load``-able, tensors on CPU):
 
 * ``uid``: ``[B]`` group ids; ``is_padding``: ``[B]`` bool (rows verl appended to balance the batch);
+  ``echo_kept``: ``[B]`` bool (rows kept for the EchoRL term only, ``echorl.keep_filtered``, and their padding);
 * ``response_mask``, ``echo_mask`` (bool), ``old_log_probs``: ``[B, L]`` right-padded;
 * ``echo_denom``: ``[B]`` float, the stored normaliser ``D_b``;
 * ``metrics``: the step's ``echo/*`` metrics and ``echo/loss`` (as the workers reported it).
@@ -34,7 +35,8 @@ def trace_dir_of(config: Any) -> Path | None:
     return Path(str(value)) if value else None
 
 
-def write_trace(folder: Path, step: int, data: Any, is_padding: Sequence[bool], metrics: dict) -> Path:
+def write_trace(folder: Path, step: int, data: Any, is_padding: Sequence[bool], metrics: dict,
+                kept: Sequence[bool] | None = None) -> Path:
     """Write ``step_<step>.pt`` from the stored fields ``data`` (a TensorDict with :data:`FIELDS`,
     nested ``[B, j]`` as TransferQueue returns them) and the step's metrics."""
     from echorl.verl.fields import _padded, group_ids
@@ -42,6 +44,7 @@ def write_trace(folder: Path, step: int, data: Any, is_padding: Sequence[bool], 
     record = {
         "uid": group_ids(data["uid"]),
         "is_padding": torch.as_tensor(list(is_padding), dtype=torch.bool),
+        "echo_kept": torch.as_tensor(list(kept) if kept is not None else [False] * len(is_padding), dtype=torch.bool),
         "response_mask": _padded(data, "response_mask") != 0,
         "echo_mask": _padded(data, "echo_mask") != 0,
         "old_log_probs": _padded(data, "old_log_probs").float(),

@@ -13,6 +13,12 @@ log-probs + entropy and the base estimator, before the actor update):
    list the new fields, and the actor workers would not receive them);
 4. it logs ``echo/*`` into verl's metrics dict.
 
+With ``echorl.keep_filtered=true`` (DAPO dynamic sampling), :mod:`echorl.verl.keep_filtered` adds
+three overrides: ``_build_replay_buffer`` (a buffer that holds the dropped all-success groups),
+``_balance_batch`` (DAPO's layout of the RL rows, kept rows dealt over its mini-batches) and
+``_update_actor``'s mini-batch size; the stage zeroes the kept rows' RL masks, and
+``_compute_metrics`` leaves them out of verl's metrics.
+
 ``_update_actor`` moves the loss's ``actor/echo/loss`` (verl prefixes every actor metric) back to
 ``echo/loss``. The trainer mode stays ``sync``: the class is built by EchoRL's task runner
 (:mod:`echorl.main`), not registered under a new mode name, because verl compares
@@ -27,6 +33,8 @@ import warnings
 
 import transfer_queue as tq
 from transfer_queue import KVBatchMeta
+from verl.trainer.ppo.padding_utils import upsample_batch_to_divisible_size
+from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
 from echorl.analysis.dump import DumpConfig
@@ -35,6 +43,7 @@ from echorl.core.steps import EchoBoundaryWarning, check_boundary_ids
 from echorl.stage import num_minibatches
 from echorl.verl.dump import dump_config_of, write_verl_dump
 from echorl.verl.fields import READ_FIELDS, echo_stage_fields
+from echorl.verl.keep_filtered import KEPT_TAG, KeepFilteredReplayBuffer, is_kept, kept_layout, store_kept_tags
 from echorl.verl.loss import EchoLoss
 from echorl.verl.methods import VerlMethod
 from echorl.verl.methods import configure as configure_method
@@ -71,8 +80,54 @@ class EchoPPOTrainerSync(PPOTrainerSync):
         self.echo_cfg: EchoConfig = validate_config(config)  # refuses what EchoRL cannot run with
         self.method = VerlMethod(configure_method(config))  # LUFFY / UFT agent loops (echorl.verl.methods)
         self.echo_dump = dump_config_of(config)  # echorl_dump: periodic echo_clips.json (echorl.verl.dump)
+        self._kept_mini_batch_size: int | None = None  # this step's update mini-batch with kept rows
         super().__init__(config)
         self._echo_boundary_resolved = self.echo_cfg.boundary != "auto"
+
+    @property
+    def keeps_filtered(self) -> bool:
+        """``echorl.keep_filtered`` in effect (EchoRL active; DAPO filtering is checked at start-up)."""
+        return self.echo_cfg.keep_filtered and self.echo_cfg.active
+
+    def _build_replay_buffer(self):
+        """verl's buffer; with ``keep_filtered`` the same buffer as :class:`KeepFilteredReplayBuffer`."""
+        buffer = super()._build_replay_buffer()
+        if not self.keeps_filtered:
+            return buffer
+        if type(buffer) is not ReplayBuffer:
+            raise RuntimeError(f"echorl.keep_filtered=true needs verl's sync ReplayBuffer, got {type(buffer).__name__} "
+                               "(a custom sampler or another trainer mode): set echorl.keep_filtered=false")
+        return KeepFilteredReplayBuffer.from_buffer(buffer, success_threshold=self.echo_cfg.success_threshold,
+                                                   max_kept_groups=int(self.config.data.train_batch_size))
+
+    def _actor_dp_size(self) -> int:
+        wg = self.actor_rollout_wg
+        if "actor" not in wg._dispatch_info:
+            wg._dispatch_info["actor"] = wg._query_dispatch_info("actor")
+        return max(wg._dispatch_info["actor"]) + 1
+
+    def _balance_batch(self, batch: KVBatchMeta, metrics, logging_prefix="global_seqlen", keep_minibatch=False):
+        """verl's balancing; with kept rows, verl's balancing of the RL rows alone (DAPO's layout) and
+        the kept rows, padded to fill every (rank, mini-batch) slot, placed by :func:`kept_layout`."""
+        self._kept_mini_batch_size = None
+        kept = [k for k, tag in zip(batch.keys, batch.tags, strict=True) if is_kept(tag)]
+        if not kept:
+            return super()._balance_batch(batch, metrics, logging_prefix, keep_minibatch)
+        kept_set = set(kept)
+        rl = super()._balance_batch(batch.select_keys([k for k in batch.keys if k not in kept_set]), metrics,
+                                    logging_prefix, keep_minibatch)
+        dp = self._actor_dp_size()
+        mini = int(self.config.actor_rollout_ref.actor.ppo_mini_batch_size) * int(self.config.actor_rollout_ref.rollout.n)
+        slots = (len(rl) // mini) * dp
+        extra = upsample_batch_to_divisible_size(batch.select_keys(kept), slots, self.tokenizer.eos_token_id)
+        extra.tags = [dict(tag, **{KEPT_TAG: True}) for tag in extra.tags]  # its padding rows fill kept slots
+        store_kept_tags(extra, range(len(extra)))
+        longest_first = sorted(range(len(extra)), key=lambda i: -int(extra.tags[i].get("seq_len", 0)))
+        order, self._kept_mini_batch_size = kept_layout(len(rl), [len(rl) + i for i in longest_first], mini, dp)
+        merged = KVBatchMeta.concat([rl, extra])
+        merged.reorder(order)
+        metrics["echo/kept_padding_rows"] = float(len(extra) - len(kept))
+        return merged
 
     def _setup(self):
         """verl's setup (tokenizer, data, workers, rollout servers), then EchoRL's two installs:
@@ -116,12 +171,16 @@ class EchoPPOTrainerSync(PPOTrainerSync):
         self._resolve_echo_boundary()
         data = stage_inputs(verl_io, tq, batch.keys, batch.partition_id, READ_FIELDS)
         is_padding = [bool(tag.get("is_padding", False)) for tag in batch.tags]
+        kept_slots = [is_kept(tag) for tag in batch.tags]  # kept rows and their padding
+        echo_only = [k and not p for k, p in zip(kept_slots, is_padding, strict=True)] if any(kept_slots) else None
         actor = self.config.actor_rollout_ref.actor
-        n_mini = num_minibatches(len(batch), actor.ppo_mini_batch_size, self.config.actor_rollout_ref.rollout.n)
+        n_rl_rows = len(batch) - sum(kept_slots)  # the mini-batch count is the RL rows'
+        n_mini = num_minibatches(n_rl_rows, actor.ppo_mini_batch_size, self.config.actor_rollout_ref.rollout.n)
         method_fields, ignored = self.method.stage(batch.keys, data, is_padding, n_mini)  # LUFFY off-policy rows
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", EchoBoundaryWarning)
-            fields, out = echo_stage_fields(data, ignored, self.echo_cfg, num_minibatches=n_mini, step=self.global_steps)
+            fields, out = echo_stage_fields(data, ignored, self.echo_cfg, num_minibatches=n_mini, step=self.global_steps,
+                                            echo_only=echo_only)
         fields.update(method_fields)
         for w in caught:  # surface the core's warning in the driver log, not only on stderr
             if issubclass(w.category, EchoBoundaryWarning):
@@ -147,12 +206,34 @@ class EchoPPOTrainerSync(PPOTrainerSync):
         return super()._submit_batch_to_rollout(self.method.prepare_prompts(batch, self.global_steps - 1))
 
     def _update_actor(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
-        batch = super()._update_actor(batch, metrics)
+        if self._kept_mini_batch_size is None:
+            batch = super()._update_actor(batch, metrics)
+        else:  # kept rows: each mini-batch is DAPO's RL rows plus its share of kept rows (_balance_batch)
+            wg, mini = self.actor_rollout_wg, self._kept_mini_batch_size
+            update = wg.update_actor
+
+            def update_with_kept_rows(meta):  # global_batch_size (seq-mean denominators) stays the RL rows'
+                meta.extra_info["mini_batch_size"] = mini
+                return update(meta)
+
+            wg.update_actor = update_with_kept_rows
+            try:
+                batch = super()._update_actor(batch, metrics)
+            finally:
+                wg.update_actor = update
         if "actor/echo/loss" in metrics:
             metrics["echo/loss"] = metrics.pop("actor/echo/loss")
         check_echo_loss_reported(metrics, self.echo_cfg, self.global_steps)
         trace_dir = trace_dir_of(self.config)
         if trace_dir is not None:  # echorl_trace.dir: what this update trained on (echorl.verl.trace)
             data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=list(TRACE_FIELDS))
-            write_trace(trace_dir, self.global_steps, data, [bool(t.get("is_padding", False)) for t in batch.tags], metrics)
+            write_trace(trace_dir, self.global_steps, data, [bool(t.get("is_padding", False)) for t in batch.tags], metrics,
+                        kept=[is_kept(t) for t in batch.tags])
         return batch
+
+    def _compute_metrics(self, batch: KVBatchMeta, metrics, timing_raw, global_steps, epoch):
+        """verl's metrics, with kept rows counted as padding (so scores and lengths stay DAPO's)."""
+        if any(is_kept(tag) for tag in batch.tags):
+            batch = KVBatchMeta(partition_id=batch.partition_id, keys=list(batch.keys), extra_info=batch.extra_info,
+                                tags=[dict(t, is_padding=True) if is_kept(t) else t for t in batch.tags])
+        return super()._compute_metrics(batch, metrics, timing_raw, global_steps, epoch)

@@ -38,8 +38,9 @@ def validate_config(config: DictConfig) -> EchoConfig:
     * ``algorithm.rollout_correction.bypass_mode=true``: no old-policy pass, so no token entropy;
     * ``algorithm.filter_groups.enable=true`` with ``echorl.scope=degenerate``: dynamic sampling
       drops every group that scope could take a clip from (``scope=success`` works: clips from
-      the mixed groups that survive); ``echorl.keep_filtered=true``: verl deletes the dropped
-      groups before the old-policy pass (:mod:`echorl.filtering`);
+      the mixed groups that survive) unless ``echorl.keep_filtered=true``; ``keep_filtered``
+      without dynamic sampling, or with what would change DAPO's RL term or hold rows nothing
+      trains on (:func:`check_keep_filtered`, :mod:`echorl.filtering`);
     * ``distillation.enabled=true`` with the EchoRL loss on: :class:`~echorl.verl.loss.EchoLoss`
       wraps ``ppo_loss`` and would replace verl's distillation loss.
     """
@@ -78,12 +79,7 @@ def validate_config(config: DictConfig) -> EchoConfig:
         )
     filter_on = bool(_get(config, "algorithm.filter_groups.enable", False))
     if echo.keep_filtered and echo.enable:
-        raise ValueError(
-            "echorl.keep_filtered=true is not supported on verl: verl 0.9.1's V1 ReplayBuffer deletes the groups "
-            "dynamic sampling drops from TransferQueue (ReplayBuffer._clear_groups) before the old-policy pass, "
-            "so there is nothing left to echo. Fix: echorl.keep_filtered=false (clips come from the mixed groups "
-            "that survive), or the embedded engine (`echorl train`), which supports it."
-        )
+        check_keep_filtered(config)
     check_filter_groups(filter_on, echo)  # scope=degenerate would select nothing under dynamic sampling
     if bool(_get(config, "distillation.enabled", False)) and echo.adds_loss_term:
         raise ValueError(
@@ -92,6 +88,29 @@ def validate_config(config: DictConfig) -> EchoConfig:
             "echorl.mode=advantage (no loss change)."
         )
     return echo
+
+
+def check_keep_filtered(config) -> None:
+    """``echorl.keep_filtered=true`` on verl (:mod:`echorl.verl.keep_filtered`): refuse what would
+    make the RL term differ from DAPO's or hold rows nothing trains on."""
+    custom = _get(config, "trainer.v1.sampler.custom_sampler.path", None)
+    if custom:
+        raise ValueError(
+            f"echorl.keep_filtered=true replaces verl's ReplayBuffer, but trainer.v1.sampler.custom_sampler.path={custom!r} "
+            "sets another one. Fix: drop the custom sampler or set echorl.keep_filtered=false.")
+    if bool(_get(config, "actor_rollout_ref.actor.shuffle", False)):
+        raise ValueError(
+            "echorl.keep_filtered=true places the kept rows inside DAPO's mini-batches, which "
+            "actor_rollout_ref.actor.shuffle=true would reshuffle (changing the RL mini-batches). Fix: "
+            "actor_rollout_ref.actor.shuffle=false (verl's default) or echorl.keep_filtered=false.")
+    if _get(config, "algorithm.adv_estimator", "grpo") == "gae":
+        raise ValueError(
+            "echorl.keep_filtered=true with algorithm.adv_estimator=gae: the critic update would train on the kept "
+            "rows. Fix: a critic-free estimator (grpo, rloo, ...) or echorl.keep_filtered=false.")
+    method = _get(config, "method.name", "grpo")
+    if method != "grpo":
+        raise ValueError(f"echorl.keep_filtered=true is not supported with method.name={method!r} "
+                         "(LUFFY / UFT lay out their own rows). Fix: echorl.keep_filtered=false.")
 
 
 # ---------------------------------------------------------------------------- model context

@@ -59,9 +59,15 @@ REFUSALS = [
     ({"algorithm.filter_groups.enable": True, "echorl.scope": "degenerate"},
      r"algorithm\.filter_groups\.enable=true with echorl\.scope=degenerate would select nothing.*echorl\.scope=success"),
     ({"algorithm.filter_groups.enable": True, "echorl.preset": "degenerate"}, r"echorl\.scope=degenerate would select"),
-    ({"algorithm.filter_groups.enable": True, "echorl.keep_filtered": True},
-     r"echorl\.keep_filtered=true is not supported on verl.*_clear_groups.*keep_filtered=false"),
-    ({"echorl.keep_filtered": True}, r"echorl\.keep_filtered=true is not supported on verl"),
+    ({"echorl.keep_filtered": True}, r"echorl\.keep_filtered=true keeps the groups.*filter_groups\.enable=false"),
+    ({"algorithm.filter_groups.enable": True, "echorl.keep_filtered": True, "actor_rollout_ref.actor.shuffle": True},
+     r"keep_filtered=true places the kept rows.*actor\.shuffle=false"),
+    ({"algorithm.filter_groups.enable": True, "echorl.keep_filtered": True,
+      "trainer.v1.sampler.custom_sampler.path": "my.py"}, r"custom_sampler\.path='my\.py'.*drop the custom sampler"),
+    ({"algorithm.filter_groups.enable": True, "echorl.keep_filtered": True, "algorithm.adv_estimator": "gae"},
+     r"keep_filtered=true with algorithm\.adv_estimator=gae.*critic"),
+    ({"algorithm.filter_groups.enable": True, "echorl.keep_filtered": True, "echorl.mode": "advantage"},
+     r"keep_filtered=true with echorl\.mode='advantage'.*echorl\.mode=loss"),
     ({"echorl.preset": "abstract"}, r"echorl\.preset must be one of \['paper', 'degenerate'\], got 'abstract'"),
     ({"trainer.v1.trainer_mode": "colocate_async"}, r"trainer\.v1\.trainer_mode='colocate_async'.*trainer_mode=sync"),
     ({"trainer.v1.trainer_mode": "separate_async"}, r"trainer_mode='separate_async'"),
@@ -93,6 +99,11 @@ def test_baselines_that_only_conflict_with_echorl_on_are_allowed(echorl_cfg):
                                                 "echorl.scope": "degenerate"})).enable is False
     # DAPO + EchoRL with the paper's scope=success: clips from the mixed groups that survive
     assert validate_config(with_keys(echorl_cfg, **{"algorithm.filter_groups.enable": True})).scope == "success"
+    # ... and with the dropped all-success groups kept for the EchoRL term, any scope
+    for scope in ("success", "degenerate"):
+        kept = with_keys(echorl_cfg, **{"algorithm.filter_groups.enable": True, "echorl.keep_filtered": True,
+                                        "echorl.scope": scope})
+        assert validate_config(kept).keep_filtered is True
     assert validate_config(with_keys(echorl_cfg, **{"distillation.enabled": True, "echorl.mode": "advantage"})).mode == "advantage"
 
 

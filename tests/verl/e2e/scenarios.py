@@ -78,4 +78,7 @@ def spec(out: Path, data: dict) -> dict:
     for m in recipe_names():  # only model, data and CPU overrides changed
         steps, extra = RECIPE_RUNS.get(m, (1, []))
         runs.append(_run(f"recipe_{m}", out, data, steps, extra, pre=[searchpath, f"+{m}={m}"]))
+    # DAPO + EchoRL with the all-success groups dynamic sampling drops kept for the EchoRL term
+    runs.append(_run("dapo_keep", out, data, 2, [*RECIPE_RUNS["dapo"][1], "echorl.keep_filtered=true"],
+                     pre=[searchpath, "+dapo=dapo"]))
     return {"out": str(out), "num_gpus": 2, "runs": runs}

@@ -32,7 +32,8 @@ def check_loss_step(trace: dict, logged: dict, loss_agg: str) -> None:
     one epoch: the update's forward runs at the old weights)."""
     assert logged["echo/clips"] > 0 and trace["metrics"]["echo/clips"] == logged["echo/clips"]
     assert "echo/loss" in logged, sorted(logged)
-    assert (trace["echo_mask"] & ~trace["response_mask"]).sum() == 0  # clips lie on response tokens
+    # clips lie on response tokens (kept rows, echorl.keep_filtered, have their RL mask zeroed)
+    assert (trace["echo_mask"] & ~(trace["response_mask"] | trace["echo_kept"][:, None])).sum() == 0
     assert trace["echo_mask"][trace["is_padding"]].sum() == 0  # never on verl's padding rows
     keep = ~trace["is_padding"]
     mask = trace["echo_mask"][keep]  # [B, L]
@@ -211,3 +212,28 @@ def test_dapo_dynamic_sampling_with_echorl_trains_on_mixed_groups_only(e2e):
         assert int(trace["echo_mask"][keep].any(dim=1).sum()) <= len(set(trace["uid"]))  # one clip per group at most
         if m["echo/clips"]:
             check_loss_step(trace, m, "clip_mean")
+
+
+def test_dapo_keep_filtered_trains_dropped_all_success_groups_on_the_echorl_term_only(e2e):
+    """recipes/dapo + echorl.keep_filtered=true: the all-success groups verl's replay buffer drops are
+    held for the EchoRL term (counted once as evictions), their rows reach the update with a zero
+    RL mask and give one clip per group; the mini-batch count and verl's score metrics are the RL
+    rows' (DAPO's); the workers' echo/loss is the clip NLL over RL and kept rows."""
+    e2e.ok("dapo_keep")
+    logged = e2e.metrics("dapo_keep")
+    assert sorted(logged) == [1, 2]
+    n = 4  # rollouts per prompt in the CPU runs
+    for step in (1, 2):
+        m, trace = logged[step], e2e.trace("dapo_keep", step)
+        kept = trace["echo_kept"] & ~trace["is_padding"]
+        groups = m["training/filter_groups/kept_groups"]
+        assert groups > 0 and m["echo/kept_rows"] == float(kept.sum()) == n * groups
+        assert m["training/filter_groups/evicted_samples"] >= groups
+        assert trace["response_mask"][kept].sum() == 0  # no RL gradient, not in batch_num_tokens
+        rl = ~trace["echo_kept"] & ~trace["is_padding"]
+        assert int(rl.sum()) == 16 and bool(trace["response_mask"][rl].any(dim=1).all())  # DAPO's 4 groups
+        assert m["echo/num_minibatches"] == 1.0  # the RL rows' count, as without kept rows
+        kept_clips = int(trace["echo_mask"][kept].any(dim=1).sum())
+        assert kept_clips == m["echo/clips_from_kept"] == groups  # one clip per all-success group
+        assert m["echo/kept_clip_tokens"] == float(trace["echo_mask"][kept].sum())
+        check_loss_step(trace, m, "clip_mean")
