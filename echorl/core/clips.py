@@ -162,9 +162,15 @@ def default_generator(responses: torch.Tensor, seed: int) -> torch.Generator:
     (padding included), so two steps' batches draw different uniforms while the same batch and seed
     always draw the same. The hosts pass their own generator seeded with ``(cfg.seed, step)``."""
     B, L = responses.shape
-    col = torch.arange(1, L + 1, device=responses.device, dtype=torch.long)
-    row = torch.arange(1, B + 1, device=responses.device, dtype=torch.long)
-    fp = int((((responses.long() % 1_000_003) * col).sum(dim=1) * row).sum())
+    col = torch.arange(1, L + 1, device=responses.device, dtype=torch.long)  # [L]
+    fp = torch.zeros((), dtype=torch.long, device=responses.device)
+    chunk = max(1, (1 << 19) // max(L, 1))  # rows per pass: int64 temporaries of at most 4 MiB
+    for start in range(0, B, chunk):  # int64 sums wrap mod 2**64 alike in any order: same value as one pass
+        part = responses[start:start + chunk].long() % 1_000_003  # [c, L]
+        part.mul_(col)
+        row = torch.arange(start + 1, start + part.shape[0] + 1, device=responses.device, dtype=torch.long)
+        fp += (part.sum(dim=1) * row).sum()
+    fp = int(fp)
     return torch.Generator().manual_seed((int(seed) * 1_000_003 + fp) % (2**63 - 1))
 
 

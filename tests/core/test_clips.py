@@ -541,3 +541,18 @@ def test_non_finite_entropy_at_a_valid_position_is_refused(agg, bad, all_eligibl
     ent[2, 2] = bad  # valid position of row 2
     with pytest.raises(ValueError, match=r"entropy has NaN or inf at 1 valid response positions \(rows \[2\]"):
         select_echo_clips(resp, mask, ent, scores, [0, 0, 1], EchoConfig(step_agg=agg))
+
+
+def test_default_generator_fingerprint_over_several_row_chunks_is_the_literal_one():
+    """The fingerprint is summed over row chunks (bounded temporaries); at L=8192 a chunk is 64 rows,
+    so 130 rows take three passes: the seed must equal the literal one-pass sum of the docstring."""
+    from echorl.core.clips import default_generator
+
+    g = torch.Generator().manual_seed(5)
+    for B, L in ((130, 8192), (3, 7)):
+        toks = torch.randint(0, 160_000, (B, L), generator=g)
+        col = torch.arange(1, L + 1, dtype=torch.long)
+        row = torch.arange(1, B + 1, dtype=torch.long)
+        fp = int((((toks % 1_000_003) * col).sum(dim=1) * row).sum())
+        want = torch.rand(8, generator=torch.Generator().manual_seed((11 * 1_000_003 + fp) % (2**63 - 1)))
+        assert torch.equal(torch.rand(8, generator=default_generator(toks, 11)), want)
