@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,24 @@ def load_results(folder: str | os.PathLike) -> dict[str, dict[int, dict[str, Any
     return out
 
 
+# Per-run value taken as the median of the run's measurements instead of the run's mean: a
+# micro-batch whose groups all have zero variance has no RL gradient, and its share of 1.0 would
+# dominate a mean of ~0.1-1% values.
+MEDIAN_OVER_RUN = ("grad_echo_share",)
+
+
+def _run_value(r: dict[str, Any], key: str) -> float | None:
+    if key in MEDIAN_OVER_RUN:
+        points = [float(v) for v in r.get("curves", {}).get(key, []) if v is not None and not math.isnan(float(v))]
+        if points:
+            return float(statistics.median(points))
+    value = r["final"].get(key)
+    return None if value is None else float(value)
+
+
 def _vals(runs: dict[int, dict[str, Any]], key: str) -> dict[int, float]:
-    return {s: float(r["final"][key]) for s, r in runs.items() if r["final"].get(key) is not None}
+    vals = {s: _run_value(r, key) for s, r in runs.items()}
+    return {s: v for s, v in vals.items() if v is not None}
 
 
 def verdict(d: dict[str, Any]) -> str:
@@ -252,7 +269,8 @@ def write_report(folder: str | os.PathLike, s: Settings, out_md: str | os.PathLi
           "support\"); for the EchoRL ablations on GRPO also Δ to the `echorl` arm. Entropy: mean token entropy of the "
           "training rollouts (nats), all-success: share of groups, both over the last 20 steps. Clips/step for arms "
           "with EchoRL off is what the selection would have picked (logged, not trained). Echo grad share: "
-          "||g_echo|| / (||g_rl|| + ||g_echo||) on one micro-batch, mean over the run's measurements.", "",
+          "||g_echo|| / (||g_rl|| + ||g_echo||) on one micro-batch, median over the run's measurements (a micro-batch "
+          "without RL gradient gives 1.0, which would dominate a mean).", "",
           f"| arm | seeds | test | ood | pass@1 | pass@{s.passk_n} | Δ test vs base | Δ ood vs base | Δ test vs echorl | "
           "entropy | all-success | clips/step | echo grad share (%) | s/step |",
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -277,7 +295,7 @@ def write_report(folder: str | os.PathLike, s: Settings, out_md: str | os.PathLi
         if share[2] and share[0] > 0:
             L.append(f"- `{r['arm']}`: the EchoRL term is {100 * share[0]:.2f}% of the gradient norm "
                      f"(||g_echo|| / (||g_rl|| + ||g_echo||), first micro-batch every {s.grad_share_every} steps, "
-                     f"mean over {share[2]} run(s)); cosine with the RL gradient {cos[0]:.2f}.")
+                     f"median per run, mean over {share[2]} run(s)); cosine with the RL gradient {cos[0]:.2f}.")
     L.append("")
     if (folder / "notes.md").exists():
         L += [(folder / "notes.md").read_text().strip(), ""]

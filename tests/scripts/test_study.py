@@ -189,6 +189,18 @@ def test_report_from_fake_results(tmp_path):
     assert (tmp_path / "img" / "results_main.png").stat().st_size > 1000
 
 
+def test_echo_grad_share_per_run_is_the_median_of_its_measurements():
+    """One micro-batch without RL gradient gives share 1.0; the per-run value is the median of the
+    measured points (None: a step without a measurement), not the mean the run file stores."""
+    from echorl.study.report import _vals
+
+    runs = {1: {"final": {"grad_echo_share": 0.2525, "test_avg": 0.5},
+                "curves": {"grad_echo_share": [0.002, None, 0.004, 1.0, 0.003]}},
+            2: {"final": {"grad_echo_share": 0.01}, "curves": {}}}  # no curve: the stored value
+    assert _vals(runs, "grad_echo_share") == {1: pytest.approx(0.0035), 2: 0.01}
+    assert _vals(runs, "test_avg") == {1: 0.5}
+
+
 # ---------------------------------------------------------------- measurements
 def test_grad_share_by_hand():
     w = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
