@@ -31,3 +31,20 @@ def actor_config(echorl_cfg):
     from verl.utils.config import omega_conf_to_dataclass
 
     return omega_conf_to_dataclass(echorl_cfg.actor_rollout_ref.actor)
+
+
+@pytest.fixture(scope="session")
+def transfer_queue(ray_session, echorl_cfg):
+    """A real TransferQueue (controller + one storage unit on the shared Ray session), started once
+    per test session (its Ray actors take seconds to start); tests clear the keys they put."""
+    import copy
+
+    import transfer_queue as tq
+    from omegaconf import open_dict
+
+    cfg = copy.deepcopy(echorl_cfg)
+    with open_dict(cfg):
+        cfg.transfer_queue.backend.SimpleStorage.num_data_storage_units = 1
+    tq.init(cfg.transfer_queue)
+    yield tq
+    tq.close()

@@ -16,7 +16,6 @@ import copy
 import pytest
 import torch
 import transfer_queue as tq
-from omegaconf import open_dict
 from tensordict import TensorDict
 from verl.utils import tensordict_utils as tu
 from verl.workers.utils.losses import ppo_loss
@@ -53,18 +52,20 @@ def _buffer(cls, refill, **extra):
                train_batch_size=2, gen_batch_size=1, max_inflight_gen_batches=1, **extra)
 
 
+def _clear_train() -> None:
+    keys = list((tq.kv_list() or {}).get("train", {}))
+    if keys:
+        tq.kv_clear(keys=keys, partition_id="train")
+
+
 def _stored_uids() -> set[str]:
     listing = tq.kv_list() or {}
     return {k.split("_")[0] for k in listing.get("train", {})}
 
 
-def test_buffer_holds_dropped_all_success_groups_counts_them_once_and_caps_them(ray_session, echorl_cfg):
+def test_buffer_holds_dropped_all_success_groups_counts_them_once_and_caps_them(transfer_queue):
     from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
 
-    cfg = copy.deepcopy(echorl_cfg)
-    with open_dict(cfg):
-        cfg.transfer_queue.backend.SimpleStorage.num_data_storage_units = 1
-    tq.init(cfg.transfer_queue)
     try:
         for cls, extra in ((ReplayBuffer, {}), (KeepFilteredReplayBuffer, {"success_threshold": 1.0,
                                                                              "max_kept_groups": 2})):
@@ -107,9 +108,9 @@ def test_buffer_holds_dropped_all_success_groups_counts_them_once_and_caps_them(
                 listing = tq.kv_list()["train"]
                 for key, tag in zip(batch.keys, batch.tags):
                     assert bool(listing[key].get(KEPT_TAG)) == is_kept(tag) and listing[key]["seq_len"] == 5
-            tq.kv_clear(keys=list(tq.kv_list().get("train", {})), partition_id="train")
+            _clear_train()
     finally:
-        tq.close()
+        _clear_train()
 
 
 def test_from_buffer_keeps_verls_arguments():

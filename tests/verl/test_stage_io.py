@@ -3,11 +3,8 @@ advantage stage read and wrote for the same keys, and fetches only the rest."""
 
 from __future__ import annotations
 
-import copy
-
 import torch
 import transfer_queue as tq
-from omegaconf import open_dict
 from tensordict import TensorDict
 from verl.utils import tensordict_utils as tu
 
@@ -43,10 +40,7 @@ def _padded(x):
     return torch.nested.to_padded_tensor(x, 0) if x.is_nested else x
 
 
-def test_stage_inputs_reuse_what_verl_read_and_wrote(ray_session, echorl_cfg):
-    cfg = copy.deepcopy(echorl_cfg)
-    with open_dict(cfg):
-        cfg.transfer_queue.backend.SimpleStorage.num_data_storage_units = 1
+def test_stage_inputs_reuse_what_verl_read_and_wrote(transfer_queue):
     g = torch.Generator().manual_seed(0)
     lens = [3, 5, 2, 4]
     B = len(lens)
@@ -58,7 +52,6 @@ def test_stage_inputs_reuse_what_verl_read_and_wrote(ray_session, echorl_cfg):
         "rm_scores": _nested([torch.rand(n, generator=g) for n in lens]),
         "uid": [k.split("_")[0] for k in keys],
     })
-    tq.init(cfg.transfer_queue)
     try:
         tq.kv_batch_put(keys=keys, partition_id="train", fields=stored)
         with recording(verl_like_advantage_stage) as rec:
@@ -85,7 +78,7 @@ def test_stage_inputs_reuse_what_verl_read_and_wrote(ray_session, echorl_cfg):
         stage_inputs(None, spy, keys, "train", FIELDS)
         assert spy.fetched == [sorted(FIELDS)]
     finally:
-        tq.close()
+        tq.kv_clear(keys=keys, partition_id="train")
 
 
 def test_a_function_without_a_tq_global_is_left_alone():
