@@ -28,28 +28,40 @@ fi
 
 # Runtime env of the job: the uploaded repository and the environment its driver sees (the
 # launcher's variables are forwarded when set), encoded by Python's json module so that values
-# with quotes, spaces or backslashes arrive intact.
+# with quotes, spaces or backslashes arrive intact. It goes to `ray job submit` as a file readable
+# only by this user (removed afterwards), not on the command line, where `ps` would show secrets
+# such as WANDB_API_KEY to every user of the machine.
 forward=(DATA_DIR TRAIN_FILES VAL_FILES MODEL_PATH NNODES N_GPUS_PER_NODE PROJECT EXPERIMENT CKPT_DIR CKPT_KEEP
          WANDB_API_KEY WANDB_MODE WANDB_BASE_URL HF_HOME HF_HUB_OFFLINE ECHORL_VERIFY_TIMEOUT_S ECHORL_VERIFY_WORKERS)
+SECRETS="WANDB_API_KEY"
 py="$(command -v python3 || command -v python)"
-runtime_env="$(SUBMIT_ECHO="$ECHO" SUBMIT_ROOT="$ROOT" "$py" - "${forward[@]}" <<'PY'
+env_file="$(mktemp "${TMPDIR:-/tmp}/echorl-runtime-env.XXXXXX")"
+chmod 600 "$env_file"
+trap 'rm -f "$env_file"' EXIT
+redacted="$(SUBMIT_ECHO="$ECHO" SUBMIT_ROOT="$ROOT" SUBMIT_FILE="$env_file" SUBMIT_SECRETS="$SECRETS" "$py" - "${forward[@]}" <<'PY'
 import json, os, sys
 
 env_vars = {"ECHO": os.environ["SUBMIT_ECHO"], "HYDRA_FULL_ERROR": "1", "TOKENIZERS_PARALLELISM": "false"}
 env_vars.update({name: os.environ[name] for name in sys.argv[1:] if os.environ.get(name)})
-print(json.dumps({"working_dir": os.environ["SUBMIT_ROOT"],
-                  "excludes": [".git", ".venv", "outputs", "*.parquet", "*.safetensors"],
-                  "env_vars": env_vars}))
+runtime_env = {"working_dir": os.environ["SUBMIT_ROOT"],
+               "excludes": [".git", ".venv", "outputs", "*.parquet", "*.safetensors"], "env_vars": env_vars}
+with open(os.environ["SUBMIT_FILE"], "w") as fh:  # JSON is YAML: `ray job submit --runtime-env FILE`
+    json.dump(runtime_env, fh)
+secrets = os.environ["SUBMIT_SECRETS"].split()
+shown = {k: ("<redacted>" if k in secrets else v) for k, v in env_vars.items()}
+print(json.dumps({**runtime_env, "env_vars": shown}))
 PY
 )"
 
-cmd=(ray job submit --address "$RAY_ADDRESS" --runtime-env-json "$runtime_env")
+cmd=(ray job submit --address "$RAY_ADDRESS" --runtime-env "$env_file")
 if [[ -n "${SUBMIT_ID:-}" ]]; then cmd+=(--submission-id "$SUBMIT_ID"); fi
 if [[ "${NO_WAIT:-0}" == 1 ]]; then cmd+=(--no-wait); fi
 cmd+=(-- bash "recipes/$RECIPE/run.sh" "$@")
 
 if [[ "${DRY_RUN:-0}" == 1 ]]; then
   printf '%s\n' "${cmd[@]}"
+  echo "# runtime env (secrets redacted):"
+  echo "$redacted"
   exit 0
 fi
-exec "${cmd[@]}"
+"${cmd[@]}"

@@ -82,11 +82,39 @@ def test_ray_submit_runtime_env_is_json_encoded():
     r = run(ROOT / "scripts" / "ray_submit.sh", {"RECIPE": "cispo", **tricky}, "trainer.total_epochs=1")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    runtime_env = json.loads(lines[lines.index("--runtime-env-json") + 1])
+    runtime_env = json.loads(lines[lines.index("# runtime env (secrets redacted):") + 1])
     assert runtime_env["working_dir"] == str(ROOT)
     assert runtime_env["env_vars"] == {"ECHO": "on", "HYDRA_FULL_ERROR": "1", "TOKENIZERS_PARALLELISM": "false",
                                        **tricky}
-    assert lines[lines.index("--") + 1:] == ["bash", "recipes/cispo/run.sh", "trainer.total_epochs=1"]
+    command = lines[:lines.index("# runtime env (secrets redacted):")]
+    assert command[command.index("--") + 1:] == ["bash", "recipes/cispo/run.sh", "trainer.total_epochs=1"]
+
+
+def test_ray_submit_keeps_secrets_off_the_command_line():
+    """WANDB_API_KEY reaches the job through a runtime-env file only this user can read (removed
+    after the submit), never through the ray command's arguments."""
+    r = run(ROOT / "scripts" / "ray_submit.sh", {"WANDB_API_KEY": "s3cret-key", "MODEL_PATH": "/m"})
+    assert r.returncode == 0, r.stderr
+    assert "s3cret-key" not in r.stdout and "s3cret-key" not in r.stderr
+    lines = r.stdout.splitlines()
+    env_file = Path(lines[lines.index("--runtime-env") + 1])
+    assert "--runtime-env-json" not in lines and not env_file.exists()  # removed on exit
+    shown = json.loads(lines[lines.index("# runtime env (secrets redacted):") + 1])
+    assert shown["env_vars"]["WANDB_API_KEY"] == "<redacted>" and shown["env_vars"]["MODEL_PATH"] == "/m"
+
+
+def test_ray_submit_hands_ray_the_secret_in_a_private_file(tmp_path):
+    """A stand-in `ray` on PATH reports what it got: the key is in the file (mode 600), not in argv."""
+    fake = tmp_path / "ray"
+    fake.write_text('#!/usr/bin/env bash\nwhile [[ $# -gt 0 ]]; do\n  if [[ $1 == --runtime-env ]]; then\n'
+                    '    stat -c %a "$2"; cat "$2"; echo; fi\n  echo "ARG $1"; shift\ndone\n')
+    fake.chmod(0o755)
+    r = run(ROOT / "scripts" / "ray_submit.sh", {"DRY_RUN": "0", "WANDB_API_KEY": "s3cret-key"}, path_prefix=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    at = lines.index("600")  # the file's mode, then its content
+    assert json.loads(lines[at + 1])["env_vars"]["WANDB_API_KEY"] == "s3cret-key"
+    assert not any("s3cret-key" in line for line in lines if line.startswith("ARG "))
 
 
 def test_ray_submit_refuses_a_relative_checkpoint_folder():

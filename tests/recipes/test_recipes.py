@@ -256,10 +256,11 @@ def test_ray_submit_dry_run():
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[:5] == ["ray", "job", "submit", "--address", "http://h:8265"]
-    runtime_env = json.loads(lines[lines.index("--runtime-env-json") + 1])
+    runtime_env = json.loads(lines[lines.index("# runtime env (secrets redacted):") + 1])
     assert runtime_env["working_dir"] == str(ROOT)
     assert runtime_env["env_vars"]["ECHO"] == "off" and runtime_env["env_vars"]["MODEL_PATH"] == "/m"
-    assert "--no-wait" in lines
-    assert lines[lines.index("--") + 1:] == ["bash", "recipes/rloo/run.sh", "trainer.total_epochs=2"]
+    command = lines[:lines.index("# runtime env (secrets redacted):")]
+    assert "--no-wait" in command and "--runtime-env" in command
+    assert command[command.index("--") + 1:] == ["bash", "recipes/rloo/run.sh", "trainer.total_epochs=2"]
     r = _dry_run(script, {"RECIPE": "ppo"})
     assert r.returncode == 2 and "unknown recipe 'ppo'" in r.stderr
