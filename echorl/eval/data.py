@@ -142,15 +142,6 @@ def load_rows(spec: BenchmarkSpec) -> list[dict[str, Any]]:
     return out
 
 
-def _prompt_text(tokenizer: Any, prompt: Any, chat_template: str | bool, where: str) -> str:
-    from echorl.local.rollout import format_prompts
-
-    try:
-        return format_prompts(tokenizer, [prompt], chat_template, label=where)[0]
-    except ValueError as e:
-        raise ValueError(str(e).replace(f"{where} 0: ", f"{where}: ", 1)) from None
-
-
 def prompt_ids(tokenizer: Any, rows: Sequence[dict[str, Any]], chat_template: str | bool = "auto",
                max_prompt_length: int | None = None, where: str = "benchmark") -> list[list[int]]:
     """Token ids of each row's prompt (chat template as in the engine; chat messages are rendered
@@ -159,9 +150,9 @@ def prompt_ids(tokenizer: Any, rows: Sequence[dict[str, Any]], chat_template: st
     Raises:
         ValueError: a prompt is empty or longer than ``max_prompt_length`` (names the row).
     """
-    from echorl.local.rollout import encode_prompts
+    from echorl.local.rollout import encode_prompts, format_prompts
 
-    texts = [_prompt_text(tokenizer, r["prompt"], chat_template, f"{where}: row {i}") for i, r in enumerate(rows)]
+    texts = format_prompts(tokenizer, [r["prompt"] for r in rows], chat_template, label=f"{where}: row")
     ids = encode_prompts(tokenizer, texts)
     for i, x in enumerate(ids):
         if not x:
