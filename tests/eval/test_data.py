@@ -66,3 +66,6 @@ def test_prompts_strings_and_chat_messages():
     assert tok.decode(raw) == "Compute 1+1."
     with pytest.raises(ValueError, match="row 0 prompt has .* tokens, more than the limit 5"):
         prompt_ids(tok, [{"prompt": "Compute 1+1."}], max_prompt_length=5)
+    system_only = [{"role": "system", "content": "be brief"}]
+    with pytest.raises(ValueError, match=r"^aime: row 1: the chat prompt has no user message"):
+        prompt_ids(tok, [{"prompt": "Compute 1+1."}, {"prompt": system_only}], where="aime")
