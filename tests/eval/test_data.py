@@ -68,4 +68,4 @@ def test_prompts_strings_and_chat_messages():
         prompt_ids(tok, [{"prompt": "Compute 1+1."}], max_prompt_length=5)
     system_only = [{"role": "system", "content": "be brief"}]
     with pytest.raises(ValueError, match=r"^aime: row 1: the chat prompt has no user message"):
-        prompt_ids(tok, [{"prompt": "Compute 1+1."}, {"prompt": system_only}], where="aime")
+        prompt_ids(tok, [{"prompt": "Compute 1+1."}, {"prompt": system_only}], chat_template="false", where="aime")
