@@ -33,10 +33,11 @@ def actor_config(echorl_cfg):
     return omega_conf_to_dataclass(echorl_cfg.actor_rollout_ref.actor)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def transfer_queue(ray_session, echorl_cfg):
-    """A real TransferQueue (controller + one storage unit on the shared Ray session), started once
-    per test session (its Ray actors take seconds to start); tests clear the keys they put."""
+    """A real TransferQueue (controller + one storage unit on the shared Ray session) for one test
+    module; tests clear the keys they put. Closed after the module: its actors hold CPUs of the
+    shared 2-CPU Ray session that later tests' tasks need (a session-wide one starved them)."""
     import copy
 
     import transfer_queue as tq
