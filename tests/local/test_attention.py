@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from conftest import make_model
+from engine_support import make_model
 
 from echorl.local.attention import GQA_SDPA, gqa_attention
 from echorl.local.policy import old_policy_pass, policy_logprobs

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from conftest import base_overrides, make_model
+from engine_support import base_overrides, make_model
 
 from echorl.core.clips import EchoBoundaryWarning
 from echorl.core.config import EchoConfig

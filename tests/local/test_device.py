@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from conftest import base_overrides, make_model
+from engine_support import base_overrides, make_model
 
 from echorl.local import load_config
 from echorl.local.policy import old_policy_pass

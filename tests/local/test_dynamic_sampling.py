@@ -8,7 +8,7 @@ import functools
 
 import pytest
 import torch
-from conftest import base_overrides, make_model
+from engine_support import base_overrides, make_model
 
 from echorl import EchoConfig
 from echorl.filtering import FilterConfig, rl_response_mask

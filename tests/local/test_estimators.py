@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import base_overrides, make_model
+from engine_support import base_overrides, make_model
 from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY
 
 from echorl.estimators import engine_refusal, is_group_relative

@@ -5,7 +5,7 @@ math-verify reward (``reward.score_fn=echorl.rewards.math:compute_score``)."""
 from __future__ import annotations
 
 import pytest
-from conftest import base_overrides, make_model
+from engine_support import base_overrides, make_model
 
 from echorl.data.prepare import convert_rows, write_parquet
 from echorl.local import load_config

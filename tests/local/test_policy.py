@@ -7,7 +7,7 @@ import functools
 import numpy as np
 import pytest
 import torch
-from conftest import base_overrides, make_model
+from engine_support import base_overrides, make_model
 
 from echorl.local.policy import old_policy_pass, pack_for_verl, policy_logprobs, position_ids_from_mask
 from echorl.local.rollout import generate_rollouts, response_mask_from_eos

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_model
+from engine_support import make_model
 
 from echorl.local.rollout import compact_decode_supported, generate_rollouts
 

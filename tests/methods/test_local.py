@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import base_overrides, make_model
+from methods_support import base_overrides, make_model
 
 from echorl.local.config import load_config
 from echorl.local.trainer import LocalTrainer

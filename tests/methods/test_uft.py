@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import micro_batch
+from methods_support import micro_batch
 
 from echorl.core.clips import select_echo_clips
 from echorl.core.config import EchoConfig
