@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM := false
 # OpenMP threads that spin-wait were measured 10-25x slower on a busy 2-core box (docs/log.md).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install demo lint test bench clean verl-smoke
+.PHONY: install browser demo lint test bench clean verl-smoke
 
 install: $(STAMP)
 
@@ -35,7 +35,11 @@ verl-smoke: install
 lint: install
 	$(VENV)/bin/ruff check .
 
-test: lint
+# Debian's chromium for the headless-browser test of the EchoClip page (no-op when present).
+browser:
+	bash scripts/install_chromium.sh
+
+test: lint browser
 	$(PY) -m pytest -q tests
 
 bench: install

@@ -192,7 +192,8 @@ def _chromium() -> str:
         if path:
             return path
     pytest.fail("Chromium is not installed; the EchoClip page is checked in a headless browser. Install it with "
-                "`apt-get update && apt-get install -y chromium` (.ci/run does this before `make test`).")
+                "`apt-get update && apt-get install -y chromium` (`make test` does this through "
+                "scripts/install_chromium.sh when it runs as root or with sudo).")
 
 
 def _render_in_chromium(html_path, tmp_path, width: int) -> list[dict]:
