@@ -80,8 +80,6 @@ def plot_metrics(jsonl_path: str | os.PathLike, out_png: str | os.PathLike, titl
     say "no data".
     """
     plt = pyplot()
-    if not Path(jsonl_path).exists():  # read_metrics gives [] for a missing file; a figure needs a log
-        raise FileNotFoundError(f"metrics log not found: {jsonl_path}")
     rows = read_metrics(jsonl_path)
     fig, axes = plt.subplots(2, 2, figsize=(11, 7), dpi=100)
     for ax, (ptitle, ylabel, keys) in zip(axes.flat, PANELS):

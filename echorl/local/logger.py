@@ -41,7 +41,7 @@ class RunLogger:
         self.dir = Path(output_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "metrics.jsonl"
-        kept = [m for m in read_metrics(self.path) if m.get("step", 0) <= start_step]
+        kept = [m for m in read_metrics(self.path, missing_ok=True) if m.get("step", 0) <= start_step]
         with open(self.path, "w") as fh:
             fh.writelines(json.dumps(m) + "\n" for m in kept)
         self._fh = open(self.path, "a")
