@@ -119,11 +119,26 @@ def _score_fn(base: str):
     return _rg().get_score_answer_fn(base)
 
 
+def _entry(raw: Any, base: str) -> dict[str, Any]:
+    """The row's reasoning-gym entry from ``extra_info["rg_entry"]`` (a JSON object string or a mapping)."""
+    try:
+        entry = json.loads(raw) if isinstance(raw, str) else dict(raw)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"rg/{base}: extra_info.rg_entry is not a JSON object ({e}); regenerate the data "
+                         "with echorl.tasks.reasoning_gym.generate, or drop rg_entry to score by the answer alone") from e
+    if not isinstance(entry, dict) or "answer" not in entry:
+        raise ValueError(f"rg/{base}: extra_info.rg_entry has no 'answer' field; regenerate the data with "
+                         "echorl.tasks.reasoning_gym.generate, or drop rg_entry to score by the answer alone")
+    return entry
+
+
 def score(name: str, solution_str: Any, answer: Any, extra_info: Any = None) -> float:
-    """reasoning-gym's own ``score_answer`` on the extracted answer, in ``[0, 1]``; never raises.
+    """reasoning-gym's own ``score_answer`` on the extracted answer, in ``[0, 1]``.
 
     ``extra_info["rg_entry"]`` (the row's JSON entry) gives the scorer its metadata; without it
-    the entry is ``{"answer": answer, "metadata": {}}`` (enough for unique-answer tasks).
+    the entry is ``{"answer": answer, "metadata": {}}`` (enough for unique-answer tasks). A malformed
+    ``rg_entry`` is a data error and raises ``ValueError`` (the verifier pool counts it under
+    ``crashes``); a scorer that fails on the model's answer scores it 0.0, as a wrong answer.
     """
     base = _check(name)
     got = extract_answer(solution_str)
@@ -131,10 +146,7 @@ def score(name: str, solution_str: Any, answer: Any, extra_info: Any = None) -> 
         return 0.0
     entry: dict[str, Any] = {"answer": str(answer), "metadata": {}}
     if isinstance(extra_info, dict) and extra_info.get("rg_entry"):
-        try:
-            entry = json.loads(extra_info["rg_entry"]) if isinstance(extra_info["rg_entry"], str) else dict(extra_info["rg_entry"])
-        except (TypeError, ValueError):
-            pass
+        entry = _entry(extra_info["rg_entry"], base)
     try:
         s = float(_score_fn(base)(got, entry))
     except Exception:  # a scorer crash on garbage must not stop training

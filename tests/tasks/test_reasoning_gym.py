@@ -53,3 +53,13 @@ def test_extract_answer_fallbacks():
     assert extract_answer("blah <answer> 7 </answer>") == "7"
     assert extract_answer("x\n 8 \n") == "8"
     assert extract_answer("   ") is None
+
+
+def test_malformed_entry_is_an_error_naming_the_fix():
+    from echorl.tasks.reasoning_gym import score
+
+    base = sorted(ADAPTERS)[0]
+    with pytest.raises(ValueError, match="rg_entry is not a JSON object.*regenerate"):
+        score(base, "Answer: 1", "1", {"rg_entry": "{not json"})
+    with pytest.raises(ValueError, match="rg_entry has no 'answer' field"):
+        score(base, "Answer: 1", "1", {"rg_entry": '{"metadata": {}}'})
