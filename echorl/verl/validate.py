@@ -168,15 +168,22 @@ def _rope_theta(hf: dict) -> float | None:
     return None
 
 
-def _as_dict(value: Any) -> dict:
+def _as_dict(value: Any, key: str) -> dict:
+    """An override node as a dict: absent -> ``{}``; JSON text (vLLM's ``--hf-overrides`` and
+    SGLang's ``json_model_override_args`` take it) is parsed; anything else is a ``ValueError`` naming ``key``."""
+    if value is None:
+        return {}
     if isinstance(value, DictConfig):
-        return OmegaConf.to_container(value, resolve=True)
-    if isinstance(value, str):  # vLLM's --hf-overrides and SGLang's json_model_override_args take JSON text
+        value = OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, str):
         try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            return {}
-    return value if isinstance(value, dict) else {}
+            value = json.loads(value) if value.strip() else {}
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{key}={value!r} is not valid JSON ({e.msg}); give a mapping, e.g. "
+                             f"'+{key}={{max_position_embeddings: 9216}}' or a JSON object string") from e
+    if not isinstance(value, dict):
+        raise ValueError(f"{key} must be a mapping of model config fields, got {type(value).__name__} {value!r}")
+    return value
 
 
 def _rollout_override_key(rollout_name: str) -> str | None:
@@ -203,8 +210,9 @@ def check_model_context(config: DictConfig) -> dict | None:
     ``config.json`` cannot be read without a download.
     """
     model = _get(config, "actor_rollout_ref.model")
-    actor_over = _as_dict(_get(config, "actor_rollout_ref.model.override_config", {}))
-    actor_over = _as_dict(actor_over.get("model_config")) or actor_over  # verl accepts either shape
+    actor_key = "actor_rollout_ref.model.override_config"
+    actor_over = _as_dict(_get(config, actor_key, {}), actor_key)
+    actor_over = _as_dict(actor_over.get("model_config"), f"{actor_key}.model_config") or actor_over  # verl accepts either shape
     rope = [k for k in _ROPE_OVERRIDE_KEYS if k in actor_over]
     if rope:
         raise ValueError(
@@ -236,7 +244,7 @@ def check_model_context(config: DictConfig) -> dict | None:
 
     rollout_name = str(_get(config, "actor_rollout_ref.rollout.name", ""))
     rollout_key = _rollout_override_key(rollout_name)
-    rollout_over = _as_dict(_get(config, rollout_key)) if rollout_key else {}
+    rollout_over = _as_dict(_get(config, rollout_key), rollout_key) if rollout_key else {}
     actor_limit = int(actor_over.get("max_position_embeddings", own))
     rollout_limit = int(rollout_over.get("max_position_embeddings", own))
     short = [f"the actor ({actor_limit})"] if actor_limit < need else []

@@ -132,6 +132,14 @@ def test_sglang_rollout_reads_its_json_override(plain, tmp_path):
     assert check_model_context(ok)["rollout_max_positions"] == 16384
 
 
+def test_rollout_override_that_is_not_json_is_refused(plain, tmp_path):
+    key = "actor_rollout_ref.rollout.engine_kwargs.sglang.json_model_override_args"
+    cfg = _with_model(plain, write_model(tmp_path / "m"), **{"actor_rollout_ref.rollout.name": "sglang",
+                                                              key: "{max_position_embeddings: 16384"})
+    with pytest.raises(ValueError, match=re.escape(key) + ".* is not valid JSON"):
+        check_model_context(cfg)
+
+
 @pytest.mark.parametrize("key,value", [("rope_theta", 40000.0), ("rope_parameters", {"rope_theta": 40000.0})])
 def test_rope_override_is_refused(plain, tmp_path, key, value):
     cfg = _with_model(plain, write_model(tmp_path / "m", 16384),
