@@ -21,9 +21,22 @@ from collections.abc import Sequence
 __all__ = ["eval_main", "export_main"]
 
 
+METRICS_HELP = """metrics, per benchmark (means over its problems) and macro-averaged per group and over all:
+  avg@n       mean correctness of the n samples of a problem
+  pass@k      unbiased pass@k (Chen et al. 2021) for k in 1, 2, 4, ... up to n
+  maj@k       correctness of the majority answer of the first k samples (unextracted answers do not vote)
+  mean_score  mean grader score; mean_tokens: mean response length; truncated: share without EOS
+  no_answer   share of samples from which the grader extracted no answer (they score 0); a warning
+              names the grader that reads them when most samples have none
+  timeouts, crashes, errors: grading checks that hit the time limit, raised, or returned a non-number
+graders: math (last \\boxed{} via math-verify), task (the registered task's verifier, 'Answer: ...'),
+  mc (multiple choice letter), auto (task if every data_source is a task's, else mc with options, else math)"""
+
+
 def _eval_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="echorl eval", description="evaluate a model or checkpoint on benchmarks "
-                                "(`echorl eval compare A B` compares two runs)")
+                                "(`echorl eval compare A B` compares two runs)", epilog=METRICS_HELP,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="tiny | smollm2 | Hugging Face folder | engine checkpoint folder")
     p.add_argument("--bench", action="append", default=[], metavar="NAME=SOURCE[:GROUP]",
                    help="a benchmark: SOURCE is a task name or a .jsonl/.json/.parquet file; GROUP a tag (id, ood); repeatable")
@@ -89,7 +102,7 @@ def eval_main(argv: Sequence[str]) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from echorl.eval.backends import SamplingSettings, make_backend
     from echorl.eval.checkpoints import load_policy
-    from echorl.eval.run import evaluate, make_pool, write_outputs
+    from echorl.eval.run import evaluate, make_pool, no_answer_warnings, write_outputs
 
     try:
         from echorl.eval.data import load_rows
@@ -107,7 +120,7 @@ def eval_main(argv: Sequence[str]) -> int:
     pool = make_pool(args.workers, args.timeout_s)
     try:
         samples, summary = evaluate(backend, pol.tokenizer, benchmarks, sampling, pool,
-                                    chat_template=args.chat_template)
+                                    chat_template=args.chat_template, warn=False)
     finally:
         pool.close()
     settings = {"model": args.model, "backend": args.backend, "n": args.n, "temperature": args.temperature,
@@ -117,6 +130,8 @@ def eval_main(argv: Sequence[str]) -> int:
     print(open(files["summary.md"]).read())
     for f, path in files.items():
         print(f"  {f:14s} {path}")
+    for msg in no_answer_warnings(samples, summary):
+        print(f"echorl eval: WARNING: {msg}", file=sys.stderr)
     return 0
 
 

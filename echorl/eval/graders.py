@@ -31,7 +31,7 @@ from typing import Any
 from echorl.rewards.boxed import last_boxed
 
 __all__ = ["GRADERS", "answer_section", "gold_letter", "grade_sample", "grader_payload", "mc_letter",
-           "mc_options", "resolve_grader", "vote_key"]
+           "mc_options", "readable_by", "resolve_grader", "vote_key"]
 
 GRADERS = ("auto", "math", "task", "mc")
 THINK_END = "</think>"
@@ -171,3 +171,17 @@ def vote_key(kind: str, response: str, extra: dict[str, Any]) -> str | None:
         return hits[-1].strip() or None
     lines = [ln.strip() for ln in sec.splitlines() if ln.strip()]
     return lines[-1] if lines else None
+
+
+def readable_by(response: str) -> list[str]:
+    """The graders that find an answer in ``response``: ``math`` (a ``\\boxed{}``), ``task`` (an
+    ``Answer: ...`` line, the format of the registered tasks), ``mc`` (a choice letter, A-J)."""
+    sec = answer_section(response)
+    found = []
+    if last_boxed(sec) is not None:
+        found.append("math")
+    if _ANSWER_LINE.search(sec):
+        found.append("task")
+    if mc_letter(sec) is not None:
+        found.append("mc")
+    return found

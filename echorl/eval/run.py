@@ -20,19 +20,23 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from echorl.eval import metrics as M
 from echorl.eval.backends import SamplingSettings
 from echorl.eval.data import BenchmarkSpec, load_rows, prompt_ids
-from echorl.eval.graders import grade_sample, grader_payload, resolve_grader, vote_key
+from echorl.eval.graders import grade_sample, grader_payload, readable_by, resolve_grader, vote_key
 
-__all__ = ["evaluate", "make_pool", "summarize", "write_outputs", "read_samples", "SUMMARY_FILES"]
+__all__ = ["evaluate", "make_pool", "no_answer_warnings", "summarize", "write_outputs", "read_samples",
+           "SUMMARY_FILES"]
+
+log = logging.getLogger(__name__)
 
 SUMMARY_FILES = ("samples.jsonl", "summary.json", "summary.csv", "summary.md")
 POOL_STATS = ("timeouts", "crashes", "errors")
@@ -59,8 +63,9 @@ def _jsonable(v: Any) -> Any:
 
 def evaluate(backend: Any, tokenizer: Any, benchmarks: Sequence[tuple[BenchmarkSpec, list[dict[str, Any]] | None]],
              sampling: SamplingSettings, pool: Any, *, chat_template: str | bool = "auto",
-             max_prompt_length: int | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Evaluate every benchmark; returns ``(samples, summary)``.
+             max_prompt_length: int | None = None, warn: bool = True) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Evaluate every benchmark; returns ``(samples, summary)``. With ``warn``, the
+    :func:`no_answer_warnings` are logged.
 
     Args:
         backend: ``generate(prompt_ids [N], sampling) -> [N][n] Completion``.
@@ -88,14 +93,38 @@ def evaluate(backend: Any, tokenizer: Any, benchmarks: Sequence[tuple[BenchmarkS
                     "score": float(scores[j]), "correct": bool(scores[j] >= 1.0), "num_tokens": c.num_tokens,
                     "finished": c.finished})
                 j += 1
-    return samples, summarize(samples, counts)
+    summary = summarize(samples, counts)
+    for msg in no_answer_warnings(samples, summary) if warn else ():
+        log.warning(msg)
+    return samples, summary
+
+
+def no_answer_warnings(samples: Sequence[dict[str, Any]], summary: dict[str, Any],
+                       threshold: float = 0.5) -> list[str]:
+    """One message per benchmark where more than ``threshold`` of the samples gave no answer the
+    grader could extract (``pred`` null), naming the graders that do find an answer in them."""
+    msgs = []
+    for name, b in summary["benchmarks"].items():
+        if b["no_answer"] <= threshold:
+            continue
+        missed = [s for s in samples if s["benchmark"] == name and s["pred"] is None]
+        kind = missed[0]["grader"]
+        others = Counter(g for s in missed for g in readable_by(s["response"]) if g != kind)
+        hint = ("; ".join(f"{100 * c / len(missed):.0f}% of them hold an answer grader={g!r} reads"
+                          for g, c in others.most_common())
+                or "no grader finds an answer in them (check the prompt's answer instruction and --max-new-tokens)")
+        msgs.append(f"benchmark {name!r}: {100 * b['no_answer']:.0f}% of samples have no answer the "
+                    f"{kind!r} grader can extract, so they score 0; {hint}. Pick the grader with --grader "
+                    "(task needs each row's data_source to name a registered task) or a benchmark YAML's 'grader:'")
+    return msgs
 
 
 def summarize(samples: Sequence[dict[str, Any]], pool_counts: dict[str, dict[str, int]] | None = None) -> dict[str, Any]:
     """Per-benchmark metrics (means over problems) and per-group / overall macro averages.
 
     Returns ``{"benchmarks": {name: {"group", "problems", "n", "avg@n", "pass@k"..., "maj@k"...,
-    "mean_score", "mean_tokens", "truncated", "timeouts", "crashes", "errors"}}, "groups": {tag:
+    "mean_score", "mean_tokens", "truncated", "no_answer" (share of samples with no extracted answer),
+    "timeouts", "crashes", "errors"}}, "groups": {tag:
     {"benchmarks": [...], metric: macro mean}}, ...}``; the group ``all`` macro-averages every benchmark.
     """
     by_bench: dict[str, dict[str, list[dict[str, Any]]]] = {}
@@ -118,6 +147,7 @@ def summarize(samples: Sequence[dict[str, Any]], pool_counts: dict[str, dict[str
         row["mean_score"] = M.mean([s["score"] for s in flat])
         row["mean_tokens"] = M.mean([s["num_tokens"] for s in flat])
         row["truncated"] = M.mean([0.0 if s["finished"] else 1.0 for s in flat])
+        row["no_answer"] = M.mean([1.0 if s["pred"] is None else 0.0 for s in flat])
         row.update((pool_counts or {}).get(name, {}))
         benches[name] = row
     groups: dict[str, dict[str, Any]] = {}
@@ -130,7 +160,7 @@ def summarize(samples: Sequence[dict[str, Any]], pool_counts: dict[str, dict[str
 
 
 def _is_metric(key: str) -> bool:
-    return "@" in key or key in ("mean_score", "mean_tokens", "truncated")
+    return "@" in key or key in ("mean_score", "mean_tokens", "truncated", "no_answer")
 
 
 def read_samples(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -178,6 +208,3 @@ def write_outputs(out_dir: str | os.PathLike, samples: Sequence[dict[str, Any]],
     (out / "summary.md").write_text("\n".join(md) + "\n")
     return {f: str(out / f) for f in SUMMARY_FILES}
 
-
-def sampling_dict(s: SamplingSettings) -> dict[str, Any]:
-    return asdict(s)

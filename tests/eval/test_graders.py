@@ -111,3 +111,12 @@ def test_resolve_grader_auto_and_errors():
         resolve_grader("task", math_rows)
     with pytest.raises(ValueError, match="grader must be one of"):
         resolve_grader("regex", math_rows)
+
+
+@pytest.mark.parametrize("response,expected", [
+    ("so \\boxed{3}", ["math"]), ("3*4=12\nAnswer: 12", ["task"]), ("The answer is (C).", ["mc"]),
+    ("<think>Answer: 9</think>\\boxed{9}", ["math"]), ("no answer here", [])])
+def test_readable_by(response, expected):
+    from echorl.eval.graders import readable_by
+
+    assert readable_by(response) == expected

@@ -87,6 +87,7 @@ def test_eval_cli_end_to_end(tmp_path):
         for key, v in _literal(ss).items():
             assert got[key] == pytest.approx(v, abs=1e-12), (b, key)
         assert got["mean_tokens"] == pytest.approx(sum(s["num_tokens"] for s in ss) / len(ss))
+        assert got["no_answer"] == pytest.approx(sum(s["pred"] is None for s in ss) / len(ss))
     g = summary["groups"]
     assert g["id"]["benchmarks"] == ["arith"] and sorted(g["ood"]["benchmarks"]) == ["mathp", "mc"]
     assert g["ood"][f"pass@{N}"] == pytest.approx((summary["benchmarks"]["mc"][f"pass@{N}"]
@@ -106,3 +107,42 @@ def test_eval_cli_errors_name_the_problem(tmp_path, capsys):
     assert "temperature=0 (greedy)" in capsys.readouterr().err
     assert cli_main(["eval", "tiny", "--bench", f"x={tmp_path / 'missing.jsonl'}", "--out", str(tmp_path)]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def _sample(bench, pid, i, response, grader="math", pred=None):
+    return {"benchmark": bench, "group": "id", "problem_id": pid, "sample": i, "data_source": None, "grader": grader,
+            "prompt": "p", "response": response, "answer": "112", "pred": pred, "score": 0.0, "correct": False,
+            "num_tokens": 5, "finished": True}
+
+
+def test_no_answer_share_and_the_warning_that_names_the_grader_that_reads_them():
+    from echorl.eval.run import no_answer_warnings, summarize
+
+    # chain-task responses ("Answer: 112") graded by the math grader (last \boxed{}): 3 of 4 unread
+    samples = [_sample("chains", "0", 0, "3*4=12\nAnswer: 112"), _sample("chains", "0", 1, "Answer: 7"),
+               _sample("chains", "1", 0, "x\nAnswer: 5"), _sample("chains", "1", 1, "\\boxed{112}", pred="112"),
+               _sample("ok", "0", 0, "\\boxed{1}", pred="1"), _sample("ok", "0", 1, "none")]
+    summary = summarize(samples)
+    assert summary["benchmarks"]["chains"]["no_answer"] == 0.75
+    assert summary["benchmarks"]["ok"]["no_answer"] == 0.5
+    assert summary["groups"]["all"]["no_answer"] == pytest.approx(0.625)
+    msgs = no_answer_warnings(samples, summary)
+    assert len(msgs) == 1  # 'ok' is at 50%, not above it
+    assert "'chains': 75% of samples have no answer the 'math' grader can extract" in msgs[0]
+    assert "100% of them hold an answer grader='task' reads" in msgs[0]
+
+
+def test_no_answer_warning_when_no_grader_reads_them():
+    from echorl.eval.run import no_answer_warnings, summarize
+
+    samples = [_sample("b", "0", 0, "I do not know"), _sample("b", "0", 1, "")]
+    (msg,) = no_answer_warnings(samples, summarize(samples))
+    assert "100% of samples" in msg and "no grader finds an answer" in msg
+
+
+def test_eval_help_lists_the_metrics(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["eval", "--help"])
+    out = capsys.readouterr().out
+    for metric in ("avg@n", "pass@k", "maj@k", "no_answer", "truncated"):
+        assert metric in out
