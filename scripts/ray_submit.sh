@@ -4,7 +4,10 @@
 #   RAY_ADDRESS=http://head:8265 RECIPE=grpo ECHO=on scripts/ray_submit.sh [hydra overrides]
 #
 # The repository is uploaded as the job's working_dir and the recipe's run.sh runs there as the
-# job entrypoint (the Ray driver). The cluster's image must have verl[vllm]==0.9.1 and echorl
+# job entrypoint (the Ray driver). Run outputs stay out of the upload (Ray's runtime_env `excludes`,
+# gitignore patterns matched at any depth): .git, .venv, wandb/, outputs/, checkpoints/ (verl's
+# default relative checkpoint folder), CKPT_DIR and WANDB_DIR when they lie inside the repository,
+# parquet and safetensors files. The cluster's image must have verl[vllm]==0.9.1 and echorl
 # installed (docker/Dockerfile): EchoRL's verl plugin is found through the installed package.
 # Environment: RAY_ADDRESS (dashboard address) [http://127.0.0.1:8265], RECIPE [grpo], ECHO,
 # DATA_DIR / TRAIN_FILES / VAL_FILES / MODEL_PATH / NNODES / N_GPUS_PER_NODE / CKPT_DIR / CKPT_KEEP as in
@@ -32,7 +35,7 @@ fi
 # only by this user (removed afterwards), not on the command line, where `ps` would show secrets
 # such as WANDB_API_KEY to every user of the machine.
 forward=(DATA_DIR TRAIN_FILES VAL_FILES MODEL_PATH NNODES N_GPUS_PER_NODE PROJECT EXPERIMENT CKPT_DIR CKPT_KEEP
-         WANDB_API_KEY WANDB_MODE WANDB_BASE_URL HF_HOME HF_HUB_OFFLINE ECHORL_VERIFY_TIMEOUT_S ECHORL_VERIFY_WORKERS)
+         WANDB_API_KEY WANDB_MODE WANDB_BASE_URL WANDB_DIR HF_HOME HF_HUB_OFFLINE ECHORL_VERIFY_TIMEOUT_S ECHORL_VERIFY_WORKERS)
 SECRETS="WANDB_API_KEY"
 py="$(command -v python3 || command -v python)"
 env_file="$(mktemp "${TMPDIR:-/tmp}/echorl-runtime-env.XXXXXX")"
@@ -43,8 +46,13 @@ import json, os, sys
 
 env_vars = {"ECHO": os.environ["SUBMIT_ECHO"], "HYDRA_FULL_ERROR": "1", "TOKENIZERS_PARALLELISM": "false"}
 env_vars.update({name: os.environ[name] for name in sys.argv[1:] if os.environ.get(name)})
-runtime_env = {"working_dir": os.environ["SUBMIT_ROOT"],
-               "excludes": [".git", ".venv", "outputs", "*.parquet", "*.safetensors"], "env_vars": env_vars}
+root = os.path.realpath(os.environ["SUBMIT_ROOT"])
+excludes = ["/.git/", "/.venv/", "wandb/", "outputs/", "checkpoints/", "*.parquet", "*.safetensors"]
+for name in ("CKPT_DIR", "WANDB_DIR"):  # run folders inside the repository: not uploaded either
+    folder = os.path.realpath(env_vars[name]) if env_vars.get(name) else None
+    if folder and (folder + os.sep).startswith(root + os.sep) and folder != root:
+        excludes.append("/" + os.path.relpath(folder, root) + "/")
+runtime_env = {"working_dir": os.environ["SUBMIT_ROOT"], "excludes": excludes, "env_vars": env_vars}
 with open(os.environ["SUBMIT_FILE"], "w") as fh:  # JSON is YAML: `ray job submit --runtime-env FILE`
     json.dump(runtime_env, fh)
 secrets = os.environ["SUBMIT_SECRETS"].split()

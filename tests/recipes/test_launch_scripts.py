@@ -1,6 +1,7 @@
 """Launchers for a GPU cluster, run for real in their DRY_RUN modes: an absolute shared checkpoint
-folder with a keep-limit, `ray job submit`'s runtime env as real JSON, and the SLURM script's node,
-address and GPU/CPU resolution (with stand-ins for SLURM's srun/scontrol, which this machine lacks)."""
+folder with a keep-limit, `ray job submit`'s runtime env as real JSON (run outputs left out of the
+upload), and the SLURM script's node, address and GPU/CPU resolution, passed to every `srun ray
+start` step (with stand-ins for SLURM's srun/scontrol, which this machine lacks)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCH_VARS = ("ECHO", "DATA_DIR", "TRAIN_FILES", "VAL_FILES", "MODEL_PATH", "NNODES", "N_GPUS_PER_NODE", "EXPERIMENT",
                "PROJECT", "PYTHON", "CKPT_DIR", "CKPT_KEEP", "RECIPE", "HEAD_IP", "GPUS_PER_NODE", "CPUS_PER_NODE",
-               "WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL", "HF_HOME", "HF_HUB_OFFLINE", "ECHORL_VERIFY_TIMEOUT_S",
+               "WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL", "WANDB_DIR", "HF_HOME", "HF_HUB_OFFLINE", "ECHORL_VERIFY_TIMEOUT_S",
                "ECHORL_VERIFY_WORKERS")
 
 
@@ -117,6 +118,45 @@ def test_ray_submit_hands_ray_the_secret_in_a_private_file(tmp_path):
     assert not any("s3cret-key" in line for line in lines if line.startswith("ARG "))
 
 
+def test_ray_submit_leaves_run_outputs_out_of_the_upload(tmp_path):
+    """The printed excludes, applied by Ray's own packaging code (gitignore handling off, so the
+    excludes alone decide) to a repository-like tree: sources and recipes are uploaded; wandb and
+    output folders (at any depth), verl's default checkpoint folder, a CKPT_DIR and a WANDB_DIR
+    inside the repository, parquet and safetensors files are not."""
+    import zipfile
+
+    from ray._private.runtime_env.packaging import _zip_files
+
+    repo = tmp_path / "repo"
+    kept = ["recipes/grpo/run.sh", "echorl/verl/a.py", "docs/wandb.md", "scripts/outputs.py", "results/r.json"]
+    dropped = [".git/HEAD", ".venv/bin/python", "wandb/offline-run-1/run-1.wandb", "echorl/wandb/debug.log",
+               "outputs/demo/x.png", "checkpoints/echorl/grpo/global_step_1/model.pt", "runs/ck/p/e/global_step_2/x.pt",
+               "runs/wb/wandb/run-2.wandb", "data/train.parquet", "m/model.safetensors"]
+    for rel in kept + dropped:
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).write_text("x")
+    for d in ("recipes/grpo", "scripts"):  # ray_submit.sh checks the recipe exists
+        (repo / d).mkdir(parents=True, exist_ok=True)
+    (repo / "scripts" / "ray_submit.sh").write_text((ROOT / "scripts" / "ray_submit.sh").read_text())
+    (repo / "recipes" / "grpo" / "run.sh").write_text("#!/bin/bash\n")
+    (repo / "recipes" / "grpo" / "run.sh").chmod(0o755)
+    r = run(repo / "scripts" / "ray_submit.sh", {"CKPT_DIR": str(repo / "runs" / "ck"), "WANDB_DIR": str(repo / "runs" / "wb")})
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    runtime_env = json.loads(lines[lines.index("# runtime env (secrets redacted):") + 1])
+    assert runtime_env["working_dir"] == str(repo) and runtime_env["env_vars"]["WANDB_DIR"] == str(repo / "runs" / "wb")
+    _zip_files(str(repo), runtime_env["excludes"], str(tmp_path / "pkg.zip"), include_gitignore=False)
+    with zipfile.ZipFile(tmp_path / "pkg.zip") as z:
+        names = {n for n in z.namelist() if not n.endswith("/")}
+    assert set(kept) <= names, sorted(set(kept) - names)
+    assert not names & set(dropped), sorted(names & set(dropped))
+    # run folders outside the repository add no pattern
+    r = run(ROOT / "scripts" / "ray_submit.sh", {"CKPT_DIR": "/shared/ck", "WANDB_DIR": "/shared/wb"})
+    lines = r.stdout.splitlines()
+    excludes = json.loads(lines[lines.index("# runtime env (secrets redacted):") + 1])["excludes"]
+    assert excludes == ["/.git/", "/.venv/", "wandb/", "outputs/", "checkpoints/", "*.parquet", "*.safetensors"]
+
+
 def test_ray_submit_refuses_a_relative_checkpoint_folder():
     r = run(ROOT / "scripts" / "ray_submit.sh", {"CKPT_DIR": "ckpt"})
     assert r.returncode == 2 and "CKPT_DIR must be an absolute path" in r.stderr and r.stdout == ""
@@ -159,11 +199,12 @@ def test_sbatch_dry_run_plans_the_cluster_from_slurm_variables(slurm_bin):
     assert log.read_text().splitlines() == ["--nodes=1 --ntasks=1 -w node1 hostname -I"]  # asked on the head only
     lines = r.stdout.splitlines()
     head, *workers = [shlex.split(line) for line in lines[:3]]
-    assert head == ["srun", "--nodes=1", "--ntasks=1", "-w", "node1", "--overlap", "ray", "start", "--head",
-                    f"--node-ip-address={local_ip}", "--port=6379", "--num-cpus=32", "--num-gpus=4", "--block"]
-    assert workers == [["srun", "--nodes=1", "--ntasks=1", "-w", node, "--overlap", "ray", "start",
-                        f"--address={local_ip}:6379", "--num-cpus=32", "--num-gpus=4", "--block"]
-                       for node in ("node2", "node3")]
+    # each srun step asks for the node's CPUs and GPUs itself (srun does not inherit --cpus-per-task)
+    step = ["srun", "--nodes=1", "--ntasks=1", "--cpus-per-task=32", "--gpus-per-task=4", "--overlap"]
+    assert head == [*step, "-w", "node1", "ray", "start", "--head", f"--node-ip-address={local_ip}", "--port=6379",
+                    "--num-cpus=32", "--num-gpus=4", "--block"]
+    assert workers == [[*step, "-w", node, "ray", "start", f"--address={local_ip}:6379", "--num-cpus=32",
+                        "--num-gpus=4", "--block"] for node in ("node2", "node3")]
     recipe = lines[3:]
     assert recipe[:3] == ["python", "-m", "echorl.main"]
     assert "trainer.nnodes=3" in recipe and "trainer.n_gpus_per_node=4" in recipe and "echorl.enable=false" in recipe
@@ -176,12 +217,15 @@ def test_sbatch_address_falls_back_to_getent_and_can_be_given(slurm_bin):
     r = run(SBATCH, _slurm_env(SRUN_FAILS="1"), path_prefix=bin_dir)
     assert r.returncode == 0, r.stderr
     assert "--node-ip-address=10.1.2.3" in r.stdout and "--address=10.1.2.3:6379" in r.stdout
-    assert "--num-gpus=8" in r.stdout and "--num-cpus=64" in r.stdout  # defaults without SLURM's counts
+    ray_steps = [shlex.split(line) for line in r.stdout.splitlines() if " ray start " in line]
+    assert len(ray_steps) == 3
+    for argv in ray_steps:  # defaults without SLURM's counts, for the srun step and for Ray alike
+        assert {"--cpus-per-task=64", "--gpus-per-task=8", "--num-cpus=64", "--num-gpus=8"} <= set(argv), argv
     log.write_text("")
     r = run(SBATCH, _slurm_env(HEAD_IP="172.16.0.9", GPUS_PER_NODE="2", SLURM_GPUS_ON_NODE="8"), path_prefix=bin_dir)
     assert r.returncode == 0, r.stderr
     assert log.read_text() == ""  # no lookup when HEAD_IP is given
-    assert "--node-ip-address=172.16.0.9" in r.stdout and "--num-gpus=2" in r.stdout
+    assert "--node-ip-address=172.16.0.9" in r.stdout and "--num-gpus=2" in r.stdout and "--gpus-per-task=2" in r.stdout
 
 
 def test_sbatch_refuses_what_it_cannot_resolve(slurm_bin, tmp_path):
