@@ -1,6 +1,9 @@
 #!/usr/bin/env python
-"""Convert OpenR1-Math-46k, DAPO-Math-17k or MATH-style parquet/JSONL to verl's RL parquet.
+"""Convert OpenR1-Math-46k, LUFFY's and UFT's files, DAPO-Math-17k or MATH-style parquet/JSONL to
+verl's RL parquet (with LUFFY's and UFT's expert traces in ``target``).
 
+    python scripts/prepare_data.py --format luffy  --input openr1.parquet --output data/openr1_math_46k.parquet
+    python scripts/prepare_data.py --format uft    --input uft/data/math/train.parquet --output data/uft_math.parquet
     python scripts/prepare_data.py --format openr1 --input openr1.parquet --output data/train.parquet
     python scripts/prepare_data.py --format dapo   --input dapo-math-17k.parquet --output data/dapo.parquet
     python scripts/prepare_data.py --format math   --input math500.jsonl --split test --output data/math500.parquet
@@ -11,6 +14,7 @@ The logic (and the row format) lives in echorl/data/prepare.py.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from echorl.data.prepare import FORMATS, TEMPLATE, DataFormatError, prepare
@@ -31,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="drop repeated (question, answer) pairs (default: on for dapo, off otherwise)")
     dd.add_argument("--no-dedup", dest="dedup", action="store_false")
     args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # counts of rows without a trace, dropped duplicates
     try:
         n = prepare(args.input, args.output, args.format, split=args.split, data_source=args.data_source,
                     template=args.template, dedup=args.dedup)

@@ -4,7 +4,17 @@ Sources (downloaded by the user on the cluster; nothing is downloaded here), par
 
 - ``openr1``: OpenR1-Math-46k (the filtered OpenR1-Math-220k subset): question from ``problem``
   (or ``question``, or the last user message of a chat ``prompt``), answer from ``answer`` (or
-  ``reward_model.ground_truth``).
+  ``reward_model.ground_truth``). An expert trace is carried when the row has one (``target``,
+  or the first non-empty of OpenR1-Math-220k's ``generations``), not required.
+- ``luffy``: OpenR1-Math-46k as LUFFY ships it (``Elliott/Openr1-Math-46k-8192``, written by
+  LUFFY's ``data/prepare_train.py``): ``prompt`` = [system instruction, user problem], ``target`` =
+  ``[{"role": "assistant", "content": <DeepSeek-R1 trace>}]``, ``reward_model.ground_truth``. The
+  question is the last user message (LUFFY's system instruction is not kept: the template below
+  replaces it). The trace is required (see "Expert traces").
+- ``uft``: UFT's files (``data/math/*.parquet`` of github.com/liumy2010/UFT): ``hint`` = the
+  MATH solution cut into pieces, ``reward_model.ground_truth`` = ``{"question", "target"}``
+  (``question``/``answer`` columns hold UFT's wrapped prompt and the solution, not the problem and
+  answer). The trace is the pieces joined (``"".join(hint)``); required.
 - ``dapo``: DAPO-Math-17k: a verl-format file whose user message wraps the problem in DAPO's
   "Answer: $Answer" template; the template is removed and the paper's template applied; answer
   from ``reward_model.ground_truth``. The published parquet repeats each problem ~100 times:
@@ -16,13 +26,22 @@ Output rows (verl's ``RLHFDataset`` layout; the reward function is ``echorl.rewa
 
     {"data_source": "<source name>",
      "prompt": [{"role": "user", "content": TEMPLATE with {question} replaced}],
+     "target": [{"role": "assistant", "content": "<expert trace>"}] or None,   # openr1, luffy, uft
      "ability": "math",
      "reward_model": {"style": "rule", "ground_truth": "<answer>"},
      "extra_info": {"split": "<split>", "index": <row number in the output>}}
 
-A row without a question or answer raises ``DataFormatError`` naming the file, the row index,
-the field and the columns the row has. CLI: ``scripts/prepare_data.py``. Tests:
-``tests/data/test_prepare.py``.
+``target`` has LUFFY's layout, which LUFFY and UFT read (``echorl.methods.luffy.expert_text``);
+the trace text is carried exactly as the source holds it.
+
+Expert traces: with ``luffy`` and ``uft`` a row without a trace is kept (LUFFY / UFT train it as
+a plain GRPO row, as LUFFY's own data loader does with an empty ``target``); their number is
+logged as a warning per file. A file in which no row has a trace raises ``DataFormatError``: it is
+not the authors' data, and LUFFY / UFT would silently train GRPO on it.
+
+A row without a question or answer, or with a trace of the wrong type, raises ``DataFormatError``
+naming the file, the row index, the field and the columns the row has. CLI:
+``scripts/prepare_data.py``. Tests: ``tests/data/test_prepare.py``.
 """
 
 from __future__ import annotations
@@ -38,7 +57,7 @@ from echorl.tasks.files import DataFormatError, read_rows  # re-exported: the on
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DataFormatError", "FORMATS", "TEMPLATE", "convert_rows", "read_rows", "write_parquet",
+__all__ = ["DataFormatError", "FORMATS", "TEMPLATE", "TRACE_FIELD", "convert_rows", "read_rows", "write_parquet",
            "prepare"]
 
 # The paper's prompt (Qwen2.5-Math chain-of-thought style).
@@ -49,6 +68,8 @@ DAPO_PREFIX = ("Solve the following math problem step by step. The last line of 
                "be of the form Answer: $Answer (without quotes) where $Answer is the answer to the "
                "problem.\n\n")
 DAPO_SUFFIX = '\n\nRemember to put your answer on its own line after "Answer:".'
+
+TRACE_FIELD = "target"  # output column of the expert trace (LUFFY's name and layout)
 
 
 _MISSING = object()
@@ -94,6 +115,74 @@ class _Field:
         return _MISSING, None
 
 
+def _message_content(value: Any) -> Any:
+    """LUFFY's ``target``: a list of chat messages (the first one's ``content``, as LUFFY's dataset
+    reads ``target[0]['content']``), one message, or a plain string."""
+    if hasattr(value, "tolist") and not isinstance(value, str):  # numpy arrays from pandas-written files
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        if not value:
+            return ""
+        value = value[0]
+    if isinstance(value, dict):
+        if "content" not in value:
+            raise ValueError(f"the message has no 'content' (keys {sorted(value)})")
+        value = value["content"]
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string or chat messages with 'content', got {type(value).__name__}")
+    return value
+
+
+def _first_generation(value: Any) -> Any:
+    """OpenR1-Math-220k's ``generations`` (DeepSeek-R1 traces): the first non-empty one, as LUFFY's
+    preparation script takes it."""
+    if isinstance(value, str):
+        return value
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)) or not all(isinstance(g, str) or g is None for g in value):
+        raise ValueError("expected a list of strings")
+    return next((g for g in value if g and g.strip()), "")
+
+
+def _joined_pieces(value: Any) -> Any:
+    """UFT's ``hint``: the solution cut into pieces; the trace is the pieces joined."""
+    if isinstance(value, str):
+        return value
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)) or not all(isinstance(g, str) for g in value):
+        raise ValueError("expected a list of strings (the solution's pieces)")
+    return "".join(value)
+
+
+@dataclass(frozen=True)
+class _Trace:
+    """Where the expert trace comes from: ``(column, reader)`` candidates tried in order; a reader
+    returns the trace text ('' = no trace) or raises ValueError on a malformed value."""
+
+    candidates: tuple[tuple[str, Callable[[Any], Any]], ...]
+    required: bool  # a file without any trace is an error (module docstring, "Expert traces")
+
+    def extract(self, row: dict) -> tuple[str, str | None]:
+        for column, read in self.candidates:
+            v = _get(row, column)
+            if v is _MISSING:
+                continue
+            try:
+                text = read(v)
+            except ValueError as e:
+                raise ValueError(f"column {column!r}: {e}") from None
+            if text.strip():
+                return text, column
+        return "", None
+
+    def columns(self) -> str:
+        return ", ".join(repr(c) for c, _ in self.candidates)
+
+
 @dataclass(frozen=True)
 class Format:
     name: str
@@ -101,6 +190,7 @@ class Format:
     question: _Field
     answer: _Field
     dedup: bool = False  # drop repeated questions by default
+    trace: _Trace | None = None  # expert trace written to TRACE_FIELD (None: the format has none)
     # (question value, column it came from) -> cleaned question; raises ValueError on bad input
     clean_question: Callable[[str, str | None], str] | None = None
     # (answer value, column it came from) -> answer; raises ValueError on bad input
@@ -126,10 +216,21 @@ def _math_answer(value: Any, column: str | None) -> str:
     return value
 
 
+_LUFFY_TRACE = (("target", _message_content),)
+
 FORMATS: dict[str, Format] = {
     "openr1": Format("openr1", "openr1_math_46k",
                      _Field("question", ("problem", "question", "<chat>")),
-                     _Field("answer", ("answer", "reward_model.ground_truth"))),
+                     _Field("answer", ("answer", "reward_model.ground_truth")),
+                     trace=_Trace((*_LUFFY_TRACE, ("generations", _first_generation)), required=False)),
+    "luffy": Format("luffy", "openr1_math_46k",
+                    _Field("question", ("<chat>", "problem")),
+                    _Field("answer", ("reward_model.ground_truth", "answer")),
+                    trace=_Trace(_LUFFY_TRACE, required=True)),
+    "uft": Format("uft", "uft_math",
+                  _Field("question", ("reward_model.ground_truth.question",)),
+                  _Field("answer", ("reward_model.ground_truth.target",)),
+                  trace=_Trace((("hint", _joined_pieces),), required=True)),
     "dapo": Format("dapo", "dapo_math_17k",
                    _Field("question", ("<chat>", "problem")),
                    _Field("answer", ("reward_model.ground_truth", "answer")),
@@ -163,7 +264,9 @@ def convert_rows(rows: Iterable[dict], fmt: str, *, split: str = "train", data_s
     source = data_source or spec.data_source
     out: list[dict] = []
     seen: set[tuple[str, str]] = set()
+    n_rows = without_trace = 0
     for i, row in enumerate(rows):
+        n_rows += 1
         if not isinstance(row, dict):
             raise DataFormatError(f"{where}: row {i}: expected a mapping, got {type(row).__name__}")
         values = {}
@@ -184,18 +287,47 @@ def convert_rows(rows: Iterable[dict], fmt: str, *, split: str = "train", data_s
             if not text:
                 raise DataFormatError(f"{where}: row {i}: field '{fld.name}' (column {column!r}) is empty")
             values[fld.name] = text
+        trace = None
+        if spec.trace is not None:
+            try:
+                text, _column = spec.trace.extract(row)
+            except ValueError as e:
+                raise DataFormatError(f"{where}: row {i}: expert trace {e}") from e
+            trace = [{"role": "assistant", "content": text}] if text else None
+            without_trace += trace is None
         key = (values["question"], values["answer"])
         if dedup and key in seen:
             continue
         seen.add(key)
-        out.append({
-            "data_source": source,
-            "prompt": [{"role": "user", "content": template.replace("{question}", values["question"])}],
-            "ability": "math",
-            "reward_model": {"style": "rule", "ground_truth": values["answer"]},
-            "extra_info": {"split": split, "index": len(out)},
-        })
+        new = {"data_source": source,
+               "prompt": [{"role": "user", "content": template.replace("{question}", values["question"])}]}
+        if spec.trace is not None:
+            new[TRACE_FIELD] = trace
+        new.update({"ability": "math",
+                    "reward_model": {"style": "rule", "ground_truth": values["answer"]},
+                    "extra_info": {"split": split, "index": len(out)}})
+        out.append(new)
+    _check_traces(spec, fmt, where, total=n_rows, without=without_trace)
     return out
+
+
+def _check_traces(spec: Format, fmt: str, where: str, total: int, without: int) -> None:
+    """Rows without an expert trace: an error when the format requires traces and no row has one,
+    else counted in the log (module docstring, "Expert traces")."""
+    if spec.trace is None or total == 0 or not without:
+        return
+    looked = f"looked for {spec.trace.columns()}"
+    if spec.trace.required and without == total:
+        raise DataFormatError(
+            f"{where}: no row has an expert trace for format '{fmt}' ({looked}); LUFFY and UFT would train "
+            "plain GRPO on this file. Fix: convert the authors' data (LUFFY's OpenR1-Math-46k with its 'target' "
+            "column: --format luffy; UFT's files with 'hint': --format uft), or use --format openr1 / math for "
+            "data without traces")
+    if spec.trace.required:
+        logger.warning("prepare_data: %s: %d of %d rows have no expert trace (%s); LUFFY / UFT train them as plain "
+                       "GRPO rows", where, without, total, looked)
+    else:
+        logger.info("prepare_data: %s: %d of %d rows carry an expert trace (%s)", where, total - without, total, looked)
 
 
 def write_parquet(rows: Sequence[dict], path: str | Path) -> None:

@@ -17,11 +17,12 @@ ROOT = Path(__file__).resolve().parents[2]
 SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
 
 
-def _expected(source, question, answer, split, index):
-    return {"data_source": source,
-            "prompt": [{"role": "user", "content": question + SUFFIX}],
-            "ability": "math",
-            "reward_model": {"style": "rule", "ground_truth": answer},
+def _expected(source, question, answer, split, index, **trace):
+    """An output row; ``target=<text or None>`` for the formats that carry an expert trace."""
+    row = {"data_source": source, "prompt": [{"role": "user", "content": question + SUFFIX}]}
+    if "target" in trace:
+        row["target"] = None if trace["target"] is None else [{"role": "assistant", "content": trace["target"]}]
+    return {**row, "ability": "math", "reward_model": {"style": "rule", "ground_truth": answer},
             "extra_info": {"split": split, "index": index}}
 
 
@@ -63,9 +64,9 @@ def test_openr1(tmp_path, suffix):
     src = _write(tmp_path / f"openr1{suffix}", OPENR1)
     out = tmp_path / "out.parquet"
     assert prepare([src], out, "openr1") == 2
-    assert pq.read_table(out).to_pylist() == [
-        _expected("openr1_math_46k", "What is $1+1$?", "2", "train", 0),
-        _expected("openr1_math_46k", "Compute $\\frac{3}{6}$.", "\\frac{1}{2}", "train", 1)]
+    assert pq.read_table(out).to_pylist() == [  # OpenR1's human 'solution' is not an expert trace
+        _expected("openr1_math_46k", "What is $1+1$?", "2", "train", 0, target=None),
+        _expected("openr1_math_46k", "Compute $\\frac{3}{6}$.", "\\frac{1}{2}", "train", 1, target=None)]
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
@@ -163,6 +164,9 @@ def test_script_cli(tmp_path, capsys):
     bad = _write(tmp_path / "bad.jsonl", [{"problem": "p"}])
     assert script.main(["--format", "math", "--input", str(bad), "--output", str(out)]) == 2
     assert "row 0: missing field 'answer'" in capsys.readouterr().err
+    plain = _write(tmp_path / "plain.jsonl", OPENR1)  # no expert traces: refused as LUFFY data
+    assert script.main(["--format", "luffy", "--input", str(plain), "--output", str(out)]) == 2
+    assert "no row has an expert trace for format 'luffy'" in capsys.readouterr().err
 
 
 def test_dropped_duplicates_are_counted_in_the_log(tmp_path, caplog):
@@ -170,3 +174,134 @@ def test_dropped_duplicates_are_counted_in_the_log(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="echorl.data.prepare"):
         assert prepare([src], tmp_path / "out.parquet", "dapo") == 2
     assert "dropped 2 duplicate (question, answer) rows of 4" in caplog.text
+
+
+# ---------------------------------------------------------------------------- expert traces (LUFFY, UFT)
+# LUFFY's training parquet (Elliott/Openr1-Math-46k-8192, written by LUFFY's data/prepare_train.py;
+# the layout of its luffy/scripts/data/prepare_openr1_data_v6.py and of its shipped data/valid.parquet):
+# a system instruction and the bare problem as chat messages, the DeepSeek-R1 trace as one assistant
+# message in `target`, the answer in reward_model.ground_truth.
+LUFFY_SYSTEM = ("Your task is to follow a systematic, thorough reasoning process before providing the final "
+                "solution. ... If applicable, include the answer in \\boxed{} for closed-form results.")
+R1_TRACES = ["<think>\nOkay, so 2 + 3.\n\nThat is 5.\n</think>\n\nThe sum is $\\boxed{5}$.",
+             "<think>\nHalf of 8 is 4.  \n</think>\n$\\boxed{4}$\n"]
+
+
+def _luffy_row(i: int, problem: str, answer: str, trace: str | None) -> dict:
+    return {"data_source": "",
+            "prompt": [{"role": "system", "content": LUFFY_SYSTEM}, {"role": "user", "content": problem}],
+            "target": None if trace is None else [{"role": "assistant", "content": trace}],
+            "ability": "math", "reward_model": {"style": "rule", "ground_truth": answer},
+            "extra_info": {"split": "default", "index": i}}
+
+
+LUFFY = [_luffy_row(0, "What is $2+3$?", "5", R1_TRACES[0]),
+         _luffy_row(1, "What is half of $8$?", "4", R1_TRACES[1]),
+         _luffy_row(2, "What is $1+1$?", "2", None)]  # LUFFY's loader trains such a row on-policy only
+
+# UFT's files (github.com/liumy2010/UFT data/math/*.parquet): its wrapped prompt in `prompt` and
+# `question`, the MATH solution cut into pieces in `hint`, the solution (not the answer) plus UFT's
+# answer tags in `answer`, the bare problem and the answer in reward_model.ground_truth.
+UFT_WRAP = ("A conversation between User and Assistant. ...\nUser: {q} Show your work in <think> </think> tags. ..."
+            "\nAssistant: Let me solve this step by step.\n<think> ")
+UFT_HINTS = [["First, $6300 = 2^2 \\cdot 3^2 \\cdot 5^2 \\cdot 7$. ", "The odd divisors are $3^a5^b7^c$.\n", "\n",
+              " So the sum is $(1+3+9)(1+5+25)(1+7)=\\boxed{3224}$."],
+             ["$7 \\cdot 6 = 42$."]]
+
+
+def _uft_row(i: int, q: str, answer: str, hint: list[str]) -> dict:
+    return {"level": "Level 5", "type": "Number Theory", "data_source": "DigitalLearningGmbH/MATH-lighteval",
+            "prompt": [{"content": UFT_WRAP.format(q=q), "role": "user"}], "hint": hint,
+            "question": UFT_WRAP.format(q=q), "answer": "".join(hint) + f" </think>\n<answer> {answer} </answer>",
+            "ability": "math", "reward_model": {"ground_truth": {"question": q, "target": answer}, "style": "rule"},
+            "extra_info": {"index": 3538 + i, "split": "train"}}
+
+
+UFT = [_uft_row(0, "What is the sum of all of the odd divisors of $6300$?", "3224", UFT_HINTS[0]),
+       _uft_row(1, "What is $7 \\cdot 6$?", "42", UFT_HINTS[1])]
+
+
+def _write_pandas(path: Path, rows: list[dict]) -> Path:
+    """A parquet as the authors wrote theirs (pandas ``DataFrame.to_parquet``)."""
+    import pandas as pd
+
+    pd.DataFrame(rows).to_parquet(path)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
+def test_luffy_layout_carries_the_r1_trace_exactly(tmp_path, suffix, caplog):
+    src = (_write_pandas if suffix == ".parquet" else _write)(tmp_path / f"openr1{suffix}", LUFFY)
+    out = tmp_path / "out.parquet"
+    with caplog.at_level("WARNING", logger="echorl.data.prepare"):
+        assert prepare([src], out, "luffy") == 3
+    assert pq.read_table(out).to_pylist() == [
+        _expected("openr1_math_46k", "What is $2+3$?", "5", "train", 0, target=R1_TRACES[0]),
+        _expected("openr1_math_46k", "What is half of $8$?", "4", "train", 1, target=R1_TRACES[1]),
+        _expected("openr1_math_46k", "What is $1+1$?", "2", "train", 2, target=None)]
+    assert f"{src}: 1 of 3 rows have no expert trace (looked for 'target')" in caplog.text
+    # the same file through --format openr1 (the GRPO / DAPO path) carries the traces too
+    assert prepare([src], out, "openr1") == 3
+    assert [r["target"] for r in pq.read_table(out).to_pylist()] == [
+        [{"role": "assistant", "content": t}] for t in R1_TRACES] + [None]
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
+def test_uft_layout_joins_the_hint_pieces_into_the_trace(tmp_path, suffix):
+    src = (_write_pandas if suffix == ".parquet" else _write)(tmp_path / f"uft{suffix}", UFT)
+    out = tmp_path / "out.parquet"
+    assert prepare([src], out, "uft") == 2
+    assert pq.read_table(out).to_pylist() == [
+        _expected("uft_math", "What is the sum of all of the odd divisors of $6300$?", "3224", "train", 0,
+                  target="First, $6300 = 2^2 \\cdot 3^2 \\cdot 5^2 \\cdot 7$. The odd divisors are $3^a5^b7^c$.\n\n"
+                         " So the sum is $(1+3+9)(1+5+25)(1+7)=\\boxed{3224}$."),
+        _expected("uft_math", "What is $7 \\cdot 6$?", "42", "train", 1, target="$7 \\cdot 6 = 42$.")]
+
+
+def test_openr1_220k_generations_give_the_first_nonempty_trace():
+    rows = convert_rows([{"problem": "1+1?", "answer": "2", "generations": ["", "<think>\nR1: 2\n</think>", "x"]},
+                         {"problem": "2+2?", "answer": "4", "generations": []}], "openr1")
+    assert [r["target"] for r in rows] == [[{"role": "assistant", "content": "<think>\nR1: 2\n</think>"}], None]
+
+
+@pytest.mark.parametrize("fmt,rows,match", [
+    # plain OpenR1 problems given as LUFFY data: no trace anywhere
+    ("luffy", OPENR1, r"openr1\.jsonl: no row has an expert trace for format 'luffy' \(looked for 'target'\); "
+                      r"LUFFY and UFT would train plain GRPO on this file\. Fix: .*--format luffy"),
+    ("luffy", [_luffy_row(0, "q", "1", None), _luffy_row(1, "r", "2", "")], r"no row has an expert trace"),
+    ("uft", [_uft_row(0, "q", "1", [""])], r"no row has an expert trace for format 'uft' \(looked for 'hint'\)"),
+])
+def test_required_traces_missing_from_the_whole_file_is_an_error(tmp_path, fmt, rows, match):
+    src = _write(tmp_path / "openr1.jsonl", rows)
+    with pytest.raises(DataFormatError, match=match):
+        prepare([src], tmp_path / "out.parquet", fmt)
+    assert not (tmp_path / "out.parquet").exists()
+
+
+@pytest.mark.parametrize("fmt,row,match", [
+    ("luffy", {**LUFFY[0], "target": [{"role": "assistant", "text": "t"}]},
+     r"row 0: expert trace column 'target': the message has no 'content' \(keys \['role', 'text'\]\)"),
+    ("luffy", {**LUFFY[0], "target": 3}, r"row 0: expert trace column 'target': expected a string or chat messages"),
+    ("uft", {**UFT[0], "hint": [1, 2]}, r"row 0: expert trace column 'hint': expected a list of strings"),
+    ("uft", {**UFT[0], "reward_model": {"ground_truth": {"numbers": [1, 2], "target": 3}}},  # UFT's countdown file
+     r"row 0: missing field 'question' for format 'uft' \(looked for 'reward_model\.ground_truth\.question'\)"),
+])
+def test_malformed_traces_name_the_row_and_column(tmp_path, fmt, row, match):
+    with pytest.raises(DataFormatError, match=match):
+        prepare([_write(tmp_path / "x.jsonl", [row])], tmp_path / "out.parquet", fmt)
+
+
+def test_trace_reaches_the_rows_verls_dataset_hands_to_the_agent_loop(tmp_path):
+    """verl's own RLHFDataset reads the converted file; LUFFY / UFT read the trace from its rows."""
+    from omegaconf import OmegaConf
+    from transformers import AutoTokenizer
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+
+    from echorl.methods.luffy import expert_text
+    from echorl.models.tiny import SHIPPED_DIR
+
+    out = tmp_path / "out.parquet"
+    prepare([_write_pandas(tmp_path / "openr1.parquet", LUFFY)], out, "luffy")
+    ds = RLHFDataset(str(out), AutoTokenizer.from_pretrained(str(SHIPPED_DIR)),
+                     OmegaConf.create({"cache_dir": str(tmp_path / "cache"), "filter_overlong_prompts": False}))
+    assert [expert_text(ds[i]) for i in range(len(ds))] == [*R1_TRACES, None]
