@@ -4,9 +4,11 @@
 
     method:
       name: grpo          # grpo (no expert data), luffy, uft
-      luffy: {num_off_policy: 1, gamma: 0.1, max_target_length: 8192}
-      uft: {hint_steps: 300, lower_prob: 0.05, upper_prob: 0.95, max_segments: 5, coef: 0.001, seed: 0,
-            echo_hinted: true}
+      luffy: {num_off_policy: 1, gamma: 0.1, max_target_length: 8192, on_policy_clip: false}
+      uft: {hint_steps: 300, lower_prob: 0.05, upper_prob: 0.95, max_segments: 5, segments: uft, coef: 0.001,
+            seed: 0, echo_hinted: true, score_hint: false}
+
+Every default is the authors' (docs/methods.md lists each with its source).
 
 Every bad value is a ``ValueError`` naming ``method.<key>``.
 """
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 METHODS = ("grpo", "luffy", "uft")
+SEGMENTS = ("uft", "lines")  # method.uft.segments
 
 
 def _from(cls, d: Mapping[str, Any] | None, prefix: str):
@@ -33,11 +36,14 @@ def _from(cls, d: Mapping[str, Any] | None, prefix: str):
 class LuffyConfig:
     """LUFFY (Yan et al. 2025): ``num_off_policy`` of the ``n`` rollouts of each group are replaced
     by the prompt's expert trace (the first ones of the group); its tokens get the shaped,
-    unclipped term ``-A * f(pi_theta)`` with ``f(x) = x / (x + gamma)``."""
+    unclipped term ``-A * f(pi_theta)`` with ``f(x) = x / (x + gamma)``. ``on_policy_clip``: false (the
+    authors' ``loss_remove_clip=True``) gives the on-policy tokens the unclipped ``-A * ratio``; true keeps
+    the base method's clipped policy loss."""
 
     num_off_policy: int = 1
     gamma: float = 0.1
     max_target_length: int = 8192
+    on_policy_clip: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.num_off_policy, int) or self.num_off_policy < 0:
@@ -46,24 +52,31 @@ class LuffyConfig:
             raise ValueError(f"method.luffy.gamma must be > 0 (f(x) = x / (x + gamma)), got {self.gamma!r}")
         if not isinstance(self.max_target_length, int) or self.max_target_length < 1:
             raise ValueError(f"method.luffy.max_target_length must be a positive int, got {self.max_target_length!r}")
+        if not isinstance(self.on_policy_clip, bool):
+            raise ValueError(f"method.luffy.on_policy_clip must be true or false, got {self.on_policy_clip!r}")
 
 
 @dataclass(frozen=True)
 class UftConfig:
-    """UFT (Liu et al. 2025): a hint (the first ``k`` of ``m = min(max_segments, lines)`` segments of
+    """UFT (Liu et al. 2025): a hint (the first ``k`` of ``m = min(max_segments, pieces)`` parts of
     the expert solution, ``k ~ Binomial(m, p(t))``) is given to the whole group;
-    ``p(t) = lower + (upper - lower) * (1 + cos(pi t / hint_steps)) / 2`` for ``t <= hint_steps``,
-    no hint after; ``coef`` weighs the hint tokens' NLL. ``echo_hinted``: whether a hinted
-    rollout's own continuation may give an EchoClip (hint tokens never do); false leaves EchoRL
-    only the rollouts of unhinted prompts."""
+    ``p(t) = lower + (upper - lower) * (1 + cos(pi t / hint_steps)) / 2`` at UFT's 1-based step
+    ``t <= hint_steps``, no hint after; ``coef`` weighs the hint tokens' NLL. ``segments``: ``uft``
+    (the pieces of UFT's data: a piece ends after every line break and after every ``.`` followed by
+    a space or tab) or ``lines``. ``echo_hinted``: whether a hinted rollout's own continuation may
+    give an EchoClip (hint tokens never do); false leaves EchoRL only the rollouts of unhinted
+    prompts. ``score_hint``: false (UFT: its hints never hold the scored answer) makes the verifier
+    read the generated continuation only; true scores hint + continuation."""
 
     hint_steps: int = 300
     lower_prob: float = 0.05
     upper_prob: float = 0.95
     max_segments: int = 5
+    segments: str = "uft"
     coef: float = 0.001
     seed: int = 0
     echo_hinted: bool = True
+    score_hint: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.hint_steps, int) or self.hint_steps < 0:
@@ -76,8 +89,13 @@ class UftConfig:
             raise ValueError(f"method.uft.lower_prob ({self.lower_prob}) must be <= upper_prob ({self.upper_prob})")
         if not isinstance(self.max_segments, int) or self.max_segments < 1:
             raise ValueError(f"method.uft.max_segments must be a positive int, got {self.max_segments!r}")
+        if self.segments not in SEGMENTS:
+            raise ValueError(f"method.uft.segments must be one of {list(SEGMENTS)}, got {self.segments!r}")
         if float(self.coef) < 0:
             raise ValueError(f"method.uft.coef must be >= 0, got {self.coef!r}")
+        for k in ("echo_hinted", "score_hint"):
+            if not isinstance(getattr(self, k), bool):
+                raise ValueError(f"method.uft.{k} must be true or false, got {getattr(self, k)!r}")
 
 
 @dataclass(frozen=True)

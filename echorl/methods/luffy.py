@@ -8,12 +8,19 @@ Rules (facts from the authors' public code are listed in docs/method.md, "Base m
   the response length (:func:`expert_trace_ids`). It is scored by the verifier like any rollout.
 * Advantages: the base estimator over the whole mixed group (verl's ``grpo`` on the uid), so the
   expert's reward moves the group mean.
-* Loss, per token: on-policy rows use the base method's policy loss unchanged (verl's
-  ``ppo_loss`` with its ``loss_mode``, clip and ``loss_agg_mode``); off-policy rows use
-  ``-A_t * f(pi_theta(t))`` with ``f(x) = x / (x + gamma)`` (the importance ratio with the behaviour
-  policy taken as 1, shaped), never clipped. Both parts are aggregated with verl's ``agg_loss`` and
-  the same global normalisers, so together they equal one aggregation over all rows (for every
+* Loss, per token: on-policy rows use verl's ``ppo_loss`` with the policy loss
+  :data:`UNCLIPPED` (``-A_t * ratio_t``, ``ratio = exp(logp - old_logp)``, no clip: the authors'
+  ``loss_remove_clip=True``), or the base method's own clipped loss with
+  ``method.luffy.on_policy_clip=true``; off-policy rows use ``-A_t * f(pi_theta(t))`` with
+  ``f(x) = x / (x + gamma)`` (the importance ratio with the behaviour policy taken as 1, shaped),
+  never clipped. Both parts are aggregated with verl's ``agg_loss`` and the same global
+  normalisers, so together they equal one aggregation over all rows (for every
   ``loss_agg_mode``: off-policy rows are whole rows). The entropy bonus, when on, covers all rows.
+* Metrics: every micro-batch of every rank reports the same keys (verl's ``Metric.aggregate_dp``
+  refuses ranks with different counts). ``luffy/off_prob_sum`` and ``luffy/off_tokens`` are
+  ``SUM`` metrics scaled by ``dp_size``, so after verl's aggregation they are the mini-batch's
+  total expert-token probability and expert-token count; their ratio is the mean probability the
+  policy gives the expert's tokens (:func:`off_prob_metrics`).
 
 ``d/d logp [f(exp(logp))] = gamma * p / (p + gamma)^2`` (p = exp(logp)): the shaping keeps the
 gradient of low-probability expert tokens alive (``~ p / gamma`` for ``p << gamma``) and damps
@@ -25,12 +32,13 @@ term added exactly as :class:`echorl.verl.loss.EchoLoss` adds it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from tensordict import TensorDict
-from verl.trainer.ppo.core_algos import agg_loss
+from verl.trainer.ppo.core_algos import agg_loss, register_policy_loss
 from verl.utils.metric import AggregationType, Metric
 from verl.workers.utils.losses import ppo_loss
 from verl.workers.utils.padding import no_padding_2_padding
@@ -43,9 +51,11 @@ from echorl.verl.loss import ECHO_DENOM, ECHO_LOSS_METRIC, ECHO_MASK, padded_res
 OFF_POLICY = "off_policy"  # [B] bool: the row is an expert trace
 HINT_MASK = "hint_mask"  # [B, L] bool: UFT hint tokens (response-aligned, response_mask 0 there)
 HINT_DENOM = "hint_denom"  # [B] float: UFT hint-NLL normaliser, fixed before the update
+UNCLIPPED = "echorl_luffy_unclipped"  # verl policy loss: LUFFY's on-policy term without the clip
 
-__all__ = ["OFF_POLICY", "HINT_MASK", "HINT_DENOM", "expert_text", "expert_trace_ids", "shaped_prob",
-           "off_policy_loss_mat", "off_policy_rows", "rows_zeroed", "MethodLoss"]
+__all__ = ["OFF_POLICY", "HINT_MASK", "HINT_DENOM", "UNCLIPPED", "expert_text", "expert_trace_ids", "shaped_prob",
+           "off_policy_loss_mat", "off_policy_rows", "rows_zeroed", "unclipped_policy_loss", "off_prob_metrics",
+           "MethodLoss"]
 
 
 def expert_text(row: Mapping[str, Any]) -> str | None:
@@ -103,6 +113,30 @@ def off_policy_loss_mat(log_prob: torch.Tensor, advantages: torch.Tensor, gamma:
     return -advantages * shaped_prob(log_prob, gamma)
 
 
+@register_policy_loss(UNCLIPPED)
+def unclipped_policy_loss(old_log_prob: torch.Tensor, log_prob: torch.Tensor, advantages: torch.Tensor,
+                          response_mask: torch.Tensor, loss_agg_mode: str = "token-mean", config: Any = None,
+                          rollout_is_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """verl policy loss (``[b, L]`` inputs): ``agg(-A * exp(log_prob - old_log_prob))``, no clip and no
+    dual clip (LUFFY's ``compute_token_on_off_policy_loss`` with ``loss_remove_clip=True``); verl's
+    rollout-correction weights multiply it as in verl's own losses. Same metric keys as ``vanilla``."""
+    neg_kl = log_prob - old_log_prob
+    pg = -advantages * torch.exp(neg_kl)  # [b, L]
+    if rollout_is_weights is not None:
+        pg = pg * rollout_is_weights
+    loss = agg_loss(loss_mat=pg, loss_mask=response_mask, loss_agg_mode=loss_agg_mode, **config.global_batch_info)
+    mask = response_mask.to(neg_kl.dtype)
+    ppo_kl = (-neg_kl.detach() * mask).sum() / mask.sum().clamp(min=1.0)
+    return loss, {"actor/pg_clipfrac": 0.0, "actor/ppo_kl": float(ppo_kl), "actor/pg_clipfrac_lower": 0.0}
+
+
+def off_prob_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
+    """``luffy/off_prob`` (mean policy probability of the expert tokens) from the aggregated
+    ``luffy/off_prob_sum`` and ``luffy/off_tokens``; empty when the step had no expert token."""
+    n = float(metrics.get("luffy/off_tokens", 0.0))
+    return {"luffy/off_prob": float(metrics["luffy/off_prob_sum"]) / n} if n > 0 else {}
+
+
 def rows_zeroed(mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """``mask`` (``[b, j]`` jagged nested or dense ``[b, L]``) with the rows where ``rows`` is True set to 0."""
     keep = (~rows.bool())
@@ -137,9 +171,17 @@ class MethodLoss:
 
     def __init__(self, actor_config: Any, echo_cfg: EchoConfig | Mapping[str, Any],
                  method_cfg: MethodConfig | Mapping[str, Any]):
-        self.actor_config = actor_config
         self.echo_cfg = echo_cfg if isinstance(echo_cfg, EchoConfig) else EchoConfig.from_dict(dict(echo_cfg))
         self.method_cfg = method_cfg if isinstance(method_cfg, MethodConfig) else MethodConfig.from_dict(dict(method_cfg))
+        if self.method_cfg.is_luffy and not self.method_cfg.luffy.on_policy_clip:
+            mode = actor_config.policy_loss.get("loss_mode", "vanilla")
+            if mode != "vanilla":
+                raise ValueError(f"method.luffy.on_policy_clip=false replaces the clipped 'vanilla' PPO loss by LUFFY's "
+                                 f"unclipped one, but actor_rollout_ref.actor.policy_loss.loss_mode={mode!r}; set "
+                                 f"method.luffy.on_policy_clip=true to keep {mode!r}, or loss_mode=vanilla")
+            actor_config = dataclasses.replace(
+                actor_config, policy_loss=dataclasses.replace(actor_config.policy_loss, loss_mode=UNCLIPPED))
+        self.actor_config = actor_config
 
     def __repr__(self) -> str:
         return f"MethodLoss(method={self.method_cfg.name!r}, echo_active={self.echo_cfg.active})"
@@ -177,10 +219,10 @@ class MethodLoss:
                 ent = no_padding_2_padding(entropy, data)
                 loss = loss - cfg.entropy_coeff * agg_loss(loss_mat=ent, loss_mask=off_tok,
                                                            loss_agg_mode=cfg.loss_agg_mode, **info)
-            n_off = off_tok.sum()
-            if bool(n_off > 0):
-                metrics["luffy/off_prob"] = Metric(value=(torch.exp(log_prob.detach()) * off_tok).sum() / n_off,
-                                                   aggregation=AggregationType.MEAN)
+            # reported on every micro-batch (0 without expert tokens); x dp_size: verl averages over ranks
+            p_sum = (torch.exp(log_prob.detach()) * off_tok).sum()
+            metrics["luffy/off_prob_sum"] = Metric(value=p_sum * dp_size, aggregation=AggregationType.SUM)
+            metrics["luffy/off_tokens"] = Metric(value=float(off_tok.sum()) * dp_size, aggregation=AggregationType.SUM)
         if m.is_uft and m.uft.coef > 0:
             if HINT_MASK not in data.keys() or HINT_DENOM not in data.keys():
                 raise KeyError("MethodLoss (method.name=uft): the micro-batch lacks 'hint_mask'/'hint_denom'; the "

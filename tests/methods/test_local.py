@@ -28,7 +28,8 @@ def test_luffy_without_expert_traces_is_grpo_bit_for_bit(tmp_path):
     rows = [{k: v for k, v in r.items() if k != "solution"} for r in load_dataset("arithmetic", n=64, seed=1)]
     score = {"reward.score_fn": "local_scorers:len_mod4"}  # mixed and all-success groups: RL and EchoRL gradients
     grpo, g = _train(tmp_path, "grpo", 3, rows=rows, **score)
-    luffy, m = _train(tmp_path, "luffy", 3, rows=rows, **score)
+    # with the clip kept (method.luffy.on_policy_clip=true) LUFFY without traces is the base GRPO loss
+    luffy, m = _train(tmp_path, "luffy", 3, rows=rows, **score, **{"method.luffy.on_policy_clip": True})
     assert all(x["luffy/off_policy_rows"] == 0.0 for x in m)
     assert sum(x["echo/clips"] for x in g) > 0 and [x["reward/mean"] for x in g] == [x["reward/mean"] for x in m]
     for (k, a), (_, b) in zip(grpo.model.state_dict().items(), luffy.model.state_dict().items()):

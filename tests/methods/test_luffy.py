@@ -83,13 +83,15 @@ def test_shaped_term_and_its_gradient_by_hand():
 
 
 def test_off_policy_tokens_are_not_clipped(token_mean_actor):
-    """Ratio 5 with A > 0: the on-policy row is clipped (zero gradient); the off-policy row is not."""
+    """Ratio 5 with A > 0 and method.luffy.on_policy_clip=true: the on-policy row is clipped (zero
+    gradient); the off-policy row is not."""
     logp = torch.full((2, 3), math.log(0.5), requires_grad=True)
     old = torch.full((2, 3), math.log(0.1))
     adv = torch.ones(2, 3)
     mask = torch.ones(2, 3, dtype=torch.long)
     out, data = micro_batch(logp, old, adv, mask, off_policy=torch.tensor([False, True]))
-    loss_fn = MethodLoss(token_mean_actor, EchoConfig(enable=False), MethodConfig(name="luffy"))
+    clipped = MethodConfig.from_dict({"name": "luffy", "luffy": {"on_policy_clip": True}})
+    loss_fn = MethodLoss(token_mean_actor, EchoConfig(enable=False), clipped)
     loss, metrics = loss_fn(out, data)
     # on row: max(-A r, -A clip(r, 0.8, 1.2)) = -1.2 per token; off row: -0.5/0.6 per token; / 6 tokens
     assert loss.item() == pytest.approx((3 * -1.2 + 3 * -0.5 / 0.6) / 6, rel=1e-6)
@@ -97,6 +99,74 @@ def test_off_policy_tokens_are_not_clipped(token_mean_actor):
     assert torch.equal(logp.grad[0], torch.zeros(3))
     assert torch.allclose(logp.grad[1], torch.full((3,), -(0.1 * 0.5 / 0.6 ** 2) / 6), rtol=1e-6)
     assert float(metrics["luffy/off_pg_loss"].values[0]) == pytest.approx(3 * -0.5 / 0.6 / 6, rel=1e-6)
+
+
+@pytest.mark.parametrize("a", [1.0, -1.0])
+def test_on_policy_tokens_unclipped_by_default(token_mean_actor, a):
+    """The authors' loss_remove_clip=True: ratio 5 gives -A * 5 per on-policy token (vanilla PPO would clip
+    it to -1.2 for A = 1 and, with dual clip c = 3, to +3 for A = -1) and gradient -A * 5 per token."""
+    logp = torch.full((2, 3), math.log(0.5), requires_grad=True)
+    old = torch.full((2, 3), math.log(0.1))
+    out, data = micro_batch(logp, old, torch.full((2, 3), a), torch.ones(2, 3, dtype=torch.long),
+                            off_policy=torch.tensor([False, True]))
+    loss, metrics = MethodLoss(token_mean_actor, EchoConfig(enable=False), MethodConfig(name="luffy"))(out, data)
+    # on row: -A * 5 per token; off row: -A * 0.5 / 0.6 per token; token-mean over 6 tokens
+    assert loss.item() == pytest.approx((3 * -a * 5.0 + 3 * -a * 0.5 / 0.6) / 6, rel=1e-6)
+    loss.backward()
+    assert torch.allclose(logp.grad[0], torch.full((3,), -a * 5.0 / 6), rtol=1e-6)
+    assert torch.allclose(logp.grad[1], torch.full((3,), -a * (0.1 * 0.5 / 0.6 ** 2) / 6), rtol=1e-6)
+    assert metrics["actor/pg_clipfrac"].values == [0.0]
+    assert metrics["actor/ppo_kl"].values[0] == pytest.approx(-math.log(5.0), rel=1e-6)  # over the on-policy row
+
+
+def test_unclipped_refuses_other_policy_losses():
+    from methods_support import actor_config
+
+    gspo = actor_config("actor_rollout_ref.actor.policy_loss.loss_mode=gspo")
+    with pytest.raises(ValueError, match=r"method\.luffy\.on_policy_clip.*loss_mode='gspo'"):
+        MethodLoss(gspo, EchoConfig(enable=False), MethodConfig(name="luffy"))
+    keep = MethodConfig.from_dict({"name": "luffy", "luffy": {"on_policy_clip": True}})
+    assert MethodLoss(gspo, EchoConfig(enable=False), keep).actor_config.policy_loss.loss_mode == "gspo"
+
+
+def test_luffy_metrics_aggregate_over_ranks_with_different_expert_micro_batches(token_mean_actor):
+    """Two data-parallel ranks, two micro-batches each; rank 1's first micro-batch holds no expert row.
+    verl's Metric.aggregate_dp needs every key on every micro-batch of every rank; the aggregated
+    values are the mini-batch totals by hand."""
+    from verl.utils import tensordict_utils as tu
+    from verl.utils.metric import Metric
+
+    from echorl.methods.luffy import off_prob_metrics
+
+    # (expert prob, on-policy prob) per micro-batch, 3 response tokens per row; None: no expert row
+    plan = [[(0.5, 0.3), (0.25, 0.3)], [(None, 0.3), (0.8, 0.3)]]
+    last_masked = (1, 1)  # rank 1, micro-batch 1: the expert row's last token is padding
+    n_tokens = 23  # 8 rows x 3 tokens - 1
+    loss_fn = MethodLoss(token_mean_actor, EchoConfig(enable=False), MethodConfig(name="luffy"))
+    per_rank = []
+    for r, mbs in enumerate(plan):
+        acc: dict[str, Metric] = {}
+        for k, (pe, po) in enumerate(mbs):
+            probs = torch.tensor([[pe if pe is not None else po] * 3, [po] * 3])
+            mask = torch.ones(2, 3, dtype=torch.long)
+            if (r, k) == last_masked:
+                mask[0, 2] = 0
+            out, data = micro_batch(probs.log(), probs.log(), torch.ones(2, 3), mask,
+                                    off_policy=torch.tensor([pe is not None, False]))
+            tu.assign_non_tensor(data, dp_size=2, batch_num_tokens=n_tokens, global_batch_size=8)
+            _, metrics = loss_fn(out, data)
+            for key, m in metrics.items():
+                if isinstance(m, Metric):
+                    acc.setdefault(key, m.init_list()).append(m)
+        per_rank.append(acc)
+    assert per_rank[0].keys() == per_rank[1].keys()
+    agg = {key: float(Metric.aggregate_dp([per_rank[0][key], per_rank[1][key]])) for key in per_rank[0]}
+    assert agg["luffy/off_prob_sum"] == pytest.approx(3 * 0.5 + 3 * 0.25 + 2 * 0.8, rel=1e-6)
+    assert agg["luffy/off_tokens"] == 8.0
+    assert off_prob_metrics(agg)["luffy/off_prob"] == pytest.approx(3.85 / 8, rel=1e-6)
+    f = lambda p: p / (p + 0.1)  # noqa: E731
+    assert agg["luffy/off_pg_loss"] == pytest.approx(-(3 * f(0.5) + 3 * f(0.25) + 2 * f(0.8)) / n_tokens, rel=1e-6)
+    assert off_prob_metrics({"luffy/off_prob_sum": 0.0, "luffy/off_tokens": 0.0}) == {}
 
 
 def test_no_off_policy_rows_is_ppo_loss_bit_for_bit(token_mean_actor):
@@ -108,7 +178,8 @@ def test_no_off_policy_rows_is_ppo_loss_bit_for_bit(token_mean_actor):
     adv = torch.randn(3, 1, generator=g).expand(3, 5).clone()
     mask = torch.ones(3, 5, dtype=torch.long)
     out, data = micro_batch(logp, old, adv, mask, off_policy=torch.zeros(3, dtype=torch.bool))
-    a, _ = MethodLoss(token_mean_actor, EchoConfig(enable=False), MethodConfig(name="luffy"))(out, data)
+    clipped = MethodConfig.from_dict({"name": "luffy", "luffy": {"on_policy_clip": True}})
+    a, _ = MethodLoss(token_mean_actor, EchoConfig(enable=False), clipped)(out, data)
     a.backward()
     ga = logp.grad.clone()
     logp.grad = None
