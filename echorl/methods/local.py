@@ -1,7 +1,9 @@
 """The embedded engine's hooks for LUFFY and UFT (:class:`LocalMethod`), called by
 :class:`echorl.local.trainer.LocalTrainer` at four points of a step:
 
-1. :meth:`LocalMethod.generation_prompts` (before ``generate``): UFT appends each prompt's hint.
+1. :meth:`LocalMethod.generation_prompts` (before ``generate``): the share of prompts with an expert
+   trace (a step without any stops the run, :func:`echorl.methods.luffy.trace_share`); UFT appends
+   each prompt's hint.
 2. :meth:`LocalMethod.after_rollout` (after ``generate``): LUFFY replaces the first
    ``num_off_policy`` rows of each group that has an expert trace by the trace; UFT moves the hint
    from the prompt into the response (``response_mask`` 0, ``hint_mask`` 1 on it).
@@ -11,8 +13,8 @@
 4. :meth:`LocalMethod.batch_fields`: ``off_policy`` / ``hint_mask`` / ``hint_denom`` for
    :class:`echorl.methods.luffy.MethodLoss`.
 
-With ``method.name=grpo``, or LUFFY on rows without an expert trace, every hook returns its input
-object unchanged, so training is bit-identical to the base method.
+With ``method.name=grpo`` every hook returns its input object unchanged, so training is
+bit-identical to the base method.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from echorl.methods.luffy import (
     expert_trace_ids,
     off_policy_rows,
     rows_zeroed,
+    trace_share,
 )
 from echorl.methods.uft import hint_denominator, hint_probability, hint_token_ids, sample_hints
 
@@ -102,9 +105,13 @@ class LocalMethod:
     def generation_prompts(self, prompt_ids: list[list[int]], rows: list[dict], step: int) -> list[list[int]]:
         """UFT: ``prompt + hint`` token ids per prompt; otherwise ``prompt_ids`` itself."""
         self.metrics = {}
+        if not self.active:
+            return prompt_ids
+        texts = [expert_text(r) for r in rows]
+        self.metrics[f"{self.cfg.name}/trace_frac"] = trace_share(texts, self.cfg.name)
         if not self.cfg.is_uft:
             return prompt_ids
-        hints = sample_hints([expert_text(r) for r in rows], step, self.cfg.uft)
+        hints = sample_hints(texts, step, self.cfg.uft)
         # a hint leaves at least one response token to generate (hint + continuation share the budget)
         self._hints = [hint_token_ids(h, self.tok, self.max_len) for h in hints]
         self.metrics["uft/hint_prob"] = hint_probability(step, self.cfg.uft)

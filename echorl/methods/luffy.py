@@ -53,7 +53,7 @@ HINT_MASK = "hint_mask"  # [B, L] bool: UFT hint tokens (response-aligned, respo
 HINT_DENOM = "hint_denom"  # [B] float: UFT hint-NLL normaliser, fixed before the update
 UNCLIPPED = "echorl_luffy_unclipped"  # verl policy loss: LUFFY's on-policy term without the clip
 
-__all__ = ["OFF_POLICY", "HINT_MASK", "HINT_DENOM", "UNCLIPPED", "expert_text", "expert_trace_ids", "shaped_prob",
+__all__ = ["OFF_POLICY", "HINT_MASK", "HINT_DENOM", "UNCLIPPED", "expert_text", "trace_share", "expert_trace_ids", "shaped_prob",
            "off_policy_loss_mat", "off_policy_rows", "rows_zeroed", "unclipped_policy_loss", "off_prob_metrics",
            "MethodLoss"]
 
@@ -82,6 +82,23 @@ def expert_text(row: Mapping[str, Any]) -> str | None:
         if isinstance(value, str) and value.strip():
             return value
     return None
+
+
+def trace_share(texts: Sequence[str | None], method: str, source: str = "data.train_files") -> float:
+    """The share of a step's prompts that have an expert trace (``texts[i]`` from :func:`expert_text`).
+
+    Raises:
+        ValueError: no prompt has one: the method would silently train plain GRPO, so the run stops
+            with the data source (``source``) and the fix.
+    """
+    n = sum(t is not None for t in texts)
+    if texts and n == 0:
+        raise ValueError(
+            f"method.name={method}: none of the {len(texts)} prompts of this training step has an expert trace (a "
+            f"'target' or 'solution' field, or one inside 'extra_info'), so {method} would train plain GRPO. The training "
+            f"data ({source}) lacks the trace: convert the raw data with scripts/prepare_data.py, which carries it as "
+            f"'target' (e.g. --format openr1 for OpenR1-Math-46k), or set method.name=grpo")
+    return n / max(len(texts), 1)
 
 
 def expert_trace_ids(text: str, tokenizer: Any, *, max_target_length: int, eos_id: int,

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from tensordict import TensorDict
 
 from echorl.methods.config import MethodConfig
-from echorl.methods.luffy import HINT_DENOM, HINT_MASK, OFF_POLICY, expert_text
+from echorl.methods.luffy import HINT_DENOM, HINT_MASK, OFF_POLICY, expert_text, trace_share
 from echorl.methods.uft import hint_denominator, hint_probability, sample_hints
 
 AGENT_LOOPS_YAML = os.path.join(os.path.dirname(os.path.abspath(__file__)), "agent_loops.yaml")
@@ -57,10 +57,59 @@ def configure(config: DictConfig) -> MethodConfig:
     if m.is_luffy and m.luffy.num_off_policy >= n:
         raise ValueError(f"method.luffy.num_off_policy ({m.luffy.num_off_policy}) must be smaller than "
                          f"actor_rollout_ref.rollout.n ({n}): a group needs on-policy rollouts")
+    check_trace_files(_as_list(OmegaConf.select(config, "data.train_files")), m.name)
     with open_dict(config):
         agent.default_agent_loop = want
         agent.agent_loop_config_path = AGENT_LOOPS_YAML
     return m
+
+
+def _as_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value]
+
+
+def trace_columns(path: str) -> set[str] | None:
+    """The expert-trace fields a local ``.parquet`` / ``.jsonl`` file can hold (``target``, ``solution``,
+    top level or inside ``extra_info``); ``None`` when the file is not local or not one of these."""
+    if not os.path.isfile(path):
+        return None
+    names: set[str] = set()
+    if path.endswith(".parquet"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        schema = pq.read_schema(path)
+        names = set(schema.names)
+        if "extra_info" in names and pa.types.is_struct(schema.field("extra_info").type):
+            names |= {f"extra_info.{f.name}" for f in schema.field("extra_info").type}
+    elif path.endswith(".jsonl"):
+        import json
+
+        with open(path, encoding="utf-8") as f:
+            first = json.loads(f.readline() or "{}")
+        names = set(first)
+        if isinstance(first.get("extra_info"), dict):
+            names |= {f"extra_info.{k}" for k in first["extra_info"]}
+    else:
+        return None
+    return names & {"target", "solution", "extra_info.target", "extra_info.solution"}
+
+
+def check_trace_files(files: Sequence[str], method: str) -> None:
+    """Start-up check of LUFFY / UFT training files: refuse a local file with no expert-trace field at all
+    (every step would train plain GRPO). Files this cannot read are left to the per-step check
+    (:func:`echorl.methods.luffy.trace_share`)."""
+    for path in files:
+        cols = trace_columns(path)
+        if cols is not None and not cols:
+            raise ValueError(
+                f"method.name={method} needs each training row's expert trace, but {path} has no 'target' or "
+                f"'solution' field (top level or in 'extra_info'): convert the raw data with scripts/prepare_data.py, "
+                f"which carries the trace as 'target' (e.g. --format openr1 for OpenR1-Math-46k), or set method.name=grpo")
 
 
 def _row_field(batch: TensorDict, key: str, i: int) -> Any:
@@ -79,8 +128,9 @@ def _row_field(batch: TensorDict, key: str, i: int) -> Any:
 class VerlMethod:
     """Driver-side state of LUFFY / UFT for one run (see the module docstring)."""
 
-    def __init__(self, cfg: MethodConfig):
+    def __init__(self, cfg: MethodConfig, train_files: str = "data.train_files"):
         self.cfg = cfg
+        self.train_files = train_files  # named in the error of a step without expert traces
         self.has_trace: dict[str, bool] = {}
         self.metrics: dict[str, float] = {}
 
@@ -101,6 +151,7 @@ class VerlMethod:
         tu.assign_non_tensor_data(batch, TRAIN_FLAG, True)
         rows = [{k: _row_field(batch, k, i) for k in ("target", "solution", "extra_info")} for i in range(len(batch))]
         texts = [expert_text(r) for r in rows]
+        self.metrics[f"{self.cfg.name}/trace_frac"] = trace_share(texts, self.cfg.name, self.train_files)
         if self.cfg.is_luffy:
             uids = [str(_row_field(batch, "uid", i)) for i in range(len(batch))]
             self.has_trace.update({u: t is not None for u, t in zip(uids, texts)})

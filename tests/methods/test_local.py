@@ -1,5 +1,6 @@
-"""LUFFY and UFT on the embedded engine, end to end with the tiny model: LUFFY without expert traces is
-GRPO bit for bit; with traces and with hints a step trains (EchoRL on) and reports its metrics."""
+"""LUFFY and UFT on the embedded engine, end to end with the tiny model: LUFFY without expert rows is
+GRPO bit for bit; with traces and with hints a step trains (EchoRL on) and reports its metrics; a step
+without any expert trace stops the run."""
 
 from __future__ import annotations
 
@@ -24,13 +25,14 @@ def _train(tmp_path, name: str, steps: int, rows=None, **extra):
 
 
 @pytest.mark.slow
-def test_luffy_without_expert_traces_is_grpo_bit_for_bit(tmp_path):
-    rows = [{k: v for k, v in r.items() if k != "solution"} for r in load_dataset("arithmetic", n=64, seed=1)]
+def test_luffy_without_expert_rows_is_grpo_bit_for_bit(tmp_path):
+    rows = load_dataset("arithmetic", n=64, seed=1)
     score = {"reward.score_fn": "local_scorers:len_mod4"}  # mixed and all-success groups: RL and EchoRL gradients
     grpo, g = _train(tmp_path, "grpo", 3, rows=rows, **score)
-    # with the clip kept (method.luffy.on_policy_clip=true) LUFFY without traces is the base GRPO loss
-    luffy, m = _train(tmp_path, "luffy", 3, rows=rows, **score, **{"method.luffy.on_policy_clip": True})
-    assert all(x["luffy/off_policy_rows"] == 0.0 for x in m)
+    # no expert row in any group, the clip kept: LUFFY's loss is the base GRPO loss
+    luffy, m = _train(tmp_path, "luffy", 3, rows=rows, **score,
+                      **{"method.luffy.on_policy_clip": True, "method.luffy.num_off_policy": 0})
+    assert all(x["luffy/off_policy_rows"] == 0.0 and x["luffy/trace_frac"] == 1.0 for x in m)
     assert sum(x["echo/clips"] for x in g) > 0 and [x["reward/mean"] for x in g] == [x["reward/mean"] for x in m]
     for (k, a), (_, b) in zip(grpo.model.state_dict().items(), luffy.model.state_dict().items()):
         assert torch.equal(a, b), k
@@ -51,3 +53,15 @@ def test_luffy_and_uft_steps_with_echorl(tmp_path):
     assert not (hint & uft.last_batch["response_mask"].bool()).any()
     assert not (hint & uft.last_batch["echo_mask"]).any()
     assert m[0]["uft/hint_nll"] > 0 and torch.isfinite(torch.tensor(m[0]["actor/pg_loss"]))
+
+
+@pytest.mark.parametrize("name", ["luffy", "uft"])
+def test_a_step_without_expert_traces_stops_the_run(tmp_path, name):
+    from echorl.methods.config import MethodConfig
+    from echorl.methods.local import LocalMethod
+
+    method = LocalMethod(MethodConfig(name=name), None, eos_id=1, pad_id=0, n=4, max_response_length=8)
+    with pytest.raises(ValueError, match=rf"method.name={name}: none of the 2 prompts.*scripts/prepare_data.py"):
+        method.generation_prompts([[5], [6]], [{"prompt": "a"}, {"prompt": "b", "extra_info": {}}], step=0)
+    method.generation_prompts([[5], [6]], [{"prompt": "a"}, {"prompt": "b", "target": "3"}], step=10_000)
+    assert method.metrics[f"{name}/trace_frac"] == 0.5

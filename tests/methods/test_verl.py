@@ -97,6 +97,39 @@ def test_prepare_prompts_marks_training_prompts_and_samples_hints():
     assert TRAIN_FLAG not in plain.prepare_prompts(_prompt_batch(), step=0).keys()
 
 
+def test_steps_without_traces_stop_and_partial_shares_are_logged():
+    luffy = VerlMethod(MethodConfig(name="luffy"))
+    luffy.prepare_prompts(_prompt_batch(), step=0)
+    assert luffy.metrics["luffy/trace_frac"] == 0.5
+    batch = _prompt_batch()
+    batch["target"] = tu.get_tensordict({"target": np.array([None, None], dtype=object),
+                                         "dummy_tensor": torch.zeros(2, 1)})["target"]
+    for name in ("luffy", "uft"):
+        with pytest.raises(ValueError, match=rf"method.name={name}: none of the 2 prompts.*data.train_files.*"
+                                             r"scripts/prepare_data.py"):
+            VerlMethod(MethodConfig(name=name)).prepare_prompts(batch, step=0)
+
+
+def test_start_up_check_names_a_training_file_without_traces(tmp_path):
+    import pandas as pd
+
+    from echorl.verl.methods import check_trace_files, trace_columns
+
+    bare, top, nested = tmp_path / "bare.parquet", tmp_path / "top.parquet", tmp_path / "nested.parquet"
+    pd.DataFrame({"prompt": ["q"], "extra_info": [{"index": 0}]}).to_parquet(bare)
+    pd.DataFrame({"prompt": ["q"], "target": ["t"]}).to_parquet(top)
+    pd.DataFrame({"prompt": ["q"], "extra_info": [{"index": 0, "solution": "s"}]}).to_parquet(nested)
+    assert trace_columns(str(bare)) == set() and trace_columns(str(top)) == {"target"}
+    assert trace_columns(str(nested)) == {"extra_info.solution"} and trace_columns(str(tmp_path / "no.parquet")) is None
+    check_trace_files([str(top), str(nested), "hdfs://remote/file.parquet"], "luffy")
+    with pytest.raises(ValueError, match=rf"method.name=uft .*{bare}.*scripts/prepare_data.py"):
+        check_trace_files([str(top), str(bare)], "uft")
+    jl = tmp_path / "rows.jsonl"
+    jl.write_text('{"prompt": "q", "answer": "1"}\n')
+    with pytest.raises(ValueError, match="rows.jsonl has no 'target'"):
+        check_trace_files([str(jl)], "luffy")
+
+
 def _nested(rows):
     return torch.nested.as_nested_tensor(rows, layout=torch.jagged)
 
