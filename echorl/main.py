@@ -163,5 +163,24 @@ def main(config: DictConfig) -> None:
     run_ppo(config, task_runner_class=EchoTaskRunnerActor)
 
 
+def check_override_keys(argv: list[str]) -> None:
+    """Compose the config Hydra is about to compose, so that a mistyped key fails with the nearest
+    valid key named (:func:`echorl.config.keys.compose_config`) instead of Hydra's "not in struct".
+    Skipped when Hydra's own flags (``--config-name``, ``--multirun``, ...) are given."""
+    from echorl.config.keys import UnknownKeyError, compose_config
+    from echorl.errors import bad_settings_exit
+
+    if any(a.startswith("-") for a in argv):
+        return
+    with bad_settings_exit("echorl.main"):
+        try:
+            compose_config("echorl.config", "echorl_trainer", argv)
+        except UnknownKeyError:
+            raise
+        except Exception:  # any other composition error: Hydra reports it itself, as usual
+            return
+
+
 if __name__ == "__main__":
+    check_override_keys(sys.argv[1:])
     main()

@@ -18,6 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from echorl.config.keys import compose_config
 from echorl.core.config import EchoConfig
 
 RESUME_MODES = ("auto", "disable")
@@ -25,15 +26,9 @@ OVERLONG_MODES = ("error", "skip")
 
 
 def load_config(overrides: Sequence[str] = (), config_name: str = "local") -> DictConfig:
-    """Compose ``echorl/config/<config_name>.yaml`` with Hydra overrides (``key=value`` strings)."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    if GlobalHydra.instance().is_initialized():
-        GlobalHydra.instance().clear()
-    with initialize_config_module("echorl.config", version_base=None):
-        cfg = compose(config_name=config_name, overrides=list(overrides))
-    return cfg
+    """Compose ``echorl/config/<config_name>.yaml`` with Hydra overrides (``key=value`` strings); an
+    unknown key is a ``ValueError`` naming the nearest valid key."""
+    return compose_config("echorl.config", config_name, overrides)
 
 
 def _verl_actor_node() -> DictConfig:
