@@ -43,15 +43,22 @@ def test_each_registered_estimator_runs_a_step_or_is_refused_with_its_reason(tmp
     finally:
         tr.pool.close()
     assert np.isfinite(m["actor/pg_loss"])
-    # the engine's advantages are verl's function on this step's rewards and group ids
-    from echorl.local.update import compute_advantages, token_level_rewards
+    # the engine's advantages are what verl's own trainer function computes from this step's rewards
+    from verl import DataProto
+    from verl.trainer.ppo.ray_trainer import compute_advantage
 
     b = tr.last_batch
-    scores = tr.last["scores"]
-    rewards = token_level_rewards(scores, b["response_mask"])
-    want = compute_advantages(est, rewards, b["response_mask"], tr.last["group_index"].numpy(), tr.algo_cfg)
+    scores, mask = tr.last["scores"], b["response_mask"]
+    rewards = torch.zeros(mask.shape, dtype=torch.float32)  # the score on each row's last valid token
+    last = mask.long().sum(-1) - 1
+    rewards[torch.arange(len(scores)), last] = scores.float()
+    data = DataProto.from_dict(tensors={"token_level_rewards": rewards, "response_mask": mask.float()},
+                               non_tensors={"uid": tr.last["group_index"].numpy()})
+    cfg = tr.algo_cfg
+    want = compute_advantage(data, est, gamma=cfg.gamma, lam=cfg.lam, norm_adv_by_std_in_grpo=cfg.norm_adv_by_std_in_grpo,
+                             config=cfg).batch["advantages"]
     if tr.echo_cfg.mode == "loss":
-        torch.testing.assert_close(b["advantages"], want, rtol=0, atol=0)
+        torch.testing.assert_close(b["advantages"], want.float(), rtol=0, atol=0)
     # a reward that varies inside groups gives a non-zero advantage somewhere
     assert float(b["advantages"].abs().sum()) > 0 or float(scores.std()) == 0
 
