@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from echorl.study.arms import ARMS, Settings
-from echorl.study.stats import mean_sd, paired_difference
+from echorl.study.stats import holm, mean_sd, paired_difference
 
-__all__ = ["load_results", "arm_table", "verdict", "write_report"]
+__all__ = ["load_results", "arm_table", "comparisons", "eval_sampling_se", "verdict", "write_report"]
 
 METRICS = (("test_avg", "test"), ("ood_avg", "ood"))
 
@@ -54,16 +54,49 @@ def _vals(runs: dict[int, dict[str, Any]], key: str) -> dict[int, float]:
     return {s: v for s, v in vals.items() if v is not None}
 
 
-def verdict(d: dict[str, Any]) -> str:
-    """``gain`` / ``loss`` when the t interval excludes 0, ``no detectable difference`` otherwise,
-    ``too few seeds`` under 2 pairs."""
+def verdict(d: dict[str, Any], p_holm: float | None = None, alpha: float = 0.05) -> str:
+    """``gain`` / ``loss`` when the difference survives Holm's correction (``p_holm <= alpha``; without
+    ``p_holm``, when the t interval excludes 0), ``nominal gain`` / ``nominal loss`` when the t
+    interval excludes 0 but the Holm-adjusted p does not pass, ``no detectable difference``
+    otherwise, ``too few seeds`` under 2 pairs."""
     if d["n"] < 2 or math.isnan(d["t_low"]):
         return "too few seeds"
-    if d["t_low"] > 0:
-        return "gain"
-    if d["t_high"] < 0:
-        return "loss"
+    sign = "gain" if d["mean"] > 0 else "loss"
+    excludes0 = d["t_low"] > 0 or d["t_high"] < 0
+    if p_holm is None:
+        return sign if excludes0 else "no detectable difference"
+    if p_holm <= alpha:
+        return sign
+    if excludes0:
+        return f"nominal {sign}, not significant after Holm"
     return "no detectable difference"
+
+
+def comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every paired comparison of :func:`arm_table`'s rows (arm vs base on each metric, and the
+    EchoRL ablations vs ``echorl`` on test), with ``p_holm``: Holm over all of them together."""
+    out = []
+    for r in rows:
+        for key, lab in METRICS:
+            if r.get(f"d_{key}"):
+                out.append({"arm": r["arm"], "vs": r["base"], "metric": lab, "d": r[f"d_{key}"]})
+        if r.get("d_test_avg_vs_echorl"):
+            out.append({"arm": r["arm"], "vs": "echorl", "metric": "test", "d": r["d_test_avg_vs_echorl"]})
+    for c, p in zip(out, holm([float(c["d"].get("p", float("nan"))) for c in out])):
+        c["p_holm"] = p
+        c["verdict"] = verdict(c["d"], None if math.isnan(p) else p)
+    return out
+
+
+def eval_sampling_se(per_problem: list[int], k: int) -> float:
+    """Sampling SE of one run's avg@k on a fixed problem set, from its per-problem correct counts
+    ``c_i`` out of ``k``: ``sqrt(sum_i phat_i (1 - phat_i) / (k - 1)) / N`` with ``phat_i = c_i / k``
+    (the unbiased estimate of each problem's Bernoulli variance over ``k``, averaged over ``N``)."""
+    n = len(per_problem)
+    if n == 0 or k < 2:
+        return float("nan")
+    var = sum((c / k) * (1 - c / k) / (k - 1) for c in per_problem)
+    return math.sqrt(var) / n
 
 
 def arm_table(results: dict[str, dict[int, dict[str, Any]]], kmax: int = 64) -> list[dict[str, Any]]:
@@ -103,6 +136,42 @@ def _diff(d: dict[str, Any] | None) -> str:
     if d["n"] < 2:
         return f"{100 * d['mean']:+.1f} (n=1)"
     return f"{100 * d['mean']:+.1f} [{100 * d['t_low']:+.1f}, {100 * d['t_high']:+.1f}] (n={d['n']})"
+
+
+def _p(p: float | None) -> str:
+    if p is None or math.isnan(p):
+        return "-"
+    return f"{p:.3f}" if p >= 0.001 else "<0.001"
+
+
+def _power_lines(rows: list[dict[str, Any]], results: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
+    """The paired seed-to-seed SD of test differences, the evaluation's own sampling noise, and the
+    smallest difference a paired t test detects with 80% power at the study's seed counts."""
+    from echorl.study.power import min_detectable, pooled_sd
+
+    diffs = {r["arm"]: [100 * x for x in r["d_test_avg"]["diffs"]] for r in rows
+             if r.get("d_test_avg") and r["d_test_avg"]["n"] >= 2}
+    if not diffs:
+        return []
+    nmax = max(len(d) for d in diffs.values())
+    pools = [("every comparison with a base", list(diffs.values()))]
+    top = [d for d in diffs.values() if len(d) == nmax]
+    if len(top) < len(diffs):
+        pools.append((f"the {len(top)} comparisons at {nmax} seeds", top))
+    ses = [100 * eval_sampling_se(r["per_problem"]["test"], int(r["eval"]["test"]["n"]))
+           for runs in results.values() for r in runs.values() if r.get("per_problem", {}).get("test")]
+    ns = sorted({3, nmax, 10})
+    L = ["**Power.** SD of the paired test differences (points) and the smallest true difference a two-sided "
+         "paired t test at level 0.05 detects with 80% power (`echorl.study.power`):", "",
+         "| pooled over | SD | df | " + " | ".join(f"n={n}" for n in ns) + " |", "|---|---|---|" + "---|" * len(ns)]
+    for label, group in pools:
+        sd, df = pooled_sd(group)
+        L.append(f"| {label} | {sd:.2f} | {df} | " + " | ".join(f"{min_detectable(n, sd):.1f}" for n in ns) + " |")
+    if ses:
+        L += ["", f"The evaluation's own sampling noise is small next to that: the SE of one run's test accuracy "
+              f"over its samples (fixed problems) is {statistics.median(ses):.2f} points (median over "
+              f"{len(ses)} runs; {min(ses):.2f}-{max(ses):.2f}); the rest is seed-to-seed training noise."]
+    return L + [""]
 
 
 def _band(ax: Any, runs: dict[int, dict[str, Any]], xkey: str, ykey: str, where: str, label: str, color: str) -> None:
@@ -265,8 +334,8 @@ def write_report(folder: str | os.PathLike, s: Settings, out_md: str | os.PathLi
         L += [f"![GRPO vs GRPO + EchoRL]({rel(figs['main'])})", ""]
     L += ["## Final accuracy per arm", "",
           "Accuracies in %, mean ± sd over seeds. Δ: paired difference to the arm's base method over the seeds both "
-          "ran, with a 95% Student t interval [low, high] (the percentile bootstrap interval is under \"What the data "
-          "support\"); for the EchoRL ablations on GRPO also Δ to the `echorl` arm. Entropy: mean token entropy of the "
+          "ran, with a 95% Student t interval [low, high] (p-values and the Holm correction are under \"What the "
+          "data support\"); for the EchoRL ablations on GRPO also Δ to the `echorl` arm. Entropy: mean token entropy of the "
           "training rollouts (nats), all-success: share of groups, both over the last 20 steps. Clips/step for arms "
           "with EchoRL off is what the selection would have picked (logged, not trained). Echo grad share: "
           "||g_echo|| / (||g_rl|| + ||g_echo||) on one micro-batch, median over the run's measurements (a micro-batch "
@@ -280,15 +349,23 @@ def write_report(folder: str | os.PathLike, s: Settings, out_md: str | os.PathLi
                  f"{_diff(r.get('d_test_avg_vs_echorl'))} | {_pm(r['entropy'], 1, 3)} | {_pm(r['all_success_frac'])} | "
                  f"{_pm(r['clips'], 1, 1)} | {_pm(r['grad_echo_share'], 100, 2)} | {_pm(r['s_per_step'], 1, 2)} |")
     L += ["", "Arms: " + "; ".join(f"`{a.name}`: {a.what}" for a in ARMS if results.get(a.name)) + ".", ""]
+    comps = comparisons(rows)
     L += ["## What the data support", ""]
-    for r in rows:
-        for key, lab in METRICS:
-            d = r.get(f"d_{key}")
-            if d:
-                boot = (f"; bootstrap [{100 * d['boot_low']:+.1f}, {100 * d['boot_high']:+.1f}]"
-                        if d["n"] >= 2 else "")
-                L.append(f"- `{r['arm']}` vs `{r['base']}` on {lab}: **{verdict(d)}** ({_diff(d)} points{boot}).")
-    if not any(r.get("d_test_avg") for r in rows):
+    if comps:
+        m = sum(1 for c in comps if not math.isnan(c["p_holm"]))
+        L += [f"{m} paired comparisons (each arm with a base vs that base on test and ood, and the EchoRL ablations "
+              "on GRPO vs `echorl` on test), all in one Holm family. Δ in points with its 95% Student t interval "
+              "over seeds; p: two-sided paired t test; Holm: the Holm-adjusted p over the whole family. A verdict "
+              "of gain or loss needs Holm-adjusted p <= 0.05; an interval that excludes 0 without that is only "
+              "nominal (exploratory).", "",
+              "| arm | vs | on | n | Δ [95% t interval] | p | Holm p | verdict |", "|---|---|---|---|---|---|---|---|"]
+        for c in comps:
+            d = c["d"]
+            L.append(f"| {c['arm']} | {c['vs']} | {c['metric']} | {d['n']} | {_diff(d).rsplit(' (n=', 1)[0]} | "
+                     f"{_p(d.get('p'))} | {_p(c['p_holm'])} | {c['verdict']} |")
+        L.append("")
+        L += _power_lines(rows, results)
+    else:
         L.append("- No arm has a finished base run to pair with yet.")
     for r in rows:
         share, cos = r["grad_echo_share"], r["grad_cos"]

@@ -13,7 +13,7 @@ import torch
 
 from echorl.study.arms import ARMS, FULL, QUICK, compose, get_arms, run_overrides
 from echorl.study.gradshare import grad_share
-from echorl.study.report import arm_table, load_results, verdict, write_report
+from echorl.study.report import arm_table, comparisons, eval_sampling_se, load_results, verdict, write_report
 from echorl.study.runner import SCHEMA, plan_runs, result_path, run_one, summarize_run
 from echorl.study.stats import mean_sd, paired_difference, t_quantile
 
@@ -142,7 +142,7 @@ def test_cli_dry_run_prints_the_plan(tmp_path, capsys):
 def test_paired_difference_by_hand():
     a = {1: 0.5, 2: 0.6, 3: 0.7, 9: 0.1}
     b = {1: 0.4, 2: 0.55, 3: 0.5, 4: 0.9}
-    d = paired_difference(a, b, resamples=2000, seed=0)
+    d = paired_difference(a, b)
     # d = [0.1, 0.05, 0.2]; mean 0.116667; sd = sqrt((0.016667^2 + 0.066667^2 + 0.083333^2) / 2) = 0.0763763
     # t_{2, 0.975} = 4.302653; half-width = 4.302653 * 0.0763763 / sqrt(3) = 0.1897296
     assert d["n"] == 3 and d["seeds"] == [1, 2, 3]
@@ -150,8 +150,7 @@ def test_paired_difference_by_hand():
     assert d["sd"] == pytest.approx(0.0763763, abs=1e-6)
     assert d["t_low"] == pytest.approx(0.1166667 - 0.1897296, abs=1e-5)
     assert d["t_high"] == pytest.approx(0.1166667 + 0.1897296, abs=1e-5)
-    # percentile bootstrap of 3 values: inside [min, max] of the differences, around the mean
-    assert 0.05 - 1e-12 <= d["boot_low"] < d["mean"] < d["boot_high"] <= 0.2 + 1e-12
+    assert "boot_low" not in d  # no bootstrap: it under-covers at 3-5 seeds
     assert verdict(d) == "no detectable difference"
     # d = 0.10, 0.11, 0.12: sd 0.01, half-width 4.302653 * 0.01 / sqrt(3) = 0.0248 -> interval above 0
     assert verdict(paired_difference({1: 0.5, 2: 0.61, 3: 0.62}, {1: 0.4, 2: 0.5, 3: 0.5})) == "gain"
@@ -159,6 +158,34 @@ def test_paired_difference_by_hand():
     assert verdict(paired_difference({1: 0.5, 2: 0.6}, {1: 0.4, 2: 0.45})) == "no detectable difference"  # t_1 = 12.7
     one = paired_difference({1: 0.5}, {1: 0.4})
     assert one["mean"] == pytest.approx(0.1) and math.isnan(one["t_low"]) and verdict(one) == "too few seeds"
+    # with the Holm-adjusted p: an interval that excludes 0 is only nominal when Holm fails
+    g = paired_difference({1: 0.5, 2: 0.61, 3: 0.62}, {1: 0.4, 2: 0.5, 3: 0.5})
+    assert verdict(g, 0.2) == "nominal gain, not significant after Holm" and verdict(g, 0.04) == "gain"
+    assert verdict(d, 0.01) == "gain"  # given a Holm-adjusted p, it decides
+
+
+def test_comparisons_are_one_holm_family():
+    """arm vs base on test and ood, ablations vs echorl on test; Holm over all of them."""
+    rows = [{"arm": "echorl", "base": "grpo", "d_test_avg": paired_difference({1: .6, 2: .7, 3: .8}, {1: .5, 2: .62, 3: .7}),
+             "d_ood_avg": paired_difference({1: .1, 2: .1}, {1: .1, 2: .1})},
+            {"arm": "sel_full", "base": "grpo", "d_test_avg": paired_difference({1: .5}, {1: .4}),
+             "d_test_avg_vs_echorl": paired_difference({1: .6, 2: .5, 3: .9}, {1: .6, 2: .7, 3: .8})}]
+    cs = comparisons(rows)
+    assert [(c["arm"], c["vs"], c["metric"]) for c in cs] == [
+        ("echorl", "grpo", "test"), ("echorl", "grpo", "ood"), ("sel_full", "grpo", "test"), ("sel_full", "echorl", "test")]
+    # d = .1, .08, .1: mean .093333, sd .011547, t = 14.0, df 2 -> p = 0.0050633 (scipy 2 * t.sf(14, 2));
+    # ood: all differences 0 -> p = 1; sel_full vs grpo: one seed -> NaN (not in the family, m = 3)
+    assert cs[0]["d"]["p"] == pytest.approx(0.005063, abs=1e-5)
+    assert cs[0]["p_holm"] == pytest.approx(3 * cs[0]["d"]["p"])
+    assert math.isnan(cs[2]["p_holm"]) and cs[2]["verdict"] == "too few seeds"
+    assert cs[1]["p_holm"] == 1.0 and cs[1]["verdict"] == "no detectable difference"
+    assert cs[0]["verdict"] == "gain"
+
+
+def test_eval_sampling_se_by_hand():
+    # counts of 4: phat 1, 0.5, 0.25 -> variances 0, 0.25 / 3, 0.1875 / 3; sqrt(0.4375 / 3) / 3
+    assert eval_sampling_se([4, 2, 1], 4) == pytest.approx(math.sqrt(0.4375 / 3) / 3)
+    assert math.isnan(eval_sampling_se([1, 0], 1))
 
 
 @pytest.mark.parametrize("df,q", [(1, 12.706205), (2, 4.302653), (4, 2.776445), (10, 2.228139), (29, 2.045230)])
@@ -183,7 +210,9 @@ def test_report_from_fake_results(tmp_path):
     assert d["n"] == 3 and d["mean"] == pytest.approx((0.05 + 0.10 + 0.02) / 3)
     md = write_report(tmp_path, FULL, tmp_path / "results.md", tmp_path / "img", command="python scripts/study.py --report")
     assert "| echorl | 4 | 60.5 ± 19.9 |" in md  # mean/sd of 0.55, 0.50, 0.47, 0.90 in %
-    assert "`echorl` vs `grpo` on test: **" in md
+    # d = .05, .10, .02: mean .056667, sd .040415, 95% t half-width 4.302653 * .040415 / sqrt 3 = .100396
+    assert "| echorl | grpo | test | 3 | +5.7 [-4.4, +15.7] |" in md
+    assert "2 paired comparisons" in md and "bootstrap" not in md
     assert "| degenerate | 0/3 | `python scripts/study.py --arms degenerate` |" in md
     assert "| grpo | 3/5 | `python scripts/study.py --arms grpo --seeds 4,5` |" in md
     assert (tmp_path / "img" / "results_main.png").stat().st_size > 1000
