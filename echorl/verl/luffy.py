@@ -12,6 +12,14 @@ Driver side (:func:`off_policy_rows_of`): a row is off-policy when its session (
 TransferQueue key ``{uid}_{session}_{index}``) is below ``num_off_policy`` and its prompt had a
 trace when it was submitted; :class:`echorl.verl.methods.VerlMethod` writes the ``off_policy``
 field that :class:`echorl.methods.luffy.MethodLoss` reads, and empties those rows for EchoRL.
+
+Behaviour log-probs: no rollout engine sampled a trace, so the agent loop can only give expert
+tokens placeholder ``rollout_log_probs`` (0.0). :func:`align_expert_rollout` is the driver step that
+keeps verl's rollout checks off them once the actor's old-policy pass has run: the expert rows'
+``rollout_log_probs`` become their ``old_log_probs`` (rollout/actor ratio exactly 1: verl's rollout
+rejection sampling never drops an expert token and its IS weight is 1), and verl's rollout-vs-actor
+metrics (``training/rollout_*``) are recomputed over the policy's own rows
+(:meth:`echorl.verl.methods.VerlMethod.expert_rollout_fields`).
 """
 
 from __future__ import annotations
@@ -44,6 +52,31 @@ def off_policy_rows_of(keys: Sequence[str], uids: Sequence[str], has_trace: dict
     pad = list(is_padding) if is_padding is not None else [False] * len(keys)
     return torch.tensor([not p and bool(has_trace.get(str(u), False)) and session_of(k) < num_off_policy
                          for k, u, p in zip(keys, uids, pad)], dtype=torch.bool)
+
+
+def align_expert_rollout(rollout_log_probs: torch.Tensor, old_log_probs: torch.Tensor, response_mask: torch.Tensor,
+                         responses: torch.Tensor, off: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """Expert rows out of verl's rollout checks (module docstring).
+
+    Args:
+        rollout_log_probs, old_log_probs, response_mask, responses: ``[B, L]`` padded.
+        off: ``[B] bool`` expert rows.
+
+    Returns:
+        ``rollout_log_probs`` with the expert rows' values replaced by ``old_log_probs`` (``[B, L]``),
+        and verl's ``calculate_debug_metrics`` over the rows that are not expert rows (empty when
+        there are none).
+    """
+    from verl import DataProto
+    from verl.utils.debug.metrics import calculate_debug_metrics
+
+    aligned = torch.where(off[:, None], old_log_probs, rollout_log_probs)
+    own = response_mask * (~off)[:, None].to(response_mask.dtype)
+    if not bool(own.any()):
+        return aligned, {}
+    data = DataProto.from_dict({"rollout_log_probs": rollout_log_probs, "old_log_probs": old_log_probs,
+                                "response_mask": own, "responses": responses})
+    return aligned, {k: float(v) for k, v in calculate_debug_metrics(data).items()}
 
 
 class LuffyAgentLoop(SingleTurnAgentLoop):

@@ -1,5 +1,5 @@
 """The driver side of LUFFY / UFT on verl 0.9 (:class:`VerlMethod`), called by
-:class:`echorl.verl.trainer.EchoPPOTrainerSync` at three points:
+:class:`echorl.verl.trainer.EchoPPOTrainerSync` at these points:
 
 1. :func:`configure` (before the workers and agent loops are built): points verl's
    ``actor_rollout_ref.rollout.agent`` at EchoRL's agent loops (``agent_loops.yaml``) and makes the
@@ -7,7 +7,9 @@
 2. :meth:`VerlMethod.prepare_prompts` (``_submit_batch_to_rollout``, training prompts only): marks
    the prompts as training prompts, records which have an expert trace (LUFFY), samples the hints
    of the step (UFT).
-3. :meth:`VerlMethod.stage_fields` (``_compute_advantage``, before the EchoRL stage): the rows
+3. :meth:`VerlMethod.expert_rollout_fields` (LUFFY, after the old-policy pass): expert rows out of
+   verl's rollout-vs-actor checks (:func:`echorl.verl.luffy.align_expert_rollout`).
+4. :meth:`VerlMethod.stage_fields` (``_compute_advantage``, before the EchoRL stage): the rows
    EchoRL must ignore (LUFFY's off-policy rows) and the fields the loss reads (``off_policy``;
    ``hint_mask`` / ``hint_denom``).
 
@@ -209,6 +211,27 @@ class VerlMethod:
         fields, exclude = self.stage_fields(keys, group_ids(data["uid"]), mask, lens, num_minibatches, is_padding)
         out = {k: (_to_nested(v, nested) if v.dim() == 2 else v) for k, v in fields.items()}
         return out, [bool(p) or bool(e) for p, e in zip(is_padding, exclude.tolist())]
+
+    def expert_rollout_fields(self, keys: Sequence[str], data: TensorDict,
+                              is_padding: Sequence[bool]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """LUFFY, after verl's old-policy pass and before its advantage stage (the trainer's hook):
+        the ``rollout_log_probs`` to store (expert rows aligned, :func:`echorl.verl.luffy.align_expert_rollout`)
+        and verl's rollout-vs-actor metrics over the policy's own rows (they replace verl's). ``data``:
+        ``uid``, ``responses``, ``response_mask``, ``rollout_log_probs``, ``old_log_probs`` as verl stores
+        them. Nothing to do (``{}, {}``) for other methods, without expert rows or without
+        ``rollout_log_probs``."""
+        from echorl.verl.fields import _padded, _to_nested, group_ids
+        from echorl.verl.luffy import align_expert_rollout, off_policy_rows_of
+
+        if not self.cfg.is_luffy or "rollout_log_probs" not in data.keys():
+            return {}, {}
+        off = off_policy_rows_of(keys, group_ids(data["uid"]), self.has_trace, self.cfg.luffy.num_off_policy, is_padding)
+        if not bool(off.any()):
+            return {}, {}
+        aligned, metrics = align_expert_rollout(_padded(data, "rollout_log_probs"), _padded(data, "old_log_probs"),
+                                                _padded(data, "response_mask"), _padded(data, "responses"), off)
+        nested = data["response_mask"]
+        return {"rollout_log_probs": _to_nested(aligned, nested) if nested.is_nested else aligned}, metrics
 
     def forget(self, uids: Sequence[str]) -> None:
         """Drop the trace bookkeeping of prompts whose step is done."""

@@ -227,3 +227,52 @@ def test_method_loss_is_the_same_for_any_micro_batch_split(name, agg):
         want = -0.001 * (1 - prob) / 4.0
         assert torch.allclose(g1[1][p_len - 1:p_len + 1], want, rtol=1e-5, atol=1e-9)
     assert not math.isnan(l1)
+
+
+def test_expert_rows_are_left_out_of_verls_rollout_checks():
+    """verl's rollout rejection sampling (token_k1, ratio bounds 0.5-2) drops the expert row's tokens when
+    they carry the placeholder rollout log-prob 0.0; aligned, only the on-policy row with a real mismatch
+    (ratio 4) is dropped, and verl's rollout-vs-actor metrics are those of the policy's own rows."""
+    from verl import DataProto
+    from verl.trainer.config.algorithm import RolloutCorrectionConfig
+    from verl.trainer.ppo.rollout_corr_helper import compute_rollout_correction_and_add_to_batch
+    from verl.utils.debug.metrics import calculate_debug_metrics
+
+    from echorl.verl.luffy import align_expert_rollout
+
+    old = torch.log(torch.tensor([[0.2, 0.3, 0.4], [0.5, 0.5, 0.5], [0.4, 0.1, 0.3]]))
+    rollout = torch.stack([torch.zeros(3), old[1] + 0.05, old[2] - math.log(4.0)])  # row 0: expert placeholder
+    mask = torch.ones(3, 3, dtype=torch.long)
+    responses = torch.ones(3, 3, dtype=torch.long)
+    off = torch.tensor([True, False, False])
+    rs = RolloutCorrectionConfig(rollout_rs="token_k1", rollout_rs_threshold="0.5_2.0")
+
+    def rejected(rlp):
+        batch = DataProto.from_dict({"old_log_probs": old, "rollout_log_probs": rlp, "response_mask": mask.clone()})
+        out, _ = compute_rollout_correction_and_add_to_batch(batch, rs)
+        return out.batch["response_mask"].sum(1).tolist()
+
+    assert rejected(rollout) == [0, 3, 0]  # the placeholder drops the expert row
+    aligned, metrics = align_expert_rollout(rollout, old, mask, responses, off)
+    assert torch.equal(aligned[0], old[0]) and torch.equal(aligned[1:], rollout[1:])
+    assert rejected(aligned) == [3, 3, 0]
+    own = calculate_debug_metrics(DataProto.from_dict({"rollout_log_probs": rollout[1:], "old_log_probs": old[1:],
+                                                       "response_mask": mask[1:], "responses": responses[1:]}))
+    assert metrics.keys() == own.keys() and all(metrics[k] == pytest.approx(float(own[k])) for k in own)
+    # the placeholder would have given a probability difference of 1 - 0.2 = 0.8 on the first token
+    assert metrics["training/rollout_probs_diff_max"] == pytest.approx(0.4 - 0.1, rel=1e-5)
+
+
+def test_expert_rollout_fields_on_verl_layout():
+    rlp = _nested([torch.zeros(2), torch.tensor([-1.0, -2.0, -3.0])])
+    old = _nested([torch.tensor([-0.5, -0.7]), torch.tensor([-1.1, -2.1, -2.9])])
+    data = TensorDict({"uid": np.array(["a", "a"], dtype=object), "response_mask": _nested([torch.ones(2), torch.ones(3)]),
+                       "responses": _nested([torch.ones(2, dtype=torch.long), torch.ones(3, dtype=torch.long)]),
+                       "rollout_log_probs": rlp, "old_log_probs": old}, batch_size=[2])
+    luffy = VerlMethod(MethodConfig(name="luffy"))
+    luffy.has_trace = {"a": True}
+    fields, metrics = luffy.expert_rollout_fields(["a_0_0", "a_1_0"], data, [False, False])
+    out = fields["rollout_log_probs"]
+    assert out.is_nested and torch.equal(out.values(), torch.tensor([-0.5, -0.7, -1.0, -2.0, -3.0]))
+    assert metrics["training/rollout_probs_diff_valid"] == 1
+    assert VerlMethod(MethodConfig(name="uft")).expert_rollout_fields(["a_0_0", "a_1_0"], data, [False] * 2) == ({}, {})
