@@ -54,7 +54,7 @@ EXPECTED = {
     "luffy": {**CLIP, "algorithm.adv_estimator": "grpo", "algorithm.norm_adv_by_std_in_grpo": False,
               "actor_rollout_ref.actor.policy_loss.loss_mode": "vanilla",
               "actor_rollout_ref.actor.loss_agg_mode": "seq-mean-token-sum-norm",
-              "actor_rollout_ref.actor.loss_scale_factor": 8192, "actor_rollout_ref.actor.entropy_coeff": 0.001,
+              "actor_rollout_ref.actor.loss_scale_factor": 128, "actor_rollout_ref.actor.entropy_coeff": 0.001,
               "actor_rollout_ref.rollout.agent.default_agent_loop": "luffy_agent", "method.name": "luffy",
               "method.luffy.num_off_policy": 1, "method.luffy.gamma": 0.1, "method.luffy.max_target_length": 8192},
     "uft": {**CLIP, **VANILLA, "algorithm.adv_estimator": "grpo", "algorithm.norm_adv_by_std_in_grpo": True,
