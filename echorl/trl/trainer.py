@@ -64,7 +64,7 @@ class EchoStepRecord:
         prompt_ids: ``[b, P]``, prompt_mask ``[b, P]``, completion_ids ``[b, L]``, loss_mask ``[b, L]``:
             this process's rows, in generation order (before TRL shuffles them).
         entropy: ``[b, L] float`` the token entropy the selection read.
-        advantages: ``[b]`` TRL's advantages of these rows.
+        advantages: ``[b]`` TRL's advantages of these rows (before a ``mode='advantage'`` bonus).
         scores: ``[B] float`` the outcome reward of every global row.
         echo_mask: ``[b, L] bool``; echo_denom: ``[b] float32``: the stage's output for these rows.
         rows: this process's slice of the global batch; entropy_pass: whether EchoRL ran its own
@@ -174,6 +174,7 @@ class EchoGRPOTrainer(GRPOTrainer):
             num_minibatches=minibatches_per_generation(self.args.steps_per_generation,
                                                        self.args.gradient_accumulation_steps),
             step=self.state.global_step)
+        trl_advantages = out["advantages"]
         out[ECHO_MASK] = res.echo_mask
         out[ECHO_DENOM] = res.echo_denom
         if res.advantages is not None:  # mode='advantage': TRL's loss takes [b, L] advantages
@@ -185,7 +186,7 @@ class EchoGRPOTrainer(GRPOTrainer):
         metrics["timing/echo_stage"].append(time.perf_counter() - t1)
         self.echo_last = EchoStepRecord(
             prompt_ids=out["prompt_ids"], prompt_mask=out["prompt_mask"], completion_ids=out["completion_ids"],
-            loss_mask=loss_mask, entropy=entropy, advantages=out["advantages"], scores=scores,
+            loss_mask=loss_mask, entropy=entropy, advantages=trl_advantages, scores=scores,
             echo_mask=res.echo_mask, echo_denom=res.echo_denom, rows=res.rows, entropy_pass=extra_pass,
             metrics=dict(res.stage.metrics))
         return out
