@@ -7,6 +7,7 @@ every actor update, ``<folder>/step_<k>.pt`` (``torch.load``-able, tensors on CP
   ``echo_kept``: ``[B]`` bool (rows kept for the EchoRL term only, ``echorl.keep_filtered``, and their padding);
 * ``response_mask``, ``echo_mask`` (bool), ``old_log_probs``: ``[B, L]`` right-padded;
 * ``echo_denom``: ``[B]`` float, the stored normaliser ``D_b``;
+* ``off_policy``: ``[B]`` bool, LUFFY's expert-trace rows (only in LUFFY runs, :data:`METHOD_FIELDS`);
 * ``metrics``: the step's ``echo/*`` metrics and ``echo/loss`` (as the workers reported it).
 
 It lets a test recompute the EchoRL loss from exactly what the workers trained on (with one
@@ -25,6 +26,12 @@ from typing import Any
 import torch
 
 FIELDS = ("uid", "response_mask", "echo_mask", "echo_denom", "old_log_probs")
+METHOD_FIELDS = {"luffy": ("off_policy",)}  # method.name -> its per-row fields, traced when it runs
+
+
+def fields_of(method: str) -> list[str]:
+    """The stored fields a trace of a ``method.name`` run reads: :data:`FIELDS` plus the method's own."""
+    return [*FIELDS, *METHOD_FIELDS.get(method, ())]
 
 
 def trace_dir_of(config: Any) -> Path | None:
@@ -37,8 +44,8 @@ def trace_dir_of(config: Any) -> Path | None:
 
 def write_trace(folder: Path, step: int, data: Any, is_padding: Sequence[bool], metrics: dict,
                 kept: Sequence[bool] | None = None) -> Path:
-    """Write ``step_<step>.pt`` from the stored fields ``data`` (a TensorDict with :data:`FIELDS`,
-    nested ``[B, j]`` as TransferQueue returns them) and the step's metrics."""
+    """Write ``step_<step>.pt`` from the stored fields ``data`` (a TensorDict with :func:`fields_of` the
+    run's method, nested ``[B, j]`` as TransferQueue returns them) and the step's metrics."""
     from echorl.verl.fields import _padded, group_ids
 
     record = {
@@ -51,6 +58,8 @@ def write_trace(folder: Path, step: int, data: Any, is_padding: Sequence[bool], 
         "echo_denom": torch.as_tensor(data["echo_denom"]).float().reshape(-1),
         "metrics": {k: float(v) for k, v in metrics.items() if k.startswith("echo/")},
     }
+    for key in (k for fields in METHOD_FIELDS.values() for k in fields if k in data.keys()):
+        record[key] = torch.as_tensor(data[key]).bool().reshape(-1)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step_{step}.pt"
     torch.save(record, path)
