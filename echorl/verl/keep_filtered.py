@@ -24,7 +24,15 @@ Three parts, each where verl decides the matter:
    slot. The update's ``mini_batch_size`` becomes ``mini + dp * s``; ``global_batch_size`` (the
    sequence-mean denominators) stays the RL rows'. Each optimizer step sees exactly DAPO's RL rows.
 
-3. **Masks** (trainer stage). After selection the kept rows' ``response_mask`` and ``loss_mask``
+3. **Advantages** (:func:`advantages_without_kept`). verl's advantage stage runs on the RL rows
+   alone, in their order: every estimator sees exactly DAPO's batch, so batch-level statistics
+   (``reinforce_plus_plus``'s and ``reinforce_plus_plus_baseline``'s whitening over the batch,
+   ``gpg``'s count of non-zero scores) are DAPO's. Zeroing the kept rows' masks first would not be
+   enough: ``gpg`` counts scores, not masked tokens. The fields that stage wrote for the RL rows
+   (``advantages``, ``returns``, ...) are written as zeros for the kept rows, whose RL masks are
+   zeroed next, so the update reads the same fields on every row.
+
+4. **Masks** (trainer stage). After selection the kept rows' ``response_mask`` and ``loss_mask``
    are zeroed (:func:`echorl.filtering.rl_response_mask`): they add nothing to the RL sums, to
    ``batch_num_tokens``, or to the entropy / KL terms; the EchoRL term reads ``echo_mask``.
 
@@ -38,9 +46,12 @@ from __future__ import annotations
 
 import inspect
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import torch
 import transfer_queue as tq
+from tensordict import TensorDict
+from transfer_queue import KVBatchMeta
 from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
 
 KEPT_TAG = "echo_kept"
@@ -193,3 +204,36 @@ def kept_layout(num_rl: int, kept: Sequence[int], mini: int, dp: int) -> tuple[l
             order.extend(range(start, start + per_chunk_rl))
             order.extend(kept[r * M + j::slots])
     return order, mini + dp * s
+
+
+def advantages_without_kept(compute: Callable[[KVBatchMeta, dict], KVBatchMeta], batch: KVBatchMeta,
+                            metrics: dict) -> KVBatchMeta:
+    """verl's advantage stage ``compute(batch, metrics)`` (``PPOTrainerSync._compute_advantage``) on
+    the RL rows of ``batch`` alone (module docstring, part 3).
+
+    Rows tagged :data:`KEPT_TAG` (kept rows and their padding) are left out of ``compute``; every
+    field ``compute`` stored for the RL rows that the kept rows lack is written for them as zeros,
+    response-aligned (``[len_i]`` per row, like verl's nested fields). Returns the handle of the
+    whole batch, in ``batch``'s order, listing the fields every row now holds.
+    """
+    kept_idx = [i for i, tag in enumerate(batch.tags) if is_kept(tag)]
+    if not kept_idx:
+        return compute(batch, metrics)
+    kept_set = set(kept_idx)
+    rl = compute(batch.select_keys([k for i, k in enumerate(batch.keys) if i not in kept_set]), metrics)
+    kept_keys = [batch.keys[i] for i in kept_idx]
+    kept = tq.kv_batch_put(keys=kept_keys, partition_id=batch.partition_id, tags=[batch.tags[i] for i in kept_idx])
+    missing = [f for f in (rl.fields or []) if f not in set(kept.fields or [])]
+    if missing:
+        mask = tq.kv_batch_get(keys=kept_keys, partition_id=batch.partition_id,
+                               select_fields=["response_mask"])["response_mask"]  # [K, j] nested
+        zeros = torch.nested.nested_tensor_from_jagged(torch.zeros(mask.values().shape, dtype=torch.float32),
+                                                       offsets=mask.offsets())
+        kept = tq.kv_batch_put(keys=kept_keys, partition_id=batch.partition_id,
+                               fields=TensorDict({f: zeros for f in missing}, batch_size=[len(kept_keys)]))
+    if set(kept.fields or []) != set(rl.fields or []):
+        raise RuntimeError(f"echorl.keep_filtered: the kept rows hold fields {sorted(kept.fields or [])}, the RL rows "
+                           f"{sorted(rl.fields or [])} after verl's advantage stage; set echorl.keep_filtered=false")
+    tags = dict(zip(rl.keys, rl.tags, strict=True)) | dict(zip(kept.keys, kept.tags, strict=True))
+    return KVBatchMeta(keys=list(batch.keys), tags=[tags[k] for k in batch.keys], partition_id=batch.partition_id,
+                       fields=list(rl.fields or []), extra_info=rl.extra_info)

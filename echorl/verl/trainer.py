@@ -43,7 +43,14 @@ from echorl.core.steps import EchoBoundaryWarning, check_boundary_ids
 from echorl.stage import num_minibatches
 from echorl.verl.dump import dump_config_of, write_verl_dump
 from echorl.verl.fields import READ_FIELDS, echo_stage_fields
-from echorl.verl.keep_filtered import KEPT_TAG, KeepFilteredReplayBuffer, is_kept, kept_layout, store_kept_tags
+from echorl.verl.keep_filtered import (
+    KEPT_TAG,
+    KeepFilteredReplayBuffer,
+    advantages_without_kept,
+    is_kept,
+    kept_layout,
+    store_kept_tags,
+)
 from echorl.verl.loss import EchoLoss
 from echorl.verl.methods import VerlMethod
 from echorl.verl.methods import configure as configure_method
@@ -166,7 +173,8 @@ class EchoPPOTrainerSync(PPOTrainerSync):
 
     def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         with recording(PPOTrainerSync._compute_advantage) as verl_io:  # keep what verl's stage reads/writes
-            batch = super()._compute_advantage(batch, metrics)
+            # kept rows (echorl.keep_filtered) stay out of verl's estimator: it sees exactly DAPO's batch
+            batch = advantages_without_kept(super()._compute_advantage, batch, metrics)
         echo_t0 = time.perf_counter()  # timing_s/echo: fetch + select + write-back of the EchoRL stage
         self._resolve_echo_boundary()
         data = stage_inputs(verl_io, tq, batch.keys, batch.partition_id, READ_FIELDS)

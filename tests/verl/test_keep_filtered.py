@@ -6,7 +6,11 @@
 * the update layout: every (rank, mini-batch) slot holds DAPO's RL rows plus its kept rows;
 * the RL gradient of every mini-batch with verl's real ``ppo_loss`` equals DAPO's (no kept rows)
   once the kept rows' masks are zeroed, and differs when they are not; the EchoRL term does reach
-  the kept rows.
+  the kept rows;
+* the trainer's advantage stage on a real TransferQueue: for every estimator verl's V1 stage runs,
+  the RL rows' advantages and RL gradient with kept rows in the batch equal DAPO's without them
+  (with the kept rows inside verl's estimator, reinforce_plus_plus, reinforce_plus_plus_baseline
+  and gpg differed).
 """
 
 from __future__ import annotations
@@ -272,3 +276,109 @@ def test_stage_zeroes_kept_rows_rl_masks_and_counts_their_clips():
     # without kept rows no mask is written back
     fields, _ = echo_stage_fields(data, None, cfg)
     assert "response_mask" not in fields.keys() and "loss_mask" not in fields.keys()
+
+
+# ---------------------------------------------------------------------------- advantages (real TQ, verl's estimators)
+# Every estimator echorl.keep_filtered allows (gae is refused: its critic would train on the kept rows)
+# that verl's V1 advantage stage can run from the fields it fetches (remax needs reward_baselines,
+# optimal_token_baseline / tir_optimal_token_baseline sum_pi_squared, gdpo per-component rewards: none
+# of which the V1 stage reads, so they fail in verl with or without kept rows).
+V1_ESTIMATORS = ["grpo", "grpo_vectorized", "grpo_passk", "rloo", "rloo_vectorized", "opo", "gpg",
+                 "reinforce_plus_plus", "reinforce_plus_plus_baseline"]
+RL_SCORES = {"g0": [1.0, 0.0, 1.0, 0.0], "g1": [1.0, 1.0, 1.0, 0.0], "g2": [0.0, 0.0, 1.0, 0.0], "g3": [1.0, 0.0, 0.0, 0.0]}
+KEPT_SCORES = {"k0": [1.0] * N, "k1": [1.0] * N}  # all-success groups DAPO dropped
+
+
+def _advantage_rows(seed: int = 5) -> dict[str, dict]:
+    """key -> one trajectory's stored fields, RL groups then kept groups (verl's key layout)."""
+    g = torch.Generator().manual_seed(seed)
+    rows = {}
+    for uid, scores in {**RL_SCORES, **KEPT_SCORES}.items():
+        for i, s in enumerate(scores):
+            n = int(torch.randint(3, 7, (1,), generator=g))
+            rows[f"{uid}_{i}_0"] = {
+                "uid": uid, "kept": uid in KEPT_SCORES, "responses": torch.randint(0, 9, (n,), generator=g),
+                "response_mask": torch.ones(n, dtype=torch.int64), "entropy": torch.rand(n, generator=g),
+                "rm_scores": torch.cat([torch.zeros(n - 1), torch.tensor([s])]),
+                "old_log_probs": -torch.rand(n, generator=g), "theta": torch.randn(n + 2, generator=g),
+            }
+    return rows
+
+
+def _stage_advantages(cfg, rows: dict[str, dict], keys: list[str], partition: str) -> tuple[dict, dict]:
+    """EchoPPOTrainerSync._compute_advantage (verl's advantage stage, then the EchoRL stage) on a real
+    TransferQueue for the rows ``keys`` in that order; returns ``key -> (advantages, response_mask)``
+    as the actor update reads them, and the handle's fields."""
+    from echorl.verl.methods import VerlMethod
+    from echorl.verl.methods import configure as configure_method
+    from echorl.verl.trainer import EchoPPOTrainerSync
+
+    fields = {f: _nested([rows[k][f] for k in keys]) for f in ("responses", "response_mask", "entropy", "rm_scores",
+                                                                "old_log_probs")}
+    stored = tu.get_tensordict({**fields, "uid": [rows[k]["uid"] for k in keys]})
+    tags = [{"is_padding": False, **({KEPT_TAG: True} if rows[k]["kept"] else {})} for k in keys]
+    batch = tq.kv_batch_put(keys=keys, partition_id=partition, fields=stored, tags=tags)
+    trainer = EchoPPOTrainerSync.__new__(EchoPPOTrainerSync)  # the driver-side step only (no workers)
+    trainer.config, trainer._echo_boundary_resolved, trainer.global_steps = cfg, True, 1
+    trainer.echo_cfg = EchoConfig(keep_filtered=True, boundary="fixed", boundary_token_ids=(0,))
+    trainer.method = VerlMethod(configure_method(cfg))
+    out = trainer._compute_advantage(batch, {})
+    got = tq.kv_batch_get(keys=out.keys, partition_id=partition, select_fields=["advantages", "response_mask"])
+    adv, mask = got["advantages"].unbind(), got["response_mask"].unbind()
+    return {k: (adv[i], mask[i]) for i, k in enumerate(out.keys)}, set(out.fields)
+
+
+@pytest.mark.parametrize("estimator", V1_ESTIMATORS)
+def test_rl_advantages_and_gradient_with_kept_rows_equal_dapos(transfer_queue, echorl_cfg, estimator):
+    """The RL rows' advantages, and the RL gradient of verl's ppo_loss, with the kept rows in the batch
+    equal DAPO's without them, for every estimator: batch-level statistics (reinforce_plus_plus's
+    whitening, gpg's count of non-zero scores) must not see the kept rows."""
+    from omegaconf import open_dict
+    from verl.utils.config import omega_conf_to_dataclass
+
+    cfg = copy.deepcopy(echorl_cfg)
+    with open_dict(cfg):
+        cfg.algorithm.adv_estimator = estimator
+        cfg.actor_rollout_ref.rollout.n = N
+        cfg.actor_rollout_ref.actor.ppo_mini_batch_size = 2  # 8 RL rows per mini-batch
+    rows = _advantage_rows()
+    rl_keys = [k for k in rows if not rows[k]["kept"]]
+    kept_keys = [k for k in rows if rows[k]["kept"]]
+    mini, dp = 2 * N, 2
+    order, mbs = kept_layout(len(rl_keys), list(range(len(rl_keys), len(rows))), mini, dp)
+    ours_keys = [(rl_keys + kept_keys)[i] for i in order]  # the update's layout (_balance_batch)
+    try:
+        dapo, _ = _stage_advantages(cfg, rows, rl_keys, "dapo")
+        ours, fields = _stage_advantages(cfg, rows, ours_keys, "keep")
+        assert {"advantages", "echo_mask", "echo_denom"} <= fields
+        for k in rl_keys:
+            assert torch.equal(ours[k][0], dapo[k][0]), (k, ours[k][0], dapo[k][0])
+            assert torch.equal(ours[k][1], dapo[k][1])
+        for k in kept_keys:  # no RL gradient, and an advantage field for the update to read
+            assert int(ours[k][1].sum()) == 0 and ours[k][0].shape == rows[k]["response_mask"].shape
+        # the RL gradient of every mini-batch with verl's ppo_loss (the layout of test_rl_gradient_... above)
+        actor = omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
+
+        def rl_loss(model_output, data, dp_group=None):
+            return ppo_loss(actor, model_output, data, dp_group)
+
+        def loss_rows(src, keys):
+            return [{"theta": rows[k]["theta"], "prompts": torch.ones(2, dtype=torch.long), "responses": rows[k]["responses"],
+                     "old": rows[k]["old_log_probs"], "adv": src[k][0], "echo": torch.zeros_like(src[k][1], dtype=torch.bool)}
+                    for k in keys]
+
+        per_rank, chunk = len(order) // dp, mbs // dp
+        ref_rows, our_rows = loss_rows(dapo, rl_keys), loss_rows(ours, ours_keys)
+        for j in range(len(rl_keys) // mini):
+            d = [i for r in range(dp) for i in range(r * len(rl_keys) // dp + j * mini // dp,
+                                                     r * len(rl_keys) // dp + (j + 1) * mini // dp)]
+            o = [r * per_rank + j * chunk + c for r in range(dp) for c in range(chunk)]
+            ref = _minibatch_grads(ref_rows, d, rl_loss, dp, mini, [dapo[k][1] for k in rl_keys])
+            got = _minibatch_grads(our_rows, o, rl_loss, dp, mini, [ours[k][1] for k in ours_keys])
+            for i in d:
+                torch.testing.assert_close(got[ours_keys.index(rl_keys[i])], ref[i], rtol=1e-6, atol=1e-7)
+    finally:
+        for part in ("dapo", "keep"):
+            listed = list((tq.kv_list() or {}).get(part, {}))
+            if listed:
+                tq.kv_clear(keys=listed, partition_id=part)
