@@ -118,7 +118,7 @@ def memory_child(args) -> None:
     """Runs in a fresh process: build inputs, reset the high-water mark, run (a) once, print JSON."""
     torch.set_num_threads(args.threads)
     responses, mask, entropy, scores, uids, _ = make_batch(args.groups, args.n, args.L)
-    cfg = EchoConfig()
+    cfg = EchoConfig(boundary="fixed")
     tiny = [t[: args.n, :64] for t in (responses, mask, entropy)]
     select_echo_clips(*tiny, scores[: args.n], uids[: args.n], cfg)  # load lazy code paths on a tiny batch
     with open("/proc/self/clear_refs", "w") as f:
@@ -160,7 +160,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     responses, mask, entropy, scores, uids, deg = make_batch(args.groups, args.n, args.L)
     B, L = responses.shape
-    cfg = EchoConfig()
+    cfg = EchoConfig(boundary="fixed")
     ids = torch.tensor(NEWLINES)
 
     # worst case: every group all-success (every row eligible), masks with holes

@@ -8,7 +8,8 @@ advantages are all 0).
 Public API (SPEC 3)::
 
     from echorl import EchoConfig, select_echo_clips
-    sel = select_echo_clips(responses, response_mask, entropy, scores, group_ids, EchoConfig())
+    cfg = EchoConfig().resolve_boundary(tokenizer)  # steps end at every token whose text ends with a newline
+    sel = select_echo_clips(responses, response_mask, entropy, scores, group_ids, cfg)
     sel.mask     # [B, L] bool EchoClip tokens
     sel.metrics  # echo/* scalars
 """

@@ -33,7 +33,7 @@ B, L = 9, 4
 
 def stage_rows(scope: str, filter_on: bool, keep: bool, metric: str = "acc"):
     """(RL rows, EchoRL rows) of the batch after dynamic sampling, as the hosts run it."""
-    echo = EchoConfig(scope=scope, per="rollout", keep_filtered=keep)
+    echo = EchoConfig(boundary="fixed", scope=scope, per="rollout", keep_filtered=keep)
     plan = plan_rows(SCORES, GROUPS, FilterConfig(enable=filter_on, metric=metric), echo)
     kept = plan.rl | plan.echo_only
     idx = kept.nonzero().flatten()

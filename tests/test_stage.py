@@ -36,7 +36,7 @@ CLIP = [[1] * 6 + [0], [1, 1, 0, 0, 0, 0, 0], [0] * 7, [0] * 7, [0] * 7]
 
 def test_mode_loss_degenerate_preset():
     resp, mask, ent, scores, adv = batch()
-    out = run_echo_stage(resp, mask, ent, scores, UIDS, EchoConfig(preset="degenerate"), advantages=adv,
+    out = run_echo_stage(resp, mask, ent, scores, UIDS, EchoConfig(boundary="fixed", preset="degenerate"), advantages=adv,
                          num_minibatches=2)
     assert out.echo_mask.tolist() == [[bool(x) for x in r] for r in CLIP]
     assert out.echo_denom == 8 / 2
@@ -58,7 +58,7 @@ CLIP_PAPER = [[0] * 7, [1, 1, 0, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0, 0], [0] * 7, [0
 
 def test_mode_loss_paper_default_clip_mean():
     resp, mask, ent, scores, adv = batch()
-    out = run_echo_stage(resp, mask, ent, scores, UIDS, EchoConfig(), advantages=adv, num_minibatches=2)
+    out = run_echo_stage(resp, mask, ent, scores, UIDS, EchoConfig(boundary="fixed"), advantages=adv, num_minibatches=2)
     assert out.echo_mask.tolist() == [[bool(x) for x in r] for r in CLIP_PAPER]
     # clip_mean: D_b = |c_b| * C / M = |c_b| * 2 / 2; rows without a clip get 1
     assert out.echo_denom_rows.tolist() == [1.0, 2.0, 3.0, 1.0, 1.0]
@@ -76,7 +76,7 @@ def test_mode_loss_paper_default_clip_mean():
 
 def test_token_mean_normaliser():
     resp, mask, ent, scores, _ = batch()
-    out = run_echo_stage(resp, mask, ent, scores, UIDS, EchoConfig(loss_agg="token_mean"), num_minibatches=4)
+    out = run_echo_stage(resp, mask, ent, scores, UIDS, EchoConfig(boundary="fixed", loss_agg="token_mean"), num_minibatches=4)
     assert out.echo_denom == 20 / 4 and out.advantages is None
     assert out.echo_denom_rows.tolist() == [5.0] * 5
 
@@ -84,18 +84,18 @@ def test_token_mean_normaliser():
 def test_echo_only_rows_are_counted():
     resp, mask, ent, scores, _ = batch()
     kept = torch.tensor([True, True, False, False, False])  # group a kept for the EchoRL term only
-    out = run_echo_stage(resp, mask, ent, scores, UIDS, EchoConfig(), echo_only=kept)
+    out = run_echo_stage(resp, mask, ent, scores, UIDS, EchoConfig(boundary="fixed"), echo_only=kept)
     m = out.metrics
     assert (m["echo/kept_rows"], m["echo/kept_clip_tokens"], m["echo/clips_from_kept"]) == (2, 2, 1)
     with pytest.raises(ValueError, match=r"echo_only must have shape \[B\]=\[5\], got \[4\]"):
-        run_echo_stage(resp, mask, ent, scores, UIDS, EchoConfig(), echo_only=kept[:4])
+        run_echo_stage(resp, mask, ent, scores, UIDS, EchoConfig(boundary="fixed"), echo_only=kept[:4])
 
 
 @pytest.mark.parametrize("kwargs", [{"enable": False}, {"coef": 0.0}])
 def test_inactive_changes_nothing(kwargs):
     resp, mask, ent, scores, adv = batch()
     adv_before = adv.clone()
-    out = run_echo_stage(resp, mask, ent, scores, UIDS, EchoConfig(preset="degenerate", **kwargs), advantages=adv)
+    out = run_echo_stage(resp, mask, ent, scores, UIDS, EchoConfig(boundary="fixed", preset="degenerate", **kwargs), advantages=adv)
     assert not out.echo_mask.any() and out.echo_mask.shape == (5, 7)
     assert out.advantages is adv and torch.equal(adv, adv_before)
     assert out.metrics["echo/active"] == 0.0
@@ -111,7 +111,7 @@ def test_inactive_changes_nothing(kwargs):
 def test_mode_advantage_adds_adv_coef_exactly_on_clip_tokens():
     resp, mask, ent, scores, adv = batch()
     adv_before = adv.clone()
-    out = run_echo_stage(resp, mask, ent, scores, UIDS, EchoConfig(preset="degenerate", mode="advantage", adv_coef=0.25),
+    out = run_echo_stage(resp, mask, ent, scores, UIDS, EchoConfig(boundary="fixed", preset="degenerate", mode="advantage", adv_coef=0.25),
                          advantages=adv)
     clip = torch.tensor(CLIP, dtype=torch.bool)
     assert torch.equal(out.advantages, torch.where(clip, adv_before + 0.25, adv_before))
@@ -125,7 +125,7 @@ def test_random_prefix_is_seeded_by_seed_and_step():
     B = 16
     resp = torch.tensor([row] * B)
     mask, ent, scores = torch.ones(B, 13), torch.ones(B, 13), torch.ones(B)
-    cfg = EchoConfig(selector="random_prefix", seed=3, per="rollout")
+    cfg = EchoConfig(boundary="fixed", selector="random_prefix", seed=3, per="rollout")
     outs = {}
     for step in (0, 1, 1):
         out = run_echo_stage(resp, mask, ent, scores, [0] * B, cfg, step=step)
@@ -142,6 +142,6 @@ def test_random_prefix_is_seeded_by_seed_and_step():
 def test_bad_advantages_shape():
     resp, mask, ent, scores, adv = batch()
     with pytest.raises(ValueError, match=r"advantages must have shape \[B, L\]=\[5, 7\], got \[5, 6\]"):
-        run_echo_stage(resp, mask, ent, scores, UIDS, EchoConfig(), advantages=adv[:, :6])
+        run_echo_stage(resp, mask, ent, scores, UIDS, EchoConfig(boundary="fixed"), advantages=adv[:, :6])
     with pytest.raises(ValueError, match="num_minibatches must be a positive int"):
-        run_echo_stage(resp, mask, ent, scores, UIDS, EchoConfig(), num_minibatches=0)
+        run_echo_stage(resp, mask, ent, scores, UIDS, EchoConfig(boundary="fixed"), num_minibatches=0)

@@ -61,14 +61,20 @@ def yaml_node(overrides: dict[str, tuple[Any, str]] | None = None, indent: str =
 
 
 def _md_default(name: str) -> Any:
-    return getattr(EchoConfig(), name)
+    """The default the docs show (:meth:`EchoConfig.help_table`'s)."""
+    return next(row[2] for row in EchoConfig.help_table() if row[0] == name)
+
+
+def _md_type(f: dataclasses.Field) -> str:
+    """The field's type for a Markdown table cell (``|`` escaped: it would end the cell)."""
+    return str(f.type).replace("|", "\\|")
 
 
 def method_table() -> list[str]:
     """The options table of docs/method.md (defaults as constructed: the preset's values filled in)."""
     lines = ["| field | type | default | meaning |", "|-------|------|---------|---------|"]
     for f in _fields():
-        lines.append(f"| `{f.name}` | `{f.type}` | `{_md_default(f.name)!r}` | {f.metadata['help']} |")
+        lines.append(f"| `{f.name}` | `{_md_type(f)}` | `{_md_default(f.name)!r}` | {f.metadata['help']} |")
     return lines
 
 
@@ -78,14 +84,13 @@ def verl_table() -> list[str]:
     for f in _fields():
         d = _md_default(f.name)
         shown = list(d) if isinstance(d, tuple) else d
-        lines.append(f"| `echorl.{f.name}` | `{f.type}` | `{shown}` | {f.metadata['help']} |")
+        lines.append(f"| `echorl.{f.name}` | `{_md_type(f)}` | `{shown}` | {f.metadata['help']} |")
     return lines
 
 
 def cli_help() -> str:
     """The ``echorl.*`` part of ``echorl train --help``."""
-    local = ", ".join(f"{k}={_yaml_value(v)}" for k, (v, _) in AUTO_BOUNDARY.items())
-    out = [f"EchoRL options (override as echorl.KEY=VALUE; EchoConfig's defaults, local.yaml sets {local}):"]
+    out = ["EchoRL options (override as echorl.KEY=VALUE; the defaults are EchoConfig's, as local.yaml sets them):"]
     for f in _fields():
         head = f"  echorl.{f.name} (default {_yaml_value(f.default)})"
         out.append(head)
@@ -110,18 +115,13 @@ class Target:
         return f"{self.indent}<!-- END generated -->" if self.markdown else f"{self.indent}# END generated"
 
 
-AUTO_BOUNDARY = {
-    "boundary": ("auto", "auto: the model's tokenizer decides (the char-level tiny model has one newline token)."),
-    "boundary_token_ids": (None, "null: derived from the tokenizer (boundary=auto)."),
-}
-
 VERL_NOTES = {
     "keep_filtered": (False, "mode=loss, sync trainer, no critic, actor.shuffle=false (echorl/verl/keep_filtered.py)."),
 }
 
 TARGETS: list[Target] = [
     Target("echorl/config/echorl_trainer.yaml", lambda: yaml_node(VERL_NOTES), indent="  "),
-    Target("echorl/config/local.yaml", lambda: yaml_node(AUTO_BOUNDARY), indent="  "),
+    Target("echorl/config/local.yaml", yaml_node, indent="  "),
     Target("docs/method.md", method_table, markdown=True),
     Target("docs/verl.md", verl_table, markdown=True),
 ]

@@ -14,7 +14,7 @@ from typing import Any
 
 from echorl.core.registry import LOSS_AGGS, SELECTORS, STEP_AGGS
 
-QWEN_NEWLINE_IDS: tuple[int, ...] = (198, 271)  # Qwen2/2.5: "\n" and "\n\n"
+QWEN_NEWLINE_IDS: tuple[int, ...] = (198, 271)  # Qwen2/2.5 "\n", "\n\n": the authors' flags, boundary="fixed"
 
 SCOPES = ("degenerate", "success")
 PERS = ("rollout", "group")
@@ -25,7 +25,8 @@ PRESETS: dict[str, dict[str, str]] = {
     "degenerate": {"scope": "degenerate", "per": "rollout", "loss_agg": "clip_token_mean"},
 }
 MODES = ("loss", "advantage")
-BOUNDARIES = ("fixed", "auto")
+BOUNDARIES = ("auto", "fixed")
+_DEFAULT_BOUNDARY = "auto"
 
 
 def _help(text: str, **kw: Any) -> Any:
@@ -48,12 +49,16 @@ class EchoConfig:
     )
     enable: bool = _help("Turn EchoRL on. False trains the base RLVR method bit-identically.", default=True)
     boundary: str = _help(
-        "How step boundary tokens are chosen: 'fixed' uses boundary_token_ids; 'auto' derives them "
-        "from the tokenizer (every token whose text ends with a newline) via cfg.resolve_boundary(tok).",
-        default="fixed",
+        "How step boundary tokens are chosen: 'auto' (every token whose text ends with a newline, derived "
+        "from the tokenizer via cfg.resolve_boundary(tok)) or 'fixed' (exactly boundary_token_ids). With "
+        "Qwen2.5 'fixed' [198, 271] (the authors' flags) misses the merged tokens such as '.\\n\\n' (382): "
+        "most responses become one step (docs/method.md).",
+        default=_DEFAULT_BOUNDARY,
     )
-    boundary_token_ids: tuple[int, ...] = _help(
-        "Token ids that end a reasoning step (Qwen2/2.5: 198 '\\n', 271 '\\n\\n').", default=QWEN_NEWLINE_IDS
+    boundary_token_ids: tuple[int, ...] | None = _help(
+        "Token ids that end a reasoning step. null: with boundary='fixed' the authors' flags (Qwen2/2.5: 198 "
+        "'\\n', 271 '\\n\\n'); with boundary='auto' the tokenizer's ids, filled in by cfg.resolve_boundary(tok).",
+        default=None,
     )
     success_threshold: float = _help("A rollout succeeds when its outcome reward >= this.", default=1.0)
     tol: float = _help("Scores of a group within this of each other count as equal (zero variance).", default=1e-6)
@@ -96,7 +101,10 @@ class EchoConfig:
 
     # ------------------------------------------------------------------ validation
     def __post_init__(self) -> None:
+        _choice("boundary", self.boundary, BOUNDARIES)
         ids = self.boundary_token_ids
+        if ids is None:  # the setting's default: the authors' ids, or none until resolved from a tokenizer
+            ids = QWEN_NEWLINE_IDS if self.boundary == "fixed" else ()
         if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence):
             if hasattr(ids, "__iter__") and not isinstance(ids, (str, bytes)):
                 ids = tuple(ids)  # e.g. an omegaconf ListConfig
@@ -117,7 +125,6 @@ class EchoConfig:
         for name, value in PRESETS[self.preset].items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
-        _choice("boundary", self.boundary, BOUNDARIES)
         if self.boundary == "fixed" and not ids:
             raise ValueError("EchoConfig.boundary_token_ids is empty with boundary='fixed'; give ids or use boundary='auto'")
         _choice("scope", self.scope, SCOPES)
@@ -177,26 +184,33 @@ class EchoConfig:
         """Build from a plain mapping (e.g. a Hydra ``echorl:`` node). Unknown keys are an error that
         names the dotted key and lists the valid ones. ``preset`` names a reading (:data:`PRESETS`);
         ``scope``, ``per`` and ``loss_agg`` absent or null take its values, explicit ones win, so
-        ``echorl.preset=degenerate`` switches the whole reading with one key."""
+        ``echorl.preset=degenerate`` switches the whole reading with one key. ``boundary_token_ids`` given
+        with ``boundary='auto'`` (the default) is refused: the tokenizer's ids would replace them.
+        ``boundary_token_ids: auto`` is read as ``boundary: auto``."""
         d = dict(d or {})
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"unknown key(s) {[f'{prefix}.{k}' for k in unknown]}; valid keys: {sorted(names)}")
-        if d.get("boundary_token_ids") in (None, "auto"):
-            if d.get("boundary_token_ids") == "auto":
-                d["boundary"] = "auto"
-            d.pop("boundary_token_ids", None)
-            if d.get("boundary") == "auto":
-                d["boundary_token_ids"] = ()
+        ids = d.get("boundary_token_ids")
+        if ids == "auto":
+            d["boundary"], d["boundary_token_ids"] = "auto", None
+        elif isinstance(ids, Sequence) and not isinstance(ids, (str, bytes)) and len(ids) and \
+                d.get("boundary", _DEFAULT_BOUNDARY) == "auto":
+            raise ValueError(
+                f"{prefix}.boundary_token_ids={list(ids)} is given while {prefix}.boundary=auto derives the ids from "
+                f"the tokenizer and would ignore them; set {prefix}.boundary=fixed to train with these ids, or drop "
+                f"{prefix}.boundary_token_ids (null) to use the tokenizer's newline ids"
+            )
         try:
             return cls(**d)
         except ValueError as e:
             raise ValueError(str(e).replace("EchoConfig.", f"{prefix}.")) from None
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain fields (a YAML node): ids as a list, ``None`` while ``boundary='auto'`` is unresolved."""
         d = dataclasses.asdict(self)
-        d["boundary_token_ids"] = list(self.boundary_token_ids)
+        d["boundary_token_ids"] = list(self.boundary_token_ids) or None
         return d
 
     @classmethod
@@ -206,10 +220,16 @@ class EchoConfig:
 
     @classmethod
     def help_table(cls) -> list[tuple[str, str, Any, str]]:
-        """(name, type, default, help) of every field, for docs and CLI help; fields the preset
-        fills show the default preset's value."""
+        """(name, type, default, help) of every field, for docs and CLI help. The default is the value
+        as constructed (fields the preset fills show the default preset's value), except for a field
+        left empty until the run fills it (``boundary_token_ids`` under ``boundary='auto'``), which
+        shows its declared default (``None``)."""
         base = cls()
-        return [(f.name, str(f.type), getattr(base, f.name), f.metadata["help"]) for f in dataclasses.fields(cls)]
+        rows = []
+        for f in dataclasses.fields(cls):
+            value = getattr(base, f.name)
+            rows.append((f.name, str(f.type), f.default if value == () else value, f.metadata["help"]))
+        return rows
 
 
 def _choice(name: str, value: Any, valid: Sequence[str]) -> None:

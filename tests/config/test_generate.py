@@ -39,18 +39,21 @@ def test_missing_markers_are_named():
         gen.regenerate("echorl:\n  coef: 0.001\n", t)
 
 
-@pytest.mark.parametrize(
-    "path, changed",
-    [("echorl/config/echorl_trainer.yaml", {}),
-     ("echorl/config/local.yaml", {"boundary": "auto", "boundary_token_ids": None})],
-)
-def test_yaml_nodes_hold_every_field_with_its_default(path, changed):
+@pytest.mark.parametrize("path", ["echorl/config/echorl_trainer.yaml", "echorl/config/local.yaml"])
+def test_yaml_nodes_hold_every_field_with_its_default(path):
     node = yaml.safe_load((gen.ROOT / path).read_text())["echorl"]
-    expected = {f.name: f.default for f in dataclasses.fields(EchoConfig)}
-    expected["boundary_token_ids"] = list(expected["boundary_token_ids"])
-    expected.update(changed)
-    assert node == expected
-    assert EchoConfig.from_dict(node).to_dict()["coef"] == 0.001
+    assert node == {f.name: f.default for f in dataclasses.fields(EchoConfig)}
+    assert (node["boundary"], node["boundary_token_ids"]) == ("auto", None)  # both hosts: steps from the tokenizer
+    cfg = EchoConfig.from_dict(node)
+    assert cfg == EchoConfig() and (cfg.boundary, cfg.boundary_token_ids, cfg.coef) == ("auto", (), 0.001)
+    # the authors' literal flags are one override away
+    assert EchoConfig.from_dict({**node, "boundary": "fixed"}).boundary_token_ids == (198, 271)
+
+
+def test_markdown_tables_escape_the_union_type():
+    row = next(r for r in gen.method_table() if r.startswith("| `boundary_token_ids`"))
+    assert row.startswith("| `boundary_token_ids` | `tuple[int, ...] \\| None` | `None` | ")
+    assert all(r.count(" | ") == 3 for r in gen.method_table()[2:] + gen.verl_table()[2:])
 
 
 def test_yaml_value_floats_stay_floats():
@@ -66,4 +69,5 @@ def test_train_help_lists_every_option():
     for f in dataclasses.fields(EchoConfig):
         assert f"  echorl.{f.name} (default " in res.stdout
     assert "Weight of the EchoRL NLL term in mode='loss'" in res.stdout
-    assert "local.yaml sets boundary=auto, boundary_token_ids=null" in res.stdout
+    assert "  echorl.boundary (default auto)" in res.stdout
+    assert "  echorl.boundary_token_ids (default null)" in res.stdout

@@ -42,7 +42,7 @@ def make(rows, ents, masks=None, dtype=torch.float64, device="cpu"):
 def sel_of(rows, ents, scores, uids, cfg=None, masks=None, dtype=torch.float64, device="cpu", generator=None):
     resp, mask, ent = make(rows, ents, masks, dtype, device)
     s = torch.tensor(scores, dtype=torch.float32, device=device)
-    return select_echo_clips(resp, mask, ent, s, uids, cfg or EchoConfig(preset="degenerate"), generator=generator)
+    return select_echo_clips(resp, mask, ent, s, uids, cfg or EchoConfig(boundary="fixed", preset="degenerate"), generator=generator)
 
 
 def prefix(n, L):
@@ -87,7 +87,7 @@ ENT_AGG = [3, 0, 1, 1, 1, 1, 1, 1, 1, 2, 2]
 
 @pytest.mark.parametrize("agg, k, clip_len, h", [("mean", 2, 11, 2.0), ("sum", 1, 9, 7.0), ("max", 0, 2, 3.0)])
 def test_step_agg_changes_the_peak(agg, k, clip_len, h):
-    sel = sel_of([ROW_AGG], [ENT_AGG], [1.0], [0], EchoConfig(preset="degenerate", step_agg=agg))
+    sel = sel_of([ROW_AGG], [ENT_AGG], [1.0], [0], EchoConfig(boundary="fixed", preset="degenerate", step_agg=agg))
     assert sel.clip_end_step.tolist() == [k] and sel.peak_h.tolist() == [h]
     assert sel.mask.tolist() == [prefix(clip_len, 11)]
 
@@ -103,7 +103,7 @@ def test_step_agg_changes_the_peak(agg, k, clip_len, h):
     ],
 )
 def test_ties_go_to_the_earliest_step(selector, agg, ent, k):
-    sel = sel_of([[5, N, 6, N, 7]], [ent], [1.0], [0], EchoConfig(preset="degenerate", selector=selector, step_agg=agg))
+    sel = sel_of([[5, N, 6, N, 7]], [ent], [1.0], [0], EchoConfig(boundary="fixed", preset="degenerate", selector=selector, step_agg=agg))
     assert sel.clip_end_step.tolist() == [k]
     assert sel.mask.tolist() == [prefix([2, 4, 5][k], 5)]
 
@@ -121,7 +121,8 @@ ENT_MIN = [1, 1, 1, 1, 5, 5, 3, 3, 3, 3, 9]
     ],
 )
 def test_min_step_tokens(min_tokens, selector, k, clip_len):
-    sel = sel_of([ROW_MIN], [ENT_MIN], [1.0], [0], EchoConfig(preset="degenerate", min_step_tokens=min_tokens, selector=selector))
+    cfg = EchoConfig(boundary="fixed", preset="degenerate", min_step_tokens=min_tokens, selector=selector)
+    sel = sel_of([ROW_MIN], [ENT_MIN], [1.0], [0], cfg)
     assert sel.clip_end_step.tolist() == [k]
     assert sel.mask.tolist() == [prefix(clip_len, 11)]
     assert sel.eligible.tolist() == [True] and sel.num_steps.tolist() == [4]
@@ -135,7 +136,7 @@ def test_random_prefix_picks_the_floor_u_n_th_eligible_step():
     ends = [2, 4, 6, 8, 9]
     B = 16
     for min_tokens, n in ((1, 5), (2, 4)):
-        cfg = EchoConfig(preset="degenerate", selector="random_prefix", min_step_tokens=min_tokens, seed=7)
+        cfg = EchoConfig(boundary="fixed", preset="degenerate", selector="random_prefix", min_step_tokens=min_tokens, seed=7)
         u = torch.rand(B, generator=torch.Generator().manual_seed(123), dtype=torch.float64)
         sel = sel_of([row] * B, [[1] * 9] * B, [1.0] * B, [0] * B, cfg, generator=torch.Generator().manual_seed(123))
         k = [math.floor(x * n) for x in u.tolist()]
@@ -153,7 +154,7 @@ def test_random_prefix_without_generator_draws_differ_between_batches_and_repeat
     """Two successive steps (different batches) draw different clips; the same batch draws the same."""
     g = torch.Generator().manual_seed(0)
     B, L = 32, 9
-    cfg = EchoConfig(preset="degenerate", selector="random_prefix", seed=7)
+    cfg = EchoConfig(boundary="fixed", preset="degenerate", selector="random_prefix", seed=7)
 
     def batch():  # every row: 5 steps of 1 token + a newline N, tokens 1..5 drawn at random
         toks = torch.randint(1, 6, (B, 5), generator=g).tolist()
@@ -164,7 +165,7 @@ def test_random_prefix_without_generator_draws_differ_between_batches_and_repeat
     s2 = sel_of(b2, [[1] * L] * B, [1.0] * B, [0] * B, cfg)
     assert s1.clip_end_step.tolist() != s2.clip_end_step.tolist()  # step to step: new draws
     assert sel_of(b1, [[1] * L] * B, [1.0] * B, [0] * B, cfg).clip_end_step.tolist() == s1.clip_end_step.tolist()
-    other_seed = sel_of(b1, [[1] * L] * B, [1.0] * B, [0] * B, EchoConfig(preset="degenerate",
+    other_seed = sel_of(b1, [[1] * L] * B, [1.0] * B, [0] * B, EchoConfig(boundary="fixed", preset="degenerate",
                                                                            selector="random_prefix", seed=8))
     assert other_seed.clip_end_step.tolist() != s1.clip_end_step.tolist()
 
@@ -173,7 +174,7 @@ def test_random_prefix_row_i_uses_u_i_even_when_earlier_rows_are_not_eligible():
     row = [1, N, 2, N, 3, N, 4, N, 5]
     B = 12
     scores = [0.0] * 6 + [1.0] * 6  # groups 0..5 fail, 6..11 succeed (one row per group)
-    cfg = EchoConfig(preset="degenerate", selector="random_prefix")
+    cfg = EchoConfig(boundary="fixed", preset="degenerate", selector="random_prefix")
     sel = sel_of([row] * B, [[1] * 9] * B, scores, list(range(B)), cfg, generator=torch.Generator().manual_seed(5))
     u = torch.rand(B, generator=torch.Generator().manual_seed(5), dtype=torch.float64).tolist()
     assert sel.clip_end_step.tolist() == [-1] * 6 + [math.floor(x * 5) for x in u[6:]]
@@ -202,7 +203,7 @@ def test_paper_default_one_clip_per_group_from_successes_of_any_group():
     h=3, ROW_B at h=4 -> ROW_B's clip. Group m (mixed, ROW_A succeeds): its only success's clip.
     Group f (all-fail): nothing."""
     sel = sel_of([ROW_A, ROW_B, ROW_A, ROW_B, ROW_A, ROW_B], [ENT_A, ENT_B] * 3,
-                 [1.0, 1.0, 1.0, 0.0, 0.0, 0.0], ["g", "g", "m", "m", "f", "f"], EchoConfig())
+                 [1.0, 1.0, 1.0, 0.0, 0.0, 0.0], ["g", "g", "m", "m", "f", "f"], EchoConfig(boundary="fixed"))
     assert sel.eligible.tolist() == [True, True, True, False, False, False]
     assert sel.clip_end_step.tolist() == [-1, 0, 1, -1, -1, -1]
     assert sel.mask.tolist() == [prefix(0, 7), prefix(2, 7), prefix(6, 7)] + [prefix(0, 7)] * 3
@@ -210,7 +211,7 @@ def test_paper_default_one_clip_per_group_from_successes_of_any_group():
     m = sel.metrics
     assert (m["echo/clips"], m["echo/clips_from_all_success"], m["echo/clips_from_mixed"]) == (2, 1, 1)
     deg = sel_of([ROW_A, ROW_B, ROW_A, ROW_B], [ENT_A, ENT_B] * 2, [1.0, 1.0, 1.0, 0.0], ["g", "g", "m", "m"],
-                 EchoConfig(preset="degenerate"))
+                 EchoConfig(boundary="fixed", preset="degenerate"))
     assert deg.clip_end_step.tolist() == [1, 0, -1, -1]
     assert (deg.metrics["echo/clips_from_all_success"], deg.metrics["echo/clips_from_mixed"]) == (2, 0)
 
@@ -229,7 +230,7 @@ def test_paper_default_one_clip_per_group_from_successes_of_any_group():
     ],
 )
 def test_eligibility(kwargs, eligible_groups):
-    sel = group_batch(EchoConfig(preset="degenerate", **kwargs))
+    sel = group_batch(EchoConfig(boundary="fixed", preset="degenerate", **kwargs))
     expected = [bool(x) for g in GROUPS for x in eligible_groups.get(g, [0, 0])]
     assert sel.eligible.tolist() == expected
     assert sel.mask.tolist() == [prefix(6, 7) if e else prefix(0, 7) for e in expected]
@@ -238,7 +239,7 @@ def test_eligibility(kwargs, eligible_groups):
 
 
 def test_group_metrics():
-    m = group_batch(EchoConfig(preset="degenerate")).metrics
+    m = group_batch(EchoConfig(boundary="fixed", preset="degenerate")).metrics
     assert m["echo/groups_all_success_frac"] == pytest.approx(3 / 6)  # succ, near, above
     assert m["echo/groups_all_fail_frac"] == pytest.approx(2 / 6)  # fail, half
     assert m["echo/groups_mixed_frac"] == pytest.approx(1 / 6)
@@ -270,13 +271,13 @@ def test_padding_rows_are_never_members_nor_eligible():
     scores = torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0])
     for uids in (["a", "a", "a", "pad", "pad"], torch.tensor([3, 3, 3, 9, 9])):
         for scope in ("degenerate", "success"):
-            sel = select_echo_clips(resp, mask, ent, scores, uids, EchoConfig(preset="degenerate", scope=scope))
+            sel = select_echo_clips(resp, mask, ent, scores, uids, EchoConfig(boundary="fixed", preset="degenerate", scope=scope))
             assert sel.eligible.tolist() == [True, True, False, False, False]
             assert sel.mask.tolist() == [prefix(6, 7)] * 2 + [prefix(0, 7)] * 3
             assert sel.metrics["echo/groups_all_success_frac"] == 1.0  # one real group
             assert sel.metrics["echo/groups_all_fail_frac"] == 0.0
     # a padding row with a score of 1 is still not eligible (empty mask)
-    sel = select_echo_clips(resp, mask, ent, torch.ones(5), ["a"] * 5, EchoConfig(preset="degenerate", scope="success"))
+    sel = select_echo_clips(resp, mask, ent, torch.ones(5), ["a"] * 5, EchoConfig(boundary="fixed", preset="degenerate", scope="success"))
     assert sel.eligible.tolist() == [True, True, False, False, False]
 
 
@@ -285,7 +286,7 @@ def test_a_batch_of_empty_rows_selects_nothing_and_does_not_warn(monkeypatch):
     resp, mask, ent = make([ROW_A] * 2, [ENT_A] * 2)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        sel = select_echo_clips(resp, torch.zeros_like(mask), ent, torch.ones(2), [0, 0], EchoConfig(preset="degenerate"))
+        sel = select_echo_clips(resp, torch.zeros_like(mask), ent, torch.ones(2), [0, 0], EchoConfig(boundary="fixed", preset="degenerate"))
     assert not sel.mask.any() and not sel.eligible.any()
     assert sel.metrics["echo/clips"] == 0 and sel.metrics["echo/groups_all_success_frac"] == 0.0
 
@@ -296,13 +297,13 @@ def test_per_group_keeps_the_largest_peak_first_row_on_ties():
     rows = [[5, N, 6]] * 5
     ents = [[2, 2, 1], [3, 3, 1], [1, 1, 3], [5, 5, 0], [4, 4, 4]]
     uids = ["x", "x", "x", "y", "y"]
-    sel = sel_of(rows, ents, [1.0] * 5, uids, EchoConfig(preset="degenerate", per="group"))
+    sel = sel_of(rows, ents, [1.0] * 5, uids, EchoConfig(boundary="fixed", preset="degenerate", per="group"))
     assert sel.clip_end_step.tolist() == [-1, 0, -1, 0, -1]
     assert sel.mask.tolist() == [prefix(0, 3), prefix(2, 3), prefix(0, 3), prefix(2, 3), prefix(0, 3)]
     assert sel.eligible.tolist() == [True] * 5  # eligibility is before `per`
     assert sel.peak_h.tolist() == [2, 3, 3, 5, 4]
     # whatever the selector, the row is chosen by its peak h; the clip ends at the selector's step
-    sel = sel_of(rows, ents, [1.0] * 5, uids, EchoConfig(preset="degenerate", per="group", selector="lowest"))
+    sel = sel_of(rows, ents, [1.0] * 5, uids, EchoConfig(boundary="fixed", preset="degenerate", per="group", selector="lowest"))
     assert sel.clip_end_step.tolist() == [-1, 1, -1, 1, -1]
     assert sel.mask.tolist() == [prefix(0, 3), prefix(3, 3), prefix(0, 3), prefix(3, 3), prefix(0, 3)]
 
@@ -312,7 +313,7 @@ def test_per_group_skips_rows_without_a_clip():
     # entropy 10; row 1's eligible step has mean 2 -> row 1; row 2 (group z) has no eligible step.
     rows = [[5, N, 9], [5, N, 9], [9]]
     ents = [[1, 1, 10], [2, 2, 0], [7]]
-    sel = sel_of(rows, ents, [1.0] * 3, [0, 0, 1], EchoConfig(preset="degenerate", per="group", min_step_tokens=2))
+    sel = sel_of(rows, ents, [1.0] * 3, [0, 0, 1], EchoConfig(boundary="fixed", preset="degenerate", per="group", min_step_tokens=2))
     assert sel.clip_end_step.tolist() == [-1, 0, -1]
     assert sel.mask.tolist() == [prefix(0, 3), prefix(2, 3), prefix(0, 3)]
     assert sel.peak_h.tolist()[:2] == [1.0, 2.0] and math.isnan(sel.peak_h[2].item())
@@ -333,7 +334,7 @@ def test_response_mask_dtypes_and_holes():
     ent[0, 3] = 100.0  # ... so its entropy is not counted
     expected = [[True, True, True, False, True, True, False]]
     for m in (mask, mask.bool(), mask.float(), mask.int()):
-        sel = select_echo_clips(resp, m, ent, torch.ones(1), [0], EchoConfig(preset="degenerate"))
+        sel = select_echo_clips(resp, m, ent, torch.ones(1), [0], EchoConfig(boundary="fixed", preset="degenerate"))
         assert sel.mask.tolist() == expected and sel.peak_h.tolist() == [3.0]
 
 
@@ -342,7 +343,7 @@ def test_nan_entropy_at_masked_positions_is_ignored():
     ent[1, 4:] = NAN  # padding of row 1
     ent[0, 6] = INF
     mask[0, 6] = 0
-    sel = select_echo_clips(resp, mask, ent, torch.ones(2), [0, 0], EchoConfig(preset="degenerate", step_agg="max"))
+    sel = select_echo_clips(resp, mask, ent, torch.ones(2), [0, 0], EchoConfig(boundary="fixed", preset="degenerate", step_agg="max"))
     assert sel.mask.tolist() == [prefix(6, 7), prefix(4, 7)]
 
 
@@ -374,7 +375,7 @@ def test_no_boundary_warning_when_no_row_is_eligible(monkeypatch):
 def good_inputs():
     resp, mask, ent = make([ROW_A, ROW_B], [ENT_A, ENT_B])
     return dict(responses=resp, response_mask=mask, entropy=ent.float(), scores=torch.ones(2), group_ids=[0, 0],
-                cfg=EchoConfig(preset="degenerate"))
+                cfg=EchoConfig(boundary="fixed", preset="degenerate"))
 
 
 def _nan_at_valid(d):
@@ -502,10 +503,10 @@ def test_method_doc_worked_example():
     T = [11, 12, N, 13, 14, 15, N, N, 16, M, 17]
     H = [0.5, 0.5, 0.2, 2.0, 1.0, 2.4, 0.3, 0.3, 0.8, 0.2, 0.1]
     for agg in ("mean", "sum", "max"):
-        sel = sel_of([T], [H], [1.0], [0], EchoConfig(step_agg=agg))
+        sel = sel_of([T], [H], [1.0], [0], EchoConfig(boundary="fixed", step_agg=agg))
         assert sel.clip_end_step.tolist() == [1] and sel.mask.tolist() == [prefix(8, 11)]
-    assert sel_of([T], [H], [1.0], [0], EchoConfig(selector="lowest")).mask.tolist() == [prefix(11, 11)]
-    assert sel_of([T], [H], [1.0], [0], EchoConfig(min_step_tokens=6)).clip_end_step.tolist() == [-1]
+    assert sel_of([T], [H], [1.0], [0], EchoConfig(boundary="fixed", selector="lowest")).mask.tolist() == [prefix(11, 11)]
+    assert sel_of([T], [H], [1.0], [0], EchoConfig(boundary="fixed", min_step_tokens=6)).clip_end_step.tolist() == [-1]
     hole = [[1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1]]
     sel = sel_of([T], [H], [1.0], [0], masks=hole)
     assert sel.peak_h.item() == pytest.approx(1.25)
@@ -513,10 +514,10 @@ def test_method_doc_worked_example():
     # its group: A (this rollout), B = [x, \n, y, z] with h 0.9 then 0.45, C failed
     B_ = [21, N, 22, 23]
     rows, ents = [T, B_, B_], [H, [0.9, 0.9, 0.5, 0.4], [0.9, 0.9, 0.5, 0.4]]
-    sel = sel_of(rows, ents, [1.0, 1.0, 0.0], [0, 0, 0], EchoConfig())
+    sel = sel_of(rows, ents, [1.0, 1.0, 0.0], [0, 0, 0], EchoConfig(boundary="fixed"))
     assert sel.clip_end_step.tolist() == [1, -1, -1] and sel.mask[0].tolist() == prefix(8, 11)
     assert sel.peak_h[1].item() == pytest.approx(0.9)  # B was a candidate, its peak lost to A's 1.2
-    assert not sel_of(rows, ents, [1.0, 1.0, 0.0], [0, 0, 0], EchoConfig(preset="degenerate")).mask.any()
+    assert not sel_of(rows, ents, [1.0, 1.0, 0.0], [0, 0, 0], EchoConfig(boundary="fixed", preset="degenerate")).mask.any()
     from echorl import echo_row_denominators
 
     assert echo_row_denominators(sel.mask, sel.mask, "clip_mean", 1).tolist() == [8.0, 1.0, 1.0]
@@ -536,11 +537,11 @@ def test_non_finite_entropy_at_a_valid_position_is_refused(agg, bad, all_eligibl
     ent = torch.ones(3, 4)
     scores = torch.tensor([1.0, 1.0, 1.0 if all_eligible else 0.0])
     ent[0, 3] = bad  # masked: ignored
-    sel = select_echo_clips(resp, mask, ent, scores, [0, 0, 1], EchoConfig(step_agg=agg))
+    sel = select_echo_clips(resp, mask, ent, scores, [0, 0, 1], EchoConfig(boundary="fixed", step_agg=agg))
     assert sel.eligible.tolist() == [True, True, all_eligible]
     ent[2, 2] = bad  # valid position of row 2
     with pytest.raises(ValueError, match=r"entropy has NaN or inf at 1 valid response positions \(rows \[2\]"):
-        select_echo_clips(resp, mask, ent, scores, [0, 0, 1], EchoConfig(step_agg=agg))
+        select_echo_clips(resp, mask, ent, scores, [0, 0, 1], EchoConfig(boundary="fixed", step_agg=agg))
 
 
 def test_default_generator_fingerprint_over_several_row_chunks_is_the_literal_one():

@@ -16,8 +16,9 @@ from .test_steps import byte_level_tokenizer
 
 def test_defaults_are_the_papers_setting():
     cfg = EchoConfig()
-    assert cfg.enable is True and cfg.boundary == "fixed"
-    assert cfg.boundary_token_ids == (198, 271)
+    assert cfg.enable is True and cfg.boundary == "auto"
+    assert cfg.boundary_token_ids == ()  # filled in from the run's tokenizer by cfg.resolve_boundary(tok)
+    assert EchoConfig(boundary="fixed").boundary_token_ids == (198, 271)  # the authors' literal flags
     assert (cfg.success_threshold, cfg.tol, cfg.coef) == (1.0, 1e-6, 1e-3)
     assert (cfg.preset, cfg.scope, cfg.per, cfg.step_agg, cfg.selector, cfg.mode, cfg.loss_agg) == (
         "paper", "success", "group", "mean", "peak", "loss", "clip_mean")
@@ -47,8 +48,8 @@ def test_presets_fill_unset_keys_and_explicit_keys_win():
         ({"boundary_token_ids": 198}, "EchoConfig.boundary_token_ids must be a sequence"),
         ({"boundary_token_ids": ["a"]}, "EchoConfig.boundary_token_ids must hold integers"),
         ({"boundary_token_ids": (198, -1)}, "EchoConfig.boundary_token_ids must be >= 0"),
-        ({"boundary_token_ids": ()}, "EchoConfig.boundary_token_ids is empty with boundary='fixed'"),
-        ({"boundary": "newline"}, r"EchoConfig.boundary must be one of \['fixed', 'auto'\], got 'newline'"),
+        ({"boundary": "fixed", "boundary_token_ids": ()}, "EchoConfig.boundary_token_ids is empty with boundary='fixed'"),
+        ({"boundary": "newline"}, r"EchoConfig.boundary must be one of \['auto', 'fixed'\], got 'newline'"),
         ({"scope": "all"}, r"EchoConfig.scope must be one of \['degenerate', 'success'\], got 'all'"),
         ({"per": "batch"}, r"EchoConfig.per must be one of \['rollout', 'group'\]"),
         ({"mode": "sft"}, r"EchoConfig.mode must be one of \['loss', 'advantage'\]"),
@@ -95,7 +96,8 @@ def test_active(kwargs, active):
 
 
 def test_from_dict_and_to_dict_round_trip():
-    d = {"scope": "success", "per": "group", "boundary_token_ids": [13], "coef": 0.01, "min_step_tokens": 2}
+    d = {"scope": "success", "per": "group", "boundary": "fixed", "boundary_token_ids": [13], "coef": 0.01,
+         "min_step_tokens": 2}
     cfg = EchoConfig.from_dict(d)
     assert (cfg.scope, cfg.per, cfg.boundary_token_ids, cfg.coef, cfg.min_step_tokens) == ("success", "group", (13,), 0.01, 2)
     assert EchoConfig.from_dict(cfg.to_dict()) == cfg
@@ -118,9 +120,21 @@ def test_from_dict_bad_value_names_the_dotted_key():
 
 
 def test_from_dict_auto_boundary():
-    for d in ({"boundary_token_ids": "auto"}, {"boundary": "auto"}, {"boundary": "auto", "boundary_token_ids": None}):
+    for d in ({"boundary_token_ids": "auto"}, {"boundary": "auto"}, {"boundary": "auto", "boundary_token_ids": None},
+              {}, {"boundary": "fixed", "boundary_token_ids": "auto"}, {"boundary_token_ids": []}):
         cfg = EchoConfig.from_dict(d)
-        assert cfg.boundary == "auto" and cfg.boundary_token_ids == ()
+        assert cfg.boundary == "auto" and cfg.boundary_token_ids == (), d
+    assert EchoConfig.from_dict({"boundary": "fixed"}).boundary_token_ids == (198, 271)
+    assert EchoConfig.from_dict({"boundary": "fixed", "boundary_token_ids": None}).boundary_token_ids == (198, 271)
+
+
+@pytest.mark.parametrize("d", [{"boundary_token_ids": [5, 7]}, {"boundary": "auto", "boundary_token_ids": (5, 7)}])
+def test_from_dict_refuses_ids_that_auto_would_replace(d):
+    with pytest.raises(ValueError, match=r"^trainer\.echo\.boundary_token_ids=\[5, 7\] is given while "
+                                         r"trainer\.echo\.boundary=auto derives the ids from the tokenizer.*"
+                                         r"set trainer\.echo\.boundary=fixed"):
+        EchoConfig.from_dict(d, prefix="trainer.echo")
+    assert EchoConfig.from_dict({**d, "boundary": "fixed"}).boundary_token_ids == (5, 7)
 
 
 def test_resolve_boundary_auto_with_a_real_tokenizer():
@@ -130,7 +144,8 @@ def test_resolve_boundary_auto_with_a_real_tokenizer():
     assert resolved.boundary_token_ids == (4, 5, 6, 7, 8, 13)  # "\n" "\n\n" ".\n\n" "a\n" " \n" ")\n\n"
     assert resolved.coef == 0.5 and resolved.boundary == "auto"
     assert cfg.boundary_token_ids == ()  # the original is unchanged (frozen)
-    fixed = EchoConfig()
+    assert EchoConfig().resolve_boundary(tok).boundary_token_ids == resolved.boundary_token_ids  # auto is the default
+    fixed = EchoConfig(boundary="fixed")
     assert fixed.resolve_boundary(tok) is fixed  # boundary='fixed' keeps its ids
 
 
@@ -140,13 +155,17 @@ def test_help_table_documents_every_field():
     defaults = EchoConfig()
     for name, typ, default, text in table:
         assert len(text) > 20, name
-        assert default == getattr(defaults, name), name
+        assert default == (None if name == "boundary_token_ids" else getattr(defaults, name)), name
         assert typ
 
 
 def test_every_field_is_documented_in_method_md():
     from pathlib import Path
 
+    from echorl.config.generate import method_table
+
     doc = (Path(__file__).resolve().parents[2] / "docs" / "method.md").read_text()
-    for name, typ, default, text in EchoConfig.help_table():
-        assert f"| `{name}` | `{typ}` | `{default!r}` | {text} |" in doc, name
+    rows = {r.split(" | ")[0]: r for r in method_table()[2:]}
+    for name, _typ, _default, text in EchoConfig.help_table():
+        row = rows[f"| `{name}`"]
+        assert row in doc and row.endswith(f" | {text} |"), name

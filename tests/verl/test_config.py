@@ -113,4 +113,5 @@ def test_docs_table_lists_every_echorl_key_with_its_default():
     doc = (Path(__file__).resolve().parents[2] / "docs" / "verl.md").read_text()
     for name, typ, default, help_text in EchoConfig.help_table():
         shown = list(default) if isinstance(default, tuple) else default
+        typ = typ.replace("|", "\\|")  # escaped in a Markdown cell
         assert f"| `echorl.{name}` | `{typ}` | `{shown}` | {help_text} |" in doc, name

@@ -95,7 +95,7 @@ def test_paper_default_writes_clip_mean_row_denominators():
     |c_b| * C / M per row."""
     from echorl import echo_row_denominators
 
-    cfg = EchoConfig()
+    cfg = EchoConfig(boundary="fixed")
     data, is_padding, padded, uids = make_batch(seed=1)
     fields, out = echo_stage_fields(data, is_padding, cfg, num_minibatches=2, step=3)
     sel, valid = _core_mask(padded, uids, is_padding, cfg)
@@ -111,7 +111,7 @@ def test_paper_default_writes_clip_mean_row_denominators():
 
 @pytest.mark.parametrize("per", ["rollout", "group"])
 def test_mask_equals_core_selection(per):
-    cfg = EchoConfig(preset="degenerate", per=per)
+    cfg = EchoConfig(boundary="fixed", preset="degenerate", per=per)
     data, is_padding, padded, uids = make_batch(seed=1)
     fields, out = echo_stage_fields(data, is_padding, cfg, num_minibatches=2, step=3)
     sel, valid = _core_mask(padded, uids, is_padding, cfg)
@@ -133,7 +133,7 @@ def test_mask_equals_core_selection(per):
 
 def test_padding_rows_are_excluded_even_with_a_mask_and_score():
     """A padding row that looked like a successful rollout still never echoes nor joins a group."""
-    cfg = EchoConfig()
+    cfg = EchoConfig(boundary="fixed")
     data, is_padding, padded, uids = make_batch(seed=2, n_pad=0)
     # relabel the last all-success group D as padding: it must drop out entirely
     is_padding = [False] * 12 + [True] * 4
@@ -146,7 +146,7 @@ def test_padding_rows_are_excluded_even_with_a_mask_and_score():
 
 
 def test_advantage_mode_writes_advantages():
-    cfg = EchoConfig(mode="advantage", adv_coef=0.5)
+    cfg = EchoConfig(boundary="fixed", mode="advantage", adv_coef=0.5)
     data, is_padding, padded, uids = make_batch(seed=4)
     fields, out = echo_stage_fields(data, is_padding, cfg)
     sel, _ = _core_mask(padded, uids, is_padding, cfg)
@@ -156,7 +156,7 @@ def test_advantage_mode_writes_advantages():
 
 
 def test_disabled_reports_but_writes_empty_mask():
-    cfg = EchoConfig(enable=False)
+    cfg = EchoConfig(boundary="fixed", enable=False)
     data, is_padding, _, _ = make_batch(seed=5)
     fields, out = echo_stage_fields(data, is_padding, cfg)
     assert not torch.nested.to_padded_tensor(fields["echo_mask"], False).any()
@@ -175,7 +175,7 @@ def test_num_minibatches_follows_verl_update():
 def test_missing_entropy_names_the_field():
     data, is_padding, _, _ = make_batch(seed=6)
     with pytest.raises(KeyError, match="entropy"):
-        echo_stage_fields(data.exclude("entropy"), is_padding, EchoConfig())
+        echo_stage_fields(data.exclude("entropy"), is_padding, EchoConfig(boundary="fixed"))
 
 
 def test_trainer_stage_through_real_transferqueue(ray_session, echorl_cfg):
@@ -209,14 +209,14 @@ def test_trainer_stage_through_real_transferqueue(ray_session, echorl_cfg):
         from echorl.verl.methods import configure as configure_method
 
         trainer = EchoPPOTrainerSync.__new__(EchoPPOTrainerSync)  # no workers: only the driver-side step
-        trainer.config, trainer.echo_cfg, trainer._echo_boundary_resolved, trainer.global_steps = cfg, EchoConfig(), True, 1
+        trainer.config, trainer.echo_cfg, trainer._echo_boundary_resolved, trainer.global_steps = cfg, EchoConfig(boundary="fixed"), True, 1
         trainer.method = VerlMethod(configure_method(cfg))  # what __init__ sets: plain GRPO, no LUFFY/UFT rows
         metrics: dict = {}
         out_meta = trainer._compute_advantage(batch, metrics)
         assert {"advantages", "echo_mask", "echo_denom"} <= set(out_meta.fields)
         got = tq.kv_batch_get(keys=out_meta.keys, partition_id="train",
                               select_fields=["echo_mask", "echo_denom", "advantages"])
-        expected, _ = echo_stage_fields(data, is_padding, EchoConfig(), num_minibatches=3)  # ceil(18 / 8)
+        expected, _ = echo_stage_fields(data, is_padding, EchoConfig(boundary="fixed"), num_minibatches=3)  # ceil(18 / 8)
         mask = torch.nested.to_padded_tensor(got["echo_mask"], False)
         assert torch.equal(mask, torch.nested.to_padded_tensor(expected["echo_mask"], False))
         assert mask[:4].any() and not mask[16:].any()
