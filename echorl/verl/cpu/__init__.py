@@ -15,7 +15,10 @@ calls :func:`activate`, which installs (:mod:`echorl.verl.cpu.internals`):
   behind verl's ``RolloutReplicaRegistry`` and the worker-side adapter in verl's ``_ROLLOUT_REGISTRY``;
 * the process-group fix (verl's ``"cpu:gloo,cpu:gloo"`` backend string becomes ``gloo``).
 
-Still GPU-only: vLLM/SGLang, remove-padding (flash-attn varlen), FSDP1, Megatron, fused kernels.
+Still GPU-only: vLLM/SGLang, FSDP1, Megatron, fused kernels. Packed sequences
+(``use_remove_padding=true``) run on CPU through verl's pure-torch unpad/pad fallbacks and sdpa's
+block-causal mask for packed ``position_ids`` (docs/verl.md, "Try your config on CPU");
+``+cpu=cpu`` turns them off, an override turns them back on.
 ``python -m echorl.verl.cpu.smoke`` (``make verl-smoke``) runs 2 GRPO + EchoRL steps with the
 shipped tiny model.
 """
@@ -51,7 +54,6 @@ CPU_SETTINGS = {  # key -> value the CPU run needs (set by echorl/config/cpu/cpu
     "actor_rollout_ref.rollout.name": "hf_cpu",
     "actor_rollout_ref.rollout.tensor_model_parallel_size": 1,
     "actor_rollout_ref.actor.strategy": "fsdp2",
-    "actor_rollout_ref.model.use_remove_padding": False,
 }
 
 

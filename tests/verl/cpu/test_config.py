@@ -20,6 +20,7 @@ def _compose(module: str, name: str, overrides: list[str]):
 
 EXPECTED = {
     **CPU_SETTINGS,
+    "actor_rollout_ref.model.use_remove_padding": False,  # the CPU default; true also runs (packed sequences)
     "actor_rollout_ref.model.override_config.attn_implementation": "sdpa",
     "actor_rollout_ref.model.use_fused_kernels": False,
     "actor_rollout_ref.rollout.agent.num_workers": 1,
