@@ -55,7 +55,7 @@ from echorl.verl.loss import EchoLoss
 from echorl.verl.methods import VerlMethod
 from echorl.verl.methods import configure as configure_method
 from echorl.verl.stage_io import recording, stage_inputs
-from echorl.verl.trace import FIELDS as TRACE_FIELDS
+from echorl.verl.trace import fields_of as trace_fields_of
 from echorl.verl.trace import trace_dir_of, write_trace
 from echorl.verl.validate import validate_config
 
@@ -234,7 +234,7 @@ class EchoPPOTrainerSync(PPOTrainerSync):
         check_echo_loss_reported(metrics, self.echo_cfg, self.global_steps)
         trace_dir = trace_dir_of(self.config)
         if trace_dir is not None:  # echorl_trace.dir: what this update trained on (echorl.verl.trace)
-            data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=list(TRACE_FIELDS))
+            data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=trace_fields_of(self.method.cfg.name))
             write_trace(trace_dir, self.global_steps, data, [bool(t.get("is_padding", False)) for t in batch.tags], metrics,
                         kept=[is_kept(t) for t in batch.tags])
         return batch
