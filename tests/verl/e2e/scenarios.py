@@ -2,10 +2,12 @@
 
 Every run uses :func:`echorl.verl.cpu.smoke.cpu_overrides` (``+cpu=cpu``, the shipped tiny model,
 the arithmetic data, 4 prompts x 4 rollouts in one mini-batch) and writes under ``<out>/<name>``.
+Every recipe runs on 2 trainer ranks (:data:`RECIPE_RUNS`); the other runs on one.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from echorl.verl.cpu.smoke import SMOKE_METHOD, cpu_overrides
@@ -36,8 +38,8 @@ def recipe_names() -> list[str]:
 
 
 def _run(name: str, out: Path, data: dict, steps: int, extra: list[str], entry: str = "echorl",
-         pre: list[str] | None = None, trace: bool = True) -> dict:
-    over = [*(pre or []), *cpu_overrides(data, out / name, steps=steps), f"trainer.project_name={PROJECT}",
+         pre: list[str] | None = None, trace: bool = True, prompts: int = 4) -> dict:
+    over = [*(pre or []), *cpu_overrides(data, out / name, steps=steps, prompts=prompts), f"trainer.project_name={PROJECT}",
             f"trainer.experiment_name={name}", *extra]
     if trace:
         over.append(f"+echorl_trace.dir={out / name / 'trace'}")
@@ -46,15 +48,44 @@ def _run(name: str, out: Path, data: dict, steps: int, extra: list[str], entry: 
     return {"name": name, "entry": entry, "overrides": over}
 
 
-# recipe -> (steps, CPU-size overrides) where a recipe's run does more than one plain step:
-# * grpo (the paper's setting) runs on 2 trainer ranks (FSDP2 over gloo, 2 rollout replicas);
+@dataclass(frozen=True)
+class RecipeRun:
+    """How a recipe's end-to-end run differs from one plain step of 4 prompts x 4 rollouts."""
+
+    steps: int = 1
+    prompts: int = 4
+    extra: tuple[str, ...] = ()
+
+
+TWO_RANKS = "trainer.n_gpus_per_node=2"
+# One row per micro-batch (no dynamic batch size): with 3 prompts x 4 rollouts, 6 rows per rank and
+# 1 expert trace per group (LUFFY), the 3 expert rows split unevenly over the 2 ranks, so the ranks
+# hold different numbers of micro-batches with expert rows (UFT: with hint rows, whenever the hinted
+# prompts split unevenly). Every method metric must still reach verl's cross-rank aggregation with
+# the same number of values from each rank.
+UNEVEN_MICRO_BATCHES = ("actor_rollout_ref.actor.use_dynamic_bsz=false",
+                        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=1",
+                        "actor_rollout_ref.rollout.log_prob_use_dynamic_bsz=false",
+                        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=2")
+
+# Every recipe runs on 2 trainer ranks (FSDP2 over gloo, 2 rollout replicas), with the recipe's own
+# GPU settings where CPU allows them. Where a recipe's run does more than one plain step:
+# * grpo (the paper's setting) keeps the recipe's packed sequences (use_remove_padding=true, which
+#   +cpu=cpu turns off) next to its dynamic batch size: docs/verl.md, "Try your config on CPU";
 # * dapo runs 2 steps (dynamic sampling refills the batch from a second generation batch when
 #   groups are evicted) with its overlong buffer sized to the CPU run's 48-token responses
-#   (verl's DAPO reward asserts that the buffer fits inside them).
+#   (verl's DAPO reward asserts that the buffer fits inside them);
+# * luffy and uft: 3 prompts, one row per micro-batch (UNEVEN_MICRO_BATCHES).
 RECIPE_RUNS = {
-    "grpo": (1, ["trainer.n_gpus_per_node=2"]),
-    "dapo": (2, ["reward.reward_kwargs.overlong_buffer_cfg.len=16"]),
+    "grpo": RecipeRun(extra=("actor_rollout_ref.model.use_remove_padding=true",)),
+    "dapo": RecipeRun(steps=2, extra=("reward.reward_kwargs.overlong_buffer_cfg.len=16",)),
+    "luffy": RecipeRun(prompts=3, extra=UNEVEN_MICRO_BATCHES),
+    "uft": RecipeRun(prompts=3, extra=UNEVEN_MICRO_BATCHES),
 }
+
+
+def recipe_run(method: str) -> RecipeRun:
+    return RECIPE_RUNS.get(method, RecipeRun())
 
 
 def spec(out: Path, data: dict) -> dict:
@@ -76,9 +107,10 @@ def spec(out: Path, data: dict) -> dict:
     ]
     searchpath = f"hydra.searchpath=[pkg://verl.trainer.config,file://{RECIPES}]"
     for m in recipe_names():  # only model, data and CPU overrides changed
-        steps, extra = RECIPE_RUNS.get(m, (1, []))
-        runs.append(_run(f"recipe_{m}", out, data, steps, extra, pre=[searchpath, f"+{m}={m}"]))
-    # DAPO + EchoRL with the all-success groups dynamic sampling drops kept for the EchoRL term
-    runs.append(_run("dapo_keep", out, data, 2, [*RECIPE_RUNS["dapo"][1], "echorl.keep_filtered=true"],
+        r = recipe_run(m)
+        runs.append(_run(f"recipe_{m}", out, data, r.steps, [TWO_RANKS, *r.extra], pre=[searchpath, f"+{m}={m}"],
+                         prompts=r.prompts))
+    # DAPO + EchoRL with the all-success groups dynamic sampling drops kept for the EchoRL term (1 rank)
+    runs.append(_run("dapo_keep", out, data, 2, [*RECIPE_RUNS["dapo"].extra, "echorl.keep_filtered=true"],
                      pre=[searchpath, "+dapo=dapo"]))
     return {"out": str(out), "num_gpus": 2, "runs": runs}

@@ -163,11 +163,55 @@ def test_resume_from_step2_checkpoint_repeats_step3(e2e):
     assert rows["echo3"] == rows["echo_resume"]
 
 
-def test_two_trainer_ranks_select_transport_and_report_the_loss(e2e):
-    """recipes/grpo (the paper's setting: one clip per group, clip_mean) on 2 trainer ranks."""
+def test_two_trainer_ranks_with_packed_sequences_select_transport_and_report_the_loss(e2e):
+    """recipes/grpo (the paper's setting: one clip per group, clip_mean) on 2 trainer ranks with the
+    recipe's packed sequences (use_remove_padding=true) and dynamic batch size. Packing is exact on
+    CPU: the actor's old log-probs of the packed rows equal the rollout's own (transformers'
+    generate, one unpadded row at a time) to float noise, as without packing (measured 3.0e-6 both
+    ways); attention leaking across packed sequences would put them far apart."""
     e2e.ok("recipe_grpo")
-    assert e2e.run("recipe_grpo")["overrides"].count("trainer.n_gpus_per_node=2") == 1
-    check_loss_step(e2e.trace("recipe_grpo", 1), e2e.metrics("recipe_grpo")[1], "clip_mean")
+    overrides = e2e.run("recipe_grpo")["overrides"]
+    assert overrides.count(scenarios.TWO_RANKS) == 1
+    cfg = scenarios.compose("echorl", overrides)
+    assert cfg.actor_rollout_ref.model.use_remove_padding is True and cfg.actor_rollout_ref.actor.use_dynamic_bsz is True
+    logged = e2e.metrics("recipe_grpo")[1]
+    assert logged["training/rollout_probs_diff_valid"] == 1.0
+    assert logged["training/rollout_probs_diff_max"] < 1e-4, logged["training/rollout_probs_diff_max"]
+    check_loss_step(e2e.trace("recipe_grpo", 1), logged, "clip_mean")
+
+
+def test_luffy_on_two_ranks_with_uneven_expert_micro_batches_reports_exact_metrics(e2e):
+    """recipes/luffy on 2 ranks, 3 prompts x 4 rollouts (one an expert trace), one row per micro-batch:
+    the 3 expert rows split unevenly over the ranks' 6 rows each (verl hands rank r the r-th half of
+    the batch), so the ranks hold different numbers of micro-batches with expert rows (verl's
+    cross-rank aggregation used to refuse that). The LUFFY metrics are sums over every micro-batch of
+    every rank: the expert-token count, and the policy probabilities of the expert tokens, equal to
+    exp of the stored old log-probs (one mini-batch, one epoch: the update's forward runs at the old
+    weights)."""
+    e2e.ok("recipe_luffy")
+    logged = e2e.metrics("recipe_luffy")[1]
+    trace = e2e.trace("recipe_luffy", 1)
+    off = trace["off_policy"]  # [B] bool
+    assert trace["is_padding"].sum() == 0 and off.shape == (12,) and int(off.sum()) == 3 == logged["luffy/off_policy_rows"]
+    per_rank = [int(off[:6].sum()), int(off[6:].sum())]
+    assert per_rank[0] != per_rank[1], per_rank
+    tokens = trace["response_mask"] & off[:, None]  # [B, L] expert tokens
+    assert trace["echo_mask"][off].sum() == 0  # never an EchoClip on an expert row
+    assert logged["actor/luffy/off_tokens"] == float(tokens.sum())
+    expected = float(trace["old_log_probs"].double().exp()[tokens].sum())
+    assert logged["actor/luffy/off_prob_sum"] == pytest.approx(expected, rel=1e-4)
+    assert 0.0 < expected / float(tokens.sum()) < 1.0
+
+
+def test_uft_on_two_ranks_trains_hint_rows(e2e):
+    """recipes/uft on 2 ranks, one row per micro-batch: at step 1 the hint probability is near 0.95,
+    so hinted prompts' rows (hint tokens with response_mask 0) reach the update and every rank
+    reports the hint NLL of each of its micro-batches, with or without hint tokens."""
+    e2e.ok("recipe_uft")
+    logged = e2e.metrics("recipe_uft")[1]
+    assert logged["uft/hint_prob"] == pytest.approx(0.95, abs=1e-3)
+    assert logged["uft/hinted_prompts"] >= 1 and logged["uft/hint_tokens"] > 0
+    assert logged["actor/uft/hint_nll"] > 0
 
 
 def test_workers_that_do_not_report_echo_loss_stop_the_run(e2e):
@@ -177,11 +221,12 @@ def test_workers_that_do_not_report_echo_loss_stop_the_run(e2e):
 
 
 @pytest.mark.parametrize("method", scenarios.recipe_names())
-def test_every_recipe_runs_one_step_on_cpu(e2e, method):
+def test_every_recipe_runs_on_two_ranks(e2e, method):
     name = f"recipe_{method}"
     e2e.ok(name)
+    assert scenarios.compose("echorl", e2e.run(name)["overrides"]).trainer.n_gpus_per_node == 2
     logged = e2e.metrics(name)
-    steps = scenarios.RECIPE_RUNS.get(method, (1, []))[0]
+    steps = scenarios.recipe_run(method).steps
     assert sorted(logged) == list(range(1, steps + 1))
     for step in logged.values():
         for key in ("echo/clips", "echo/active", "actor/pg_loss", "timing_s/echo", "timing_s/update_actor"):
