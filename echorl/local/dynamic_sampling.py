@@ -68,9 +68,7 @@ def generate_and_score(trainer: Any, idx: list[int], t: dict[str, float]) -> Gen
     rb = trainer.method.after_rollout(rb, rows, prompt_ids)  # LUFFY expert rows / UFT hints (echorl.methods)
     t["timing/gen"] = t.get("timing/gen", 0.0) + time.perf_counter() - t0
     t1 = time.perf_counter()
-    lens = rb.attention_mask[:, rb.prompts.shape[1]:].sum(-1)  # [B] response tokens (UFT hints included)
-    texts = trainer.tok.batch_decode([r[:k] for r, k in zip(rb.responses.tolist(), lens.tolist())],
-                                     skip_special_tokens=True)
+    texts = trainer.method.verifier_texts(rb)  # the decoded responses (UFT: without the hint; echorl.methods.local)
     args = [(rows[g]["data_source"], texts[i], rows[g]["answer"], rows[g].get("extra_info"))
             for i, g in enumerate(rb.group_index.tolist())]
     score_list, stats = trainer.pool.score(args)

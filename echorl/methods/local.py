@@ -1,5 +1,5 @@
 """The embedded engine's hooks for LUFFY and UFT (:class:`LocalMethod`), called by
-:class:`echorl.local.trainer.LocalTrainer` at four points of a step:
+:class:`echorl.local.trainer.LocalTrainer` at five points of a step:
 
 1. :meth:`LocalMethod.generation_prompts` (before ``generate``): the share of prompts with an expert
    trace (a step without any stops the run, :func:`echorl.methods.luffy.trace_share`); UFT appends
@@ -7,10 +7,11 @@
 2. :meth:`LocalMethod.after_rollout` (after ``generate``): LUFFY replaces the first
    ``num_off_policy`` rows of each group that has an expert trace by the trace; UFT moves the hint
    from the prompt into the response (``response_mask`` 0, ``hint_mask`` 1 on it).
-3. :meth:`LocalMethod.echo_response_mask`: the mask EchoRL selects from: off-policy rows emptied
+3. :meth:`LocalMethod.verifier_texts`: what the verifier reads (UFT: the continuation after the hint).
+4. :meth:`LocalMethod.echo_response_mask`: the mask EchoRL selects from: off-policy rows emptied
    (so they are never eligible and never group members), hint tokens already 0 (hinted rows
    emptied too with ``method.uft.echo_hinted=false``).
-4. :meth:`LocalMethod.batch_fields`: ``off_policy`` / ``hint_mask`` / ``hint_denom`` for
+5. :meth:`LocalMethod.batch_fields`: ``off_policy`` / ``hint_mask`` / ``hint_denom`` for
    :class:`echorl.methods.luffy.MethodLoss`.
 
 With ``method.name=grpo`` every hook returns its input object unchanged, so training is
@@ -154,6 +155,17 @@ class LocalMethod:
             self.metrics["uft/hint_tokens"] = float(self.hint_mask.sum())
             return out
         return rb
+
+    def verifier_texts(self, rb: RolloutBatch) -> list[str]:
+        """The text the verifier scores, per row: the response (its attention-valid tokens, decoded without
+        special tokens); UFT leaves the hint out (the generated continuation only) unless
+        ``method.uft.score_hint`` is true."""
+        lens = rb.attention_mask[:, rb.prompts.shape[1]:].sum(-1).tolist()  # [B] response tokens
+        starts = [0] * len(lens)
+        if self.cfg.is_uft and not self.cfg.uft.score_hint and self.hint_mask is not None:
+            starts = self.hint_mask.sum(1).tolist()  # the hint opens the response
+        return self.tok.batch_decode([r[a:k] for r, a, k in zip(rb.responses.tolist(), starts, lens)],
+                                     skip_special_tokens=True)
 
     def echo_response_mask(self, rb: RolloutBatch) -> torch.Tensor:
         """``[B, L]``: the mask EchoRL selects from (off-policy rows emptied; hint tokens are already 0)."""

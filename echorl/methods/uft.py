@@ -1,19 +1,23 @@
 """UFT: hint prefixes of the expert solution, annealed to zero (Liu et al. 2025, arXiv 2505.16984).
 
-Rules (facts from the authors' public code are listed in docs/method.md, "Base methods"):
+Rules (the authors' code, file by file: docs/methods.md):
 
-* Segments: the expert solution (:func:`echorl.methods.luffy.expert_text`) is split into its lines
-  (line breaks kept), ``m = min(max_segments, lines)`` parts cut at
-  ``sep_i = round(i / m * lines)`` (``i = 0..m``, ``sep_m = lines``) (:func:`hint_separations`).
-* Schedule: at step ``t`` (0-based), ``p(t) = lower + (upper - lower) * (1 + cos(pi t / T)) / 2`` for
-  ``t <= T = hint_steps``, and no hint after ``T`` (:func:`hint_probability`).
-* Sampling: per prompt, ``k ~ Binomial(m, p(t))`` and the hint is the first ``sep_k`` lines
-  (:func:`sample_hint`), from a generator seeded with ``(seed, step)``; all ``n`` rollouts of the
-  prompt share it.
+* Segments: the expert solution (:func:`echorl.methods.luffy.expert_text`) is cut into pieces as
+  UFT's data files are (``method.uft.segments=uft``: a piece ends after every line break and after
+  every ``.`` followed by a space or tab; this reproduces the ``hint`` column of UFT's MATH file
+  row for row) or into lines (``segments=lines``); ``m = min(max_segments, pieces)`` parts cut at
+  ``sep_i = round(i / m * pieces)`` (``i = 0..m``, ``sep_m = pieces``) (:func:`hint_separations`).
+* Schedule: UFT counts training steps from 1; at 0-based step ``s``, ``t = s + 1`` and
+  ``p = lower + (upper - lower) * (1 + cos(pi t / T)) / 2`` for ``t <= T = hint_steps``, no hint
+  after (:func:`hint_probability`).
+* Sampling: per prompt, ``k ~ Binomial(m, p)`` (UFT: the sum of ``m`` Bernoulli draws) and the hint
+  is the first ``sep_k`` pieces (:func:`sample_hint`), from a generator seeded with
+  ``(seed, step)``; all ``n`` rollouts of the prompt share it.
 * Layout: the hint tokens open the response, with ``response_mask = 0`` on them (like tool output
   in a multi-turn response) and ``hint_mask = 1``; the policy generates the rest. So the RL loss,
   the advantages' token set and EchoRL's selection (which reads ``response_mask``) never touch a
-  hint token, and the verifier reads the whole solution text (hint + continuation).
+  hint token. The verifier reads the continuation only (UFT's hints never hold the answer it
+  scores); ``method.uft.score_hint=true`` scores hint + continuation.
 * Objective: the base RL loss on generated tokens plus ``coef * NLL(hint tokens)`` with a
   normaliser fixed before the update: the hint tokens of the batch per mini-batch
   (:func:`hint_denominator`), so the term is the mini-batch mean hint-token NLL for any
@@ -23,6 +27,7 @@ Rules (facts from the authors' public code are listed in docs/method.md, "Base m
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -34,17 +39,24 @@ __all__ = ["hint_probability", "hint_segments", "hint_separations", "sample_hint
            "hint_denominator"]
 
 
+_PIECE_END = re.compile(r"(?<=\n)|(?<=\.[ \t])")  # UFT's pieces end after a line break or ". " / ".\t"
+
+
 def hint_probability(step: int, cfg: UftConfig) -> float:
-    """``p(t)``: the per-segment keep probability at training step ``step`` (0 after ``hint_steps``)."""
-    t = int(step)
+    """The per-segment keep probability at 0-based training step ``step`` (UFT's step ``t = step + 1``;
+    0 once ``t > hint_steps``)."""
+    t = int(step) + 1
     if cfg.hint_steps <= 0 or t > cfg.hint_steps:
         return 0.0
     return cfg.lower_prob + 0.5 * (cfg.upper_prob - cfg.lower_prob) * (1.0 + math.cos(math.pi * t / cfg.hint_steps))
 
 
-def hint_segments(text: str) -> list[str]:
-    """The solution's lines, line breaks kept (``"".join`` gives the text back)."""
-    return text.splitlines(keepends=True)
+def hint_segments(text: str, mode: str = "uft") -> list[str]:
+    """The solution's pieces (``"".join`` gives the text back): ``uft`` cuts after every line break and
+    after every ``.`` followed by a space or tab, ``lines`` after every line break."""
+    if mode == "lines":
+        return text.splitlines(keepends=True)
+    return [p for p in _PIECE_END.split(text) if p]
 
 
 def hint_separations(num_lines: int, max_segments: int) -> list[int]:
@@ -61,7 +73,7 @@ def sample_hint(text: str | None, step: int, cfg: UftConfig, rng: np.random.Gene
     """The hint for one prompt at ``step``: the first ``sep_k`` lines, ``k ~ Binomial(m, p(step))``."""
     if not text:
         return ""
-    lines = hint_segments(text)
+    lines = hint_segments(text, cfg.segments)
     sep = hint_separations(len(lines), cfg.max_segments)
     p = hint_probability(step, cfg)
     k = int(rng.binomial(len(sep) - 1, p)) if p > 0 and len(sep) > 1 else 0

@@ -63,7 +63,32 @@ def configure(config: DictConfig) -> MethodConfig:
     with open_dict(config):
         agent.default_agent_loop = want
         agent.agent_loop_config_path = AGENT_LOOPS_YAML
+    if m.is_uft and not m.uft.score_hint:
+        score_continuations(config)
     return m
+
+
+def score_continuations(config: DictConfig) -> None:
+    """Make verl's reward function score UFT's generated continuation (not the hint): wrap
+    ``reward.custom_reward_function`` in :func:`echorl.verl.uft.continuation_score`."""
+    from echorl.verl.uft import INNER_NAME, INNER_PATH, WRAPPER
+
+    manager = OmegaConf.select(config, "reward.reward_manager.name", default="naive")
+    if manager not in ("naive", "limited"):
+        raise ValueError(f"method.uft.score_hint=false scores the continuation the agent loop passes in extra_info, "
+                         f"which verl's reward manager {manager!r} does not forward; use reward.reward_manager.name="
+                         f"naive (or limited), or set method.uft.score_hint=true (the verifier then reads the hint too)")
+    with open_dict(config):
+        node = config.reward.get("custom_reward_function")
+        if node is None:
+            config.reward.custom_reward_function = {}
+            node = config.reward.custom_reward_function
+        if (node.get("path"), node.get("name")) == WRAPPER:
+            return
+        kwargs = dict(OmegaConf.to_container(node.get("reward_kwargs") or OmegaConf.create({}), resolve=True))
+        kwargs.update({INNER_PATH: node.get("path"), INNER_NAME: node.get("name")})
+        node.path, node.name = WRAPPER
+        node.reward_kwargs = kwargs
 
 
 def _as_list(value: Any) -> list[str]:

@@ -48,7 +48,8 @@ def test_luffy_and_uft_steps_with_echorl(tmp_path):
     assert not (luffy.last_batch["echo_mask"] & luffy.last_batch["off_policy"][:, None]).any()
     assert torch.isfinite(torch.tensor(m[0]["luffy/off_pg_loss"]))
     uft, m = _train(tmp_path, "uft", 1, **{"method.uft.hint_steps": 4})
-    assert m[0]["uft/hint_prob"] == pytest.approx(0.95) and m[0]["uft/hint_tokens"] > 0
+    # first step: UFT's t = 1 of 4: 0.05 + 0.45 * (1 + cos(pi / 4))
+    assert m[0]["uft/hint_prob"] == pytest.approx(0.818198, abs=1e-6) and m[0]["uft/hint_tokens"] > 0
     hint = uft.last_batch["hint_mask"]
     assert not (hint & uft.last_batch["response_mask"].bool()).any()
     assert not (hint & uft.last_batch["echo_mask"]).any()

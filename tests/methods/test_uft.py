@@ -19,16 +19,32 @@ from echorl.methods.uft import hint_denominator, hint_probability, hint_separati
 
 
 def test_cosine_schedule_at_hand_picked_steps():
+    """UFT counts steps from 1: 0-based step s uses t = s + 1 (rl_dataset.timestep starts at 1)."""
     cfg = UftConfig(hint_steps=300, lower_prob=0.05, upper_prob=0.95)
     # p(t) = 0.05 + 0.45 * (1 + cos(pi t / 300))
-    assert hint_probability(0, cfg) == pytest.approx(0.95)
-    assert hint_probability(75, cfg) == pytest.approx(0.05 + 0.45 * (1 + math.sqrt(0.5)))  # 0.818198
-    assert hint_probability(75, cfg) == pytest.approx(0.818198, abs=1e-6)
-    assert hint_probability(150, cfg) == pytest.approx(0.5)
-    assert hint_probability(225, cfg) == pytest.approx(0.181802, abs=1e-6)
-    assert hint_probability(300, cfg) == pytest.approx(0.05)
-    assert hint_probability(301, cfg) == 0.0
+    assert hint_probability(0, cfg) == pytest.approx(0.05 + 0.45 * (1 + math.cos(math.pi / 300)))  # 0.949975
+    assert hint_probability(0, cfg) == pytest.approx(0.949975, abs=1e-6)
+    assert hint_probability(74, cfg) == pytest.approx(0.05 + 0.45 * (1 + math.sqrt(0.5)))  # t = 75: 0.818198
+    assert hint_probability(74, cfg) == pytest.approx(0.818198, abs=1e-6)
+    assert hint_probability(149, cfg) == pytest.approx(0.5)
+    assert hint_probability(224, cfg) == pytest.approx(0.181802, abs=1e-6)
+    assert hint_probability(299, cfg) == pytest.approx(0.05)  # t = 300 = T_hint: the last hinted step
+    assert hint_probability(300, cfg) == 0.0
     assert hint_probability(0, UftConfig(hint_steps=0)) == 0.0
+
+
+def test_pieces_as_in_ufts_data():
+    """UFT's hint column (data/math: 1024 of 1024 rows reproduced by this rule)."""
+    from echorl.methods.uft import hint_segments
+
+    text = ("First, $x = 2$. Then $y = 3$.\n\nA.\tThe sum is 5.  It follows that\n$$5$$.\nSo 3.5 is wrong. "
+            "\\boxed{5}")
+    assert hint_segments(text) == ["First, $x = 2$. ", "Then $y = 3$.\n", "\n", "A.\t", "The sum is 5. ",
+                                   " It follows that\n", "$$5$$.\n", "So 3.5 is wrong. ", "\\boxed{5}"]
+    assert hint_segments(text, "lines") == ["First, $x = 2$. Then $y = 3$.\n", "\n",
+                                            "A.\tThe sum is 5.  It follows that\n", "$$5$$.\n",
+                                            "So 3.5 is wrong. \\boxed{5}"]
+    assert "".join(hint_segments(text)) == text
 
 
 def test_segment_cut_points():
@@ -128,3 +144,20 @@ def test_bad_config_names_the_key():
         MethodConfig.from_dict({"name": "luffy", "luffy": {"gama": 0.1}})
     with pytest.raises(ValueError, match=r"method\.luffy\.gamma"):
         MethodConfig.from_dict({"name": "luffy", "luffy": {"gamma": 0}})
+
+
+@pytest.mark.parametrize("score_hint", [False, True])
+def test_engine_verifier_reads_the_continuation(score_hint):
+    from echorl.models.char_tokenizer import build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    cfg = MethodConfig.from_dict({"name": "uft", "uft": {"hint_steps": 10, "lower_prob": 1.0, "upper_prob": 1.0,
+                                                         "score_hint": score_hint}})
+    method = LocalMethod(cfg, tok, eos_id=tok.eos_token_id, pad_id=0, n=2, max_response_length=32)
+    prompts = [tok("q", add_special_tokens=False)["input_ids"]]
+    gen_prompts = method.generation_prompts(prompts, [{"solution": "1+4=5\nAnswer: 5"}], step=0)
+    cont = tok("ok 5", add_special_tokens=False)["input_ids"]
+    rb = assemble_batch(gen_prompts * 2, [cont, cont[:2]], [[1] * 4, [1] * 2], 0, torch.tensor([0, 0]))
+    out = method.after_rollout(rb, [{"solution": "1+4=5\nAnswer: 5"}], prompts)
+    hint = "1+4=5\nAnswer: 5" if score_hint else ""
+    assert method.verifier_texts(out) == [hint + "ok 5", hint + "ok"]

@@ -276,3 +276,60 @@ def test_expert_rollout_fields_on_verl_layout():
     assert out.is_nested and torch.equal(out.values(), torch.tensor([-0.5, -0.7, -1.0, -2.0, -3.0]))
     assert metrics["training/rollout_probs_diff_valid"] == 1
     assert VerlMethod(MethodConfig(name="uft")).expert_rollout_fields(["a_0_0", "a_1_0"], data, [False] * 2) == ({}, {})
+
+
+SCORER = '''
+def score(data_source, solution_str, ground_truth, extra_info=None, bonus=0.0):
+    """1 when the text's last boxed answer is the ground truth (+ bonus, a reward_kwargs pass-through)."""
+    i = solution_str.rfind("\\\\boxed{")
+    got = solution_str[i + 7:solution_str.find("}", i)] if i >= 0 else None
+    return float(got == ground_truth) + bonus
+'''
+
+
+def test_uft_verifier_scores_the_continuation_through_verls_reward_manager(tmp_path):
+    """The hint is the whole solution (with its boxed answer); the policy stopped at once. verl's naive
+    reward manager decodes hint + continuation; wrapped by configure(), the score is the continuation's."""
+
+    from verl import DataProto
+    from verl.experimental.reward_loop.reward_manager.naive import NaiveRewardManager
+    from verl.trainer.ppo.reward import get_custom_reward_fn
+
+    from echorl.models.char_tokenizer import build_char_tokenizer
+    from echorl.verl.uft import CONTINUATION_FIELD, WRAPPER
+
+    scorer = tmp_path / "scorer.py"
+    scorer.write_text(SCORER)
+    tok = build_char_tokenizer()
+    hint, gen = "1+4=5, \\boxed{5}\n", "so 5"
+
+    def score_row(cfg, continuation):
+        rm = NaiveRewardManager(cfg, tok, compute_score=get_custom_reward_fn(cfg))
+        ids = tok(hint + gen, add_special_tokens=False)["input_ids"]
+        extra = {"turn_scores": []} if continuation is None else {CONTINUATION_FIELD: continuation}
+        data = DataProto.from_dict(
+            {"prompts": torch.ones(1, 2, dtype=torch.long), "responses": torch.tensor([ids]),
+             "attention_mask": torch.ones(1, 2 + len(ids), dtype=torch.long)},
+            non_tensors={"data_source": np.array(["t"], dtype=object),
+                         "reward_model": np.array([{"ground_truth": "5"}], dtype=object),
+                         "extra_info": np.array([{}], dtype=object),
+                         "tool_extra_fields": np.array([extra], dtype=object)})
+        return rm.loop.run_until_complete(rm.run_single(data))["reward_score"]
+
+    base = [f"reward.custom_reward_function.path={scorer}", "reward.custom_reward_function.name=score",
+            "+reward.custom_reward_function.reward_kwargs.bonus=0.25"]
+    cfg = _compose("+uft=uft", *base)
+    configure(cfg)
+    node = cfg.reward.custom_reward_function
+    assert (node.path, node.name) == WRAPPER and node.reward_kwargs.bonus == 0.25
+    assert score_row(cfg, gen) == 0.25  # "so 5" has no boxed answer: only the pass-through bonus
+    assert score_row(cfg, "\\boxed{5}") == 1.25
+    assert score_row(cfg, None) == 1.25  # an unhinted row: the whole response
+    configure(cfg)  # idempotent
+    assert cfg.reward.custom_reward_function.reward_kwargs.echorl_inner_path == str(scorer)
+    whole = _compose("+uft=uft", "method.uft.score_hint=true", *base)
+    configure(whole)
+    assert whole.reward.custom_reward_function.path == str(scorer)
+    assert score_row(whole, gen) == 1.25  # the hint's boxed answer scores
+    with pytest.raises(ValueError, match=r"reward manager 'dapo'.*method.uft.score_hint=true"):
+        configure(_compose("+uft=uft", "reward.reward_manager.name=dapo"))
