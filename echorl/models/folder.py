@@ -21,7 +21,8 @@ def cache_root() -> Path:
 
 
 def save_folder_atomic(model: Any, tokenizer: Any, out_dir: Path, meta_file: str, meta: dict[str, Any]) -> None:
-    """Save ``model``, ``tokenizer`` and ``meta`` (as JSON in ``meta_file``) into ``out_dir``.
+    """Save ``model`` (``None``: a tokenizer-only folder), ``tokenizer`` and ``meta`` (as JSON in
+    ``meta_file``) into ``out_dir``.
 
     Written to a temporary sibling folder and renamed into place; if another process renamed its
     own copy first, theirs is kept.
@@ -30,7 +31,8 @@ def save_folder_atomic(model: Any, tokenizer: Any, out_dir: Path, meta_file: str
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     tmp.chmod(0o755)  # mkdtemp makes it 0700; the cache is an ordinary shared folder
     try:
-        model.save_pretrained(tmp)
+        if model is not None:
+            model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / meta_file).write_text(json.dumps(meta, indent=2))
         if out_dir.exists():
