@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ARMS", "Arm", "Settings", "FULL", "PILOT", "QUICK", "arm_overrides", "compose", "get_arms"]
+__all__ = ["ARMS", "Arm", "CONFIRM", "CONFIRM_ARMS", "CONFIRM_SEEDS", "FULL", "PILOT", "QUICK", "STUDIES", "Settings",
+           "arm_overrides", "arms_of", "compose", "get_arms"]
 
 # DAPO's two changes the engine has (recipes/dapo): dynamic sampling and clip-higher.
 DAPO = ("algorithm.filter_groups.enable=true", "++actor_rollout_ref.actor.clip_ratio_low=0.2",
@@ -73,7 +74,10 @@ class Settings:
     ``passk_temperature``. Validation during training (the engine's, on ``dev``): every
     ``test_freq`` steps, ``dev_rows`` problems x ``dev_n`` samples at ``eval_temperature``.
     ``grad_share_every``: the RL and EchoRL gradient norms on the first micro-batch every k steps
-    (0: off)."""
+    (0: off). ``eval_steps``: steps before the last at which ``test`` and ``ood`` are also evaluated
+    (the result's ``checkpoints`` block and ``final.test_ckpt`` / ``final.ood_ckpt``, the means over
+    these steps and the last). ``ood_split``: the ``chain`` split of the ``ood`` set. ``seed_list``:
+    the seeds of every arm (None: ``1..seeds`` or ``1..arm.seeds``)."""
 
     name: str
     folder: str
@@ -96,14 +100,34 @@ class Settings:
     eval_seed: int = 1234
     eval_batch_size: int = 256
     extra: tuple[str, ...] = field(default_factory=tuple)  # overrides for every arm (tests: tiny settings)
+    eval_steps: tuple[int, ...] = ()
+    ood_split: str = "ood"
+    seed_list: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        bad = [k for k in self.eval_steps if not 0 < int(k) < self.steps]
+        if bad:
+            raise ValueError(f"study settings {self.name!r}: eval_steps {bad} must lie in 1..{self.steps - 1} "
+                             "(the last step is always evaluated)")
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
 
         d = asdict(self)
-        d["arms"] = list(self.arms) if self.arms is not None else None
-        d["extra"] = list(self.extra)
+        for k in ("arms", "extra", "eval_steps", "seed_list"):
+            d[k] = list(d[k]) if d[k] is not None else None
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Settings:
+        """The inverse of :meth:`to_dict` (a result file's ``settings``; fields it lacks keep their defaults)."""
+        d = dict(d)
+        for k in ("arms", "extra", "eval_steps", "seed_list"):
+            if d.get(k) is not None:
+                d[k] = tuple(d[k])
+        d.setdefault("extra", ())
+        d["extra"] = d["extra"] or ()
+        return cls(**d)
 
 
 FULL = Settings(name="full", folder="results/study", steps=150, arms=None, seeds=None, test_freq=25, dev_rows=200,
@@ -116,17 +140,52 @@ PILOT = Settings(name="pilot", folder="results/study_pilot", steps=60, arms=("gr
 QUICK = Settings(name="quick", folder="results/study_quick", steps=30, arms=("grpo", "echorl"), seeds=1, test_freq=15,
                  dev_rows=64, dev_n=1, test_rows=128, ood_rows=64, eval_n=2, eval_temperature=0.6, passk_rows=16,
                  passk_n=16, passk_temperature=1.0, max_new_tokens=96, grad_share_every=5)
+CONFIRM_SEEDS = tuple(range(101, 115))  # never used by any run before (results/confirm/PLAN.md)
+# The confirmatory study: the full study's settings, fresh seeds, test and ood also at steps 100 and
+# 125 (primary endpoint: mean test accuracy at 100/125/150), and an ood set GRPO does not fail
+# (results/confirm/PLAN.md).
+CONFIRM = Settings(name="confirm", folder="results/confirm", steps=150, arms=None, seeds=None, test_freq=25,
+                   dev_rows=200, dev_n=2, test_rows=500, ood_rows=500, eval_n=4, eval_temperature=0.6, passk_rows=64,
+                   passk_n=64, passk_temperature=1.0, max_new_tokens=96, grad_share_every=10, eval_steps=(100, 125),
+                   ood_split="ood", seed_list=CONFIRM_SEEDS)
+STUDIES = {"full": FULL, "quick": QUICK, "pilot": PILOT, "confirm": CONFIRM}
 
 
-def get_arms(names: Sequence[str] | None = None) -> list[Arm]:
-    """Arms by name in table order (``None``: all). Unknown names are an error listing the valid ones."""
-    by = {a.name: a for a in ARMS}
+# The confirmatory study (results/confirm/PLAN.md): fresh seeds, a dose-response of the paper preset
+# on GRPO, and the clip rules at the gradient share of the highest-entropy clip at coef 3e-2 (coefs
+# from `python scripts/power.py`: the shares the exploratory study measured at coef 1e-3).
+NLL_FULL = ("echorl.scope=success", "echorl.per=rollout", "echorl.selector=full")
+CONFIRM_ARMS: tuple[Arm, ...] = (
+    Arm("grpo", OFF, None, len(CONFIRM_SEEDS), "dose", "GRPO (EchoRL off)"),
+    Arm("coef_1e-3", ("echorl.coef=0.001",), "grpo", len(CONFIRM_SEEDS), "dose", "paper preset, coef 1e-3 (the paper's)"),
+    Arm("coef_3e-3", ("echorl.coef=0.003",), "grpo", len(CONFIRM_SEEDS), "dose", "paper preset, coef 3e-3"),
+    Arm("coef_1e-2", ("echorl.coef=0.01",), "grpo", len(CONFIRM_SEEDS), "dose", "paper preset, coef 1e-2"),
+    Arm("coef_3e-2", ("echorl.coef=0.03",), "grpo", len(CONFIRM_SEEDS), "dose",
+        "paper preset, coef 3e-2 (also the highest-entropy clip of the clip-rule comparison)"),
+    Arm("rule_random_prefix", ("echorl.selector=random_prefix", "echorl.coef=0.043"), "coef_3e-2", len(CONFIRM_SEEDS),
+        "rule", "clip ends at a random step, coef 0.043 (matched gradient share)"),
+    Arm("rule_full", ("echorl.selector=full", "echorl.coef=0.057"), "coef_3e-2", len(CONFIRM_SEEDS), "rule",
+        "clip = whole response (one per group), coef 0.057 (matched gradient share)"),
+    Arm("rule_nll_full", NLL_FULL + ("echorl.coef=0.11",), "coef_3e-2", len(CONFIRM_SEEDS), "rule",
+        "NLL of every successful rollout's full response, coef 0.11 (matched gradient share)"),
+)
+
+
+def get_arms(names: Sequence[str] | None = None, table: Sequence[Arm] = ARMS) -> list[Arm]:
+    """Arms of ``table`` by name in table order (``None``: all). Unknown names are an error listing the
+    valid ones."""
+    by = {a.name: a for a in table}
     if names is None:
-        return list(ARMS)
+        return list(table)
     bad = [n for n in names if n not in by]
     if bad:
         raise ValueError(f"unknown arm(s) {bad}; valid arms: {list(by)}")
-    return [a for a in ARMS if a.name in set(names)]
+    return [a for a in table if a.name in set(names)]
+
+
+def arms_of(s: Settings) -> tuple[Arm, ...]:
+    """The arm table of a study: :data:`CONFIRM_ARMS` for the confirmatory study, else :data:`ARMS`."""
+    return CONFIRM_ARMS if s.name == "confirm" else ARMS
 
 
 def arm_overrides(arm: Arm, steps: int) -> list[str]:

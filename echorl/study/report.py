@@ -265,12 +265,8 @@ def _not_run(results: dict[str, dict[int, dict[str, Any]]], s: Settings, script:
 def _recorded_settings(results: dict[str, dict[int, dict[str, Any]]]) -> Settings | None:
     for runs in results.values():
         for r in runs.values():
-            d = dict(r.get("settings") or {})
-            if not d:
-                continue
-            d["arms"] = tuple(d["arms"]) if d.get("arms") is not None else None
-            d["extra"] = tuple(d.get("extra") or ())
-            return Settings(**d)
+            if r.get("settings"):
+                return Settings.from_dict(r["settings"])
     return None
 
 

@@ -9,13 +9,19 @@ a killed run continues from its last checkpoint), validates on ``dev`` during tr
     {"schema", "arm", "seed", "overrides", "settings", "git_commit", "git_dirty", "threads",
      "steps", "wall_s", "train_s", "eval_s", "s_per_step", "resumed",
      "final": {"test_avg", "ood_avg", "dev_avg", "pass@k": {k: v}, "entropy", "reward",
+               "test_ckpt", "ood_ckpt",                    # with Settings.eval_steps only
                "all_success_frac", "mixed_frac", "all_fail_frac", "clips", "clip_len_frac",
                "clip_tokens", "pg_clipfrac", "grad_norm", "grad_norm_rl", "grad_norm_echo",
                "grad_echo_share", "grad_cos", "echo_loss"},
      "curves": {"step": [...], <key>: [...]},          # means over windows of `window` steps
      "val": {"step": [...], "dev": [...]},             # dev mean@n at each validation
      "eval": {"test": {...}, "ood": {...}, "passk": {...}},   # echorl.eval summaries
-     "per_problem": {"test": [correct counts], "ood": [...], "passk": [...]}}
+     "per_problem": {"test": [correct counts], "ood": [...], "passk": [...]},
+     "checkpoints": {"step": [...], "test_avg": [...], "ood_avg": [...]}}   # with Settings.eval_steps only
+
+With ``Settings.eval_steps`` the engine's validator is wrapped (:class:`CheckpointEval`): at those
+steps the policy is also evaluated on ``test`` and ``ood`` (same sampling as the final evaluation),
+each result kept in ``<run dir>/checkpoint_eval.json`` so that a resumed run keeps them.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import numpy as np
 
 from echorl.study.arms import Arm, Settings, compose, run_overrides
 
-__all__ = ["SCHEMA", "CURVE_KEYS", "FINAL_KEYS", "plan_runs", "result_path", "run_one", "summarize_run",
+__all__ = ["SCHEMA", "CURVE_KEYS", "CheckpointEval", "FINAL_KEYS", "plan_runs", "result_path", "run_one", "summarize_run",
            "commit_file", "eval_policy", "seeds_for"]
 
 SCHEMA = 1
@@ -53,9 +59,12 @@ WHOLE_RUN_KEYS = ("study/grad_norm_rl", "study/grad_norm_echo", "study/grad_echo
 
 
 def seeds_for(arm: Arm, s: Settings, override: Sequence[int] | None = None) -> list[int]:
-    """Seeds of an arm: ``override`` (``--seeds``), else ``1..settings.seeds``, else ``1..arm.seeds``."""
+    """Seeds of an arm: ``override`` (``--seeds``), else ``settings.seed_list``, else
+    ``1..settings.seeds``, else ``1..arm.seeds``."""
     if override:
         return [int(x) for x in override]
+    if s.seed_list:
+        return [int(x) for x in s.seed_list]
     return list(range(1, (s.seeds or arm.seeds) + 1))
 
 
@@ -93,21 +102,39 @@ def _git(*args: str) -> str:
         return ""
 
 
+def _git_dir(cwd: Path) -> Path | None:
+    out = subprocess.run(["git", "rev-parse", "--absolute-git-dir"], cwd=cwd, capture_output=True, text=True)
+    return Path(out.stdout.strip()) if out.returncode == 0 else None
+
+
 def commit_file(paths: str | os.PathLike | Sequence[str | os.PathLike], message: str, retries: int = 20) -> bool:
-    """``git add`` + ``git commit --only`` of these files (other staged work is left alone); retries
-    while another process holds ``.git/index.lock``. True when committed."""
-    files = [str(paths)] if isinstance(paths, (str, os.PathLike)) else [str(p) for p in paths]
-    for _ in range(retries):
-        add = subprocess.run(["git", "add", "--", *files], capture_output=True, text=True)
-        if add.returncode == 0:
-            c = subprocess.run(["git", "commit", "-q", "--only", "-m", message, "--", *files], capture_output=True,
-                               text=True)
-            if c.returncode == 0:
-                return True
-            if "index.lock" not in c.stderr:
-                print(f"git commit of {files} failed: {c.stderr.strip() or c.stdout.strip()}", flush=True)
-                return False
-        time.sleep(3)
+    """``git add`` + ``git commit --only`` of these files in the repository that holds the first one
+    (other staged work is left alone). Commits are serialised across processes by an exclusive
+    ``flock`` on ``<git dir>/echorl-study-commit.lock`` (parallel runs, two study processes), and
+    retried while another program holds ``.git/index.lock``. True when committed."""
+    import fcntl
+
+    files = [str(Path(paths).resolve())] if isinstance(paths, (str, os.PathLike)) else [str(Path(p).resolve()) for p in paths]
+    cwd = Path(files[0]).parent
+    while not cwd.exists():
+        cwd = cwd.parent
+    gd = _git_dir(cwd)
+    if gd is None:
+        print(f"git commit of {files}: not inside a git repository", flush=True)
+        return False
+    with open(gd / "echorl-study-commit.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for _ in range(retries):
+            add = subprocess.run(["git", "add", "--", *files], cwd=cwd, capture_output=True, text=True)
+            if add.returncode == 0:
+                c = subprocess.run(["git", "commit", "-q", "--only", "-m", message, "--", *files], cwd=cwd,
+                                   capture_output=True, text=True)
+                if c.returncode == 0:
+                    return True
+                if "index.lock" not in c.stderr:
+                    print(f"git commit of {files} failed: {c.stderr.strip() or c.stdout.strip()}", flush=True)
+                    return False
+            time.sleep(3)
     return False
 
 
@@ -146,10 +173,12 @@ def summarize_run(rows: list[dict[str, Any]], window: int = 10, tail: int = 20) 
     return {"curves": curves, "val": val, "final": final}
 
 
-def eval_policy(model: Any, tok: Any, s: Settings, pool: Any) -> dict[str, Any]:
-    """Final held-out evaluation through :func:`echorl.eval.run.evaluate`: ``test`` and ``ood``
-    (avg@``eval_n`` at ``eval_temperature``), ``passk`` (first ``passk_rows`` test problems,
-    ``passk_n`` samples at ``passk_temperature``). Returns summaries and per-problem correct counts."""
+def eval_policy(model: Any, tok: Any, s: Settings, pool: Any,
+                which: Sequence[str] = ("test", "ood", "passk")) -> dict[str, Any]:
+    """Held-out evaluation through :func:`echorl.eval.run.evaluate`: ``test`` and ``ood``
+    (avg@``eval_n`` at ``eval_temperature``; ``ood`` is the ``chain`` split ``s.ood_split``), ``passk``
+    (first ``passk_rows`` test problems, ``passk_n`` samples at ``passk_temperature``); ``which``
+    picks among them. Returns summaries and per-problem correct counts."""
     from echorl.eval.backends import SamplingSettings, TransformersBackend
     from echorl.eval.data import BenchmarkSpec
     from echorl.eval.run import evaluate
@@ -159,7 +188,7 @@ def eval_policy(model: Any, tok: Any, s: Settings, pool: Any) -> dict[str, Any]:
         "test": (BenchmarkSpec("test", "chain", "id", num_rows=s.test_rows, task_kwargs={"split": "test"}),
                  SamplingSettings(n=s.eval_n, temperature=s.eval_temperature, max_new_tokens=s.max_new_tokens,
                                   seed=s.eval_seed)),
-        "ood": (BenchmarkSpec("ood", "chain", "ood", num_rows=s.ood_rows, task_kwargs={"split": "ood"}),
+        "ood": (BenchmarkSpec("ood", "chain", "ood", num_rows=s.ood_rows, task_kwargs={"split": s.ood_split}),
                 SamplingSettings(n=s.eval_n, temperature=s.eval_temperature, max_new_tokens=s.max_new_tokens,
                                  seed=s.eval_seed)),
         "passk": (BenchmarkSpec("passk", "chain", "id", num_rows=s.passk_rows, task_kwargs={"split": "test"}),
@@ -167,7 +196,8 @@ def eval_policy(model: Any, tok: Any, s: Settings, pool: Any) -> dict[str, Any]:
                                    seed=s.eval_seed)),
     }
     out: dict[str, Any] = {"eval": {}, "per_problem": {}}
-    for name, (spec, sampling) in jobs.items():
+    for name in which:
+        spec, sampling = jobs[name]
         samples, summary = evaluate(backend, tok, [(spec, None)], sampling, pool, chat_template="auto")
         out["eval"][name] = summary["benchmarks"][name]
         counts: dict[str, int] = {}
@@ -182,6 +212,45 @@ def _final_eval_block(ev: dict[str, Any], s: Settings) -> dict[str, Any]:
     return {"test_avg": e["test"][f"avg@{s.eval_n}"], "ood_avg": e["ood"][f"avg@{s.eval_n}"],
             "passk_avg": e["passk"][f"avg@{s.passk_n}"],
             "pass@k": {k.split("@")[1]: v for k, v in e["passk"].items() if k.startswith("pass@")}}
+
+
+class CheckpointEval:
+    """The engine's validator (or None) plus ``test``/``ood`` evaluations at ``steps``.
+
+    The trainer calls ``due(step, total)`` after every step and ``run(model, step)`` when it is due
+    (before the checkpoint of that step is saved). At a step of ``steps`` this runs ``evaluate(model)``
+    and stores its result under the step in ``path`` (JSON, rewritten atomically); the inner
+    validator runs when it is due itself. Results already in ``path`` (a resumed run) are kept.
+    """
+
+    def __init__(self, inner: Any, steps: Sequence[int], total: int, evaluate: Any, path: str | os.PathLike):
+        self.inner, self.steps, self.total, self.evaluate = inner, {int(k) for k in steps}, int(total), evaluate
+        self.path = Path(path)
+        self.before_train = bool(inner.before_train) if inner is not None else False
+        self.results: dict[str, Any] = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def due(self, step: int, total: int) -> bool:
+        return step in self.steps or (self.inner is not None and self.inner.due(step, total))
+
+    def run(self, model: Any, step: int) -> dict[str, float]:
+        metrics = dict(self.inner.run(model, step)) if self.inner is not None and self.inner.due(step, self.total) else {}
+        if step in self.steps:
+            self.results[str(step)] = self.evaluate(model)
+            tmp = self.path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(self.results))
+            tmp.replace(self.path)
+        return metrics
+
+    def close(self) -> None:
+        if self.inner is not None:
+            self.inner.close()
+
+
+def _checkpoint_block(at_steps: dict[str, Any], final_step: int, final_ev: dict[str, Any], s: Settings) -> dict[str, Any]:
+    """``{"step", "test_avg", "ood_avg"}`` over ``s.eval_steps`` and the last step."""
+    evs = [(int(k), at_steps[str(k)]) for k in s.eval_steps if str(k) in at_steps] + [(final_step, final_ev)]
+    return {"step": [k for k, _ in evs], "test_avg": [e["eval"]["test"][f"avg@{s.eval_n}"] for _, e in evs],
+            "ood_avg": [e["eval"]["ood"][f"avg@{s.eval_n}"] for _, e in evs]}
 
 
 def run_one(arm: Arm, seed: int, s: Settings, folder: str | os.PathLike, runs_dir: str | os.PathLike,
@@ -202,6 +271,17 @@ def run_one(arm: Arm, seed: int, s: Settings, folder: str | os.PathLike, runs_di
     ec = tr.echo_cfg
     coef = ec.coef if ec.adds_loss_term else 0.0
     tr.loss_fn = GradShareLoss(tr.loss_fn, tr.model, lambda: tr.global_step, s.grad_share_every, coef)
+    ckpt_eval = None
+    if s.eval_steps:
+        def evaluate(model):
+            p = make_pool(int(cfg.reward.num_workers), float(cfg.reward.timeout_s))
+            try:
+                return eval_policy(model, tr.tok, s, p, which=("test", "ood"))
+            finally:
+                p.close()
+
+        ckpt_eval = CheckpointEval(tr.validator, s.eval_steps, s.steps, evaluate, out_dir / "checkpoint_eval.json")
+        tr.validator = ckpt_eval
     tr.train()
     train_s = time.time() - t0
     t1 = time.time()
@@ -213,6 +293,15 @@ def run_one(arm: Arm, seed: int, s: Settings, folder: str | os.PathLike, runs_di
     eval_s = time.time() - t1
     summ = summarize_run(read_metrics(out_dir / "metrics.jsonl"), window=window)
     final = {**summ["final"], **_final_eval_block(ev, s)}
+    extra: dict[str, Any] = {}
+    if ckpt_eval is not None:
+        missing = [k for k in s.eval_steps if str(k) not in ckpt_eval.results]
+        if missing:
+            raise RuntimeError(f"{arm.name} seed {seed}: no checkpoint evaluation at steps {missing} in "
+                               f"{ckpt_eval.path} (a run resumed past them without it); delete {out_dir} and rerun")
+        extra["checkpoints"] = _checkpoint_block(ckpt_eval.results, int(tr.global_step), ev, s)
+        final["test_ckpt"] = float(np.mean(extra["checkpoints"]["test_avg"]))
+        final["ood_ckpt"] = float(np.mean(extra["checkpoints"]["ood_avg"]))
     res = {
         "schema": SCHEMA, "arm": arm.name, "seed": seed, "what": arm.what, "base": arm.base,
         "overrides": run_overrides(arm, seed, s, str(out_dir)), "settings": s.to_dict(),
@@ -220,7 +309,7 @@ def run_one(arm: Arm, seed: int, s: Settings, folder: str | os.PathLike, runs_di
         "threads": torch.get_num_threads(), "steps": int(tr.global_step), "resumed": resumed,
         "wall_s": round(time.time() - t0, 1), "train_s": round(train_s, 1), "eval_s": round(eval_s, 1),
         "s_per_step": final.get("s_per_step"), "load_avg": os.getloadavg()[0],
-        "final": final, "curves": summ["curves"], "val": summ["val"], **ev,
+        "final": final, "curves": summ["curves"], "val": summ["val"], **ev, **extra,
     }
     path = result_path(folder, arm.name, seed)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,8 @@
 
 The sets come from the ``chain`` task (:mod:`echorl.tasks.chain`): ``dev`` (validation during
 training, tuning decisions only), ``test`` (final held-out numbers; its first ``passk_rows`` rows are
-the pass@k subset) and ``ood`` (6-operation chains). They are drawn from fixed seeds whatever the
+the pass@k subset) and ``ood`` (the split ``Settings.ood_split``: 6-operation chains in the
+exploratory study). They are drawn from fixed seeds whatever the
 run's seed, and training rows exclude every ``dev``/``test`` prompt. :func:`split_record` verifies
 that for the training rows of every study seed and records a SHA-256 of each set's prompts and
 answers, so a change of the task generator shows up as a changed hash (``results/study/splits.json``).
@@ -38,7 +39,8 @@ def split_record(s: Any, seeds: Sequence[int], train_rows: int) -> dict[str, Any
     """
     from echorl.tasks import chain
 
-    sets = {"dev": ("dev", s.dev_rows), "test": ("test", s.test_rows), "ood": ("ood", s.ood_rows),
+    ood = getattr(s, "ood_split", "ood")
+    sets = {"dev": ("dev", s.dev_rows), "test": ("test", s.test_rows), "ood": (ood, s.ood_rows),
             "passk": ("test", s.passk_rows)}
     rec: dict[str, Any] = {"task": "chain", "sets": {}}
     prompts = {}
@@ -47,7 +49,7 @@ def split_record(s: Any, seeds: Sequence[int], train_rows: int) -> dict[str, Any
         prompts[name] = {r["prompt"] for r in rows}
         rec["sets"][name] = {"split": split, "rows": n, "first_rows_of_fixed_split": True, "sha256": rows_hash(rows),
                              "num_ops": sorted({int(r["level"]) for r in rows})}
-    full = {sp: {r["prompt"] for r in chain.generate(chain.HELDOUT_SIZE, split=sp)} for sp in ("dev", "test", "ood")}
+    full = {sp: {r["prompt"] for r in chain.generate(chain.HELDOUT_SIZE, split=sp)} for sp in ("dev", "test", ood)}
     if full["dev"] & full["test"]:
         raise ValueError("chain: the fixed dev and test splits share prompts")
     rec["dev_test_overlap"] = 0

@@ -49,13 +49,17 @@ HELDOUT_SIZE = 1000  # rows of each fixed held-out split; training excludes all 
 
 @dataclass(frozen=True)
 class ChainSpec:
-    """A chain distribution: ``num_ops`` operations on a start value in ``[2, max_start]``, one of
-    them ``*`` (multiplier in ``[2, max_multiplier]``), the others ``+``/``-`` of ``1..max_addend``."""
+    """A chain distribution: ``num_ops`` operations on a start value in ``[min_start, max_start]``,
+    one of them ``*`` (multiplier in ``[min_multiplier, max_multiplier]``), the others ``+``/``-`` of
+    ``min_addend..max_addend``."""
 
     num_ops: int
     max_start: int = 19
     max_addend: int = 9
     max_multiplier: int = 9
+    min_start: int = 2
+    min_addend: int = 1
+    min_multiplier: int = 2
 
 
 TRAIN = ChainSpec(num_ops=4)
@@ -73,13 +77,13 @@ def make_problem(rng: random.Random, spec: ChainSpec = TRAIN) -> dict[str, Any]:
     if spec.num_ops < 1:
         raise ValueError(f"chain: num_ops must be >= 1, got {spec.num_ops}")
     hard = rng.randrange(spec.num_ops)
-    value = rng.randint(2, spec.max_start)
+    value = rng.randint(spec.min_start, spec.max_start)
     expr, lines = str(value), []
     for i in range(spec.num_ops):
         if i == hard:
-            op, b = "*", rng.randint(2, spec.max_multiplier)
+            op, b = "*", rng.randint(spec.min_multiplier, spec.max_multiplier)
         else:
-            b = rng.randint(1, spec.max_addend)
+            b = rng.randint(spec.min_addend, spec.max_addend)
             op = rng.choice("+-") if value >= b else "+"
         new = value * b if op == "*" else value + b if op == "+" else value - b
         lines.append(f"{value}{op}{b}={new}")

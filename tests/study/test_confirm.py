@@ -1,0 +1,112 @@
+"""The confirmatory study: its arm table and settings, the seed plan, the report's Holm families and
+gradient-share check, and commit serialisation (a real git repository in a temporary folder)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from echorl.study.arms import ARMS, CONFIRM, CONFIRM_ARMS, CONFIRM_SEEDS, FULL, Settings, arms_of, compose, get_arms
+from echorl.study.confirm import family_table, write_confirm_report
+from echorl.study.runner import SCHEMA, commit_file, plan_runs, result_path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+EXPECTED = {  # arm -> (enable, scope, per, selector, coef, base)
+    "grpo": (False, "success", "group", "peak", 1e-3, None),
+    "coef_1e-3": (True, "success", "group", "peak", 1e-3, "grpo"),
+    "coef_3e-3": (True, "success", "group", "peak", 3e-3, "grpo"),
+    "coef_1e-2": (True, "success", "group", "peak", 1e-2, "grpo"),
+    "coef_3e-2": (True, "success", "group", "peak", 3e-2, "grpo"),
+    "rule_random_prefix": (True, "success", "group", "random_prefix", 0.043, "coef_3e-2"),
+    "rule_full": (True, "success", "group", "full", 0.057, "coef_3e-2"),
+    "rule_nll_full": (True, "success", "rollout", "full", 0.11, "coef_3e-2"),
+}
+
+
+@pytest.mark.parametrize("arm", list(EXPECTED))
+def test_confirm_arms_compose(arm, tmp_path):
+    from echorl.local.config import build_echo_config
+
+    a = get_arms([arm], CONFIRM_ARMS)[0]
+    cfg = compose(a, 101, CONFIRM, str(tmp_path / "run"))
+    e = build_echo_config(cfg)
+    assert (e.enable, e.scope, e.per, e.selector, e.coef, a.base) == EXPECTED[arm]
+    assert (cfg.seed, cfg.data.seed, cfg.trainer.total_training_steps) == (101, 101, 150)
+    assert (cfg.data.train_batch_size, cfg.actor_rollout_ref.rollout.n, e.mode, e.loss_agg) == (16, 8, "loss", "clip_mean")
+
+
+def test_confirm_table_and_seeds():
+    assert [a.name for a in CONFIRM_ARMS] == list(EXPECTED) and arms_of(CONFIRM) == CONFIRM_ARMS
+    assert arms_of(FULL) == ARMS
+    assert CONFIRM_SEEDS == tuple(range(101, 115))
+    # fresh: no result file of the repository was trained at these seeds
+    used = {json.loads(f.read_text())["seed"] for f in ROOT.glob("results/study*/*/seed*.json")}
+    assert used and not used & set(CONFIRM_SEEDS)
+    todo, done = plan_runs(get_arms(["grpo", "coef_1e-3"], CONFIRM_ARMS), CONFIRM, "/nonexistent")
+    assert done == [] and [(a.name, k) for a, k in todo][:4] == [("grpo", 101), ("coef_1e-3", 101), ("grpo", 102),
+                                                                 ("coef_1e-3", 102)]
+    assert len(todo) == 2 * len(CONFIRM_SEEDS)
+    assert Settings.from_dict(json.loads(json.dumps(CONFIRM.to_dict()))) == CONFIRM
+    legacy = {k: v for k, v in FULL.to_dict().items() if k not in ("eval_steps", "ood_split", "seed_list")}
+    assert Settings.from_dict(legacy) == FULL  # result files written before these fields existed
+    with pytest.raises(ValueError, match=r"eval_steps \[150\] must lie in 1..149"):
+        Settings.from_dict({**CONFIRM.to_dict(), "eval_steps": [100, 150]})
+
+
+def _fake(folder: Path, arm: str, seed: int, test_ckpt: float, ood_ckpt: float = 0.3, share: float = 0.01):
+    p = result_path(folder, arm, seed)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    f = {"test_avg": test_ckpt, "ood_avg": ood_ckpt, "test_ckpt": test_ckpt, "ood_ckpt": ood_ckpt,
+         "pass@k": {"1": 0.5, "64": 0.9}, "s_per_step": 1.0, "grad_echo_share": share}
+    p.write_text(json.dumps({"schema": SCHEMA, "arm": arm, "seed": seed, "final": f, "wall_s": 100.0, "threads": 1,
+                             "curves": {"grad_echo_share": [share]}}))
+
+
+def test_confirm_report_families_by_hand(tmp_path):
+    g = {101: 0.80, 102: 0.82, 103: 0.84}
+    for k, v in g.items():
+        _fake(tmp_path, "grpo", k, v)
+        _fake(tmp_path, "coef_1e-3", k, v + 0.01, share=0.002)       # d = 1, 1, 1 points: sd 0 -> p 0
+        _fake(tmp_path, "coef_1e-2", k, v + {101: .01, 102: .03, 103: .02}[k], share=0.02)  # d = 1, 3, 2
+        _fake(tmp_path, "coef_3e-2", k, v + 0.02, share=0.05)
+        _fake(tmp_path, "rule_full", k, v + 0.02 + {101: -.01, 102: .01, 103: 0}[k], share=0.09)  # d = -1, 1, 0
+    dose = family_table(__import__("echorl.study.report", fromlist=["load_results"]).load_results(tmp_path), "dose",
+                        "test_ckpt")
+    assert [c["arm"] for c in dose] == ["coef_1e-3", "coef_1e-2", "coef_3e-2"]
+    # coef_1e-2: mean .02, sd .01, t = .02 / (.01 / sqrt 3) = 3.4641, df 2 -> p = 0.0741799 (scipy 2 * t.sf);
+    # the other two have sd 0 and p 0: Holm m = 3 -> sorted 0, 0, 0.0742 -> 3 * 0, 2 * 0, 1 * 0.0742
+    assert dose[1]["d"]["p"] == pytest.approx(0.07417990022744853, abs=1e-8)
+    assert dose[1]["p_holm"] == pytest.approx(0.07417990022744853, abs=1e-8)
+    assert [c["verdict"] for c in dose] == ["gain", "no detectable difference", "gain"]
+    md = write_confirm_report(tmp_path, tmp_path / "report.md")
+    assert "| grpo | 3/14 | 104,105,106,107,108,109,110,111,112,113,114 |" in md
+    assert "| rule_full | coef_3e-2 | 3 | +0.0 [-2.5, +2.5] |" in md  # half-width 4.302653 * 1 / sqrt 3
+    assert "| rule_full | 9.00 | 1.80 | no: deviation |" in md  # 0.09 / 0.05 is outside [2/3, 3/2]
+    assert "Compute: 15 runs, 0.42 h" in md
+
+
+def test_commit_file_serialises_and_commits_only_its_files(tmp_path):
+    def git(*a):
+        return subprocess.run(["git", *a], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+
+    git("init", "-q")
+    git("config", "user.email", "t@t")
+    git("config", "user.name", "t")
+    (tmp_path / "other.txt").write_text("staged by someone else")
+    git("add", "other.txt")
+    files = [tmp_path / f"r{i}.json" for i in range(4)]
+    for f in files:
+        f.write_text(f.name)
+    threads = [threading.Thread(target=commit_file, args=(f, f"result {f.name}")) for f in files]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    log = git("log", "--format=%s").split("\n")
+    assert sorted(x for x in log if x) == [f"result r{i}.json" for i in range(4)]
+    assert git("diff", "--cached", "--name-only").strip() == "other.txt"  # still staged, not committed
