@@ -240,3 +240,23 @@ def test_echo_group_rule_counts_on_policy_rows_only():
     assert sel.mask.any(1).tolist() == [False, True, True, True, False, False, False, False]
     whole = select_echo_clips(rb.responses, rb.response_mask, entropy, scores, rb.group_index, cfg)
     assert not whole.mask[:4].any()  # the whole-group reading would echo nothing from group 0
+
+
+def test_recipe_loss_scale_is_the_authors_token_sum_over_8192_times_8():
+    """LUFFY's script: each of 8 GPUs sums its 64 rows' token losses / 8192 (loss_remove_token_mean,
+    padded width 8192); FSDP averages the 8 GPUs. The recipe's seq-mean-token-sum-norm with factor 128
+    over a 512-row mini-batch gives the same loss: here a micro-batch of 2 rows of that mini-batch."""
+    from methods_support import actor_config
+
+    cfg = actor_config("actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-sum-norm",
+                       "+actor_rollout_ref.actor.loss_scale_factor=128")
+    logp = torch.log(torch.tensor([[0.5, 0.5, 0.5], [0.2, 0.4, 0.8]]))
+    adv = torch.tensor([[1.0] * 3, [-2.0] * 3])
+    out, data = micro_batch(logp, logp.clone(), adv, torch.ones(2, 3, dtype=torch.long),
+                            off_policy=torch.tensor([True, False]))
+    from verl.utils import tensordict_utils as tu
+
+    tu.assign_non_tensor(data, global_batch_size=512)
+    loss, _ = MethodLoss(cfg, EchoConfig(enable=False), MethodConfig(name="luffy"))(out, data)
+    token_sum = 3 * -1.0 * 0.5 / 0.6 + 3 * 2.0 * 1.0  # expert row -A f(p); on-policy row -A * ratio 1
+    assert loss.item() == pytest.approx(token_sum / (8192 * 8), rel=1e-6)

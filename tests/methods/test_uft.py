@@ -110,20 +110,23 @@ def test_hint_opens_the_response_with_mask_zero_and_is_never_clipped():
     assert sel.mask.any(1).tolist() == [False, False, True, True]
 
 
-def test_hint_nll_gradient_by_hand(token_mean_actor):
-    """Zero advantages: the only gradient is coef * (-1) / D on each hint token."""
+@pytest.mark.parametrize("coef", [None, 0.5])
+def test_hint_nll_gradient_by_hand(token_mean_actor, coef):
+    """Zero advantages: the only gradient is coef * (-1) / D on each hint token (default coef: UFT's
+    sft_loss_coef 0.001)."""
     logp = torch.full((2, 4), math.log(0.25), requires_grad=True)
     hint = torch.tensor([[True, True, False, False], [False, False, False, False]])
     rmask = (~hint).long()
     out, data = micro_batch(logp, logp.detach().clone(), torch.zeros(2, 4), rmask, hint_mask=hint,
                             hint_denom=torch.full((2,), 4.0))
-    cfg = MethodConfig.from_dict({"name": "uft", "uft": {"coef": 0.5}})
+    cfg = MethodConfig.from_dict({"name": "uft", "uft": {} if coef is None else {"coef": coef}})
+    c = 0.001 if coef is None else coef
     loss, metrics = MethodLoss(token_mean_actor, EchoConfig(enable=False), cfg)(out, data)
-    assert loss.item() == pytest.approx(0.5 * 2 * math.log(4) / 4, rel=1e-6)
+    assert loss.item() == pytest.approx(c * 2 * math.log(4) / 4, rel=1e-6)
     loss.backward()
     want = torch.zeros(2, 4)
-    want[0, :2] = -0.5 / 4
-    assert torch.allclose(logp.grad, want, atol=1e-7)
+    want[0, :2] = -c / 4
+    assert torch.allclose(logp.grad, want, atol=1e-9)
     assert float(metrics["uft/hint_nll"].values[0]) == pytest.approx(2 * math.log(4) / 4, rel=1e-6)
 
 
