@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("blocks", ("echorl", "echorl.config", "echorl.errors", "echorl.extras", "echorl.figures", "echorl.metrics_file",
                 "echorl.stage", "echorl.filtering", "echorl.estimators", "echorl.tasks", "echorl.rewards", "echorl.models",
                 "echorl.data")),
-    ("hosts", ("echorl.local", "echorl.verl", "echorl.methods", "echorl.analysis", "echorl.eval")),
+    ("hosts", ("echorl.local", "echorl.verl", "echorl.trl", "echorl.methods", "echorl.analysis", "echorl.eval")),
     ("entry", ("echorl.cli", "echorl.main", "echorl.demo", "echorl.study")),
 ]
 # echorl.core may import these and itself, nothing else (`pip install echorl` gives torch alone).
