@@ -17,6 +17,7 @@ from echorl.core.config import EchoConfig
 from echorl.core.registry import SELECTORS
 from echorl.core.steps import (
     EchoBoundaryWarning,
+    EchoSingleStepWarning,
     aggregate_bins,
     boundary_ids_tensor,
     is_boundary_token,
@@ -26,6 +27,17 @@ from echorl.core.steps import (
 from echorl.core.tensorops import count_true
 
 _warned_no_boundary: set[tuple[int, ...]] = set()
+_warned_single_step: set[tuple[str, tuple[int, ...]]] = set()
+# The single-step warning looks at batches with at least this many eligible responses (a handful of
+# one-line successes says nothing about the boundaries).
+SINGLE_STEP_WARN_MIN_ROWS = 8
+
+
+def reset_boundary_warnings() -> None:
+    """Forget which boundary warnings were given: each host calls it when a run starts, so each
+    warning fires once per run (per boundary setting)."""
+    _warned_no_boundary.clear()
+    _warned_single_step.clear()
 
 
 @dataclass
@@ -287,6 +299,8 @@ def select_echo_clips(
 
     if not any_boundary and bool(row_ok.any()):
         _warn_if_no_boundary(responses, response_mask, cfg.boundary_token_ids)
+    elif E >= SINGLE_STEP_WARN_MIN_ROWS:
+        _warn_if_single_step(int((num_steps[idx] == 1).sum()), E, cfg)
 
     metrics = _selection_metrics(
         clip_len=clip_len, lengths=lengths, row_ok=row_ok, eligible=eligible, codes=codes, clip_end_step=clip_end_step,
@@ -324,6 +338,25 @@ def _warn_if_no_boundary(responses: torch.Tensor, response_mask: torch.Tensor, i
     )
 
 
+def _warn_if_single_step(n_single: int, n_eligible: int, cfg: EchoConfig) -> None:
+    """Warn once per run and boundary setting when most eligible (successful) responses of a batch
+    are a single step: their EchoClip is then the whole response."""
+    key = (cfg.boundary, cfg.boundary_token_ids)
+    if 2 * n_single <= n_eligible or key in _warned_single_step:
+        return
+    _warned_single_step.add(key)
+    head = (f"EchoRL: {n_single} of {n_eligible} successful responses of this batch are a single step, so their "
+            "EchoClip is the whole response (an NLL on whole successes, not EchoRL's prefix).")
+    if cfg.boundary == "fixed":
+        tail = (f" With echorl.boundary=fixed the steps end only at {list(cfg.boundary_token_ids)[:8]}; tokenizers that "
+                "merge punctuation with the newline (Qwen2.5: '.\\n\\n' is 382) rarely produce them. "
+                "Fix: echorl.boundary=auto (every token whose text ends with a newline).")
+    else:
+        tail = (f" echorl.boundary=auto uses this tokenizer's {len(cfg.boundary_token_ids)} newline-ending tokens, so the "
+                "responses hold mostly one line: check that the prompt asks for step-by-step lines.")
+    warnings.warn(head + tail, EchoSingleStepWarning, stacklevel=3)
+
+
 def _selection_metrics(*, clip_len, lengths, row_ok, eligible, codes, clip_end_step, num_steps, peak_h, g_real,
                        g_zero_var, g_all_succ, g_all_fail, g_deg_succ) -> dict[str, float]:
     """``echo/*`` metrics of SPEC 2.5 that the selection alone determines; one device sync."""
@@ -334,6 +367,7 @@ def _selection_metrics(*, clip_len, lengths, row_ok, eligible, codes, clip_end_s
     nc = n_clips.clamp(min=1).to(f64)
     resp_len = lengths.clamp(min=1).to(f64)
     g_mixed = g_real & ~g_all_succ & ~g_all_fail
+    n_elig = eligible.sum().clamp(min=1).to(f64)
     vals = torch.stack([
         g_all_succ.sum() / n_groups,
         g_all_fail.sum() / n_groups,
@@ -350,12 +384,14 @@ def _selection_metrics(*, clip_len, lengths, row_ok, eligible, codes, clip_end_s
         torch.where(clipped, peak_h, 0).nansum() / nc,
         (clipped & g_all_succ[codes]).sum().to(f64) if g_real.numel() else n_clips.to(f64) * 0,
         (clipped & g_mixed[codes]).sum().to(f64) if g_real.numel() else n_clips.to(f64) * 0,
+        torch.where(eligible, num_steps, 0).sum() / n_elig,
+        (eligible & (num_steps == 1)).sum() / n_elig,
     ]).tolist()
     keys = [
         "groups_all_success_frac", "groups_all_fail_frac", "groups_mixed_frac", "groups_zero_var_frac",
         "groups_degenerate_success_frac", "eligible_rollouts", "clips", "clip_tokens", "clip_len_frac",
         "clip_end_step", "num_steps", "clip_end_step_rel", "peak_h",
-        "clips_from_all_success", "clips_from_mixed",
+        "clips_from_all_success", "clips_from_mixed", "steps_per_response", "single_step_frac",
     ]
     return {f"echo/{k}": float(v) for k, v in zip(keys, vals)}
 

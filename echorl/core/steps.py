@@ -39,6 +39,10 @@ class EchoBoundaryWarning(UserWarning):
     """Boundary ids that likely do not fit the tokenizer: steps would never end."""
 
 
+class EchoSingleStepWarning(EchoBoundaryWarning):
+    """Most successful responses of a batch are a single step: their EchoClip is the whole response."""
+
+
 def boundary_ids_tensor(ids: Sequence[int] | torch.Tensor, device: torch.device) -> torch.Tensor:
     """Boundary ids as a ``[K] long`` tensor on ``device``."""
     return torch.as_tensor(list(ids) if not torch.is_tensor(ids) else ids, dtype=torch.long, device=device)

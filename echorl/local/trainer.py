@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from echorl.core.clips import reset_boundary_warnings
 from echorl.core.steps import check_boundary_ids
 from echorl.filtering import rl_response_mask
 from echorl.local import checkpoint as ckpt
@@ -173,6 +174,7 @@ class LocalTrainer:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
         self.prompts = prepare_prompts(cfg.data, tokenizer, rows,
                                        custom_verifier=score_fn is not None or bool(cfg.reward.get("score_fn")))
+        reset_boundary_warnings()  # each boundary warning once per run
         self.echo_cfg = echo_cfg.resolve_boundary(tokenizer)
         check_boundary_ids(self.echo_cfg.boundary_token_ids, tokenizer, [r.get("solution") for r in self.prompts.rows])
         self.sampler = PromptSampler(len(self.prompts.rows), int(cfg.data.train_batch_size), bool(cfg.data.shuffle),

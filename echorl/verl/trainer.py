@@ -38,8 +38,9 @@ from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
 from echorl.analysis.dump import DumpConfig
+from echorl.core.clips import reset_boundary_warnings
 from echorl.core.config import EchoConfig
-from echorl.core.steps import EchoBoundaryWarning, check_boundary_ids
+from echorl.core.steps import EchoBoundaryWarning, EchoSingleStepWarning, check_boundary_ids
 from echorl.stage import num_minibatches
 from echorl.verl.dump import dump_config_of, write_verl_dump
 from echorl.verl.fields import READ_FIELDS, echo_stage_fields
@@ -143,6 +144,7 @@ class EchoPPOTrainerSync(PPOTrainerSync):
         EchoLoss is installed only when it adds a term (enabled, mode=loss, coef>0); otherwise the
         workers keep verl's own loss, so training is verl's, bit for bit."""
         super()._setup()
+        reset_boundary_warnings()  # each boundary warning once per run
         if self.echo_cfg.boundary != "auto":  # auto ids come from this tokenizer: nothing to check
             check_boundary_ids(self.echo_cfg.boundary_token_ids, self.tokenizer)
         self._resolve_echo_boundary()
@@ -192,8 +194,10 @@ class EchoPPOTrainerSync(PPOTrainerSync):
         fields.update(method_fields)
         for w in caught:  # surface the core's warning in the driver log, not only on stderr
             if issubclass(w.category, EchoBoundaryWarning):
-                logger.warning("EchoRL: %s (echorl.boundary_token_ids=%s)", w.message, list(self.echo_cfg.boundary_token_ids))
-                metrics["echo/no_boundary_warning"] = 1.0
+                logger.warning("EchoRL: %s (echorl.boundary=%s, %d boundary ids)", w.message, self.echo_cfg.boundary,
+                               len(self.echo_cfg.boundary_token_ids))
+                single = issubclass(w.category, EchoSingleStepWarning)
+                metrics["echo/single_step_warning" if single else "echo/no_boundary_warning"] = 1.0
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         batch = tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=fields)
         timing = getattr(self, "timing_raw", None)

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from echorl import EchoConfig, select_echo_clips
 from echorl.core import clips as clips_mod
-from echorl.core.clips import SELECTORS, EchoBoundaryWarning, grad_token_fractions
+from echorl.core.clips import SELECTORS, EchoBoundaryWarning, grad_token_fractions, reset_boundary_warnings
+from echorl.core.steps import EchoSingleStepWarning
 
 from .reference import ref_pooled_group_mask, ref_select_echo_clips
 
@@ -369,6 +370,62 @@ def test_no_boundary_warning_when_no_row_is_eligible(monkeypatch):
     monkeypatch.setattr(clips_mod, "_warned_no_boundary", set())
     with pytest.warns(EchoBoundaryWarning):
         sel_of([[5, 6, 7, 8]], [[1, 2, 3, 4]], [0.0], [0])
+
+
+# ---------------------------------------------------------------------------- steps per response
+def test_steps_per_response_and_single_step_frac_by_hand():
+    """Means over the eligible rows: scope=success -> the successes (rows 0, 1, 3: 3, 1 and 2 steps;
+    the failed row 2 with 4 steps and the empty row 4 do not count); scope=degenerate -> only group
+    'a' (rows 0, 1)."""
+    rows = [ROW_A, [5, 6, N], [5, N, 6, N, 7, N, 8], [5, N, N, 6], [0]]
+    ents = [[1] * len(r) for r in rows]
+    masks = [None, None, None, None, [0]]
+    m = sel_of(rows, ents, [1.0, 1.0, 0.0, 1.0, 0.0], ["a", "a", "b", "b", "pad"],
+               EchoConfig(boundary="fixed"), masks=masks).metrics
+    assert m["echo/eligible_rollouts"] == 3.0
+    assert m["echo/steps_per_response"] == 2.0 and m["echo/single_step_frac"] == pytest.approx(1 / 3)
+    deg = sel_of(rows, ents, [1.0, 1.0, 0.0, 1.0, 0.0], ["a", "a", "b", "b", "pad"],
+                 EchoConfig(boundary="fixed", preset="degenerate"), masks=masks).metrics
+    assert (deg["echo/steps_per_response"], deg["echo/single_step_frac"]) == (2.0, 0.5)
+    none = sel_of(rows, ents, [0.0] * 5, list("abcde"), EchoConfig(boundary="fixed"), masks=masks).metrics
+    assert (none["echo/steps_per_response"], none["echo/single_step_frac"]) == (0.0, 0.0)  # no eligible row
+
+
+def _single_step_batch(n_single: int, n_multi: int):
+    """``n_single`` one-step successes (a trailing boundary only) and ``n_multi`` two-step ones."""
+    rows = [[5, 6, N]] * n_single + [[5, N, 6]] * n_multi
+    return rows, [[1.0] * 3] * len(rows), [1.0] * len(rows), list(range(len(rows)))
+
+
+def test_most_successes_single_step_warns_once_per_run(monkeypatch):
+    monkeypatch.setattr(clips_mod, "_warned_single_step", set())
+    rows, ents, scores, uids = _single_step_batch(5, 3)
+    cfg = EchoConfig(boundary="fixed")
+    with pytest.warns(EchoSingleStepWarning) as rec:
+        sel = sel_of(rows, ents, scores, uids, cfg)
+    assert len(rec) == 1 and sel.metrics["echo/single_step_frac"] == 5 / 8
+    msg = str(rec[0].message)
+    assert "5 of 8 successful responses of this batch are a single step" in msg
+    assert "echorl.boundary=fixed the steps end only at [198, 271]" in msg and "Fix: echorl.boundary=auto" in msg
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same run: not again
+        sel_of(rows, ents, scores, uids, cfg)
+    reset_boundary_warnings()  # a new run (the hosts call it at start-up)
+    with pytest.warns(EchoSingleStepWarning):
+        sel_of(rows, ents, scores, uids, cfg)
+    auto = EchoConfig(boundary="auto", boundary_token_ids=(N, M))  # as resolved from a tokenizer
+    with pytest.warns(EchoSingleStepWarning, match=r"echorl.boundary=auto uses this tokenizer's 2 newline-ending"):
+        sel_of(rows, ents, scores, uids, auto)
+
+
+@pytest.mark.parametrize("n_single, n_multi", [(4, 4), (7, 0)])
+def test_no_single_step_warning_for_half_or_fewer_than_8_rows(monkeypatch, n_single, n_multi):
+    """4 of 8 is not most; 7 one-step successes are too few to judge the boundaries by."""
+    monkeypatch.setattr(clips_mod, "_warned_single_step", set())
+    rows, ents, scores, uids = _single_step_batch(n_single, n_multi)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sel_of(rows, ents, scores, uids, EchoConfig(boundary="fixed"))
 
 
 # ---------------------------------------------------------------------------- bad input
