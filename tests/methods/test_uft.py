@@ -147,6 +147,15 @@ def test_bad_config_names_the_key():
         MethodConfig.from_dict({"name": "luffy", "luffy": {"gama": 0.1}})
     with pytest.raises(ValueError, match=r"method\.luffy\.gamma"):
         MethodConfig.from_dict({"name": "luffy", "luffy": {"gamma": 0}})
+    with pytest.raises(ValueError, match=r"method\.uft\.segments must be one of \['uft', 'lines'\]"):
+        MethodConfig.from_dict({"name": "uft", "uft": {"segments": "sentences"}})
+    with pytest.raises(ValueError, match=r"method\.uft\.score_hint must be true or false"):
+        MethodConfig.from_dict({"name": "uft", "uft": {"score_hint": "no"}})
+    with pytest.raises(ValueError, match=r"method\.luffy\.on_policy_clip must be true or false"):
+        MethodConfig.from_dict({"name": "luffy", "luffy": {"on_policy_clip": 1}})
+    d = MethodConfig()  # every default is the authors'
+    assert (d.luffy.on_policy_clip, d.luffy.gamma, d.uft.segments, d.uft.score_hint, d.uft.coef) == (
+        False, 0.1, "uft", False, 0.001)
 
 
 @pytest.mark.parametrize("score_hint", [False, True])
