@@ -1,5 +1,6 @@
 """The driver side of LUFFY / UFT on verl 0.9 (:class:`VerlMethod`), called by
-:class:`echorl.verl.trainer.EchoPPOTrainerSync` at these points:
+:class:`echorl.verl.trainer.EchoPPOTrainerSync` (items 1, 2 and 4; item 3 is the step a trainer runs right
+after verl's old-policy pass):
 
 1. :func:`configure` (before the workers and agent loops are built): points verl's
    ``actor_rollout_ref.rollout.agent`` at EchoRL's agent loops (``agent_loops.yaml``) and makes the
