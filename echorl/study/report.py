@@ -293,7 +293,7 @@ def write_report(folder: str | os.PathLike, s: Settings, out_md: str | os.PathLi
           f"at T=1.0). Every arm: **{s.steps} steps**, the same batch, rollouts and seeds; seed k sets `seed` and "
           "`data.seed` (same prompts in the same order in every arm).",
           f"- Validation during training (engine, `trainer.test_freq={s.test_freq}`): first {s.dev_rows} `dev` "
-          f"problems x {s.dev_n} samples at T={s.eval_temperature}. Tuning decisions only on `dev`.",
+          f"problems x {s.dev_n} samples at T={s.eval_temperature} (`dev` is the set meant for tuning decisions).",
           f"- Final numbers (`echorl.eval`, the code of `echorl eval`): avg@{s.eval_n} at T={s.eval_temperature} on "
           f"the first {s.test_rows} `test` and {s.ood_rows} `ood` problems (6-operation chains); pass@k, k <= "
           f"{s.passk_n}, from {s.passk_n} samples at T={s.passk_temperature} on the first {s.passk_rows} `test` "
