@@ -92,7 +92,12 @@ def validate_config(config: DictConfig) -> EchoConfig:
 
 def check_keep_filtered(config) -> None:
     """``echorl.keep_filtered=true`` on verl (:mod:`echorl.verl.keep_filtered`): refuse what would
-    make the RL term differ from DAPO's or hold rows nothing trains on."""
+    make the RL term differ from DAPO's or hold rows nothing trains on.
+
+    Every critic-free estimator keeps DAPO's RL term exactly: verl's advantage stage runs on the RL
+    rows alone (:func:`echorl.verl.keep_filtered.advantages_without_kept`), so batch-level
+    statistics (``reinforce_plus_plus``'s whitening, ``gpg``'s score count) never see the kept rows.
+    ``gae`` is refused: its critic update would train on the kept rows."""
     custom = _get(config, "trainer.v1.sampler.custom_sampler.path", None)
     if custom:
         raise ValueError(
