@@ -16,8 +16,9 @@ log-probs + entropy and the base estimator, before the actor update):
 With ``echorl.keep_filtered=true`` (DAPO dynamic sampling), :mod:`echorl.verl.keep_filtered` adds
 three overrides: ``_build_replay_buffer`` (a buffer that holds the dropped all-success groups),
 ``_balance_batch`` (DAPO's layout of the RL rows, kept rows dealt over its mini-batches) and
-``_update_actor``'s mini-batch size; the stage zeroes the kept rows' RL masks, and
-``_compute_metrics`` leaves them out of verl's metrics.
+``_update_actor``'s mini-batch size; verl's advantage stage runs on the RL rows alone
+(``advantages_without_kept``: every estimator sees DAPO's batch), the stage zeroes the kept rows'
+RL masks, and ``_compute_metrics`` leaves them out of verl's metrics.
 
 ``_update_actor`` moves the loss's ``actor/echo/loss`` (verl prefixes every actor metric) back to
 ``echo/loss``. The trainer mode stays ``sync``: the class is built by EchoRL's task runner
