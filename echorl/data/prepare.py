@@ -115,7 +115,7 @@ class _Field:
         return _MISSING, None
 
 
-def _message_content(value: Any) -> Any:
+def _message_content(value: Any) -> str:
     """LUFFY's ``target``: a list of chat messages (the first one's ``content``, as LUFFY's dataset
     reads ``target[0]['content']``), one message, or a plain string."""
     if hasattr(value, "tolist") and not isinstance(value, str):  # numpy arrays from pandas-written files
@@ -135,7 +135,7 @@ def _message_content(value: Any) -> Any:
     return value
 
 
-def _first_generation(value: Any) -> Any:
+def _first_generation(value: Any) -> str:
     """OpenR1-Math-220k's ``generations`` (DeepSeek-R1 traces): the first non-empty one, as LUFFY's
     preparation script takes it."""
     if isinstance(value, str):
@@ -147,7 +147,7 @@ def _first_generation(value: Any) -> Any:
     return next((g for g in value if g and g.strip()), "")
 
 
-def _joined_pieces(value: Any) -> Any:
+def _joined_pieces(value: Any) -> str:
     """UFT's ``hint``: the solution cut into pieces; the trace is the pieces joined."""
     if isinstance(value, str):
         return value
@@ -163,7 +163,7 @@ class _Trace:
     """Where the expert trace comes from: ``(column, reader)`` candidates tried in order; a reader
     returns the trace text ('' = no trace) or raises ValueError on a malformed value."""
 
-    candidates: tuple[tuple[str, Callable[[Any], Any]], ...]
+    candidates: tuple[tuple[str, Callable[[Any], str]], ...]
     required: bool  # a file without any trace is an error (module docstring, "Expert traces")
 
     def extract(self, row: dict) -> tuple[str, str | None]:
