@@ -93,6 +93,14 @@ class EchoConfig:
         "'token_mean' (the RL token-mean denominator). null: from the preset.",
         default=None,
     )
+    follow_rl_agg: bool = _help(
+        "Scale the EchoRL term by the weight the RL loss's aggregation (actor.loss_agg_mode) gives a token "
+        "relative to a token mean: seq-mean-token-sum-norm N / (G * loss_scale_factor) for a mini-batch of N "
+        "tokens in G sequences, seq-mean-token-sum N / G, token-sum N, token-mean and seq-mean-token-mean 1. "
+        "So coef weighs the same next to the RL loss under Dr.GRPO / LUFFY aggregation. false: the paper's term, "
+        "whatever the RL aggregation (docs/method.md).",
+        default=False,
+    )
     keep_filtered: bool = _help(
         "With DAPO dynamic sampling (algorithm.filter_groups.enable=true): the all-success groups it "
         "drops still give their clip to the EchoRL term (no RL gradient, not in the RL denominators).",
@@ -133,7 +141,7 @@ class EchoConfig:
         _choice("step_agg", self.step_agg, STEP_AGGS.names())
         _choice("selector", self.selector, SELECTORS.names())
         _choice("loss_agg", self.loss_agg, LOSS_AGGS.names())
-        for name in ("enable", "keep_filtered"):
+        for name in ("enable", "follow_rl_agg", "keep_filtered"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"EchoConfig.{name} must be a bool, got {getattr(self, name)!r}")
         for name in ("min_step_tokens", "seed"):

@@ -142,6 +142,44 @@ def echo_loss_term(log_prob: torch.Tensor, echo_mask: torch.Tensor, normalizer: 
     return nll.sum() / normalizer
 
 
+RL_AGG_MODES = ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-sum-norm", "seq-mean-token-mean")
+
+
+def rl_agg_scale(loss_agg_mode: str, batch_num_tokens: float, global_batch_size: float,
+                 loss_scale_factor: float | None = None, width: int | None = None) -> float:
+    """The weight of one valid token in the RL loss under verl's ``loss_agg_mode`` divided by its
+    weight under ``token-mean`` (``1 / N``), for a mini-batch of ``N = batch_num_tokens`` valid tokens
+    in ``G = global_batch_size`` sequences (``echorl.follow_rl_agg``, docs/method.md):
+
+    * ``token-mean``: 1; ``seq-mean-token-mean``: 1 (a mean of per-sequence means);
+    * ``token-sum``: ``N``; ``seq-mean-token-sum``: ``N / G``;
+    * ``seq-mean-token-sum-norm``: ``N / (G * F)`` with ``F = loss_scale_factor``, or ``width`` (verl's
+      fallback: the micro-batch's padded response width) when it is ``None``.
+
+    ``N`` and ``G`` are verl's ``batch_num_tokens`` and ``global_batch_size`` of the micro-batch data,
+    fixed for the whole mini-batch before its micro-batches run, so the scale does not depend on the
+    split (except through ``width`` when ``loss_scale_factor`` is unset, as verl's own RL term).
+    """
+    if loss_agg_mode not in RL_AGG_MODES:
+        raise ValueError(f"actor.loss_agg_mode={loss_agg_mode!r} is not one of {list(RL_AGG_MODES)}: "
+                         "echorl.follow_rl_agg cannot follow it; set echorl.follow_rl_agg=false")
+    if loss_agg_mode in ("token-mean", "seq-mean-token-mean"):
+        return 1.0
+    if batch_num_tokens is None or (loss_agg_mode != "token-sum" and not global_batch_size):
+        raise ValueError(f"echorl.follow_rl_agg with loss_agg_mode={loss_agg_mode} needs the micro-batch's "
+                         f"batch_num_tokens and global_batch_size, got {batch_num_tokens} and {global_batch_size}")
+    n = float(batch_num_tokens)
+    if loss_agg_mode == "token-sum":
+        return n
+    scale = n / float(global_batch_size)
+    if loss_agg_mode == "seq-mean-token-sum-norm":
+        factor = loss_scale_factor if loss_scale_factor is not None else width
+        if not factor:
+            raise ValueError("seq-mean-token-sum-norm without actor.loss_scale_factor needs the response width")
+        scale /= float(factor)
+    return scale
+
+
 def apply_echo_advantage(advantages: torch.Tensor, echo_mask: torch.Tensor, adv_coef: float) -> torch.Tensor:
     """``mode='advantage'``: a new advantages tensor with ``adv_coef`` added on clip tokens.
 

@@ -39,6 +39,12 @@ so the applied gradient is ``grad( coef * sum_{b in mini-batch} sum_{t in b, cli
 the same for 1, 2 or 4 micro-batches and for any number of dp ranks (up to float summation
 order). No per-micro-batch count and no collective enter the term.
 
+RL aggregations other than ``token-mean`` (``echorl.follow_rl_agg``): under
+``seq-mean-token-sum-norm`` verl weighs a token ``1 / (global_batch_size * loss_scale_factor)``
+instead of ``1 / batch_num_tokens``; with ``follow_rl_agg`` the term above is multiplied by the
+ratio of the two (:func:`echorl.core.loss.rl_agg_scale`, applied by :func:`echo_term`), which is
+fixed per mini-batch and so keeps the split invariance. Off by default (the paper's term).
+
 Metrics: ppo_loss's metrics unchanged, plus ``echo/loss`` = ``dp_size * L_echo`` of the
 micro-batch with SUM aggregation, so verl's reduction (mean over dp ranks, sum over micro-batches)
 reports ``L_echo`` of the mini-batch. The v1 trainer prefixes actor metrics with ``actor/``;
@@ -58,7 +64,7 @@ from verl.workers.utils.losses import ppo_loss
 from verl.workers.utils.padding import no_padding_2_padding
 
 from echorl.core.config import EchoConfig
-from echorl.core.loss import echo_loss_term
+from echorl.core.loss import echo_loss_term, rl_agg_scale
 
 ECHO_MASK = "echo_mask"
 ECHO_DENOM = "echo_denom"
@@ -104,7 +110,8 @@ class EchoLoss:
 
         Returns:
             ``(loss, metrics)``: exactly ``ppo_loss``'s when the term is off; otherwise its loss
-            plus ``coef * dp_size * L_echo`` and its metrics plus ``echo/loss``.
+            plus ``coef * scale * dp_size * L_echo`` (``scale`` is 1 unless ``echorl.follow_rl_agg``,
+            :func:`echo_term`) and its metrics plus ``echo/loss``.
         """
         loss, metrics = ppo_loss(self.actor_config, model_output, data, dp_group)
         if not self.adds_term:
@@ -119,15 +126,41 @@ class EchoLoss:
         # Unpad exactly as ppo_loss does: log-probs through no_padding_2_padding, batch fields
         # through TensorDict.to_padded_tensor (both right-padded response-aligned [b, W]).
         log_prob = no_padding_2_padding(model_output["log_probs"], data)  # [b, W]
-        echo_mask = padded_response_field(data, ECHO_MASK, log_prob.shape[1])  # [b, W] bool
-        dp_size = data["dp_size"]
-        term = echo_loss_term(log_prob, echo_mask, data[ECHO_DENOM]) * dp_size  # scalar
-        loss = loss + self.echo_cfg.coef * term
+        term, scale = echo_term(log_prob, data, self.echo_cfg, self.actor_config)
+        loss = loss + self.echo_cfg.coef * scale * term
         metrics[ECHO_LOSS_METRIC] = Metric(value=term.detach(), aggregation=AggregationType.SUM)
         return loss, metrics
 
     def __repr__(self) -> str:
         return f"EchoLoss(coef={self.echo_cfg.coef}, mode={self.echo_cfg.mode!r}, enable={self.echo_cfg.enable})"
+
+
+def echo_term(log_prob: torch.Tensor, data: TensorDict, echo_cfg: EchoConfig, actor_config: Any
+              ) -> tuple[torch.Tensor, float]:
+    """The EchoRL term of one micro-batch, for every actor loss that adds it (EchoLoss, MethodLoss).
+
+    Args:
+        log_prob: ``[b, W] float`` current-policy response log-probs (``no_padding_2_padding``).
+        data: the micro-batch (``echo_mask``, ``echo_denom``, ``dp_size``, ``batch_num_tokens``,
+            ``global_batch_size``, ``response_mask``).
+        echo_cfg: the options (``follow_rl_agg``).
+        actor_config: verl's actor config (``loss_agg_mode``, ``loss_scale_factor``).
+
+    Returns:
+        ``(term, scale)``: ``term = dp_size * L_echo`` (scalar with grad; ``echo/loss`` reports it)
+        and ``scale``, 1 unless ``echo_cfg.follow_rl_agg``
+        (:func:`echorl.core.loss.rl_agg_scale` of the RL aggregation). The loss adds
+        ``coef * scale * term``.
+    """
+    echo_mask = padded_response_field(data, ECHO_MASK, log_prob.shape[1])  # [b, W] bool
+    term = echo_loss_term(log_prob, echo_mask, data[ECHO_DENOM]) * data["dp_size"]
+    if not echo_cfg.follow_rl_agg:
+        return term, 1.0
+    rm = data["response_mask"]  # agg_loss's fallback factor is the padded width of this mask
+    width = int(rm.offsets().diff().max()) if rm.is_nested else int(rm.shape[-1])
+    scale = rl_agg_scale(actor_config.loss_agg_mode, data["batch_num_tokens"], data["global_batch_size"],
+                         actor_config.loss_scale_factor, width)
+    return term, scale
 
 
 def padded_response_field(data: TensorDict, key: str, width: int) -> torch.Tensor:

@@ -202,7 +202,7 @@ def test_empty_clip_set_adds_exact_zero(actor_config):
 
 
 def test_picklable_and_same_result(actor_config):
-    fn = EchoLoss(actor_config, {"coef": 0.5, "boundary_token_ids": [198]})
+    fn = EchoLoss(actor_config, {"coef": 0.5, "boundary": "fixed", "boundary_token_ids": [198]})
     fn2 = pickle.loads(pickle.dumps(fn))
     assert fn2.echo_cfg == fn.echo_cfg
     data, thetas, _ = make_minibatch(seed=7)
@@ -275,3 +275,93 @@ def test_clip_mean_gradient_by_hand(actor_config):
             metric.extend(m["echo/loss"])
         per_rank.append(metric)
     assert Metric.aggregate_dp(per_rank) == pytest.approx(sum(means) / C, rel=1e-6)
+
+
+# ---------------------------------------------------------------------------- echorl.follow_rl_agg
+def _actor(compose, mode: str, factor: int | None = None):
+    from verl.utils.config import omega_conf_to_dataclass
+
+    ov = [f"actor_rollout_ref.actor.loss_agg_mode={mode}"]
+    if factor is not None:
+        ov.append(f"actor_rollout_ref.actor.loss_scale_factor={factor}")
+    return omega_conf_to_dataclass(compose(ov).actor_rollout_ref.actor)
+
+
+def hand_batch():
+    """Two rows (prompts of 2 tokens; responses of 4 and 2 tokens: N = 6 tokens, G = 2 sequences),
+    advantage 1 everywhere, old log-probs = current ones (ratio 1: every token's PPO loss is -1), one
+    clip: row 0's first two tokens with log-probs -0.5 and -1.5 (clip_mean D = 2 * 1 clip = 2, so
+    L_echo = (0.5 + 1.5) / 2 = 1)."""
+    lps = [torch.tensor([-0.5, -1.5, -0.7, -0.2]), torch.tensor([-0.3, -0.9])]
+    thetas = [torch.cat([torch.zeros(1), torch.logit(lp.exp(), eps=0), torch.zeros(1)]) for lp in lps]  # [2 + r]
+    old = [torch.nn.functional.logsigmoid(t[1:-1]) for t in thetas]  # what the packed log-probs give
+    data = TensorDict({
+        "prompts": _nested([torch.tensor([1, 2])] * 2),
+        "responses": _nested([torch.tensor([3, 4, 5, 6]), torch.tensor([7, 8])]),
+        "input_ids": _nested([torch.tensor([1, 2, 3, 4, 5, 6]), torch.tensor([1, 2, 7, 8])]),
+        "response_mask": _nested([torch.ones(4, dtype=torch.int64), torch.ones(2, dtype=torch.int64)]),
+        "loss_mask": _nested([torch.ones(4, dtype=torch.int64), torch.ones(2, dtype=torch.int64)]),
+        "old_log_probs": _nested(old),
+        "advantages": _nested([torch.ones(4), torch.ones(2)]),
+        "echo_mask": _nested([torch.tensor([True, True, False, False]), torch.zeros(2, dtype=torch.bool)]),
+        "echo_denom": torch.tensor([2.0, 1.0]),
+        "row": torch.arange(2),
+    }, batch_size=[2])
+    return data, thetas
+
+
+def one_pass(fn, data, thetas):
+    leaves = [t.clone().requires_grad_(True) for t in thetas]
+    packed = torch.cat([torch.nn.functional.logsigmoid(x) for x in leaves])
+    offsets = torch.tensor([0] + [len(x) for x in leaves]).cumsum(0)
+    mb = copy.copy(data)
+    tu.assign_non_tensor(mb, dp_size=1, batch_num_tokens=6, global_batch_size=2)
+    loss, m = fn(model_output={"log_probs": torch.nested.nested_tensor_from_jagged(packed, offsets)}, data=mb)
+    return float(loss.detach()), m
+
+
+@pytest.mark.parametrize("mode, factor, rl, scale", [
+    ("token-mean", None, -1.0, 1.0),  # -6 / N
+    ("seq-mean-token-sum-norm", 8, -0.375, 6 / 16),  # -6 / (G * F): the RL term is N / (G F) of the token mean
+    ("seq-mean-token-sum-norm", None, -0.375 * 8 / 4, 6 / 8),  # F = padded width 4 (verl's fallback)
+    ("seq-mean-token-sum", None, -3.0, 3.0),  # -6 / G
+])
+def test_follow_rl_agg_scales_the_echo_term_as_verl_scales_the_rl_term(compose, mode, factor, rl, scale):
+    """Through verl's real ppo_loss: the RL term, and the EchoRL term coef * L_echo (= coef * 1) with
+    follow_rl_agg off (the paper: the same whatever the RL aggregation) and on (times the RL's scale,
+    so echo / RL is the same under every aggregation)."""
+    actor = _actor(compose, mode, factor)
+    data, thetas = hand_batch()
+    coef = 0.01
+    rl_loss, _ = one_pass(_ppo(actor), data, thetas)
+    assert rl_loss == pytest.approx(rl, rel=1e-5)
+    off, m = one_pass(EchoLoss(actor, EchoConfig(coef=coef)), data, thetas)
+    on, m_on = one_pass(EchoLoss(actor, EchoConfig(coef=coef, follow_rl_agg=True)), data, thetas)
+    assert off - rl_loss == pytest.approx(coef * 1.0, rel=1e-4)
+    assert on - rl_loss == pytest.approx(coef * scale, rel=1e-4)
+    assert (on - rl_loss) / rl_loss == pytest.approx(-coef, rel=1e-4)  # the token-mean ratio, under every mode
+    assert m["echo/loss"].aggregate() == pytest.approx(1.0, rel=1e-5) == m_on["echo/loss"].aggregate()
+
+
+def test_follow_rl_agg_gradient_invariant_to_split_and_dp(compose):
+    """N and G are the mini-batch's (fixed before its micro-batches), so the scaled term keeps the
+    split invariance: 1, 2, 4 micro-batches and 2 ranks give the gradient of one pass."""
+    actor = _actor(compose, "seq-mean-token-sum-norm", 16)
+    data, thetas, echo = make_minibatch(seed=11)
+    data, _ = with_clip_mean_denominators(data, echo)
+    fn = EchoLoss(actor, EchoConfig(coef=0.5, follow_rl_agg=True))
+    ref, _, _ = run_minibatch(fn, data, thetas, n_micro=1)
+    for n_micro, dp in [(2, 1), (4, 1), (1, 2), (2, 2)]:
+        g, _, _ = run_minibatch(fn, data, thetas, n_micro=n_micro, dp=dp)
+        for a, b in zip(ref, g):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-8)
+    off, _, _ = run_minibatch(EchoLoss(actor, EchoConfig(coef=0.5)), data, thetas, n_micro=1)
+    assert max(float((a - b).abs().max()) for a, b in zip(ref, off)) > 1e-4  # the scale changes the gradient
+
+
+def test_follow_rl_agg_refuses_an_unknown_aggregation():
+    from echorl.core.loss import rl_agg_scale
+
+    with pytest.raises(ValueError, match=r"loss_agg_mode='weird'.*set echorl.follow_rl_agg=false"):
+        rl_agg_scale("weird", 6, 2)
+    assert rl_agg_scale("token-sum", 6, 2) == 6.0 and rl_agg_scale("seq-mean-token-mean", 6, 2) == 1.0
