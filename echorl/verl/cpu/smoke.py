@@ -40,6 +40,7 @@ def cpu_overrides(data: dict[str, str], out_dir: str | Path, steps: int = 2, n: 
         f"actor_rollout_ref.model.path={SHIPPED_DIR}",
         # the tiny model's context (256 positions): sequences are prompt + response, whatever a recipe set
         "actor_rollout_ref.rollout.max_model_len=null",
+        "echorl.boundary=fixed",  # the tiny model's one newline id, checked at start-up
         f"echorl.boundary_token_ids=[{','.join(str(i) for i in newline_ids)}]",
         f"data.train_files={data['train']}",
         f"data.val_files={data['val']}",
