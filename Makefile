@@ -27,9 +27,12 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 demo: install
 	$(PY) -m echorl.demo
 
-# verl's real V1 loop on CPU: 2 GRPO + EchoRL steps, tiny model; prints the last step's metrics as JSON.
+# verl's real V1 loop on CPU: 2 GRPO + EchoRL steps; prints the last step's metrics as JSON and checks
+# that the EchoClips end at newline-ending tokens. MODEL=tiny (default, the shipped tiny model) or
+# MODEL=smollm2 (SmolLM2-135M-Instruct, a real BPE tokenizer, echorl.boundary=auto).
+MODEL ?= tiny
 verl-smoke: install
-	$(PY) -m echorl.verl.cpu.smoke
+	$(PY) -m echorl.verl.cpu.smoke --model $(MODEL)
 
 # ruff (dev extra; rules in pyproject.toml [tool.ruff]) before the tests.
 lint: install
