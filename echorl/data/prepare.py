@@ -26,13 +26,15 @@ Output rows (verl's ``RLHFDataset`` layout; the reward function is ``echorl.rewa
 
     {"data_source": "<source name>",
      "prompt": [{"role": "user", "content": TEMPLATE with {question} replaced}],
-     "target": [{"role": "assistant", "content": "<expert trace>"}] or None,   # openr1, luffy, uft
+     "target": [{"role": "assistant", "content": "<expert trace>"}] or None,   # see below
      "ability": "math",
      "reward_model": {"style": "rule", "ground_truth": "<answer>"},
      "extra_info": {"split": "<split>", "index": <row number in the output>}}
 
 ``target`` has LUFFY's layout, which LUFFY and UFT read (``echorl.methods.luffy.expert_text``);
-the trace text is carried exactly as the source holds it.
+the trace text is carried exactly as the source holds it. The column is written by ``openr1``,
+``luffy`` and ``uft`` when at least one row has a trace (``None`` on the others); a file of
+``openr1`` problems without any trace has no ``target`` column.
 
 Expert traces: with ``luffy`` and ``uft`` a row without a trace is kept (LUFFY / UFT train it as
 a plain GRPO row, as LUFFY's own data loader does with an empty ``target``); their number is
@@ -337,6 +339,10 @@ def write_parquet(rows: Sequence[dict], path: str | Path) -> None:
 
     if not rows:
         raise ValueError(f"no rows to write to {path}")
+    columns = list(rows[0])
+    for i, r in enumerate(rows):  # pyarrow takes the columns of the first row and drops any other
+        if list(r) != columns:
+            raise ValueError(f"row {i} has the columns {list(r)}, row 0 {columns}: every row must have the same columns")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(list(rows)), path)
@@ -367,5 +373,8 @@ def prepare(inputs: Sequence[str | Path], output: str | Path, fmt: str, *, dedup
     if dropped:
         logger.warning("prepare_data: dropped %d duplicate (question, answer) rows of %d; --no-dedup keeps them",
                        dropped, dropped + len(rows))
+    if FORMATS[fmt].trace is not None and all(r[TRACE_FIELD] is None for r in rows):
+        for r in rows:  # no trace at all (openr1 problems): no column, so LUFFY / UFT refuse the file at start-up
+            del r[TRACE_FIELD]
     write_parquet(rows, output)
     return len(rows)

@@ -11,7 +11,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from echorl.data.prepare import DAPO_PREFIX, DAPO_SUFFIX, DataFormatError, convert_rows, prepare, read_rows
+from echorl.data.prepare import (
+    DAPO_PREFIX,
+    DAPO_SUFFIX,
+    DataFormatError,
+    convert_rows,
+    prepare,
+    read_rows,
+    write_parquet,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
@@ -64,9 +72,9 @@ def test_openr1(tmp_path, suffix):
     src = _write(tmp_path / f"openr1{suffix}", OPENR1)
     out = tmp_path / "out.parquet"
     assert prepare([src], out, "openr1") == 2
-    assert pq.read_table(out).to_pylist() == [  # OpenR1's human 'solution' is not an expert trace
-        _expected("openr1_math_46k", "What is $1+1$?", "2", "train", 0, target=None),
-        _expected("openr1_math_46k", "Compute $\\frac{3}{6}$.", "\\frac{1}{2}", "train", 1, target=None)]
+    assert pq.read_table(out).to_pylist() == [  # OpenR1's human 'solution' is not an expert trace: no column
+        _expected("openr1_math_46k", "What is $1+1$?", "2", "train", 0),
+        _expected("openr1_math_46k", "Compute $\\frac{3}{6}$.", "\\frac{1}{2}", "train", 1)]
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
@@ -289,6 +297,16 @@ def test_required_traces_missing_from_the_whole_file_is_an_error(tmp_path, fmt, 
 def test_malformed_traces_name_the_row_and_column(tmp_path, fmt, row, match):
     with pytest.raises(DataFormatError, match=match):
         prepare([_write(tmp_path / "x.jsonl", [row])], tmp_path / "out.parquet", fmt)
+
+
+def test_traces_of_some_files_keep_the_column_for_every_row(tmp_path):
+    with_traces, without = _write(tmp_path / "a.jsonl", LUFFY[:1]), _write(tmp_path / "b.jsonl", OPENR1)
+    out = tmp_path / "out.parquet"
+    assert prepare([without, with_traces], out, "openr1") == 3
+    assert [r["target"] for r in pq.read_table(out).to_pylist()] == [
+        None, None, [{"role": "assistant", "content": R1_TRACES[0]}]]
+    with pytest.raises(ValueError, match=r"row 1 has the columns \['a', 'c'\], row 0 \['a', 'b'\]"):
+        write_parquet([{"a": 1, "b": 2}, {"a": 1, "c": 2}], out)
 
 
 def test_trace_reaches_the_rows_verls_dataset_hands_to_the_agent_loop(tmp_path):
