@@ -66,6 +66,8 @@ def test_mode_loss_paper_default_clip_mean():
     assert out.echo_denom == m["echo/denom"] == 1.0  # clips per mini-batch
     assert (m["echo/clips"], m["echo/clips_from_all_success"], m["echo/clips_from_mixed"]) == (2, 1, 1)
     assert m["echo/grad_token_frac_echo"] == pytest.approx((7 + 2) / 20)  # row 2 already carries gradient
+    # the successes (rows 0-2) have 3, 3 and 1 steps: what both hosts log about the boundaries
+    assert m["echo/steps_per_response"] == pytest.approx(7 / 3) and m["echo/single_step_frac"] == pytest.approx(1 / 3)
     # hand-computed term: the mean over the mini-batch's C/M = 1 clip of each clip's token-mean NLL
     lp = -torch.arange(1, 36, dtype=torch.float32).reshape(5, 7) / 10
     term = echo_loss_term(lp, out.echo_mask, out.echo_denom_rows)
