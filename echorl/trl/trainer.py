@@ -102,7 +102,8 @@ class EchoGRPOTrainer(GRPOTrainer):
             another; ``echorl_boundary_token_ids`` lie outside the tokenizer's vocabulary.
     """
 
-    def __init__(self, model: Any, reward_funcs: Any, args: EchoGRPOConfig | None = None, **kwargs: Any):
+    def __init__(self, model: Any, reward_funcs: Any = None, args: EchoGRPOConfig | None = None, *rest: Any,
+                 **kwargs: Any):
         if args is None:
             args = EchoGRPOConfig()
         if not isinstance(args, EchoGRPOConfig):
@@ -113,7 +114,7 @@ class EchoGRPOTrainer(GRPOTrainer):
         self._echo_grabbed: torch.Tensor | None = None
         self._echo_rewards: torch.Tensor | None = None
         self.echo_last: EchoStepRecord | None = None
-        super().__init__(model, reward_funcs, args=args, **kwargs)
+        super().__init__(model, reward_funcs, args, *rest, **kwargs)
         tok = getattr(self.processing_class, "tokenizer", self.processing_class)
         self.echo_cfg: EchoConfig = args.echo_config().resolve_boundary(tok)
         check_boundary_ids(self.echo_cfg.boundary_token_ids, tok)
