@@ -54,6 +54,10 @@ if not Version(TRL_RANGE[0]) <= Version(trl.__version__) < Version(TRL_RANGE[1])
 _FORWARD_KEYS = ("pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes", "num_tiles",
                  "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids")
 ECHO_MASK, ECHO_DENOM = "echo_mask", "echo_denom"
+# TRL loss types whose token weight is not a token mean's (echorl_follow_rl_agg would scale the term);
+# the others (grpo, sapo: mean of sequence means; bnpo, dapo, cispo, vespo: token mean) have scale 1.
+SUM_AGG_LOSS_TYPES = {"dr_grpo": "N / (G * max_completion_length) times a token mean's",
+                      "luspo": "N / G times a token mean's"}
 
 
 @dataclass
@@ -99,7 +103,8 @@ class EchoGRPOTrainer(GRPOTrainer):
     Raises:
         TypeError: ``args`` is not an ``EchoGRPOConfig``.
         ValueError: ``steps_per_generation`` and ``gradient_accumulation_steps`` do not divide one
-            another; ``echorl_boundary_token_ids`` lie outside the tokenizer's vocabulary.
+            another; ``echorl_follow_rl_agg`` with a loss type that sums tokens (``dr_grpo``, ``luspo``);
+            ``echorl_boundary_token_ids`` lie outside the tokenizer's vocabulary.
     """
 
     def __init__(self, model: Any, reward_funcs: Any = None, args: EchoGRPOConfig | None = None, *rest: Any,
@@ -110,6 +115,11 @@ class EchoGRPOTrainer(GRPOTrainer):
             raise TypeError(f"EchoGRPOTrainer needs args=EchoGRPOConfig(...) (TRL's GRPOConfig plus the echorl_* "
                             f"fields), got {type(args).__name__}; build it with the same keyword arguments")
         echo_term_scale(1, args.steps_per_generation, args.gradient_accumulation_steps)  # refuse a misaligned split
+        if args.echo_config().follow_rl_agg and args.loss_type in SUM_AGG_LOSS_TYPES:
+            raise ValueError(
+                f"echorl_follow_rl_agg=True with loss_type={args.loss_type!r}: TRL's {args.loss_type} weighs a token "
+                f"{SUM_AGG_LOSS_TYPES[args.loss_type]}, which this trainer does not follow; set "
+                "echorl_follow_rl_agg=False (the paper's term) or use a token-mean loss_type (bnpo, dapo, grpo)")
         self._echo_grab: str | None = None  # "old_entropy" | "loss_logps" while a TRL call is watched
         self._echo_grabbed: torch.Tensor | None = None
         self._echo_rewards: torch.Tensor | None = None

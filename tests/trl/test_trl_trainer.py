@@ -98,3 +98,12 @@ def test_refuses_a_plain_grpo_config(tmp_path):
     with pytest.raises(TypeError, match="EchoGRPOConfig"):
         EchoGRPOTrainer(model=model, reward_funcs=all_success, args=GRPOConfig(**base_kwargs(str(tmp_path))),
                         processing_class=tok)
+
+
+def test_refuses_follow_rl_agg_with_a_summing_loss_type(tmp_path):
+    from trl_support import base_kwargs
+
+    model, tok = load_chain_model()
+    args = EchoGRPOConfig(**base_kwargs(str(tmp_path), loss_type="dr_grpo", echorl_follow_rl_agg=True))
+    with pytest.raises(ValueError, match="echorl_follow_rl_agg=True with loss_type='dr_grpo'.*echorl_follow_rl_agg=False"):
+        EchoGRPOTrainer(model=model, reward_funcs=all_success, args=args, processing_class=tok)
