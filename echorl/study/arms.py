@@ -142,12 +142,12 @@ QUICK = Settings(name="quick", folder="results/study_quick", steps=30, arms=("gr
                  passk_n=16, passk_temperature=1.0, max_new_tokens=96, grad_share_every=5)
 CONFIRM_SEEDS = tuple(range(101, 115))  # never used by any run before (results/confirm/PLAN.md)
 # The confirmatory study: the full study's settings, fresh seeds, test and ood also at steps 100 and
-# 125 (primary endpoint: mean test accuracy at 100/125/150), and an ood set GRPO does not fail
-# (results/confirm/PLAN.md).
+# 125 (primary endpoint: mean test accuracy at 100/125/150), and the chain `tail` split as the ood set
+# (GRPO is at floor on the 6-operation `ood` split; results/confirm/PLAN.md).
 CONFIRM = Settings(name="confirm", folder="results/confirm", steps=150, arms=None, seeds=None, test_freq=25,
                    dev_rows=200, dev_n=2, test_rows=500, ood_rows=500, eval_n=4, eval_temperature=0.6, passk_rows=64,
                    passk_n=64, passk_temperature=1.0, max_new_tokens=96, grad_share_every=10, eval_steps=(100, 125),
-                   ood_split="ood", seed_list=CONFIRM_SEEDS)
+                   ood_split="tail", seed_list=CONFIRM_SEEDS)
 STUDIES = {"full": FULL, "quick": QUICK, "pilot": PILOT, "confirm": CONFIRM}
 
 

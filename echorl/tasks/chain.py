@@ -24,6 +24,13 @@ Splits (``split=``):
   rows of the fixed split (``n <= HELDOUT_SIZE``).
 * ``ood`` -- longer chains (:data:`OOD`: 6 operations, still one multiplication), fixed like
   ``dev``. Its prompts cannot equal a 4-operation prompt.
+* ``tail`` -- the corner of the training distribution with the largest numbers (:data:`TAIL`:
+  4 operations, start 15-19, multiplier 8-9, addends 7-9; about 0.3% of training draws), fixed like
+  ``dev``. Training rows are not drawn to avoid it, so it excludes, besides the ``dev``/``test``
+  prompts, every prompt of the first :data:`TAIL_EXCLUDE_ROWS` training rows of the seeds
+  :data:`TAIL_EXCLUDE_SEEDS` (the study seeds). A shift of difficulty inside the training support:
+  every shift outside it that was tried (more or fewer operations, larger starts, two-digit
+  operands) leaves the testbed model at floor.
 
 Rows: ``{"prompt", "answer", "data_source", "level" (the operation count), "solution",
 "extra_info": {"split", "hard_step"}}``; ``hard_step`` is the 0-based line of the multiplication.
@@ -40,7 +47,8 @@ from typing import Any
 
 from echorl.tasks.arithmetic import extract_answer, score
 
-__all__ = ["DATA_SOURCE", "HELDOUT_SIZE", "OOD", "SPLITS", "TRAIN", "ChainSpec", "corrupt_hard_step",
+__all__ = ["DATA_SOURCE", "HELDOUT_SIZE", "OOD", "SPLITS", "TAIL", "TAIL_EXCLUDE_ROWS", "TAIL_EXCLUDE_SEEDS", "TRAIN",
+           "ChainSpec", "corrupt_hard_step",
            "extract_answer", "generate", "heldout_prompts", "make_problem", "score"]
 
 DATA_SOURCE = "echorl/chain"
@@ -64,8 +72,12 @@ class ChainSpec:
 
 TRAIN = ChainSpec(num_ops=4)
 OOD = ChainSpec(num_ops=6)
-SPLITS = ("train", "dev", "test", "ood")
-_FIXED_SEEDS = {"dev": "echorl/chain/dev", "test": "echorl/chain/test", "ood": "echorl/chain/ood"}
+TAIL = ChainSpec(num_ops=4, min_start=15, min_multiplier=8, min_addend=7)
+TAIL_EXCLUDE_SEEDS = tuple(range(1, 11)) + tuple(range(101, 115))
+TAIL_EXCLUDE_ROWS = 4096
+SPLITS = ("train", "dev", "test", "ood", "tail")
+_FIXED_SEEDS = {"dev": "echorl/chain/dev", "test": "echorl/chain/test", "ood": "echorl/chain/ood",
+                "tail": "echorl/chain/tail"}
 
 
 def make_problem(rng: random.Random, spec: ChainSpec = TRAIN) -> dict[str, Any]:
@@ -121,6 +133,10 @@ def _fixed_split(split: str) -> tuple[dict[str, Any], ...]:
     """The whole fixed held-out split (``HELDOUT_SIZE`` rows); ``test`` excludes ``dev``'s prompts."""
     if split == "ood":
         return tuple(_draw(_FIXED_SEEDS["ood"], HELDOUT_SIZE, OOD, frozenset()))
+    if split == "tail":
+        train = {r["prompt"] for seed in TAIL_EXCLUDE_SEEDS
+                 for r in _draw(f"echorl/chain/train/{seed}", TAIL_EXCLUDE_ROWS, TRAIN, heldout_prompts())}
+        return tuple(_draw(_FIXED_SEEDS["tail"], HELDOUT_SIZE, TAIL, heldout_prompts() | train))
     exclude = frozenset(r["prompt"] for r in _fixed_split("dev")) if split == "test" else frozenset()
     return tuple(_draw(_FIXED_SEEDS[split], HELDOUT_SIZE, TRAIN, exclude))
 

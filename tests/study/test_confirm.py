@@ -110,3 +110,21 @@ def test_commit_file_serialises_and_commits_only_its_files(tmp_path):
     log = git("log", "--format=%s").split("\n")
     assert sorted(x for x in log if x) == [f"result r{i}.json" for i in range(4)]
     assert git("diff", "--cached", "--name-only").strip() == "other.txt"  # still staged, not committed
+
+
+def test_tail_split_is_the_corner_and_disjoint_from_training():
+    from echorl.tasks import chain
+
+    rows = chain.generate(300, split="tail")
+    assert CONFIRM.ood_split == "tail" and len({r["prompt"] for r in rows}) == 300
+    for r in rows:
+        lines = r["solution"].split("\n")
+        assert r["level"] == 4 and len(lines) == 5 and 15 <= int(r["prompt"].split(": ")[1][:2]) <= 19, r
+        ops = [ln.split("=")[0] for ln in lines[:4]]
+        k = r["extra_info"]["hard_step"]
+        assert "*" in ops[k] and int(ops[k].split("*")[1]) in (8, 9)
+        assert all(int(o.replace("-", "+").split("+")[1]) in (7, 8, 9) for i, o in enumerate(ops) if i != k)
+    assert chain.generate(5, split="tail") == chain.generate(5, seed=99, split="tail")  # fixed whatever the seed
+    train = {r["prompt"] for s in (1, 101, 114) for r in chain.generate(4096, seed=s)}
+    full = {r["prompt"] for r in chain.generate(chain.HELDOUT_SIZE, split="tail")}
+    assert not full & train and not full & chain.heldout_prompts()
