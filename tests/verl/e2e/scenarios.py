@@ -66,7 +66,8 @@ TWO_RANKS = "trainer.n_gpus_per_node=2"
 UNEVEN_MICRO_BATCHES = ("actor_rollout_ref.actor.use_dynamic_bsz=false",
                         "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=1",
                         "actor_rollout_ref.rollout.log_prob_use_dynamic_bsz=false",
-                        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=2")
+                        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=2",
+                        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=2")  # UFT's KL reference
 
 # Every recipe runs on 2 trainer ranks (FSDP2 over gloo, 2 rollout replicas), with the recipe's own
 # GPU settings where CPU allows them. Where a recipe's run does more than one plain step:
