@@ -15,7 +15,9 @@ Two settings (``--settings``):
   makes no old-policy pass, so EchoRL makes one no-grad pass for the entropies.
 
 Also recorded: process CPU time per step, and EchoRL's own ``timing/echo_entropy_pass`` and
-``timing/echo_stage`` (median seconds).
+``timing/echo_stage`` (median seconds); "own work" is their sum over TRL's median step time, an
+estimate of the overhead that load on a shared machine disturbs less than the ratio of two step
+times (it leaves out the loss term: a masked sum over the micro-batch's ``[b, L]`` log-probs).
 
     python benchmarks/bench_trl_host.py [--rounds 6] [--steps 3] [--settings reuse,on_policy] [--threads 1]
 """
@@ -130,6 +132,8 @@ def main() -> int:
                "ratio_per_round": ratios, "cpu_ratio_median": statistics.median(cpu_ratios),
                "trl_cpu_s": statistics.median(cpu["trl"]), "echo_cpu_s": statistics.median(cpu["echo"]),
                "echo_entropy_pass_s": echo_t["timing/echo_entropy_pass"], "echo_stage_s": echo_t["timing/echo_stage"],
+               "echo_own_work_frac": (echo_t["timing/echo_entropy_pass"] + echo_t["timing/echo_stage"])
+               / statistics.median(med["trl"]),
                "echo_extra_pass": bool(statistics.median(v for x in raw["echo"] for v in x["echo/entropy_pass"])),
                "echo_clips_mean": statistics.mean(v for x in raw["echo"] for v in x["echo/clips"]),
                "raw": raw}
@@ -138,12 +142,13 @@ def main() -> int:
                      f"{(res['ratio_median'] - 1) * 100:+.1f}%", f"{(res['cpu_ratio_median'] - 1) * 100:+.1f}%",
                      " ".join(f"{(x - 1) * 100:+.1f}" for x in ratios),
                      "yes" if res["echo_extra_pass"] else "no (TRL's)",
-                     f"{res['echo_entropy_pass_s'] * 1e3:.1f}", f"{res['echo_stage_s'] * 1e3:.1f}"])
+                     f"{res['echo_entropy_pass_s'] * 1e3:.1f}", f"{res['echo_stage_s'] * 1e3:.1f}",
+                     f"{res['echo_own_work_frac'] * 100:.1f}%"])
     print_table(f"bench_trl_host: tiny-chain, {args.prompts} prompts x {args.n} rollouts, <= {args.max_response_length} "
                 f"tokens, echorl_coef={args.coef}, {args.threads} thread(s), {args.rounds} rounds x {args.steps} steps "
                 f"per arm (medians; load avg {report['machine']['load_avg']})",
                 ["setting", "TRL s/step", "Echo s/step", "wall +", "CPU +", "per round %", "entropy pass",
-                 "pass ms", "stage ms"], rows)
+                 "pass ms", "stage ms", "own work"], rows)
     write_json(args.out, report)
     return 0
 
