@@ -14,6 +14,8 @@ import pytest
 import torch
 
 from echorl import EchoConfig, segment_steps, select_echo_clips
+from echorl.core import clips as clips_mod
+from echorl.core.steps import EchoBoundaryWarning
 from echorl.models import qwen_vocab
 
 # The solution the boundary measurement of docs/method.md uses: its 4 step-ending tokens are merged
@@ -97,7 +99,7 @@ def test_auto_steps_are_the_lines_of_real_solutions(tok, auto_ids):
     assert len(step_texts(tok, math, auto_ids)) == 2 and len(step_texts(tok, math, (198, 271))) == 1
 
 
-def test_fixed_ids_make_the_clip_the_whole_response(tok, auto_ids):
+def test_fixed_ids_make_the_clip_the_whole_response(tok, auto_ids, monkeypatch):
     """Through select_echo_clips: one successful rollout whose middle step has the highest entropy;
     with auto the clip ends at that step, with the fixed ids it is the whole response."""
     ids = torch.tensor([ids_of(tok, ISSUE_TEXT)])  # [1, L]
@@ -109,7 +111,9 @@ def test_fixed_ids_make_the_clip_the_whole_response(tok, auto_ids):
     auto = select_echo_clips(ids, mask, ent, torch.ones(1), [0], EchoConfig(boundary_token_ids=auto_ids))
     end = ids[0].tolist().index(382, k) + 1  # step 2 ends at its '.\n\n'
     assert auto.num_steps.tolist() == [4] and auto.clip_end_step.tolist() == [2] and auto.clip_len.tolist() == [end]
-    fixed = select_echo_clips(ids, mask, ent, torch.ones(1), [0], EchoConfig(boundary="fixed"))
+    monkeypatch.setattr(clips_mod, "_warned_no_boundary", set())
+    with pytest.warns(EchoBoundaryWarning, match=r"no response in this batch contains a boundary token \[198, 271\]"):
+        fixed = select_echo_clips(ids, mask, ent, torch.ones(1), [0], EchoConfig(boundary="fixed"))
     assert fixed.num_steps.tolist() == [1] and fixed.clip_len.tolist() == [L]
 
 
