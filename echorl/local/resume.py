@@ -18,7 +18,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-__all__ = ["set_previous_run_aside", "check_resume_config", "config_changes", "HARMLESS_KEYS", "ResumeWarning"]
+__all__ = ["set_previous_run_aside", "check_resume_config", "config_changes", "EARLIER_BEHAVIOUR", "HARMLESS_KEYS",
+           "ResumeWarning"]
 
 RUN_FILES = ("checkpoints", "metrics.jsonl", "tensorboard")
 # Keys (or key prefixes, ending in '.') whose change does not alter what the algorithm computes.
@@ -30,6 +31,10 @@ HARMLESS_KEYS = (
     "data.val_files", "data.val_batch_size", "actor_rollout_ref.rollout.val_kwargs.",
     "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu",
 )
+# Keys added to the config after checkpoints were written without them, each with the value that
+# computes what those checkpoints' runs computed. Absent from a saved config and set to this value
+# now, such a key is harmless; set to anything else, resuming is refused like any other change.
+EARLIER_BEHAVIOUR = {"echorl.follow_rl_agg": False}
 _ABSENT = "<absent>"
 
 
@@ -79,7 +84,8 @@ def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> tuple[list
     for key in sorted(set(a) | set(b)):
         old, new = a.get(key, _ABSENT), b.get(key, _ABSENT)
         if old != new:
-            (harmless if _harmless(key) else refused).append((key, old, new))
+            earlier = old is _ABSENT and key in EARLIER_BEHAVIOUR and new == EARLIER_BEHAVIOUR[key]
+            (harmless if earlier or _harmless(key) else refused).append((key, old, new))
     return refused, harmless
 
 

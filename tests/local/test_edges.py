@@ -134,6 +134,17 @@ def test_config_changes_splits_refused_and_harmless_keys():
                         ("trainer.logger", ["console"], [])]
 
 
+def test_key_added_since_the_checkpoint_is_harmless_only_at_its_earlier_behaviour():
+    saved = {"echorl": {"coef": 0.001}}
+    refused, harmless = config_changes(saved, {"echorl": {"coef": 0.001, "follow_rl_agg": False}})
+    assert refused == [] and harmless == [("echorl.follow_rl_agg", "<absent>", False)]
+    refused, harmless = config_changes(saved, {"echorl": {"coef": 0.001, "follow_rl_agg": True}})
+    assert refused == [("echorl.follow_rl_agg", "<absent>", True)] and harmless == []
+    refused, _ = config_changes({"echorl": {"coef": 0.001, "follow_rl_agg": True}},
+                                {"echorl": {"coef": 0.001, "follow_rl_agg": False}})
+    assert refused == [("echorl.follow_rl_agg", True, False)]  # present in both: an ordinary change
+
+
 def test_boundary_ids_with_boundary_auto_are_refused_and_used_with_fixed(tmp_path):
     model, tok = make_model()
     nl = tok("\n", add_special_tokens=False)["input_ids"]
