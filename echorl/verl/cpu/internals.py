@@ -8,7 +8,9 @@ two internals that verl does not expose:
   where the worker looks up the rollout adapter of ``rollout.name``;
 * ``verl.utils.distributed.initialize_global_process_group_ray``: builds the backend string
   ``"cpu:gloo,<device>:<backend>"``, which on CPU is ``"cpu:gloo,cpu:gloo"`` and torch refuses
-  ("Duplicate device type cpu"); it is wrapped to use plain ``gloo``.
+  ("Duplicate device type cpu"); it is wrapped to use plain ``gloo``;
+* the name ``CPUOffloadPolicy`` in verl's FSDP engine module: verl offloads a forward-only model
+  (the KL reference) with ``pin_memory=True``, which needs an accelerator; on CPU it is unpinned.
 
 Everything is installed lazily, when verl imports the module that holds it (a ``sys.meta_path``
 hook runs the installer right after the module body), so a process that never builds an engine
@@ -108,9 +110,24 @@ def install_process_group_fix(module=None) -> None:
 
 
 def install_engine(module=None) -> None:
-    """Register verl's own ``FSDPEngineWithLMHead`` for device ``cpu`` (backends fsdp, fsdp2)."""
+    """Register verl's own ``FSDPEngineWithLMHead`` for device ``cpu`` (backends fsdp, fsdp2), and
+    make the engine's FSDP2 ``CPUOffloadPolicy`` unpinned: verl gives every forward-only model (the
+    KL reference) ``CPUOffloadPolicy(pin_memory=True)``, and pinning needs an accelerator ("Cannot
+    access accelerator device when none is available"); on CPU the parameters already live in host
+    memory, so nothing is lost."""
     module = module or importlib.import_module(ENGINE_MODULE)
     engine_cls = _need(module, "FSDPEngineWithLMHead", "verl's FSDP language-model engine")
+    policy = _need(module, "CPUOffloadPolicy", "FSDP2's CPU offload policy as verl's FSDP engine names it")
+    if not getattr(policy, "echorl_unpinned", False):
+        class UnpinnedCPUOffloadPolicy(policy):
+            """FSDP2's ``CPUOffloadPolicy`` with ``pin_memory`` always False (CPU runs)."""
+
+            echorl_unpinned = True
+
+            def __init__(self, pin_memory: bool = True):
+                super().__init__(pin_memory=False)
+
+        module.CPUOffloadPolicy = UnpinnedCPUOffloadPolicy
     registry = _need(module, "EngineRegistry", "verl's engine registry")
     engines = getattr(registry, "_engines", None)
     if not isinstance(engines, dict) or "language_model" not in engines or "fsdp2" not in engines["language_model"]:

@@ -76,6 +76,37 @@ def test_process_group_fix_turns_the_duplicate_cpu_backend_into_gloo():
     assert proc.stdout.strip() == "['gloo'] gloo 1"
 
 
+def test_forward_only_models_offload_unpinned_on_cpu():
+    """verl gives a forward-only model (the KL reference) FSDP2's CPUOffloadPolicy(pin_memory=True):
+    real fully_shard over gloo on CPU fails on the pinning; after install_engine the engine module's
+    policy is an unpinned subclass and the same call shards and runs the module."""
+    code = (
+        "import os, torch, torch.distributed as dist\n"
+        "os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT='29518', RANK='0', WORLD_SIZE='1')\n"
+        "dist.init_process_group('gloo')\n"
+        "from torch.distributed.device_mesh import init_device_mesh\n"
+        "from torch.distributed.fsdp import CPUOffloadPolicy, fully_shard\n"
+        "import verl.workers.engine.fsdp.transformer_impl as t\n"
+        "mesh = init_device_mesh('cpu', (1,))\n"
+        "try:\n"
+        "    fully_shard(torch.nn.Linear(4, 4), mesh=mesh, offload_policy=t.CPUOffloadPolicy(pin_memory=True))\n"
+        "    print('pinned ran')\n"
+        "except RuntimeError as e:\n"
+        "    print('pinned failed:', 'accelerator' in str(e))\n"
+        "from echorl.verl.cpu.internals import install_engine\n"
+        "install_engine(t)\n"
+        "policy = t.CPUOffloadPolicy(pin_memory=True)\n"
+        "torch.manual_seed(0)\n"
+        "lin = torch.nn.Linear(4, 4)\n"
+        "want = lin(torch.ones(1, 4)).detach()\n"
+        "m = fully_shard(lin, mesh=mesh, offload_policy=policy)\n"
+        "print(isinstance(policy, CPUOffloadPolicy), policy.pin_memory, torch.equal(m(torch.ones(1, 4)).detach(), want))\n"
+    )
+    proc = _python(code, VERL_PLATFORM="")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines() == ["pinned failed: True", "True False True"]
+
+
 @pytest.mark.parametrize("installer,module,internal", [
     (internals.install_rollout_adapter, types.ModuleType("verl.workers.rollout.base"), "_ROLLOUT_REGISTRY"),
     (internals.install_process_group_fix, types.ModuleType("verl.utils.distributed"), "initialize_global_process_group_ray"),
