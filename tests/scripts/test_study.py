@@ -299,3 +299,38 @@ def test_real_two_step_run_writes_the_result_file(tmp_path):
     metrics = [json.loads(x) for x in (tmp_path / "runs/echorl/seed1/metrics.jsonl").read_text().splitlines()]
     assert [m["study/grad_norm_echo"] > 0 for m in metrics if "study/grad_norm_echo" in m] == [True, True]
     assert res["curves"]["clips"] == [m["echo/clips"] for m in metrics if m["step"] >= 1]
+
+
+@pytest.mark.slow
+def test_jobs_runs_two_at_once_commits_each_and_resumes(tmp_path, capsys):
+    """``--jobs 2`` on two tiny runs (2 steps, test/ood also at step 1): each run in its own process
+    with one torch thread, both started before either finished, each result committed on its own into
+    the repository that holds the results folder, and a second call finds nothing left to run."""
+    import subprocess
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for a in (["init", "-q"], ["config", "user.email", "t@t"], ["config", "user.name", "t"]):
+        subprocess.run(["git", *a], cwd=repo, check=True)
+    s = dataclasses.replace(TINY, name="tiny", folder=str(repo / "res"), eval_steps=(1,))
+    spec = tmp_path / "settings.json"
+    spec.write_text(json.dumps(s.to_dict()))
+    argv = ["--settings-json", str(spec), "--arms", "grpo,echorl", "--seeds", "1", "--jobs", "2", "--commit",
+            "--runs-dir", str(tmp_path / "runs")]
+    assert _script().main(argv) == 0
+    out = capsys.readouterr().out
+    lines = [ln for ln in out.splitlines() if ln.startswith("=== ")]
+    assert [ln.split(" (")[0] for ln in lines[:2]] == ["=== grpo seed 1 started", "=== echorl seed 1 started"]
+    for arm in ("grpo", "echorl"):
+        res = json.loads(result_path(repo / "res", arm, 1).read_text())
+        assert res["threads"] == 1 and res["steps"] == 2
+        ck = res["checkpoints"]
+        assert ck["step"] == [1, 2] and ck["test_avg"][-1] == res["final"]["test_avg"]
+        assert res["final"]["test_ckpt"] == pytest.approx(sum(ck["test_avg"]) / 2)
+        assert (tmp_path / "runs" / arm / "seed1.log").exists()
+    log = subprocess.run(["git", "log", "--format=%s"], cwd=repo, capture_output=True, text=True).stdout
+    assert sum("study (tiny): grpo seed 1:" in x for x in log.splitlines()) == 1
+    assert sum("study (tiny): echorl seed 1:" in x for x in log.splitlines()) == 1
+    assert (repo / "res" / "report.md").exists()
+    assert _script().main(argv) == 0
+    assert "2 runs done, 0 to run" in capsys.readouterr().out
