@@ -128,3 +128,21 @@ def test_tail_split_is_the_corner_and_disjoint_from_training():
     train = {r["prompt"] for s in (1, 101, 114) for r in chain.generate(4096, seed=s)}
     full = {r["prompt"] for r in chain.generate(chain.HELDOUT_SIZE, split="tail")}
     assert not full & train and not full & chain.heldout_prompts()
+
+
+def test_power_script_gives_the_plans_seeds_and_coefs(tmp_path):
+    """scripts/power.py on the committed exploratory results: the seed count and the matched coefs it
+    computes are the ones CONFIRM_ARMS and CONFIRM_SEEDS use (results/confirm/PLAN.md)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("power_script", ROOT / "scripts" / "power.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--out", str(tmp_path / "power.json")]) == 0
+    out = json.loads((tmp_path / "power.json").read_text())
+    assert out["n"] == len(CONFIRM_SEEDS) == 14 and out["seeds"] == {"dose": 14, "rule": 13}
+    assert out["sigma_plan"] == pytest.approx(1.95, abs=0.005)
+    coefs = {a.name: float(next(o for o in a.overrides if o.startswith("echorl.coef=")).split("=")[1])
+             for a in CONFIRM_ARMS if a.group == "rule"}
+    assert coefs == {f"rule_{k}": v["rounded"] for k, v in out["matched_coef"]["coef"].items()}
+    assert out == json.loads((ROOT / "results/confirm/power.json").read_text())  # the committed calculation
