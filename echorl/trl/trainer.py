@@ -14,8 +14,9 @@ zero weight) the trainer computes exactly what ``GRPOTrainer`` computes (bit-ide
   stage (:func:`echorl.trl.stage.split_echo_stage` -> :func:`echorl.stage.run_echo_stage`) writes
   ``echo_mask [b, L]`` and ``echo_denom [b]`` into the batch TRL buffers, shuffles and splits. When
   TRL made no old-policy pass (on-policy: ``steps_per_generation <= gradient_accumulation_steps`` and
-  ``num_iterations == 1``, TRL's default), one no-grad pass computes the entropies
-  (``timing/echo_entropy_pass``); it runs under a forked RNG so that training stays bit-identical.
+  ``num_iterations == 1``, TRL's default), one no-grad pass computes the entropies of the rows that
+  can be eligible (score >= ``success_threshold``: the selection reads no other row's entropy;
+  ``timing/echo_entropy_pass``); it runs under a forked RNG so that training stays bit-identical.
 * ``_compute_loss``: TRL's loss plus ``coef * scale * echo_loss_term(log_probs, echo_mask, echo_denom)``
   (:func:`echorl.core.loss.echo_loss_term`, the loss every host uses; ``scale`` from
   :func:`echorl.trl.stage.echo_term_scale`), and the ``echo/loss`` metric: the mini-batch's ``L_echo``.
@@ -67,7 +68,8 @@ class EchoStepRecord:
     Attributes:
         prompt_ids: ``[b, P]``, prompt_mask ``[b, P]``, completion_ids ``[b, L]``, loss_mask ``[b, L]``:
             this process's rows, in generation order (before TRL shuffles them).
-        entropy: ``[b, L] float`` the token entropy the selection read.
+        entropy: ``[b, L] float`` the token entropy the selection read (after EchoRL's own pass: at
+            the rows that can be eligible, score >= ``success_threshold``; 0 elsewhere).
         advantages: ``[b]`` TRL's advantages of these rows (before a ``mode='advantage'`` bonus).
         scores: ``[B] float`` the outcome reward of every global row.
         echo_mask: ``[b, L] bool``; echo_denom: ``[b] float32``: the stage's output for these rows.
@@ -171,14 +173,17 @@ class EchoGRPOTrainer(GRPOTrainer):
         entropy = self._echo_grabbed if "old_per_token_logps" in out else None  # else: a reference pass, not ours
         self._echo_grabbed = None
         metrics = self._metrics["train"]
-        t0 = time.perf_counter()
-        extra_pass = entropy is None
-        if extra_pass:
-            entropy = self._echo_entropy_pass(out)
-        t1 = time.perf_counter()
         loss_mask = out["completion_mask"] if "tool_mask" not in out else out["completion_mask"] * out["tool_mask"]
         rewards = self._echo_rewards  # [B, F]
         scores = (rewards * self.reward_weights.to(rewards.device).unsqueeze(0)).nansum(dim=1)  # [B]
+        t0 = time.perf_counter()
+        extra_pass = entropy is None
+        if extra_pass:
+            b = loss_mask.shape[0]
+            local = scores[self.accelerator.process_index * b:(self.accelerator.process_index + 1) * b]
+            # only successes can be eligible (both scopes); the selection reads no other row's entropy
+            entropy = self._echo_entropy_pass(out, (local >= self.echo_cfg.success_threshold) & loss_mask.bool().any(1))
+        t1 = time.perf_counter()
         res = split_echo_stage(
             out["completion_ids"], loss_mask, entropy, out["advantages"], scores, self.num_generations, self.echo_cfg,
             self.accelerator,
@@ -202,17 +207,27 @@ class EchoGRPOTrainer(GRPOTrainer):
             metrics=dict(res.stage.metrics))
         return out
 
-    def _echo_entropy_pass(self, batch: dict) -> torch.Tensor:
-        """``[b, L]`` token entropy of the current policy on the batch: one no-grad forward, as TRL's
-        old-policy pass, used when TRL made none."""
+    def _echo_entropy_pass(self, batch: dict, rows: torch.Tensor) -> torch.Tensor:
+        """``[b, L]`` token entropy of the current policy at ``rows`` (``[b] bool``), 0 elsewhere: one
+        no-grad forward of those rows, as TRL's old-policy pass, used when TRL made none. Multimodal
+        batches (per-image tensors) run whole."""
         ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
         attn = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+        width = batch["completion_ids"].size(1)
         extra = {k: batch[k] for k in _FORWARD_KEYS if k in batch}
+        if extra:
+            rows = torch.ones_like(rows)
+        ent = torch.zeros(ids.shape[0], width, dtype=torch.float32, device=ids.device)  # [b, L]
+        if not bool(rows.any()):
+            return ent
+        idx = rows.nonzero().flatten()
+        sub = (ids, attn) if extra else (ids[idx], attn[idx])
         with (torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
               _rng_fork(ids.device)):
-            _, ent, _ = super()._get_per_token_logps_and_entropies(
-                self.model, ids, attn, batch["completion_ids"].size(1), batch_size=self.args.per_device_train_batch_size,
-                compute_entropy=True, **extra)
+            _, part, _ = super()._get_per_token_logps_and_entropies(
+                self.model, *sub, width, batch_size=self.args.per_device_train_batch_size, compute_entropy=True,
+                **extra)
+        ent[idx] = part.float() if not extra else part.float()[idx]
         return ent
 
     # ------------------------------------------------------------------ the loss

@@ -107,3 +107,26 @@ def test_refuses_follow_rl_agg_with_a_summing_loss_type(tmp_path):
     args = EchoGRPOConfig(**base_kwargs(str(tmp_path), loss_type="dr_grpo", echorl_follow_rl_agg=True))
     with pytest.raises(ValueError, match="echorl_follow_rl_agg=True with loss_type='dr_grpo'.*echorl_follow_rl_agg=False"):
         EchoGRPOTrainer(model=model, reward_funcs=all_success, args=args, processing_class=tok)
+
+
+def test_own_entropy_pass_covers_the_rows_that_can_be_eligible(tmp_path):
+    """On-policy (no TRL old-policy pass): EchoRL's pass forwards only the successful rows; the
+    selection from those entropies is the selection from every row's."""
+    from echorl.stage import run_echo_stage
+
+    tr = run(EchoGRPOTrainer, EchoGRPOConfig, str(tmp_path), echorl_coef=0.5, **SETTINGS["on_policy"])
+    rec = tr.echo_last
+    assert rec.entropy_pass
+    cand = (rec.scores >= 1.0) & rec.loss_mask.bool().any(1)
+    assert 0 < int(cand.sum()) < len(cand)  # successes and failures: the case is not vacuous
+    model0, _ = load_chain_model()
+    model0.eval()
+    _, ent = plain_logprobs_entropy(model0, rec.prompt_ids, rec.prompt_mask, rec.completion_ids, rec.loss_mask)
+    valid = rec.loss_mask.bool()
+    assert (rec.entropy[~cand] == 0).all()
+    torch.testing.assert_close(rec.entropy[cand.unsqueeze(1) & valid], ent[cand.unsqueeze(1) & valid], rtol=1e-4,
+                               atol=1e-5)
+    full = run_echo_stage(rec.completion_ids, rec.loss_mask, ent, rec.scores, torch.arange(len(cand)) // N_GEN,
+                          tr.echo_cfg)
+    assert rec.metrics["echo/clips"] >= 1
+    assert torch.equal(rec.echo_mask, full.echo_mask)
