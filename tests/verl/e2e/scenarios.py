@@ -86,6 +86,7 @@ RECIPE_RUNS = {
 
 
 def recipe_run(method: str) -> RecipeRun:
+    """The recipe's :class:`RecipeRun` (a plain one where :data:`RECIPE_RUNS` has none)."""
     return RECIPE_RUNS.get(method, RecipeRun())
 
 

@@ -182,9 +182,9 @@ def test_two_trainer_ranks_with_packed_sequences_select_transport_and_report_the
 
 def test_luffy_on_two_ranks_with_uneven_expert_micro_batches_reports_exact_metrics(e2e):
     """recipes/luffy on 2 ranks, 3 prompts x 4 rollouts (one an expert trace), one row per micro-batch:
-    the 3 expert rows split unevenly over the ranks' 6 rows each (verl hands rank r the r-th half of
-    the batch), so the ranks hold different numbers of micro-batches with expert rows (verl's
-    cross-rank aggregation used to refuse that). The LUFFY metrics are sums over every micro-batch of
+    whichever 6 rows each rank gets, 3 expert rows split unevenly (halves of the update batch shown),
+    so the ranks hold different numbers of micro-batches with expert rows (verl's cross-rank
+    aggregation refused that: "All Metric instances must have the same number of values"). The LUFFY metrics are sums over every micro-batch of
     every rank: the expert-token count, and the policy probabilities of the expert tokens, equal to
     exp of the stored old log-probs (one mini-batch, one epoch: the update's forward runs at the old
     weights)."""
