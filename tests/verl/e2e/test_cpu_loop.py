@@ -184,10 +184,10 @@ def test_luffy_on_two_ranks_with_uneven_expert_micro_batches_reports_exact_metri
     """recipes/luffy on 2 ranks, 3 prompts x 4 rollouts (one an expert trace), one row per micro-batch:
     whichever 6 rows each rank gets, 3 expert rows split unevenly (halves of the update batch shown),
     so the ranks hold different numbers of micro-batches with expert rows (verl's cross-rank
-    aggregation refused that: "All Metric instances must have the same number of values"). The LUFFY metrics are sums over every micro-batch of
-    every rank: the expert-token count, and the policy probabilities of the expert tokens, equal to
-    exp of the stored old log-probs (one mini-batch, one epoch: the update's forward runs at the old
-    weights)."""
+    aggregation refused that: "All Metric instances must have the same number of values"). The
+    LUFFY metrics are sums over every micro-batch of every rank: the expert-token count, and the
+    policy probabilities of the expert tokens, equal to exp of the stored old log-probs (one
+    mini-batch, one epoch: the update's forward runs at the old weights)."""
     e2e.ok("recipe_luffy")
     logged = e2e.metrics("recipe_luffy")[1]
     trace = e2e.trace("recipe_luffy", 1)
