@@ -46,7 +46,7 @@ from verl.workers.utils.padding import no_padding_2_padding
 from echorl.core.config import EchoConfig
 from echorl.core.loss import echo_loss_term
 from echorl.methods.config import MethodConfig
-from echorl.verl.loss import ECHO_DENOM, ECHO_LOSS_METRIC, ECHO_MASK, padded_response_field
+from echorl.verl.loss import ECHO_DENOM, ECHO_LOSS_METRIC, ECHO_MASK, echo_term, padded_response_field
 
 OFF_POLICY = "off_policy"  # [B] bool: the row is an expert trace
 HINT_MASK = "hint_mask"  # [B, L] bool: UFT hint tokens (response-aligned, response_mask 0 there)
@@ -252,8 +252,7 @@ class MethodLoss:
             missing = [k for k in (ECHO_MASK, ECHO_DENOM) if k not in data.keys()]
             if missing:
                 raise KeyError(f"MethodLoss: EchoRL is on but the micro-batch lacks {missing}")
-            echo_mask = padded_response_field(data, ECHO_MASK, width)
-            term = echo_loss_term(log_prob, echo_mask, data[ECHO_DENOM]) * dp_size
-            loss = loss + self.echo_cfg.coef * term
+            term, scale = echo_term(log_prob, data, self.echo_cfg, cfg)  # as EchoLoss adds it
+            loss = loss + self.echo_cfg.coef * scale * term
             metrics[ECHO_LOSS_METRIC] = Metric(value=term.detach(), aggregation=AggregationType.SUM)
         return loss, metrics

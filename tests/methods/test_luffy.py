@@ -260,3 +260,33 @@ def test_recipe_loss_scale_is_the_authors_token_sum_over_8192_times_8():
     loss, _ = MethodLoss(cfg, EchoConfig(enable=False), MethodConfig(name="luffy"))(out, data)
     token_sum = 3 * -1.0 * 0.5 / 0.6 + 3 * 2.0 * 1.0  # expert row -A f(p); on-policy row -A * ratio 1
     assert loss.item() == pytest.approx(token_sum / (8192 * 8), rel=1e-6)
+
+
+@pytest.mark.parametrize("follow", [False, True])
+def test_echo_term_as_echoloss_adds_it(follow):
+    """No expert row, the clip kept: MethodLoss (LUFFY) and EchoLoss give the same loss and gradient,
+    EchoRL term included (with and without echorl.follow_rl_agg, under seq-mean-token-sum-norm)."""
+    from methods_support import actor_config
+
+    from echorl.verl.loss import EchoLoss
+
+    cfg = actor_config("actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-sum-norm",
+                       "+actor_rollout_ref.actor.loss_scale_factor=16")
+    echo = EchoConfig(coef=0.5, boundary_token_ids=(9,), follow_rl_agg=follow)
+    g = torch.Generator().manual_seed(1)
+    logp = (-torch.rand(3, 5, generator=g)).requires_grad_(True)
+    old = logp.detach() + 0.1 * torch.randn(3, 5, generator=g)
+    adv = torch.randn(3, 1, generator=g).expand(3, 5).clone()
+    mask = torch.ones(3, 5, dtype=torch.long)
+    fields = {"echo_mask": torch.tensor([[1, 1, 0, 0, 0], [0] * 5, [1, 1, 1, 0, 0]], dtype=torch.bool),
+              "echo_denom": torch.full((3,), 2.5)}
+    clipped = MethodConfig.from_dict({"name": "luffy", "luffy": {"on_policy_clip": True}})
+    out, data = micro_batch(logp, old, adv, mask, off_policy=torch.zeros(3, dtype=torch.bool), **fields)
+    a, ma = MethodLoss(cfg, echo, clipped)(out, data)
+    a.backward()
+    ga, logp.grad = logp.grad.clone(), None
+    out, data = micro_batch(logp, old, adv, mask, **fields)
+    b, mb = EchoLoss(cfg, echo)(out, data)
+    b.backward()
+    assert torch.equal(a, b) and torch.equal(ga, logp.grad)
+    assert ma["echo/loss"].values == mb["echo/loss"].values
