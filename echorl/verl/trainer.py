@@ -20,6 +20,9 @@ three overrides: ``_build_replay_buffer`` (a buffer that holds the dropped all-s
 (``advantages_without_kept``: every estimator sees DAPO's batch), the stage zeroes the kept rows'
 RL masks, and ``_compute_metrics`` leaves them out of verl's metrics.
 
+For LUFFY, ``_compute_old_log_prob`` takes the expert rows out of verl's rollout checks after verl's
+old-policy pass (their placeholder ``rollout_log_probs`` become their ``old_log_probs``).
+
 ``_update_actor`` moves the loss's ``actor/echo/loss`` (verl prefixes every actor metric) back to
 ``echo/loss``. The trainer mode stays ``sync``: the class is built by EchoRL's task runner
 (:mod:`echorl.main`), not registered under a new mode name, because verl compares
@@ -173,6 +176,24 @@ class EchoPPOTrainerSync(PPOTrainerSync):
             self.echo_cfg = self.echo_cfg.resolve_boundary(self.tokenizer)
             logger.warning("EchoRL: boundary='auto' resolved %d boundary token ids", len(self.echo_cfg.boundary_token_ids))
             self._echo_boundary_resolved = True
+
+    def _compute_old_log_prob(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        """verl's old-policy pass; then, for LUFFY, the expert rows leave verl's rollout checks
+        (:meth:`echorl.verl.methods.VerlMethod.expert_rollout_fields`): their ``rollout_log_probs``
+        (a 0.0 placeholder, the trace was not sampled) become their ``old_log_probs``, so rollout
+        rejection sampling never drops them and their IS weight is 1, and verl's rollout-vs-actor
+        metrics (``training/rollout_*``) are recomputed over the policy's own rows."""
+        batch = super()._compute_old_log_prob(batch, metrics)
+        if not (self.method.cfg.is_luffy and self.config.actor_rollout_ref.rollout.calculate_log_probs):
+            return batch
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=[
+            "uid", "responses", "response_mask", "rollout_log_probs", "old_log_probs"])
+        is_padding = [bool(tag.get("is_padding", False)) for tag in batch.tags]
+        fields, rollout_metrics = self.method.expert_rollout_fields(batch.keys, data, is_padding)
+        if fields:
+            batch = tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=fields)
+            metrics.update(rollout_metrics)
+        return batch
 
     def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         with recording(PPOTrainerSync._compute_advantage) as verl_io:  # keep what verl's stage reads/writes
