@@ -4,7 +4,8 @@ what one process selects on the same batch, and logs the same L_echo.
 tests/trl/two_process_run.py runs one step in each of two processes (6 of 12 rollouts each; the
 second prompt's 4 rollouts straddle them). Here the two ranks' inputs are put back together in rank
 order and the one-process stage (:class:`echorl.trl.stage.SingleProcess`) runs on the whole batch.
-Cost: one torchrun of two processes (about 25 s on a quiet 2-core machine; mostly imports).
+Cost: one torchrun of two processes: 19 s at load average 1.6 on 2 cores, 89 s at load average 17
+(mostly imports).
 """
 
 from __future__ import annotations
