@@ -36,6 +36,7 @@ import time
 import warnings
 
 import transfer_queue as tq
+from tensordict import TensorDict
 from transfer_queue import KVBatchMeta
 from verl.trainer.ppo.padding_utils import upsample_batch_to_divisible_size
 from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
@@ -191,7 +192,8 @@ class EchoPPOTrainerSync(PPOTrainerSync):
         is_padding = [bool(tag.get("is_padding", False)) for tag in batch.tags]
         fields, rollout_metrics = self.method.expert_rollout_fields(batch.keys, data, is_padding)
         if fields:
-            batch = tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=fields)
+            batch = tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id,
+                                    fields=TensorDict(fields, batch_size=[len(batch.keys)]))
             metrics.update(rollout_metrics)
         return batch
 
