@@ -34,7 +34,8 @@ HARMLESS_KEYS = (
 # Keys added to the config after checkpoints were written without them, each with the value that
 # computes what those checkpoints' runs computed. Absent from a saved config and set to this value
 # now, such a key is harmless; set to anything else, resuming is refused like any other change.
-EARLIER_BEHAVIOUR = {"echorl.follow_rl_agg": False}
+EARLIER_BEHAVIOUR = {"echorl.follow_rl_agg": False, "method.luffy.on_policy_clip": True,
+                     "method.uft.segments": "lines", "method.uft.score_hint": True}
 _ABSENT = "<absent>"
 
 
