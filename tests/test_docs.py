@@ -189,3 +189,28 @@ def test_no_issue_numbers_in_code_or_docs():
     for f in (ROOT / n for n in TOP_FILES if n.endswith((".md", ".toml"))):
         hits += [f"{f.name}:{i}" for i, line in enumerate(f.read_text().splitlines(), 1) if HISTORY.search(line)]
     assert not hits, "issue/item references in code or docs:\n" + "\n".join(hits)
+
+
+def _spec_labels_cited() -> dict[str, list[str]]:
+    """Every ``SPEC x.y`` (and ``SPEC x.y-x.z`` range end) cited in the package, with where."""
+    cited: dict[str, list[str]] = {}
+    for f in sorted((ROOT / "echorl").rglob("*.py")):
+        for m in re.finditer(r"SPEC (\d(?:\.\d)?)(?:-(\d(?:\.\d)?))?", f.read_text()):
+            for label in filter(None, m.groups()):
+                cited.setdefault(label, []).append(str(f.relative_to(ROOT)))
+    return cited
+
+
+def test_spec_labels_cited_in_code_are_defined_in_the_docs():
+    """The code cites the method's rules as ``SPEC 2.1`` ...: each label must be a heading label of
+    docs/method.md, or one of the two it points elsewhere (SPEC 3: the API, SPEC 4: the scale)."""
+    method = (ROOT / "docs" / "method.md").read_text()
+    defined = set(re.findall(r"\(SPEC (\d\.\d)\)", method)) | {"3", "4"}
+    defined |= {"2"}  # "SPEC 2" is the whole of docs/method.md's rules
+    assert {"2.1", "2.2", "2.3", "2.4", "2.5", "2.6", "2.7"} <= defined
+    cited = _spec_labels_cited()
+    assert len(cited) >= 5, cited  # the scan finds the citations
+    missing = {label: where for label, where in cited.items() if label not in defined}
+    assert not missing, f"SPEC labels cited in code but defined nowhere in docs/method.md: {missing}"
+    for target in ("architecture.md", "benchmarks.md"):
+        assert f"]({target})" in method
