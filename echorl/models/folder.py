@@ -1,5 +1,6 @@
 """Model folders: where built models are cached (:func:`cache_root`, the one rule) and an atomic
-writer (shared by the tiny-model build and the SmolLM2 conversion): concurrent builders never see a
+writer with its version check (shared by the tiny-model build, the SmolLM2 conversion and Qwen2.5's
+tokenizer): concurrent builders never see a
 half-written folder."""
 
 from __future__ import annotations
@@ -18,6 +19,15 @@ def cache_root() -> Path:
     """Where EchoRL caches built model folders: ``$ECHORL_CACHE`` when set (and non-empty), else
     ``~/.cache/echorl``."""
     return Path(os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "echorl"))
+
+
+def folder_is_current(out_dir: Path, meta_file: str, version: int) -> bool:
+    """True when ``out_dir`` holds a folder that :func:`save_folder_atomic` wrote with ``meta``
+    version ``version`` (a missing or unreadable meta file, or another version: rebuild)."""
+    try:
+        return json.loads((Path(out_dir) / meta_file).read_text()).get("version") == version
+    except (OSError, ValueError):
+        return False
 
 
 def save_folder_atomic(model: Any, tokenizer: Any, out_dir: Path, meta_file: str, meta: dict[str, Any]) -> None:

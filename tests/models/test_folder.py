@@ -18,3 +18,15 @@ def test_cache_root_rule(monkeypatch, tmp_path):
     assert cache_root() == tmp_path / "home" / ".cache" / "echorl"
     monkeypatch.delenv("ECHORL_CACHE")
     assert cache_root() == Path(tmp_path / "home" / ".cache" / "echorl")
+
+
+def test_folder_is_current_reads_the_meta_version(tmp_path):
+    from echorl.models.folder import folder_is_current
+
+    out = tmp_path / "m"
+    assert not folder_is_current(out, "meta.json", 1)  # missing folder
+    out.mkdir()
+    (out / "meta.json").write_text('{"version": 1}')
+    assert folder_is_current(out, "meta.json", 1) and not folder_is_current(out, "meta.json", 2)
+    (out / "meta.json").write_text("{torn")
+    assert not folder_is_current(out, "meta.json", 1)
