@@ -84,17 +84,9 @@ def build_algo_config(cfg: DictConfig):
 
 
 def build_echo_config(cfg: DictConfig) -> EchoConfig:
-    """``EchoConfig.from_dict(cfg.echorl)`` (unknown keys and bad values name ``echorl.<key>``).
-
-    ``local.yaml`` has ``boundary: auto`` and ``boundary_token_ids: null``; ids given with ``auto``
-    would be replaced by the tokenizer's, so that combination is refused with the fix."""
-    node = OmegaConf.to_container(cfg.echorl, resolve=True)
-    ids = node.get("boundary_token_ids")
-    if node.get("boundary") == "auto" and ids not in (None, "auto") and ids != []:
-        raise ValueError(f"echorl.boundary_token_ids={ids} is given while echorl.boundary=auto derives the ids from "
-                         "the tokenizer and would ignore them; set echorl.boundary=fixed to train with these ids, or "
-                         "drop echorl.boundary_token_ids (null) to use the tokenizer's newline ids")
-    return EchoConfig.from_dict(node, prefix="echorl")
+    """``EchoConfig.from_dict(cfg.echorl)``: unknown keys and bad values name ``echorl.<key>``, and ids
+    given with ``boundary: auto`` (``local.yaml``'s setting) are refused with the fix."""
+    return EchoConfig.from_dict(OmegaConf.to_container(cfg.echorl, resolve=True), prefix="echorl")
 
 
 def build_method_config(cfg: DictConfig):
