@@ -48,7 +48,7 @@ def check_wiring(echo_cfg=None) -> dict[str, object]:
     from verl.trainer.ppo.v1 import PPOTrainerSync, get_trainer_cls
 
     from echorl.core.config import EchoConfig
-    from echorl.verl.loss import EchoLoss
+    from echorl.loss import EchoLoss
     from echorl.verl.trainer import EchoPPOTrainerSync
 
     declared = plugin.declared_entry_point()

@@ -1,7 +1,7 @@
 """The embedded single-machine engine: real GRPO-family training + EchoRL in one process.
 
 It reuses, not rewrites: verl's advantage estimators, actor config dataclass and ``ppo_loss``
-(through :class:`echorl.verl.loss.EchoLoss`), the EchoRL stage :func:`echorl.stage.run_echo_stage`
+(through :class:`echorl.loss.EchoLoss`), the EchoRL stage :func:`echorl.stage.run_echo_stage`
 and the verifier pool :class:`echorl.rewards.pool.VerifierPool`; rollouts use transformers
 ``generate``. Run ``python -m echorl.local <hydra overrides>`` or ``echorl train <overrides>``;
 see docs/engine.md.

@@ -2,7 +2,7 @@
 
 How it differs from verl's trainer: nothing in the algorithm. Same estimators
 (``core_algos.get_adv_estimator_fn``), same actor config dataclass, same loss callable
-(:class:`echorl.verl.loss.EchoLoss` = verl's ``ppo_loss`` + the EchoRL term), same EchoRL stage
+(:class:`echorl.loss.EchoLoss` = verl's ``ppo_loss`` + the EchoRL term), same EchoRL stage
 (:func:`echorl.stage.run_echo_stage`), same verifier pool. What it replaces is the machinery:
 ``transformers.generate`` instead of vLLM, one process instead of Ray workers, a plain
 forward/backward loop instead of FSDP/Megatron.
@@ -195,7 +195,7 @@ class LocalTrainer:
 
             loss_fn = MethodLoss(self.actor_cfg, self.echo_cfg, method_cfg)
         if loss_fn is None:
-            from echorl.verl.loss import EchoLoss
+            from echorl.loss import EchoLoss
 
             loss_fn = EchoLoss(self.actor_cfg, self.echo_cfg)
         self.loss_fn = loss_fn

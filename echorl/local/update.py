@@ -8,7 +8,7 @@
   ``attention_mask``, ``response_mask``, ``old_log_probs``, ``advantages``, the EchoRL fields, and
   ``dp_size``, ``batch_num_tokens`` (valid tokens of the mini-batch), ``global_batch_size`` (rows
   of the mini-batch), ``temperature``), and ``model_output["log_probs"]`` is packed as verl's
-  engines pack it. The loss callable is :class:`echorl.verl.loss.EchoLoss` (verl's ``ppo_loss``
+  engines pack it. The loss callable is :class:`echorl.loss.EchoLoss` (verl's ``ppo_loss``
   plus the EchoRL term): the same object the verl workers run. Each micro-batch loss is
   back-propagated unscaled (as verl's FSDP engine does); then grad-norm clip, AdamW step, and one
   scheduler step per training step (verl steps the scheduler after the last mini-batch).

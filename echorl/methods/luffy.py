@@ -27,7 +27,7 @@ gradient of low-probability expert tokens alive (``~ p / gamma`` for ``p << gamm
 tokens the policy already predicts.
 
 :class:`MethodLoss` is the actor loss callable of both hosts for LUFFY and UFT, with the EchoRL
-term added exactly as :class:`echorl.verl.loss.EchoLoss` adds it.
+term added exactly as :class:`echorl.loss.EchoLoss` adds it.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from verl.workers.utils.padding import no_padding_2_padding
 from echorl.core.config import EchoConfig
 from echorl.core.loss import echo_loss_term
 from echorl.methods.config import MethodConfig
-from echorl.verl.loss import ECHO_DENOM, ECHO_LOSS_METRIC, ECHO_MASK, echo_term, padded_response_field
+from echorl.loss import ECHO_DENOM, ECHO_LOSS_METRIC, ECHO_MASK, echo_term, padded_response_field
 
 OFF_POLICY = "off_policy"  # [B] bool: the row is an expert trace
 HINT_MASK = "hint_mask"  # [B, L] bool: UFT hint tokens (response-aligned, response_mask 0 there)
@@ -176,7 +176,7 @@ class MethodLoss:
     and UFT, plus the EchoRL term.
 
     Args:
-        actor_config: verl's actor config dataclass (as :class:`echorl.verl.loss.EchoLoss`).
+        actor_config: verl's actor config dataclass (as :class:`echorl.loss.EchoLoss`).
         echo_cfg: :class:`EchoConfig` (or mapping); the EchoRL term is added when it is active in
             ``mode='loss'``.
         method_cfg: :class:`MethodConfig` (or mapping).

@@ -3,7 +3,7 @@
 :class:`GradShareLoss` wraps the engine's actor loss callable (``EchoLoss`` or ``MethodLoss``; both
 return ``rl_loss + coef * dp_size * L_echo``). Every ``every`` training steps, on the first
 micro-batch of the step, it recomputes the EchoRL part ``e = coef * dp_size * L_echo`` from the same
-log-probs (:func:`echorl.core.loss.echo_loss_term`, unpadded as :class:`echorl.verl.loss.EchoLoss`
+log-probs (:func:`echorl.core.loss.echo_loss_term`, unpadded as :class:`echorl.loss.EchoLoss`
 does), takes ``r = loss - e``, and measures ``g_rl = grad r`` and ``g_echo = grad e`` with
 ``torch.autograd.grad`` (which leaves ``.grad`` alone, so the update that follows is the same as
 without the measurement). Metrics, added to that micro-batch's metrics::
@@ -66,7 +66,7 @@ class GradShareLoss:
         from verl.workers.utils.padding import no_padding_2_padding
 
         from echorl.core.loss import echo_loss_term
-        from echorl.verl.loss import padded_response_field
+        from echorl.loss import padded_response_field
 
         log_prob = no_padding_2_padding(model_output["log_probs"], data)  # [b, W]
         mask = padded_response_field(data, "echo_mask", log_prob.shape[1])  # [b, W] bool

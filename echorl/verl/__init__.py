@@ -1,6 +1,6 @@
 """EchoRL on verl 0.9 (host 1): loss callable, v1 trainer stage, entry point and plugin.
 
-* :class:`EchoLoss` (:mod:`echorl.verl.loss`): verl's ``ppo_loss`` + the EchoRL term (SPEC 2.4).
+* :class:`EchoLoss` (:mod:`echorl.loss`): verl's ``ppo_loss`` + the EchoRL term (SPEC 2.4).
 * :class:`EchoPPOTrainerSync` (:mod:`echorl.verl.trainer`): the v1 sync trainer with the EchoRL
   stage in ``_compute_advantage``.
 * :mod:`echorl.verl.plugin`: the ``verl.plugins`` entry point (imported by ``import verl``).
@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 
 _LAZY = {
-    "EchoLoss": "echorl.verl.loss",
+    "EchoLoss": "echorl.loss",
     "EchoPPOTrainerSync": "echorl.verl.trainer",
     "EchoTaskRunner": "echorl.main",
     "validate_config": "echorl.verl.validate",

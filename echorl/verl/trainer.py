@@ -57,7 +57,7 @@ from echorl.verl.keep_filtered import (
     kept_layout,
     store_kept_tags,
 )
-from echorl.verl.loss import EchoLoss
+from echorl.loss import EchoLoss
 from echorl.verl.methods import VerlMethod
 from echorl.verl.methods import configure as configure_method
 from echorl.verl.stage_io import recording, stage_inputs

@@ -41,7 +41,7 @@ def validate_config(config: DictConfig) -> EchoConfig:
       the mixed groups that survive) unless ``echorl.keep_filtered=true``; ``keep_filtered``
       without dynamic sampling, or with what would change DAPO's RL term or hold rows nothing
       trains on (:func:`check_keep_filtered`, :mod:`echorl.filtering`);
-    * ``distillation.enabled=true`` with the EchoRL loss on: :class:`~echorl.verl.loss.EchoLoss`
+    * ``distillation.enabled=true`` with the EchoRL loss on: :class:`~echorl.loss.EchoLoss`
       wraps ``ppo_loss`` and would replace verl's distillation loss.
     """
     if _get(config, "echorl") is None:

@@ -100,7 +100,7 @@ def test_kept_rows_leave_the_rl_update_exactly_dapos(tmp_path, agg):
     verl's real ppo_loss over 2 mini-batches; with the EchoRL term on, the kept clips do count."""
     from verl.workers.utils.losses import ppo_loss
 
-    from echorl.verl.loss import EchoLoss
+    from echorl.loss import EchoLoss
 
     torch.manual_seed(0)
     cfg = load_config(base_overrides(tmp_path, **{"actor_rollout_ref.actor.loss_agg_mode": agg,

@@ -126,7 +126,7 @@ def test_actor_update_in_length_buckets_equals_the_full_width_update(tmp_path, m
     from echorl.local import load_config
     from echorl.local.config import build_actor_config
     from echorl.local.policy import bucketed_logprobs, trim_padding
-    from echorl.verl.loss import EchoLoss
+    from echorl.loss import EchoLoss
 
     model, tok = make_model(seed=2)
     torch.manual_seed(4)

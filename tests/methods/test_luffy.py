@@ -268,7 +268,7 @@ def test_echo_term_as_echoloss_adds_it(follow):
     EchoRL term included (with and without echorl.follow_rl_agg, under seq-mean-token-sum-norm)."""
     from methods_support import actor_config
 
-    from echorl.verl.loss import EchoLoss
+    from echorl.loss import EchoLoss
 
     cfg = actor_config("actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-sum-norm",
                        "+actor_rollout_ref.actor.loss_scale_factor=16")

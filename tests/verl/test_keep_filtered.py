@@ -28,7 +28,7 @@ from echorl import EchoConfig
 from echorl.filtering import rl_response_mask
 from echorl.verl.fields import echo_stage_fields
 from echorl.verl.keep_filtered import KEPT_TAG, KeepFilteredReplayBuffer, is_kept, kept_layout
-from echorl.verl.loss import EchoLoss
+from echorl.loss import EchoLoss
 
 N = 4  # rollouts per group
 

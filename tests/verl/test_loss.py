@@ -18,7 +18,7 @@ from verl.workers.engine.utils import prepare_micro_batches
 from verl.workers.utils.losses import ppo_loss
 
 from echorl import EchoConfig
-from echorl.verl.loss import EchoLoss
+from echorl.loss import EchoLoss
 
 B = 8  # rows of the mini-batch
 
