@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Seeds for the confirmatory study (results/confirm/PLAN.md) from the full study's paired SD.
 
-    python scripts/power.py                 # prints the calculation, writes results/confirm/power.json
+    python scripts/power.py --replace results/study_superseded   # the registered calculation (results/confirm/power.json)
+    python scripts/power.py --out /tmp/power.json                 # the same on today's results/study/
 
 From ``results/study/`` (the exploratory study) it takes, for every arm with a base, the paired
 differences (points) of
@@ -16,6 +17,11 @@ in the dose family, 3 in the clip-rule family; planned at Holm's first step, alp
 Bonferroni's and the strictest Holm applies). It also gives the EchoRL coefficient of each clip
 rule that matches the highest-entropy clip's gradient share at the plan's coef (the shares measured
 at coef 1e-3 in the exploratory study).
+
+The plan was registered before the LUFFY/UFT arms of the exploratory study were re-run under their
+authors' rules; the runs it was computed from are kept in ``results/study_superseded/``. On today's
+``results/study/`` the same calculation gives 15 seeds instead of 14 (``results/confirm/notes.md``);
+the plan's seed count stays fixed.
 """
 
 from __future__ import annotations
@@ -55,11 +61,19 @@ def dev_ckpt(r: dict) -> float:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--folder", default=str(ROOT / "results/study"), help="the exploratory study's results")
+    ap.add_argument("--replace", default=None,
+                    help="a results folder whose arms replace the same arms of --folder (the registered calculation "
+                         "used results/study_superseded/ for the LUFFY/UFT arms, re-run after registration)")
     ap.add_argument("--out", default=str(ROOT / "results/confirm/power.json"), help="where the calculation goes")
     args = ap.parse_args(argv)
     results = load_results(args.folder)
     if not results:
         raise SystemExit(f"no results in {args.folder}")
+    if args.replace:
+        replaced = load_results(args.replace)
+        if not replaced:
+            raise SystemExit(f"--replace {args.replace}: no results there")
+        results.update(replaced)
     bases = {a: next(iter(runs.values()))["base"] for a, runs in results.items()}
     out: dict = {"delta": DELTA, "target_power": TARGET, "alpha": ALPHA, "families": FAMILIES, "sd": {}}
     print(f"paired SDs (points) from {Path(args.folder).relative_to(ROOT) if Path(args.folder).is_relative_to(ROOT) else args.folder}:")

@@ -138,7 +138,7 @@ def test_power_script_gives_the_plans_seeds_and_coefs(tmp_path):
     spec = importlib.util.spec_from_file_location("power_script", ROOT / "scripts" / "power.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    assert mod.main(["--out", str(tmp_path / "power.json")]) == 0
+    assert mod.main(["--replace", str(ROOT / "results/study_superseded"), "--out", str(tmp_path / "power.json")]) == 0
     out = json.loads((tmp_path / "power.json").read_text())
     assert out["n"] == len(CONFIRM_SEEDS) == 14 and out["seeds"] == {"dose": 14, "rule": 13}
     assert out["sigma_plan"] == pytest.approx(1.95, abs=0.005)
@@ -146,3 +146,8 @@ def test_power_script_gives_the_plans_seeds_and_coefs(tmp_path):
              for a in CONFIRM_ARMS if a.group == "rule"}
     assert coefs == {f"rule_{k}": v["rounded"] for k, v in out["matched_coef"]["coef"].items()}
     assert out == json.loads((ROOT / "results/confirm/power.json").read_text())  # the committed calculation
+    # On today's exploratory results (LUFFY/UFT re-run after registration) the same rule asks for one
+    # more seed; results/confirm/notes.md reports it and the plan's 14 stays.
+    assert mod.main(["--out", str(tmp_path / "now.json")]) == 0
+    now = json.loads((tmp_path / "now.json").read_text())
+    assert now["n"] == 15 and now["sigma_plan"] == pytest.approx(2.02, abs=0.005)
