@@ -19,10 +19,12 @@ QWEN_NEWLINE_IDS: tuple[int, ...] = (198, 271)  # Qwen2/2.5 "\n", "\n\n": the au
 SCOPES = ("degenerate", "success")
 PERS = ("rollout", "group")
 # preset name -> the values it gives to the fields that are None (not set explicitly).
-# 'paper': the method section's rule (SPEC 2.3-2.4, 2.6); 'degenerate': the abstract's framing.
+# 'paper': the method section's rule (SPEC 2.3-2.4, 2.6); 'degenerate': the abstract's framing;
+# 'positive_nll': the positive-example NLL baseline (docs/methods.md, "Positive-example NLL").
 PRESETS: dict[str, dict[str, str]] = {
-    "paper": {"scope": "success", "per": "group", "loss_agg": "clip_mean"},
-    "degenerate": {"scope": "degenerate", "per": "rollout", "loss_agg": "clip_token_mean"},
+    "paper": {"scope": "success", "per": "group", "selector": "peak", "loss_agg": "clip_mean"},
+    "degenerate": {"scope": "degenerate", "per": "rollout", "selector": "peak", "loss_agg": "clip_token_mean"},
+    "positive_nll": {"scope": "success", "per": "rollout", "selector": "full", "loss_agg": "clip_mean"},
 }
 MODES = ("loss", "advantage")
 BOUNDARIES = ("auto", "fixed")
@@ -37,14 +39,16 @@ def _help(text: str, **kw: Any) -> Any:
 class EchoConfig:
     """Options of EchoRL. Defaults are the paper's setting (SPEC 2).
 
-    ``scope``, ``per`` and ``loss_agg`` left at ``None`` take the value of ``preset``
+    ``scope``, ``per``, ``selector`` and ``loss_agg`` left at ``None`` take the value of ``preset``
     (:data:`PRESETS`); a value given explicitly overrides the preset. After construction they are
     always set.
     """
 
     preset: str = _help(
-        "Named reading of the method that fills scope, per and loss_agg when they are null: 'paper' "
-        "(success, group, clip_mean) or 'degenerate' (degenerate, rollout, clip_token_mean). Explicit keys win.",
+        "Named reading of the method that fills scope, per, selector and loss_agg when they are null: 'paper' "
+        "(success, group, peak, clip_mean), 'degenerate' (degenerate, rollout, peak, clip_token_mean) or "
+        "'positive_nll' (success, rollout, full, clip_mean: the NLL of every successful response, the "
+        "positive-example NLL baseline). Explicit keys win.",
         default="paper",
     )
     enable: bool = _help("Turn EchoRL on. False trains the base RLVR method bit-identically.", default=True)
@@ -76,8 +80,8 @@ class EchoConfig:
     min_step_tokens: int = _help("Steps with fewer valid tokens than this cannot be selected.", default=1)
     selector: str = _help(
         "Where the clip ends: 'peak' (highest-entropy step, the method), 'lowest', 'full' (last "
-        "eligible step), 'random_prefix' (a uniformly random eligible step, seeded).",
-        default="peak",
+        "eligible step), 'random_prefix' (a uniformly random eligible step, seeded). null: from the preset.",
+        default=None,
     )
     seed: int = _help("Seed of the 'random_prefix' selector.", default=0)
     mode: str = _help(
@@ -191,7 +195,7 @@ class EchoConfig:
     def from_dict(cls, d: Mapping[str, Any] | None, prefix: str = "echorl") -> EchoConfig:
         """Build from a plain mapping (e.g. a Hydra ``echorl:`` node). Unknown keys are an error that
         names the dotted key and lists the valid ones. ``preset`` names a reading (:data:`PRESETS`);
-        ``scope``, ``per`` and ``loss_agg`` absent or null take its values, explicit ones win, so
+        ``scope``, ``per``, ``selector`` and ``loss_agg`` absent or null take its values, explicit ones win, so
         ``echorl.preset=degenerate`` switches the whole reading with one key. ``boundary_token_ids`` given
         with ``boundary='auto'`` (the default) is refused: the tokenizer's ids would replace them.
         ``boundary_token_ids: auto`` is read as ``boundary: auto``."""

@@ -37,7 +37,7 @@ def test_presets_fill_unset_keys_and_explicit_keys_win():
     paper = EchoConfig.from_dict({"scope": "degenerate"})
     assert (paper.preset, paper.scope, paper.per, paper.loss_agg) == ("paper", "degenerate", "group", "clip_mean")
     assert EchoConfig.from_dict(deg.to_dict()) == deg
-    with pytest.raises(ValueError, match=r"^echorl.preset must be one of \['paper', 'degenerate'\], got 'abstract'"):
+    with pytest.raises(ValueError, match=r"^echorl.preset must be one of \['paper', 'degenerate', 'positive_nll'\], got 'abstract'"):
         EchoConfig.from_dict({"preset": "abstract"})
 
 
@@ -56,7 +56,7 @@ def test_presets_fill_unset_keys_and_explicit_keys_win():
         ({"step_agg": "median"}, r"EchoConfig.step_agg must be one of \['max', 'mean', 'sum'\]"),
         ({"selector": "best"}, r"EchoConfig.selector must be one of \['full', 'lowest', 'peak', 'random_prefix'\]"),
         ({"loss_agg": "seq_mean"}, r"EchoConfig.loss_agg must be one of \['clip_mean', 'clip_token_mean', 'token_mean'\]"),
-        ({"preset": "grpo"}, r"EchoConfig.preset must be one of \['paper', 'degenerate'\], got 'grpo'"),
+        ({"preset": "grpo"}, r"EchoConfig.preset must be one of \['paper', 'degenerate', 'positive_nll'\], got 'grpo'"),
         ({"keep_filtered": "yes"}, "EchoConfig.keep_filtered must be a bool"),
         ({"enable": 1}, "EchoConfig.enable must be a bool"),
         ({"min_step_tokens": 0}, "EchoConfig.min_step_tokens must be >= 1"),

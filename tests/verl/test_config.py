@@ -19,7 +19,7 @@ def test_echorl_node_is_exactly_echoconfig_with_defaults(echorl_cfg):
     defaults = EchoConfig().to_dict()
     assert list(node) == [f.name for f in dataclasses.fields(EchoConfig)]
     # the keys a preset fills ship as null, so `echorl.preset=degenerate` switches them all
-    assert node == {**defaults, "scope": None, "per": None, "loss_agg": None}
+    assert node == {**defaults, "scope": None, "per": None, "selector": None, "loss_agg": None}
     assert EchoConfig.from_dict(node) == EchoConfig()
 
 
@@ -68,7 +68,7 @@ REFUSALS = [
      r"keep_filtered=true with algorithm\.adv_estimator=gae.*critic"),
     ({"algorithm.filter_groups.enable": True, "echorl.keep_filtered": True, "echorl.mode": "advantage"},
      r"keep_filtered=true with echorl\.mode='advantage'.*echorl\.mode=loss"),
-    ({"echorl.preset": "abstract"}, r"echorl\.preset must be one of \['paper', 'degenerate'\], got 'abstract'"),
+    ({"echorl.preset": "abstract"}, r"echorl\.preset must be one of \['paper', 'degenerate', 'positive_nll'\], got 'abstract'"),
     ({"trainer.v1.trainer_mode": "colocate_async"}, r"trainer\.v1\.trainer_mode='colocate_async'.*trainer_mode=sync"),
     ({"trainer.v1.trainer_mode": "separate_async"}, r"trainer_mode='separate_async'"),
     ({"trainer.use_v1": False}, r"trainer\.use_v1=false.*entropy.*trainer\.use_v1=true"),
