@@ -11,7 +11,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "trl_grpo_chain.py"
 ECHO_TAGS = ("echo/loss", "echo/clips", "echo/clip_tokens", "echo/groups_all_success_frac", "echo/peak_h",
-             "echo/grad_token_frac_echo", "echo/entropy_pass", "timing/echo_stage")
+             "echo/grad_token_frac_echo", "echo/entropy_pass", "echo/entropy_from_generation",
+             "timing/echo_stage")
 
 
 def test_example_logs_echo_metrics_to_tensorboard(tmp_path):
@@ -32,4 +33,5 @@ def test_example_logs_echo_metrics_to_tensorboard(tmp_path):
     for t in ("echo/clips", "echo/loss", "echo/entropy_pass"):
         (ev, *_) = acc.Scalars(f"train/{t}")
         assert ev.step == 1 and ev.value == pytest.approx(first[t], rel=1e-6)
-    assert first["echo/entropy_pass"] == 0.0  # steps_per_generation=2: TRL's old-policy pass gave the entropies
+    # steps_per_generation=2: TRL's old-policy pass gave the entropies
+    assert first["echo/entropy_pass"] == first["echo/entropy_from_generation"] == 0.0

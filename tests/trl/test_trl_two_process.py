@@ -48,6 +48,7 @@ def ranks(tmp_path_factory):
 def test_two_processes_select_what_one_process_selects(ranks):
     assert [r["world"] for r in ranks] == [2, 2] and ranks[0]["backend"] == "gloo"
     recs = [r["record"] for r in ranks]
+    assert [rec["entropy_source"] for rec in recs] == ["generation"] * 2  # on-policy: recorded during generate
     b = recs[0]["completion_ids"].shape[0]
     assert [rec["rows"] for rec in recs] == [slice(0, b), slice(b, 2 * b)] and b % N_GEN  # a group straddles
     cfg = EchoConfig(boundary="fixed", boundary_token_ids=ranks[0]["boundary_token_ids"], coef=0.5)
