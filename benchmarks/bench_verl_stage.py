@@ -34,6 +34,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_report import print_table, write_json  # noqa: E402  (benchmarks/ is on sys.path)
 from bench_select import make_batch  # noqa: E402  (the selection benchmark's batch, one generator)
 
+from echorl import metric_names as M  # noqa: E402
+from echorl.verl.trainer import ECHO_TIMING  # noqa: E402  (the timing_raw name of timing_s/echo)
+
 
 def nested_fields(groups: int, n: int, L: int, seed: int = 0):
     """The batch as verl's v1 trainer stores it: a TensorDict of nested ``[B, j]`` rows + ``uid``."""
@@ -59,18 +62,14 @@ def trainer_for(cfg):
     """The driver side of the trainer only (no worker groups: neither step touches them)."""
     from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
+    from echorl.verl.config_checks import validate_config
+    from echorl.verl.methods import VerlMethod, configure
     from echorl.verl.trainer import EchoPPOTrainerSync
-    from echorl.verl.validate import validate_config
 
     trainer = EchoPPOTrainerSync.__new__(EchoPPOTrainerSync)
     trainer.config, trainer.global_steps, trainer.timing_raw = cfg, 1, {}
     trainer.echo_cfg, trainer._echo_boundary_resolved = validate_config(cfg), True
-    try:  # LUFFY / UFT hooks of the trainer, when this checkout has them (inactive here)
-        from echorl.verl.methods import VerlMethod, configure
-
-        trainer.method = VerlMethod(configure(cfg))
-    except ImportError:
-        pass
+    trainer.method = VerlMethod(configure(cfg))  # plain GRPO: LUFFY / UFT hooks inactive
     return trainer, PPOTrainerSync._compute_advantage
 
 
@@ -111,14 +110,14 @@ def main(argv=None) -> int:
             trainer.timing_raw = {}
             metrics: dict = {}
             trainer._compute_advantage(batch, metrics)  # verl's stage again, then EchoRL's (timed inside)
-            echo_s.append(trainer.timing_raw["echo"])
-        assert "advantages" in meta.fields and metrics["echo/clips"] > 0
+            echo_s.append(trainer.timing_raw[ECHO_TIMING])
+        assert "advantages" in meta.fields and metrics[M.CLIPS] > 0
     finally:
         tq.close()
         ray.shutdown()
     a, b = statistics.median(verl_s), statistics.median(echo_s)
     result = {
-        "batch": {"B": B, "L": L, "tokens": tokens, "clips": metrics["echo/clips"]},
+        "batch": {"B": B, "L": L, "tokens": tokens, "clips": metrics[M.CLIPS]},
         "verl_compute_advantage_s": {"median": a, "all": verl_s},
         "echorl_stage_s": {"median": b, "all": echo_s},
         "ratio_echo_over_verl": b / a,
@@ -126,7 +125,7 @@ def main(argv=None) -> int:
         "threads": args.threads,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
     }
-    print_table(f"bench_verl_stage: B={B} L={L} tokens={tokens} clips={int(metrics['echo/clips'])} "
+    print_table(f"bench_verl_stage: B={B} L={L} tokens={tokens} clips={int(metrics[M.CLIPS])} "
                 f"(median of {args.repeats}, {args.threads} threads)", ["stage", "seconds"],
                 [["(a) verl _compute_advantage (GRPO, TQ get/put)", f"{a:.3f}"],
                  ["(b) EchoRL stage (timing_s/echo)", f"{b:.3f}"]])

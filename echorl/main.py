@@ -1,7 +1,7 @@
 """``python -m echorl.main <hydra overrides>``: EchoRL on verl 0.9 (docs/verl.md).
 
 Composes ``echorl/config/echorl_trainer.yaml`` (verl's ``ppo_trainer`` + ``echorl:``), validates it
-(:func:`echorl.verl.validate.validate_config`, then verl's own ``validate_config``), checks that
+(:func:`echorl.verl.config_checks.validate_config`, then verl's own ``validate_config``), checks that
 EchoRL is really wired into verl (:func:`check_wiring`) and launches through verl's
 ``run_ppo(config, task_runner_class=EchoTaskRunner)``. The task runner is verl's ``TaskRunnerV1``
 with one change: it builds :class:`echorl.verl.trainer.EchoPPOTrainerSync` instead of looking the
@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from verl.trainer.main_ppo import TaskRunnerV1, run_ppo  # noqa: E402
 
 from echorl.verl import plugin  # noqa: E402
-from echorl.verl.validate import validate_config  # noqa: E402
+from echorl.verl.config_checks import validate_config  # noqa: E402
 
 
 class WiringError(RuntimeError):
@@ -134,15 +134,15 @@ EchoTaskRunnerActor = ray.remote(EchoTaskRunner)
 
 def prepare(config: DictConfig):
     """Everything ``main`` does before Ray: EchoRL's refusals, the model's context length
-    (:func:`~echorl.verl.validate.check_model_context`), verl's own config validation, the wiring
+    (:func:`~echorl.verl.config_checks.check_model_context`), verl's own config validation, the wiring
     check, and wandb's offline fallback when no credentials are set
     (:func:`~echorl.verl.launch_env.wandb_offline_fallback`). Returns the parsed :class:`EchoConfig`."""
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config as verl_validate_config
     from verl.utils.device import auto_set_device
 
+    from echorl.verl.config_checks import check_model_context
     from echorl.verl.launch_env import wandb_offline_fallback
-    from echorl.verl.validate import check_model_context
 
     echo_cfg = validate_config(config)
     check_model_context(config)

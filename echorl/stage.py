@@ -7,14 +7,17 @@ advantages (changed only in ``mode='advantage'``) and the ``echo/*`` metrics (SP
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
+from echorl import metric_names as M
 from echorl.core.clips import EchoSelection, grad_token_fractions, select_echo_clips
 from echorl.core.config import EchoConfig
 from echorl.core.loss import PER_CLIP_LOSS_AGGS, apply_echo_advantage, denominators_from_counts
+from echorl.core.steps import EchoBoundaryWarning, EchoSingleStepWarning
 
 
 @dataclass
@@ -74,8 +77,15 @@ def run_echo_stage(
     ``echo/active`` is 0) but nothing reaches training.
     """
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + int(step))
-    sel = select_echo_clips(responses, response_mask, entropy, scores, group_ids, cfg, generator=gen)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", EchoBoundaryWarning)  # the core warns once per run itself
+        sel = select_echo_clips(responses, response_mask, entropy, scores, group_ids, cfg, generator=gen)
     metrics = dict(sel.metrics)
+    for w in caught:  # a boundary warning is also a metric of the step; every warning goes on to the caller
+        if issubclass(w.category, EchoBoundaryWarning):
+            single = issubclass(w.category, EchoSingleStepWarning)
+            metrics[M.SINGLE_STEP_WARNING if single else M.NO_BOUNDARY_WARNING] = 1.0
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     active = cfg.active
     metrics["echo/active"] = float(active)
     use_loss = cfg.adds_loss_term

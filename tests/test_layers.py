@@ -22,7 +22,7 @@ PKG = Path(echorl.__file__).parent
 # Lowest first. A module may import its own layer and the layers below it, never one above.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("echorl.core",)),
-    ("blocks", ("echorl", "echorl.config", "echorl.errors", "echorl.extras", "echorl.figures", "echorl.metrics_file",
+    ("blocks", ("echorl", "echorl.config", "echorl.errors", "echorl.extras", "echorl.figures", "echorl.metrics_file", "echorl.metric_names",
                 "echorl.stage", "echorl.filtering", "echorl.estimators", "echorl.tasks", "echorl.rewards", "echorl.models",
                 "echorl.data")),
     ("hosts", ("echorl.local", "echorl.verl", "echorl.trl", "echorl.methods", "echorl.analysis", "echorl.eval")),

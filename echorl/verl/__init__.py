@@ -18,7 +18,7 @@ _LAZY = {
     "EchoLoss": "echorl.loss",
     "EchoPPOTrainerSync": "echorl.verl.trainer",
     "EchoTaskRunner": "echorl.main",
-    "validate_config": "echorl.verl.validate",
+    "validate_config": "echorl.verl.config_checks",
 }
 
 __all__ = sorted(_LAZY)

@@ -40,6 +40,9 @@ Cost: the kept rows' old-policy (and reference) log-prob pass, and their forward
 update (for the clip tokens), logged as ``echo/kept_rows``, ``echo/kept_clip_tokens`` and
 ``echo/clips_from_kept``. verl's own metrics (``critic/score``, response lengths) are computed
 with the kept rows excluded, so they stay DAPO's.
+
+The private ``ReplayBuffer`` methods this overrides are listed and checked at start-up in
+:mod:`echorl.verl.internals`.
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ import transfer_queue as tq
 from tensordict import TensorDict
 from transfer_queue import KVBatchMeta
 from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
+
+from echorl.verl.internals import dapo_drop_reasons, metrics_prefix
 
 KEPT_TAG = "echo_kept"
 
@@ -119,7 +124,7 @@ class KeepFilteredReplayBuffer(ReplayBuffer):
         held = self._kept[partition_id] & dapo
         if held:  # re-read from TransferQueue on this poll: already counted when first dropped
             dapo = dapo - held
-            cache = self._dapo_classification_cache[partition_id]
+            cache = dapo_drop_reasons(self, partition_id)
             counts = Counter(cache[u] for u in dapo)
         return stale, dapo, failed, counts
 
@@ -138,7 +143,7 @@ class KeepFilteredReplayBuffer(ReplayBuffer):
                                                                                eviction_reasons)
         finally:
             self._hold = set()
-        prefix = self._metrics_prefix(partition_id)
+        prefix = metrics_prefix(self, partition_id)
         if hold:
             metrics[f"{prefix}/filter_groups/kept_groups"] = len(hold)
         if surplus:

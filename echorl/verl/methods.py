@@ -27,6 +27,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from tensordict import TensorDict
 
+from echorl import metric_names as M
 from echorl.methods.config import MethodConfig
 from echorl.methods.luffy import HINT_DENOM, HINT_MASK, OFF_POLICY, expert_text, trace_share
 from echorl.methods.uft import hint_denominator, hint_probability, sample_hints
@@ -179,16 +180,16 @@ class VerlMethod:
         tu.assign_non_tensor_data(batch, TRAIN_FLAG, True)
         rows = [{k: _row_field(batch, k, i) for k in ("target", "solution", "extra_info")} for i in range(len(batch))]
         texts = [expert_text(r) for r in rows]
-        self.metrics[f"{self.cfg.name}/trace_frac"] = trace_share(texts, self.cfg.name, self.train_files)
+        self.metrics[M.LUFFY_TRACE_FRAC if self.cfg.is_luffy else M.UFT_TRACE_FRAC] = trace_share(texts, self.cfg.name, self.train_files)
         if self.cfg.is_luffy:
             uids = [str(_row_field(batch, "uid", i)) for i in range(len(batch))]
             self.has_trace.update({u: t is not None for u, t in zip(uids, texts)})
-            self.metrics["luffy/prompts_with_trace"] = float(sum(t is not None for t in texts))
+            self.metrics[M.LUFFY_PROMPTS_WITH_TRACE] = float(sum(t is not None for t in texts))
         if self.cfg.is_uft:
             hints = sample_hints(texts, step, self.cfg.uft)
             tu.assign_non_tensor_stack(batch, HINT_FIELD, hints)
-            self.metrics["uft/hint_prob"] = hint_probability(step, self.cfg.uft)
-            self.metrics["uft/hinted_prompts"] = float(sum(bool(h) for h in hints))
+            self.metrics[M.UFT_HINT_PROB] = hint_probability(step, self.cfg.uft)
+            self.metrics[M.UFT_HINTED_PROMPTS] = float(sum(bool(h) for h in hints))
         return batch
 
     def stage_fields(self, keys: Sequence[str], uids: Sequence[str], response_mask: torch.Tensor,
@@ -212,13 +213,13 @@ class VerlMethod:
         exclude = torch.zeros(B, dtype=torch.bool)
         if self.cfg.is_luffy:
             off = off_policy_rows_of(keys, uids, self.has_trace, self.cfg.luffy.num_off_policy, is_padding)
-            self.metrics["luffy/off_policy_rows"] = float(off.sum())
+            self.metrics[M.LUFFY_OFF_POLICY_ROWS] = float(off.sum())
             self.forget(uids)  # each prompt's group is trained once
             return {OFF_POLICY: off}, off
         if self.cfg.is_uft:
             attention = torch.arange(L)[None, :] < response_lens[:, None]
             hint = hint_mask_of(response_mask, attention)
-            self.metrics["uft/hint_tokens"] = float(hint.sum())
+            self.metrics[M.UFT_HINT_TOKENS] = float(hint.sum())
             if not self.cfg.uft.echo_hinted:  # hinted rows give no EchoClip
                 exclude = hint.any(1)
             return {HINT_MASK: hint, HINT_DENOM: torch.full((B,), hint_denominator(hint, num_minibatches))}, exclude

@@ -16,12 +16,13 @@ version), nothing is swapped and every field is fetched: the same result, only s
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from tensordict import TensorDict, TensorDictBase
+
+from echorl.verl.internals import tq_global_replaced
 
 
 class TQRecorder:
@@ -51,18 +52,10 @@ class TQRecorder:
 @contextmanager
 def recording(fn: Callable) -> Iterator[TQRecorder | None]:
     """While the block runs, ``fn``'s module global ``tq`` is a :class:`TQRecorder` (``None`` is
-    yielded, and nothing swapped, when ``fn`` has no such global)."""
-    module_globals = getattr(inspect.unwrap(fn), "__globals__", {})
-    real = module_globals.get("tq")
-    if real is None or not callable(getattr(real, "kv_batch_get", None)):
-        yield None
-        return
-    recorder = TQRecorder(real)
-    module_globals["tq"] = recorder
-    try:
+    yielded, and nothing swapped, when ``fn`` has no such global;
+    :func:`echorl.verl.internals.tq_global_replaced`)."""
+    with tq_global_replaced(fn, TQRecorder) as recorder:
         yield recorder
-    finally:
-        module_globals["tq"] = real
 
 
 def stage_inputs(recorder: TQRecorder | None, tq: Any, keys: Sequence[str], partition_id: str,

@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from echorl import metric_names as M
+
 FIELDS = ("uid", "response_mask", "echo_mask", "echo_denom", "old_log_probs")
 METHOD_FIELDS = {"luffy": ("off_policy",)}  # method.name -> its per-row fields, traced when it runs
 
@@ -56,7 +58,7 @@ def write_trace(folder: Path, step: int, data: Any, is_padding: Sequence[bool], 
         "echo_mask": _padded(data, "echo_mask") != 0,
         "old_log_probs": _padded(data, "old_log_probs").float(),
         "echo_denom": torch.as_tensor(data["echo_denom"]).float().reshape(-1),
-        "metrics": {k: float(v) for k, v in metrics.items() if k.startswith("echo/")},
+        "metrics": {k: float(v) for k, v in metrics.items() if k.startswith(M.ECHO_PREFIX)},
     }
     for key in (k for fields in METHOD_FIELDS.values() for k in fields if k in data.keys()):
         record[key] = torch.as_tensor(data[key]).bool().reshape(-1)

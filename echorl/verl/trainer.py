@@ -24,7 +24,8 @@ For LUFFY, ``_compute_old_log_prob`` takes the expert rows out of verl's rollout
 old-policy pass (their placeholder ``rollout_log_probs`` become their ``old_log_probs``).
 
 ``_update_actor`` moves the loss's ``actor/echo/loss`` (verl prefixes every actor metric) back to
-``echo/loss``. The trainer mode stays ``sync``: the class is built by EchoRL's task runner
+``echo/loss``. Every verl internal these overrides rely on is named, read and checked at start-up in
+:mod:`echorl.verl.internals`. The trainer mode stays ``sync``: the class is built by EchoRL's task runner
 (:mod:`echorl.main`), not registered under a new mode name, because verl compares
 ``trainer_mode == "sync"`` literally in several places.
 """
@@ -42,13 +43,17 @@ from verl.trainer.ppo.padding_utils import upsample_batch_to_divisible_size
 from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
+from echorl import metric_names as M
 from echorl.analysis.dump import DumpConfig
 from echorl.core.clips import reset_boundary_warnings
 from echorl.core.config import EchoConfig
-from echorl.core.steps import EchoBoundaryWarning, EchoSingleStepWarning, check_boundary_ids
+from echorl.core.steps import EchoBoundaryWarning, check_boundary_ids
+from echorl.loss import EchoLoss
 from echorl.stage import num_minibatches
+from echorl.verl.config_checks import validate_config
 from echorl.verl.dump import dump_config_of, write_verl_dump
 from echorl.verl.fields import READ_FIELDS, echo_stage_fields
+from echorl.verl.internals import actor_dp_size, check_trainer_internals, set_update_mini_batch_size, step_timing
 from echorl.verl.keep_filtered import (
     KEPT_TAG,
     KeepFilteredReplayBuffer,
@@ -57,15 +62,14 @@ from echorl.verl.keep_filtered import (
     kept_layout,
     store_kept_tags,
 )
-from echorl.loss import EchoLoss
 from echorl.verl.methods import VerlMethod
 from echorl.verl.methods import configure as configure_method
 from echorl.verl.stage_io import recording, stage_inputs
 from echorl.verl.trace import fields_of as trace_fields_of
 from echorl.verl.trace import trace_dir_of, write_trace
-from echorl.verl.validate import validate_config
 
 logger = logging.getLogger(__name__)
+ECHO_TIMING = M.TIMING_ECHO.removeprefix(M.TIMING_PREFIX)  # the timing_raw name verl logs as timing_s/echo
 
 
 class EchoLossMissingError(RuntimeError):
@@ -75,10 +79,10 @@ class EchoLossMissingError(RuntimeError):
 def check_echo_loss_reported(metrics: dict, echo_cfg: EchoConfig, step: int) -> None:
     """After an actor update: when the stage selected clips with the EchoRL loss on, the workers'
     loss must have reported ``echo/loss``; otherwise raise :class:`EchoLossMissingError`."""
-    if echo_cfg.adds_loss_term and metrics.get("echo/clips", 0.0) > 0 and "echo/loss" not in metrics:
+    if echo_cfg.adds_loss_term and metrics.get(M.CLIPS, 0.0) > 0 and M.LOSS not in metrics:
         raise EchoLossMissingError(
-            f"EchoRL: step {step} selected {int(metrics['echo/clips'])} clips (echorl.mode=loss) but the actor workers "
-            "reported no echo/loss: their loss callable is not EchoRL's (set_loss_fn did not take effect, or the "
+            f"EchoRL: step {step} selected {int(metrics[M.CLIPS])} clips (echorl.mode=loss) but the actor workers "
+            f"reported no {M.LOSS}: their loss callable is not EchoRL's (set_loss_fn did not take effect, or the "
             "workers rebuilt verl's ppo_loss), so the EchoRL term was not trained on."
         )
 
@@ -91,6 +95,7 @@ class EchoPPOTrainerSync(PPOTrainerSync):
 
     def __init__(self, config):
         self.echo_cfg: EchoConfig = validate_config(config)  # refuses what EchoRL cannot run with
+        check_trainer_internals(keep_filtered=self.echo_cfg.keep_filtered)  # the verl internals overridden below
         self.method = VerlMethod(configure_method(config))  # LUFFY / UFT agent loops (echorl.verl.methods)
         self.echo_dump = dump_config_of(config)  # echorl_dump: periodic echo_clips.json (echorl.verl.dump)
         self._kept_mini_batch_size: int | None = None  # this step's update mini-batch with kept rows
@@ -113,12 +118,6 @@ class EchoPPOTrainerSync(PPOTrainerSync):
         return KeepFilteredReplayBuffer.from_buffer(buffer, success_threshold=self.echo_cfg.success_threshold,
                                                    max_kept_groups=int(self.config.data.train_batch_size))
 
-    def _actor_dp_size(self) -> int:
-        wg = self.actor_rollout_wg
-        if "actor" not in wg._dispatch_info:
-            wg._dispatch_info["actor"] = wg._query_dispatch_info("actor")
-        return max(wg._dispatch_info["actor"]) + 1
-
     def _balance_batch(self, batch: KVBatchMeta, metrics, logging_prefix="global_seqlen", keep_minibatch=False):
         """verl's balancing; with kept rows, verl's balancing of the RL rows alone (DAPO's layout) and
         the kept rows, padded to fill every (rank, mini-batch) slot, placed by :func:`kept_layout`."""
@@ -129,7 +128,7 @@ class EchoPPOTrainerSync(PPOTrainerSync):
         kept_set = set(kept)
         rl = super()._balance_batch(batch.select_keys([k for k in batch.keys if k not in kept_set]), metrics,
                                     logging_prefix, keep_minibatch)
-        dp = self._actor_dp_size()
+        dp = actor_dp_size(self.actor_rollout_wg)
         mini = int(self.config.actor_rollout_ref.actor.ppo_mini_batch_size) * int(self.config.actor_rollout_ref.rollout.n)
         slots = (len(rl) // mini) * dp
         extra = upsample_batch_to_divisible_size(batch.select_keys(kept), slots, self.tokenizer.eos_token_id)
@@ -139,7 +138,7 @@ class EchoPPOTrainerSync(PPOTrainerSync):
         order, self._kept_mini_batch_size = kept_layout(len(rl), [len(rl) + i for i in longest_first], mini, dp)
         merged = KVBatchMeta.concat([rl, extra])
         merged.reorder(order)
-        metrics["echo/kept_padding_rows"] = float(len(extra) - len(kept))
+        metrics[M.KEPT_PADDING_ROWS] = float(len(extra) - len(kept))
         return merged
 
     def _setup(self):
@@ -201,7 +200,7 @@ class EchoPPOTrainerSync(PPOTrainerSync):
         with recording(PPOTrainerSync._compute_advantage) as verl_io:  # keep what verl's stage reads/writes
             # kept rows (echorl.keep_filtered) stay out of verl's estimator: it sees exactly DAPO's batch
             batch = advantages_without_kept(super()._compute_advantage, batch, metrics)
-        echo_t0 = time.perf_counter()  # timing_s/echo: fetch + select + write-back of the EchoRL stage
+        echo_t0 = time.perf_counter()  # M.TIMING_ECHO: fetch + select + write-back of the EchoRL stage
         self._resolve_echo_boundary()
         data = stage_inputs(verl_io, tq, batch.keys, batch.partition_id, READ_FIELDS)
         is_padding = [bool(tag.get("is_padding", False)) for tag in batch.tags]
@@ -216,20 +215,18 @@ class EchoPPOTrainerSync(PPOTrainerSync):
             fields, out = echo_stage_fields(data, ignored, self.echo_cfg, num_minibatches=n_mini, step=self.global_steps,
                                             echo_only=echo_only)
         fields.update(method_fields)
-        for w in caught:  # surface the core's warning in the driver log, not only on stderr
-            if issubclass(w.category, EchoBoundaryWarning):
+        for w in caught:  # surface the core's warning in the driver log, not only on stderr (the stage's
+            if issubclass(w.category, EchoBoundaryWarning):  # metrics already count it)
                 logger.warning("EchoRL: %s (echorl.boundary=%s, %d boundary ids)", w.message, self.echo_cfg.boundary,
                                len(self.echo_cfg.boundary_token_ids))
-                single = issubclass(w.category, EchoSingleStepWarning)
-                metrics["echo/single_step_warning" if single else "echo/no_boundary_warning"] = 1.0
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         batch = tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=fields)
-        timing = getattr(self, "timing_raw", None)
-        if timing is not None:  # verl turns timing_raw[name] into timing_s/<name>
-            timing["echo"] = timing.get("echo", 0.0) + time.perf_counter() - echo_t0
+        timing = step_timing(self)
+        if timing is not None:  # verl logs timing_raw[name] as timing_s/<name>
+            timing[ECHO_TIMING] = timing.get(ECHO_TIMING, 0.0) + time.perf_counter() - echo_t0
         metrics.update(out.metrics)
         metrics.update(self.method.metrics)
-        metrics["echo/num_minibatches"] = float(n_mini)
+        metrics[M.NUM_MINIBATCHES] = float(n_mini)
         if self.echo_dump.due(self.global_steps):  # EchoClip records for `echorl analyze clips`
             prompts = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["prompts"])["prompts"]
             path = write_verl_dump(data, prompts, is_padding, out.selection, self.tokenizer, self.echo_cfg, self.echo_dump,
@@ -249,7 +246,7 @@ class EchoPPOTrainerSync(PPOTrainerSync):
             update = wg.update_actor
 
             def update_with_kept_rows(meta):  # global_batch_size (seq-mean denominators) stays the RL rows'
-                meta.extra_info["mini_batch_size"] = mini
+                set_update_mini_batch_size(meta, mini)
                 return update(meta)
 
             wg.update_actor = update_with_kept_rows
@@ -257,8 +254,8 @@ class EchoPPOTrainerSync(PPOTrainerSync):
                 batch = super()._update_actor(batch, metrics)
             finally:
                 wg.update_actor = update
-        if "actor/echo/loss" in metrics:
-            metrics["echo/loss"] = metrics.pop("actor/echo/loss")
+        if M.ACTOR_PREFIX + M.LOSS in metrics:  # verl prefixed the loss's metrics with actor/
+            metrics[M.LOSS] = metrics.pop(M.ACTOR_PREFIX + M.LOSS)
         check_echo_loss_reported(metrics, self.echo_cfg, self.global_steps)
         trace_dir = trace_dir_of(self.config)
         if trace_dir is not None:  # echorl_trace.dir: what this update trained on (echorl.verl.trace)

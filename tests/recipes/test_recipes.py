@@ -121,7 +121,7 @@ def test_recipe_composes_and_instantiates_verl_dataclasses(method):
     from verl.workers.config import FSDPActorConfig, RolloutConfig
 
     from echorl import EchoConfig
-    from echorl.verl.validate import validate_config
+    from echorl.verl.config_checks import validate_config
 
     for echo in ("on", "off"):
         cfg = compose_recipe(method, echo)
@@ -163,7 +163,7 @@ def test_dapo_reward_manager_reads_the_overlong_settings():
 def test_echo_and_refusal_overrides_reach_the_config():
     cfg = compose_recipe("grpo", "on", ["echorl.coef=0.01", "echorl.selector=full"])
     assert (cfg.echorl.coef, cfg.echorl.selector) == (0.01, "full")
-    from echorl.verl.validate import validate_config
+    from echorl.verl.config_checks import validate_config
 
     assert validate_config(copy.deepcopy(compose_recipe("dapo", "on"))).scope == "success"  # DAPO + EchoRL
     bad = compose_recipe("dapo", "on", ["echorl.preset=degenerate"])

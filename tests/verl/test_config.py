@@ -11,7 +11,7 @@ from verl.utils.config import omega_conf_to_dataclass
 from verl_cfg_helpers import with_keys
 
 from echorl import EchoConfig
-from echorl.verl.validate import validate_config
+from echorl.verl.config_checks import validate_config
 
 
 def test_echorl_node_is_exactly_echoconfig_with_defaults(echorl_cfg):

@@ -7,7 +7,7 @@ import pytest
 from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY
 from verl_cfg_helpers import with_keys
 
-from echorl.verl.validate import validate_config
+from echorl.verl.config_checks import validate_config
 
 
 def test_unknown_estimator_lists_the_registered_names(echorl_cfg):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from verl_cfg_helpers import with_keys
 
-from echorl.verl.validate import check_model_context, read_model_config
+from echorl.verl.config_checks import check_model_context, read_model_config
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE_SEARCHPATH = f"hydra.searchpath=[pkg://verl.trainer.config,file://{ROOT / 'recipes'}]"
@@ -78,7 +78,7 @@ def test_the_messages_override_fix_composes_and_is_accepted(tmp_path, caplog, ea
         fixes = re.findall(r"\+\+actor_rollout_ref\.\S+=\d+", str(err.value))
         assert len(fixes) == 2
         fixed = compose(config_name="echorl_trainer", overrides=base + fixes)
-    with caplog.at_level(logging.WARNING, logger="echorl.verl.validate"):
+    with caplog.at_level(logging.WARNING, logger="echorl.verl.config_checks"):
         found = check_model_context(fixed)
     assert (found["need"], found["model_max_positions"]) == (9216, 4096)
     assert (found["actor_max_positions"], found["rollout_max_positions"]) == (16384, 16384)
@@ -88,7 +88,7 @@ def test_the_messages_override_fix_composes_and_is_accepted(tmp_path, caplog, ea
 
 def test_accepts_luffy_edited_config_json_without_overrides(plain, tmp_path, caplog):
     model = write_model(tmp_path / "qwen-math-16k", max_positions=16384, rope_theta=40000.0)
-    with caplog.at_level(logging.WARNING, logger="echorl.verl.validate"):
+    with caplog.at_level(logging.WARNING, logger="echorl.verl.config_checks"):
         found = check_model_context(_with_model(plain, model))
     assert found == {"model": str(model), "config_json": str(model / "config.json"), "need": 9216,
                      "model_max_positions": 16384, "actor_max_positions": 16384, "rollout_max_positions": 16384,
@@ -171,7 +171,7 @@ def test_hub_id_read_from_cache_only(plain, tmp_path, monkeypatch, caplog):
 
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     cfg = _with_model(plain, "Qwen/Qwen2.5-Math-7B")
-    with caplog.at_level(logging.WARNING, logger="echorl.verl.validate"):
+    with caplog.at_level(logging.WARNING, logger="echorl.verl.config_checks"):
         assert check_model_context(cfg) is None
     assert "hub id 'Qwen/Qwen2.5-Math-7B' is not in the local HF cache" in caplog.text
     assert "need 9216 positions" in caplog.text
@@ -186,7 +186,7 @@ def test_hub_id_read_from_cache_only(plain, tmp_path, monkeypatch, caplog):
 
 
 def test_missing_local_folder_is_a_logged_skip(plain, tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="echorl.verl.validate"):
+    with caplog.at_level(logging.WARNING, logger="echorl.verl.config_checks"):
         assert check_model_context(_with_model(plain, tmp_path / "absent")) is None
     assert f"{tmp_path / 'absent'} does not exist on this machine" in caplog.text
 
@@ -198,7 +198,7 @@ def test_paper_setting_carries_the_override_for_qwen_math(tmp_path, caplog):
     cfg = _recipe("grpo", f"actor_rollout_ref.model.path={stock}")
     assert cfg.actor_rollout_ref.model.override_config.max_position_embeddings == 16384
     assert cfg.actor_rollout_ref.rollout.engine_kwargs.vllm.hf_overrides.max_position_embeddings == 16384
-    with caplog.at_level(logging.WARNING, logger="echorl.verl.validate"):
+    with caplog.at_level(logging.WARNING, logger="echorl.verl.config_checks"):
         assert check_model_context(cfg)["rollout_max_positions"] == 16384
     assert "rotary base stays" in caplog.text
     bare = _recipe("dapo", f"actor_rollout_ref.model.path={stock}",

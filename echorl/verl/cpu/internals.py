@@ -15,7 +15,7 @@ two internals that verl does not expose:
 Everything is installed lazily, when verl imports the module that holds it (a ``sys.meta_path``
 hook runs the installer right after the module body), so a process that never builds an engine
 or a rollout does not import them. A module already imported is handled at once. Each installer
-checks the internal first and raises :class:`VerlInternalsError` naming the installed verl version
+checks the internal first and raises :class:`~echorl.verl.internals.VerlInternalsError` naming the installed verl version
 and the internal that moved; :func:`check_internals` imports them all and runs every check (the
 launcher calls it at start-up).
 """
@@ -28,7 +28,8 @@ import importlib.machinery
 import inspect
 import sys
 from collections.abc import Callable
-from importlib import metadata
+
+from echorl.verl.internals import VerlInternalsError, moved
 
 ROLLOUT_NAME = "hf_cpu"  # actor_rollout_ref.rollout.name of the transformers-generate CPU rollout
 ADAPTER_FQN = "echorl.verl.cpu.rollout.HFServerAdapter"
@@ -40,23 +41,9 @@ PLATFORM_MODULE = "verl.plugin.platform.platform_manager"
 MONKEY_PATCH_MODULE = "verl.models.transformers.monkey_patch"
 
 
-class VerlInternalsError(RuntimeError):
-    """A verl internal the CPU run relies on is missing or changed in the installed verl."""
-
-
-def verl_version() -> str:
-    try:
-        return metadata.version("verl")
-    except metadata.PackageNotFoundError:  # pragma: no cover - echorl depends on verl
-        return "not installed"
-
-
 def _moved(internal: str, detail: str) -> VerlInternalsError:
-    return VerlInternalsError(
-        f"EchoRL's CPU run relies on the verl internal `{internal}`, which {detail} in the installed verl "
-        f"{verl_version()} (checked against verl 0.9.1). The CPU platform (VERL_PLATFORM=cpu, +cpu=cpu) cannot "
-        "run with this verl: pin verl==0.9.1, or update echorl/verl/cpu/internals.py."
-    )
+    return moved(internal, detail, what="EchoRL's CPU run (VERL_PLATFORM=cpu, +cpu=cpu)",
+                 where="echorl/verl/cpu/internals.py")
 
 
 def _need(module, name: str, what: str):

@@ -1,7 +1,7 @@
 """``python -m echorl.verl.cpu.smoke`` (``make verl-smoke``): 2 GRPO + EchoRL steps of verl's V1 loop on CPU.
 
 Runs ``python -m echorl.main +cpu=cpu ...`` on a small arithmetic parquet written on the fly
-(:func:`echorl.verl.cpu.data.write_arithmetic_parquets`), with an EchoClip dump every step, checks
+(:func:`echorl.verl.cpu.arithmetic.write_arithmetic_parquets`), with an EchoClip dump every step, checks
 where the dumped clips end (:func:`check_clip_ends`) and prints the last step's metrics as one
 JSON line (keys as verl logs them: ``echo/clips``, ``echo/loss``, ``actor/pg_loss``, ...).
 
@@ -43,7 +43,7 @@ def model_overrides(model: str) -> list[str]:
         from transformers import AutoTokenizer
 
         from echorl.models.tiny import SHIPPED_DIR, boundary_ids
-        from echorl.verl.cpu import data as cpu_data
+        from echorl.verl.cpu import arithmetic
 
         newline_ids = boundary_ids(AutoTokenizer.from_pretrained(str(SHIPPED_DIR)))
         return [f"actor_rollout_ref.model.path={SHIPPED_DIR}",
@@ -51,7 +51,7 @@ def model_overrides(model: str) -> list[str]:
                 f"echorl.boundary_token_ids=[{','.join(str(i) for i in newline_ids)}]",
                 "data.max_prompt_length=64",
                 "data.max_response_length=48",
-                f"reward.custom_reward_function.path={cpu_data.__file__}",
+                f"reward.custom_reward_function.path={arithmetic.__file__}",
                 "reward.custom_reward_function.name=compute_score"]
     if model == "smollm2":
         return [f"actor_rollout_ref.model.path={smollm2_folder()}",
@@ -170,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="output folder (default: a temporary folder)")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides (win over the smoke settings)")
     args = ap.parse_args(argv)
-    from echorl.verl.cpu.data import write_arithmetic_parquets
+    from echorl.verl.cpu.arithmetic import write_arithmetic_parquets
 
     out = Path(args.out or tempfile.mkdtemp(prefix="echorl-verl-smoke-")).resolve()
     levels = (1,) if args.model == "smollm2" else (1, 2)

@@ -90,7 +90,7 @@ _DRIVER: _Driver | None = None
 
 def _start_driver(out: Path) -> _Driver:
     """Write the data and the spec under ``out`` and start the driver in the background."""
-    from echorl.verl.cpu.data import write_arithmetic_parquets
+    from echorl.verl.cpu.arithmetic import write_arithmetic_parquets
 
     data = write_arithmetic_parquets(out / "data", n_train=12, n_val=4, levels=(1, 2))
     spec = scenarios.spec(out, data)

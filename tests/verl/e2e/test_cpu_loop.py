@@ -285,3 +285,50 @@ def test_dapo_keep_filtered_trains_dropped_all_success_groups_on_the_echorl_term
         assert kept_clips == m["echo/clips_from_kept"] == groups  # one clip per all-success group
         assert m["echo/kept_clip_tokens"] == float(trace["echo_mask"][kept].sum())
         check_loss_step(trace, m, "clip_mean")
+
+
+# e2e run -> the engine settings of the same method, for one engine step (EchoRL on in mode=loss by
+# default on both hosts; echo3 is GRPO + EchoRL with SMOKE_METHOD's EchoRL options)
+ENGINE_TWIN = {
+    "echo3": {"echorl.coef": 0.01, "echorl.scope": "success", "echorl.per": "rollout",
+              "echorl.loss_agg": "clip_token_mean", "echorl.selector": "peak"},
+    "off_echorl": {"echorl.enable": False},
+    "recipe_luffy": {"method.name": "luffy", "data.max_response_length": 48},
+    "recipe_uft": {"method.name": "uft", "method.uft.hint_steps": 4},
+}
+
+
+def engine_step(out_dir, **overrides) -> dict:
+    """The metrics of one step of the embedded engine (tests/local's tiny model and config)."""
+    import sys
+    from pathlib import Path
+
+    local_tests = str(Path(__file__).resolve().parents[2] / "local")
+    if local_tests not in sys.path:
+        sys.path.insert(0, local_tests)
+    from engine_support import base_overrides, make_model
+
+    from echorl.local.config import load_config
+    from echorl.local.trainer import LocalTrainer
+
+    model, tok = make_model()
+    trainer = LocalTrainer(load_config(base_overrides(out_dir, steps=1, **overrides)), model=model, tokenizer=tok)
+    try:
+        return trainer.step()
+    finally:
+        trainer.pool.close()
+
+
+@pytest.mark.parametrize("run", sorted(ENGINE_TWIN))
+def test_verl_and_the_engine_log_the_same_echorl_metric_names(e2e, tmp_path, run):
+    """Step 1 of the verl run and one engine step of the same method log the same EchoRL names
+    (echorl.metric_names); the boundary warnings' names appear only on the step a warning fires."""
+    from echorl import metric_names as M
+
+    e2e.ok(run)
+    on_step = {M.SINGLE_STEP_WARNING, M.NO_BOUNDARY_WARNING}
+    verl_keys = M.echorl_keys(e2e.metrics(run)[1]) - on_step
+    engine_keys = M.echorl_keys(engine_step(tmp_path / run, **ENGINE_TWIN[run])) - on_step
+    assert engine_keys == verl_keys
+    assert (M.LOSS in verl_keys) == (run != "off_echorl") and M.TIMING_ECHO in verl_keys
+    assert set(M.STAGE) <= verl_keys

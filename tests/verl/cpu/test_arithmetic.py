@@ -1,4 +1,4 @@
-"""The CPU runs' data (echorl/verl/cpu/data.py): a raw file in LUFFY's layout, converted by the
+"""The CPU runs' data (echorl/verl/cpu/arithmetic.py): a raw file in LUFFY's layout, converted by the
 repository's converter; the expert trace reaches the converted rows exactly."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 
 from echorl.methods.luffy import expert_text
 from echorl.tasks import arithmetic
-from echorl.verl.cpu.data import SYSTEM, compute_score, write_arithmetic_parquets
+from echorl.verl.cpu.arithmetic import SYSTEM, compute_score, write_arithmetic_parquets
 
 
 def test_converted_rows_carry_the_raw_files_traces(tmp_path):

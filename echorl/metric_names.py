@@ -1,0 +1,175 @@
+"""The names of the metrics EchoRL logs, one place for every host (verl, the engine, TRL).
+
+Every name is a constant here with one line of meaning (:data:`MEANING`); the hosts and the
+readers (study, demo, analysis) use the constants. The names follow verl's conventions, so runs of
+different hosts line up on one dashboard:
+
+* ``echo/*``: the EchoRL stage and loss, logged by the driver (both hosts, same names and meaning);
+* ``actor/*``: what the actor loss reports, prefixed as verl's ``rename_dict(metrics, "actor/")``
+  does (:func:`actor_metric_name`), except ``echo/loss``, which stays with the stage's metrics;
+* ``timing_s/*``: seconds per step (verl writes ``timing_raw[name]`` as ``timing_s/<name>``);
+* ``luffy/*``, ``uft/*``: the driver side of LUFFY / UFT.
+
+``echo/loss`` is logged only when the EchoRL term is trained (``echorl.enable``, ``mode=loss``,
+``coef > 0``), on every host; a step without it did not train the term.
+
+Runs written before the names were unified used a few other names (the engine's ``timing/*``,
+its loss metrics without ``actor/``, TRL's ``timing/echo_stage``): :data:`OLD_NAMES` maps them to
+the current ones and :func:`canonical` renames a ``metrics.jsonl`` row, so readers accept both.
+
+This module is distinct from :mod:`echorl.metrics_file`, which reads a run's ``metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+__all__ = ["ACTOR_PREFIX", "ECHO_PREFIX", "MEANING", "OLD_NAMES", "STAGE", "TIMING_PREFIX", "actor_metric_name",
+           "canonical", "echorl_keys", "timing_name"]
+
+ECHO_PREFIX = "echo/"
+ACTOR_PREFIX = "actor/"
+TIMING_PREFIX = "timing_s/"
+
+# ------------------------------------------------------------------ the stage (echorl.stage.run_echo_stage)
+GROUPS_ALL_SUCCESS_FRAC = "echo/groups_all_success_frac"
+GROUPS_ALL_FAIL_FRAC = "echo/groups_all_fail_frac"
+GROUPS_MIXED_FRAC = "echo/groups_mixed_frac"
+GROUPS_ZERO_VAR_FRAC = "echo/groups_zero_var_frac"
+GROUPS_DEGENERATE_SUCCESS_FRAC = "echo/groups_degenerate_success_frac"
+ELIGIBLE_ROLLOUTS = "echo/eligible_rollouts"
+CLIPS = "echo/clips"
+CLIP_TOKENS = "echo/clip_tokens"
+CLIP_LEN_FRAC = "echo/clip_len_frac"
+CLIP_END_STEP = "echo/clip_end_step"
+NUM_STEPS = "echo/num_steps"
+CLIP_END_STEP_REL = "echo/clip_end_step_rel"
+PEAK_H = "echo/peak_h"
+CLIPS_FROM_ALL_SUCCESS = "echo/clips_from_all_success"
+CLIPS_FROM_MIXED = "echo/clips_from_mixed"
+STEPS_PER_RESPONSE = "echo/steps_per_response"
+SINGLE_STEP_FRAC = "echo/single_step_frac"
+GRAD_TOKEN_FRAC_BASE = "echo/grad_token_frac_base"
+GRAD_TOKEN_FRAC_ECHO = "echo/grad_token_frac_echo"
+ACTIVE = "echo/active"
+DENOM = "echo/denom"
+KEPT_ROWS = "echo/kept_rows"
+KEPT_CLIP_TOKENS = "echo/kept_clip_tokens"
+CLIPS_FROM_KEPT = "echo/clips_from_kept"
+SINGLE_STEP_WARNING = "echo/single_step_warning"  # only on the step the warning fires
+NO_BOUNDARY_WARNING = "echo/no_boundary_warning"  # only on the step the warning fires
+# ------------------------------------------------------------------ the hosts' trainers and the loss
+NUM_MINIBATCHES = "echo/num_minibatches"
+LOSS = "echo/loss"
+KEPT_PADDING_ROWS = "echo/kept_padding_rows"
+ENTROPY_PASS = "echo/entropy_pass"
+TIMING_ECHO = "timing_s/echo"
+TIMING_ECHO_ENTROPY_PASS = "timing_s/echo_entropy_pass"
+# ------------------------------------------------------------------ LUFFY / UFT (driver, then actor loss)
+LUFFY_TRACE_FRAC = "luffy/trace_frac"
+UFT_TRACE_FRAC = "uft/trace_frac"
+LUFFY_PROMPTS_WITH_TRACE = "luffy/prompts_with_trace"
+LUFFY_OFF_POLICY_ROWS = "luffy/off_policy_rows"
+UFT_HINT_PROB = "uft/hint_prob"
+UFT_HINTED_PROMPTS = "uft/hinted_prompts"
+UFT_HINT_TOKENS = "uft/hint_tokens"
+LUFFY_OFF_PG_LOSS = "luffy/off_pg_loss"  # as the loss names it; logged as actor/luffy/off_pg_loss
+LUFFY_OFF_PROB_SUM = "luffy/off_prob_sum"
+LUFFY_OFF_TOKENS = "luffy/off_tokens"
+UFT_HINT_NLL = "uft/hint_nll"
+
+MEANING: dict[str, str] = {
+    GROUPS_ALL_SUCCESS_FRAC: "share of groups whose rollouts all reached the success threshold",
+    GROUPS_ALL_FAIL_FRAC: "share of groups whose rollouts all failed",
+    GROUPS_MIXED_FRAC: "share of groups with both successes and failures",
+    GROUPS_ZERO_VAR_FRAC: "share of groups whose scores are all equal (no GRPO gradient)",
+    GROUPS_DEGENERATE_SUCCESS_FRAC: "share of groups that are all-success and zero-variance (EchoRL's source)",
+    ELIGIBLE_ROLLOUTS: "rollouts the selector may clip (successful, in an eligible group, not ignored)",
+    CLIPS: "EchoClips selected this step (one per clipped rollout at most)",
+    CLIP_TOKENS: "response tokens inside EchoClips",
+    CLIP_LEN_FRAC: "mean over clips of clip length / response length",
+    CLIP_END_STEP: "mean over clips of the reasoning step the clip ends at (0-based)",
+    NUM_STEPS: "mean over clips of the reasoning steps of the clipped response",
+    CLIP_END_STEP_REL: "mean over clips of (clip end step + 1) / steps of the response",
+    PEAK_H: "mean over clips of the highest step-entropy aggregate of the clipped response",
+    CLIPS_FROM_ALL_SUCCESS: "clips taken from all-success groups",
+    CLIPS_FROM_MIXED: "clips taken from mixed groups",
+    STEPS_PER_RESPONSE: "mean reasoning steps of the eligible rollouts",
+    SINGLE_STEP_FRAC: "share of eligible rollouts with one reasoning step (no boundary found)",
+    GRAD_TOKEN_FRAC_BASE: "share of valid response tokens with a non-zero base advantage",
+    GRAD_TOKEN_FRAC_ECHO: "share of valid response tokens carrying gradient once clip tokens are added",
+    ACTIVE: "1 when the selection reaches training (echorl.enable), 0 when it is only reported",
+    DENOM: "the EchoRL loss normaliser D of the step",
+    KEPT_ROWS: "rows kept for the EchoRL term only (echorl.keep_filtered)",
+    KEPT_CLIP_TOKENS: "clip tokens in the kept rows",
+    CLIPS_FROM_KEPT: "clips taken from the kept rows",
+    NUM_MINIBATCHES: "optimizer steps of the actor update the normaliser divides by",
+    LOSS: "L_echo of the actor update (logged only when the EchoRL term is trained)",
+    SINGLE_STEP_WARNING: "1 on the step the stage warned that most successful responses are one step",
+    NO_BOUNDARY_WARNING: "1 on the step the stage warned that no response holds a boundary token",
+    KEPT_PADDING_ROWS: "padding rows added to deal the kept rows over verl's ranks (verl only)",
+    ENTROPY_PASS: "1 when the host made an extra no-grad forward for the entropy (TRL only)",
+    TIMING_ECHO: "seconds of the EchoRL stage (inputs, selection, write-back)",
+    TIMING_ECHO_ENTROPY_PASS: "seconds of the extra entropy forward (TRL only)",
+    LUFFY_TRACE_FRAC: "share of the step's prompts with an expert trace (LUFFY)",
+    UFT_TRACE_FRAC: "share of the step's prompts with an expert trace (UFT)",
+    LUFFY_PROMPTS_WITH_TRACE: "prompts of the step with an expert trace (LUFFY)",
+    LUFFY_OFF_POLICY_ROWS: "rows holding an expert trace (LUFFY)",
+    UFT_HINT_PROB: "the hint probability of the cosine schedule at this step (UFT)",
+    UFT_HINTED_PROMPTS: "prompts given a non-empty hint (UFT)",
+    UFT_HINT_TOKENS: "response tokens that are hint tokens (UFT)",
+    ACTOR_PREFIX + LUFFY_OFF_PG_LOSS: "LUFFY's off-policy policy-gradient loss",
+    ACTOR_PREFIX + LUFFY_OFF_PROB_SUM: "sum of the policy's probabilities of the expert tokens",
+    ACTOR_PREFIX + LUFFY_OFF_TOKENS: "expert tokens of the update",
+    ACTOR_PREFIX + UFT_HINT_NLL: "UFT's NLL of the hint tokens",
+}
+
+# The stage's keys (echorl.stage.run_echo_stage; the echo/kept_* ones only with keep_filtered rows).
+STAGE = (GROUPS_ALL_SUCCESS_FRAC, GROUPS_ALL_FAIL_FRAC, GROUPS_MIXED_FRAC, GROUPS_ZERO_VAR_FRAC,
+         GROUPS_DEGENERATE_SUCCESS_FRAC, ELIGIBLE_ROLLOUTS, CLIPS, CLIP_TOKENS, CLIP_LEN_FRAC, CLIP_END_STEP, NUM_STEPS,
+         CLIP_END_STEP_REL, PEAK_H, CLIPS_FROM_ALL_SUCCESS, CLIPS_FROM_MIXED, STEPS_PER_RESPONSE, SINGLE_STEP_FRAC,
+         GRAD_TOKEN_FRAC_BASE, GRAD_TOKEN_FRAC_ECHO, ACTIVE, DENOM)
+
+# old name -> current name, for metrics.jsonl rows written before the names were unified
+OLD_NAMES: dict[str, str] = {
+    "timing/gen": "timing_s/gen",
+    "timing/reward": "timing_s/reward",
+    "timing/old_log_prob": "timing_s/old_log_prob",
+    "timing/adv": "timing_s/adv",
+    "timing/echo": TIMING_ECHO,
+    "timing/update": "timing_s/update_actor",
+    "timing/step": "timing_s/step",
+    "timing/echo_stage": TIMING_ECHO,
+    "timing/echo_entropy_pass": TIMING_ECHO_ENTROPY_PASS,
+    LUFFY_OFF_PG_LOSS: ACTOR_PREFIX + LUFFY_OFF_PG_LOSS,
+    LUFFY_OFF_PROB_SUM: ACTOR_PREFIX + LUFFY_OFF_PROB_SUM,
+    LUFFY_OFF_TOKENS: ACTOR_PREFIX + LUFFY_OFF_TOKENS,
+    UFT_HINT_NLL: ACTOR_PREFIX + UFT_HINT_NLL,
+}
+
+
+def timing_name(name: str) -> str:
+    """``timing_s/<name>``: the key verl gives ``timing_raw[name]`` (seconds)."""
+    return TIMING_PREFIX + name
+
+
+def actor_metric_name(key: str) -> str:
+    """The logged name of a metric the actor loss reports: verl's ``rename_dict(metrics, "actor/")``
+    (``actor/`` added unless present), except :data:`LOSS`, which keeps its ``echo/`` name."""
+    if key == LOSS or key.startswith(ACTOR_PREFIX):
+        return key
+    return ACTOR_PREFIX + key
+
+
+def canonical(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``metrics.jsonl`` row with old names (:data:`OLD_NAMES`) renamed; a current name present
+    in the row wins over its old one."""
+    return {OLD_NAMES.get(k, k): v for k, v in row.items() if k not in OLD_NAMES or OLD_NAMES[k] not in row}
+
+
+def echorl_keys(keys: Iterable[str]) -> set[str]:
+    """The EchoRL names among ``keys``: ``echo/*``, ``timing_s/echo*``, ``luffy/*``, ``uft/*`` and
+    their ``actor/`` forms (what a host must log identically)."""
+    own = (ECHO_PREFIX, TIMING_ECHO, "luffy/", "uft/", ACTOR_PREFIX + "luffy/", ACTOR_PREFIX + "uft/")
+    return {k for k in keys if k.startswith(own)}
