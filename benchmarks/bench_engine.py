@@ -73,12 +73,12 @@ def main() -> int:
     def med(name, key):
         return statistics.median(m[key] for m in rec[name])
 
-    res = {name: {"step_s": med(name, "timing/step"), "tokens_per_s": med(name, "perf/tokens_per_s"),
-                  "echo_stage_s": med(name, "timing/echo"), "update_s": med(name, "timing/update"),
-                  "gen_s": med(name, "timing/gen"), "old_log_prob_s": med(name, "timing/old_log_prob"),
+    res = {name: {"step_s": med(name, "timing_s/step"), "tokens_per_s": med(name, "perf/tokens_per_s"),
+                  "echo_stage_s": med(name, "timing_s/echo"), "update_s": med(name, "timing_s/update_actor"),
+                  "gen_s": med(name, "timing_s/gen"), "old_log_prob_s": med(name, "timing_s/old_log_prob"),
                   "clips_per_step": statistics.mean(m["echo/clips"] for m in rec[name])} for name in rec}
     overhead_tps = res["off"]["tokens_per_s"] / res["on"]["tokens_per_s"] - 1
-    stage_share = statistics.median(m["timing/echo"] / m["timing/step"] for m in rec["on"])
+    stage_share = statistics.median(m["timing_s/echo"] / m["timing_s/step"] for m in rec["on"])
     summary = {
         "config": vars(args), "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                                           "python": sys.version.split()[0]},

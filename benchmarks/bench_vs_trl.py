@@ -17,7 +17,7 @@ mini-batch) and the same torch thread count. TRL's settings that make this so:
 Rounds alternate (TRL ``--steps`` steps, then the engine ``--steps`` steps, repeated ``--rounds``
 times; TRL's loop runs the engine's chunk from a callback), so machine-load drift hits both arms.
 A "step" is one generation plus its optimizer steps. The engine's phases come from its
-``timing/*`` metrics. Besides wall time, the process CPU time per step is recorded (less sensitive
+``timing_s/*`` metrics. Besides wall time, the process CPU time per step is recorded (less sensitive
 to other jobs on a shared machine; it omits the engine's verifier worker processes, while TRL's
 reward function runs in-process and is counted). EchoRL runs with ``enable=false`` (plain GRPO, as TRL): its stage still
 selects clips for the ``echo/*`` metrics, which is counted in the engine's time.
@@ -41,8 +41,8 @@ from bench_report import print_table, write_json
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-PHASES = (("generate", ("timing/gen",)), ("reward", ("timing/reward",)), ("old-policy pass", ("timing/old_log_prob",)),
-          ("advantage+stage", ("timing/adv", "timing/echo")), ("update", ("timing/update",)))
+PHASES = (("generate", ("timing_s/gen",)), ("reward", ("timing_s/reward",)), ("old-policy pass", ("timing_s/old_log_prob",)),
+          ("advantage+stage", ("timing_s/adv", "timing_s/echo")), ("update", ("timing_s/update_actor",)))
 
 
 def engine_config(args, out: Path):

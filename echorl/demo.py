@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def avg(rs, key):
         return _mean([r.get(key, 0.0) for r in rs])
 
-    train_s = sum(r.get("timing/step", 0.0) for r in rows)
+    train_s = sum(r.get("timing_s/step", 0.0) for r in rows)
     print(f"\nEchoRL demo: {len(rows)} steps, {train_s / 60:.1f} min of training ({wall / 60:.1f} min in all, "
           f"with start-up and the report) in {summary['output_dir']}")
     print(f"  reward        {avg(first, 'reward/mean'):.3f} (first {k} steps) -> {avg(last, 'reward/mean'):.3f} (last {k})")

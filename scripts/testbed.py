@@ -13,7 +13,7 @@ and the all-success / mixed / all-fail group shares (:func:`echorl.models.regime
 ``grpo`` trains plain GRPO (``echorl.enable=false``) with the engine (``LocalTrainer``) on the
 testbed config (``echorl/config/testbed.yaml``) and measures held-out accuracy (one sample per
 prompt at T=1.0 on the fixed ``dev`` split, and ``ood``) every ``--eval-every`` steps; it writes
-``<out>/heldout.json`` and prints a table. Timing: ``timing/step`` of the engine's metrics.
+``<out>/heldout.json`` and prints a table. Timing: ``timing_s/step`` of the engine's metrics.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def _parse_value(v: str):
 
 
 def _load(model: str):
-    from echorl.local.trainer import load_model
+    from echorl.models.loading import load_model
 
     return load_model(model)
 
@@ -178,7 +178,7 @@ def cmd_grpo(args) -> int:
                     return sum(r.get(key, 0.0) for r in last) / len(last)
                 print(f"step {tr.global_step:4d} reward {avg('reward/mean'):.3f} entropy {avg('actor/entropy'):.3f} "
                       f"all-success {avg('echo/groups_all_success_frac'):.2f} zero-var {avg('echo/groups_zero_var_frac'):.2f} "
-                      f"step {avg('timing/step'):.2f}s", flush=True)
+                      f"step {avg('timing_s/step'):.2f}s", flush=True)
             if tr.global_step % args.eval_every == 0:
                 ev(tr.global_step)
     finally:
@@ -186,7 +186,7 @@ def cmd_grpo(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     res = {"evals": evals, "steps": rows, "threads": torch.get_num_threads(),
-           "mean_step_s": sum(r["timing/step"] for r in rows) / max(len(rows), 1)}
+           "mean_step_s": sum(r["timing_s/step"] for r in rows) / max(len(rows), 1)}
     (out / "heldout.json").write_text(json.dumps(res))
     print(f"dev accuracy {evals[0]['dev']:.3f} -> {evals[-1]['dev']:.3f}; mean step {res['mean_step_s']:.2f} s")
     return 0

@@ -36,26 +36,30 @@ from typing import Any
 
 import numpy as np
 
+from echorl import metric_names as M
+from echorl.metric_names import timing_name
 from echorl.study.arms import Arm, Settings, compose, run_overrides
 
 __all__ = ["SCHEMA", "CURVE_KEYS", "CheckpointEval", "FINAL_KEYS", "plan_runs", "result_path", "run_one", "summarize_run",
            "commit_file", "eval_policy", "seeds_for"]
 
 SCHEMA = 1
-# training metric -> short name (curves and the "final" block, mean of the last `tail` steps)
+# training metric -> short name (curves and the "final" block, mean of the last `tail` steps); rows are read
+# under the current names (metric_names.canonical), so runs logged before the names were unified count too
+STEP_TIME = timing_name("step")
 FINAL_KEYS = {
-    "reward/mean": "reward", "actor/entropy": "entropy", "echo/groups_all_success_frac": "all_success_frac",
-    "echo/groups_mixed_frac": "mixed_frac", "echo/groups_all_fail_frac": "all_fail_frac", "echo/clips": "clips",
-    "echo/clip_len_frac": "clip_len_frac", "echo/clip_tokens": "clip_tokens", "echo/loss": "echo_loss",
+    "reward/mean": "reward", "actor/entropy": "entropy", M.GROUPS_ALL_SUCCESS_FRAC: "all_success_frac",
+    M.GROUPS_MIXED_FRAC: "mixed_frac", M.GROUPS_ALL_FAIL_FRAC: "all_fail_frac", M.CLIPS: "clips",
+    M.CLIP_LEN_FRAC: "clip_len_frac", M.CLIP_TOKENS: "clip_tokens", M.LOSS: "echo_loss",
     "actor/pg_clipfrac": "pg_clipfrac", "actor/grad_norm": "grad_norm", "response_length/mean": "response_length",
     "study/grad_norm_rl": "grad_norm_rl", "study/grad_norm_echo": "grad_norm_echo",
     "study/grad_echo_share": "grad_echo_share", "study/grad_cos": "grad_cos",
-    "filter_groups/num_gen_batches": "gen_batches", "timing/step": "s_per_step",
+    "filter_groups/num_gen_batches": "gen_batches", STEP_TIME: "s_per_step",
 }
 CURVE_KEYS = tuple(FINAL_KEYS)
 # averaged over the whole run instead of the last `tail` steps (measured every k steps / a cost)
 WHOLE_RUN_KEYS = ("study/grad_norm_rl", "study/grad_norm_echo", "study/grad_echo_share", "study/grad_cos",
-                  "timing/step", "filter_groups/num_gen_batches")
+                  STEP_TIME, "filter_groups/num_gen_batches")
 
 
 def seeds_for(arm: Arm, s: Settings, override: Sequence[int] | None = None) -> list[int]:
@@ -149,7 +153,8 @@ def _window_means(rows: list[dict[str, Any]], key: str, window: int) -> list[flo
 def summarize_run(rows: list[dict[str, Any]], window: int = 10, tail: int = 20) -> dict[str, Any]:
     """Curves (window means of :data:`CURVE_KEYS` and the dev validations) and the training part of
     the ``final`` block from the engine's ``metrics.jsonl`` rows (step 0 = validation before training)."""
-    train = [r for r in rows if r.get("step", 0) >= 1 and "timing/step" in r]
+    rows = [M.canonical(r) for r in rows]
+    train = [r for r in rows if r.get("step", 0) >= 1 and STEP_TIME in r]
     curves: dict[str, list] = {"step": [min(i + window, len(train)) for i in range(0, len(train), window)]}
     for key in CURVE_KEYS:
         if any(key in r for r in train):
