@@ -103,3 +103,31 @@ def test_config_and_bad_inputs():
         forking_token_mask(torch.ones(2, 3), torch.ones(2, 2), 0.2)
     with pytest.raises(ValueError, match="denominator must be a positive count"):
         forking_pg_loss(torch.ones(1, 2), torch.ones(1, 2, dtype=torch.bool), denominator=0)
+
+
+class _ActorCfg(dict):
+    """The three clip settings verl's vanilla policy loss reads, as an actor config."""
+
+    clip_ratio, clip_ratio_low, clip_ratio_high = 0.2, 0.2, 0.28
+    global_batch_info: dict = {}
+
+
+def test_verl_vanilla_loss_on_the_kept_tokens_is_eq6():
+    """The authors' code path (verl's vanilla policy loss, token-mean over ``response_mask * keep``)
+    gives Eq. 6's value, and so does :func:`forking_pg_loss` on the same per-token losses."""
+    from verl.trainer.ppo.core_algos import compute_policy_loss_vanilla
+
+    g = torch.Generator().manual_seed(7)
+    B, L = 5, 13
+    lengths = torch.randint(1, L + 1, (B,), generator=g)
+    mask = (torch.arange(L)[None] < lengths[:, None]).long()
+    entropy = torch.rand(B, L, generator=g, dtype=torch.float64) * 3
+    logp = -torch.rand(B, L, generator=g, dtype=torch.float64) * 3
+    old = logp + 0.3 * torch.randn(B, L, generator=g, dtype=torch.float64)
+    adv = torch.randn(B, 1, generator=g, dtype=torch.float64).expand(B, L).contiguous()
+    keep = forking_token_mask(entropy, mask, 0.2)
+    verl_loss, _ = compute_policy_loss_vanilla(old, logp, adv, mask.bool() & keep, "token-mean", _ActorCfg())
+    want, _ = ref_forking_loss(logp.tolist(), old.tolist(), adv.tolist(), entropy.tolist(), mask.tolist(), 0.2)
+    r = torch.exp(logp - old)
+    ours = forking_pg_loss(-torch.minimum(r * adv, r.clamp(0.8, 1.28) * adv), keep)
+    assert verl_loss.item() == pytest.approx(want, abs=1e-12) and ours.item() == pytest.approx(want, abs=1e-12)
