@@ -90,7 +90,7 @@ def initial_eval(s, folder: Path) -> Path:
     """Evaluate the untrained model once with the study's evaluation (``initial.json``)."""
     from echorl.eval.run import make_pool
     from echorl.local import load_config
-    from echorl.local.trainer import load_model
+    from echorl.models.loading import load_model
     from echorl.study.runner import _final_eval_block, eval_policy
 
     path = folder / "initial.json"

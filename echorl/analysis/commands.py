@@ -22,6 +22,27 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from echorl.analysis.deletion import run_deletion
+from echorl.analysis.entropy import (
+    KINDS,
+    dump_solutions,
+    encode_prompts_of,
+    expert_solutions,
+    grade,
+    profile_solutions,
+    rows_with_user_prompts,
+    self_solutions,
+    summarize,
+    token_entropies,
+)
+from echorl.analysis.entropy_plots import plot_deletion, plot_entropy_profile
+from echorl.analysis.viewer import write_clip_viewer
+from echorl.core.config import EchoConfig
+from echorl.generation import eos_ids_of
+from echorl.models.loading import load_model
+
 __all__ = ["add_parsers", "run"]
 
 
@@ -74,13 +95,6 @@ def add_parsers(sub: Any) -> None:
 
 
 def _setup(args: argparse.Namespace) -> dict[str, Any]:
-    import torch
-
-    from echorl.analysis.entropy import encode_prompts_of, read_rows
-    from echorl.core.config import EchoConfig
-    from echorl.local.rollout import eos_ids_of
-    from echorl.local.trainer import load_model
-
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -90,7 +104,7 @@ def _setup(args: argparse.Namespace) -> dict[str, Any]:
     model, tok = load_model(args.model, args.dtype)
     model = model.to(dev).eval()
     ids = tuple(args.boundary_ids) if args.boundary_ids else EchoConfig(boundary="auto").resolve_boundary(tok).boundary_token_ids
-    rows = read_rows(args.data, args.rows, args.seed, args.levels)
+    rows = rows_with_user_prompts(args.data, args.rows, args.seed, args.levels)
     eos = eos_ids_of(tok, model)
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
     return {"model": model, "tok": tok, "rows": rows, "prompt_ids": encode_prompts_of(tok, rows, args.chat_template),
@@ -98,8 +112,6 @@ def _setup(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _solutions(args: argparse.Namespace, env: dict[str, Any], expert: bool, self_gen: bool) -> list:
-    from echorl.analysis.entropy import expert_solutions, self_solutions
-
     sols = expert_solutions(env["tok"], env["rows"], env["prompt_ids"]) if expert else []
     if self_gen and args.samples > 0:
         sols += self_solutions(env["model"], env["tok"], env["rows"], env["prompt_ids"], n=args.samples,
@@ -109,8 +121,6 @@ def _solutions(args: argparse.Namespace, env: dict[str, Any], expert: bool, self
 
 
 def _profiles(args: argparse.Namespace, env: dict[str, Any], sols: list) -> list[dict[str, Any]]:
-    from echorl.analysis.entropy import profile_solutions, token_entropies
-
     ents = token_entropies(env["model"], sols, pad_id=env["pad"], temperature=args.temperature, chunk_rows=args.chunk_rows)
     return profile_solutions(sols, ents, env["boundary_ids"], args.step_agg, args.min_step_tokens)
 
@@ -122,9 +132,6 @@ def _settings(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, Any]:
 
 
 def _entropy(args: argparse.Namespace) -> int:
-    from echorl.analysis.entropy import KINDS, dump_solutions, summarize
-    from echorl.analysis.entropy_plots import plot_entropy_profile
-
     t0 = time.perf_counter()
     env = _setup(args)
     sols = _solutions(args, env, expert=not args.no_expert, self_gen=True)
@@ -164,10 +171,6 @@ def _entropy(args: argparse.Namespace) -> int:
 
 
 def _deletion(args: argparse.Namespace) -> int:
-    from echorl.analysis.deletion import run_deletion
-    from echorl.analysis.entropy import grade
-    from echorl.analysis.entropy_plots import plot_deletion
-
     t0 = time.perf_counter()
     env = _setup(args)
     sols = _solutions(args, env, expert=args.source in ("expert", "both"), self_gen=args.source in ("self", "both"))
@@ -202,8 +205,6 @@ def _deletion(args: argparse.Namespace) -> int:
 
 
 def _clips(args: argparse.Namespace) -> int:
-    from echorl.analysis.viewer import write_clip_viewer
-
     p = Path(args.path)
     p = p / "echo_clips.json" if p.is_dir() else p
     if not p.is_file():

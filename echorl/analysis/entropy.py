@@ -6,9 +6,9 @@ rollouts, and a solution's information sits in its highest-entropy steps. This m
 both on any model the engine loads:
 
     rows (task or file) -> solutions: expert (the row's reference solution), self-generated
-      (sampled with ``model.generate``, graded by the task's verifier: correct / wrong), or the
+      (sampled with :func:`echorl.generation.generate_left_padded`, graded by the task's verifier: correct / wrong), or the
       rollouts of an EchoClip dump (``echo_clips.json``)
-    -> token entropy: :func:`echorl.local.policy.old_policy_pass`, the engine's old-policy pass
+    -> token entropy: :func:`echorl.logprobs.old_policy_pass`, the engine's old-policy pass
        (no gradient; the only vocabulary-sized temporary is one chunk's ``[c, L, V]`` logits)
     -> steps: :func:`echorl.core.segment_steps`; step entropy :func:`echorl.core.steps.step_aggregates`;
        peak step and height :func:`echorl.select_echo_clips` (the method's own argmax and tie rule)
@@ -32,10 +32,15 @@ import torch
 from echorl.core.clips import select_echo_clips
 from echorl.core.config import EchoConfig
 from echorl.core.steps import boundary_ids_tensor, segment_steps, step_aggregates
-from echorl.local.policy import old_policy_pass
+from echorl.generation import generate_left_padded
+from echorl.logprobs import old_policy_pass
+from echorl.prompts import encode_prompts, format_prompts
+from echorl.rewards.math import compute_score as math_score
+from echorl.tasks import compute_score, load_dataset
 
 __all__ = ["KINDS", "Solution", "dump_solutions", "encode_prompts_of", "expert_solutions", "expert_text", "generate", "grade",
-           "pad_batch", "paired_differences", "profile_solutions", "read_rows", "self_solutions", "summarize", "token_entropies"]
+           "pad_batch", "paired_differences", "profile_solutions", "rows_with_user_prompts", "self_solutions", "summarize",
+           "token_entropies"]
 
 KINDS = ("expert", "correct", "wrong")
 
@@ -85,34 +90,26 @@ def expert_text(row: dict[str, Any]) -> str | None:
     return None
 
 
-def read_rows(source: str, n: int | None, seed: int = 0, levels: Sequence[int] | None = None) -> list[dict[str, Any]]:
+def rows_with_user_prompts(source: str, n: int | None, seed: int = 0, levels: Sequence[int] | None = None) -> list[dict[str, Any]]:
     """Rows of a registered task (generated) or a ``.jsonl`` / ``.json`` / ``.parquet`` file, with
     ``prompt`` as user text (:func:`echorl.tasks.load_dataset` does the loading and field checks)."""
-    from echorl.tasks import load_dataset
-
     kw = {"levels": tuple(levels)} if levels else {}
     rows = load_dataset(source, n=n, seed=seed, **kw)
     return [{**r, "prompt": _user_text(r["prompt"])} for r in rows]
 
 
 def encode_prompts_of(tokenizer: Any, rows: Sequence[dict[str, Any]], chat_template: str = "auto") -> list[list[int]]:
-    """Chat-formatted prompt ids, exactly as the engine builds them (``echorl.local.rollout``)."""
-    from echorl.local.rollout import encode_prompts, format_prompts
-
+    """Chat-formatted prompt ids, exactly as the engine builds them (:mod:`echorl.prompts`)."""
     return encode_prompts(tokenizer, format_prompts(tokenizer, [r["prompt"] for r in rows], chat_template))
 
 
 def grade(row: dict[str, Any], text: str) -> float:
     """The row's verifier on ``text``: the task whose ``data_source`` matches (``echorl.tasks``), else
     the math verifier (``echorl.rewards.math``, last ``\\boxed{}``)."""
-    from echorl.tasks import compute_score
-
     ds = str(row.get("data_source", ""))
     try:
         return float(compute_score(ds, text, row["answer"], row.get("extra_info")))
     except ValueError:
-        from echorl.rewards.math import compute_score as math_score
-
         return float(math_score(ds, text, row["answer"], row.get("extra_info")))
 
 
@@ -149,34 +146,25 @@ def pad_batch(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequen
     return ids.to(device), att.to(device), ids[:, P:].to(device), att[:, P:].to(device)
 
 
-@torch.no_grad()
 def generate(model: Any, prompt_ids: Sequence[Sequence[int]], *, eos_ids: Sequence[int], pad_id: int,
              max_new_tokens: int, temperature: float, batch_size: int = 16, seed: int = 0,
              top_p: float = 1.0) -> list[list[int]]:
-    """Continue each prompt (``model.generate``, left-padded batches on the model's device).
+    """Continue each prompt (:func:`echorl.generation.generate_left_padded`, in batches of
+    ``batch_size`` prompts on the model's device).
 
     ``temperature == 0`` decodes greedily; otherwise samples (seeded by ``seed`` per batch).
     Returns each continuation up to and including its first EOS (or ``max_new_tokens`` tokens).
     """
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    eos = set(int(e) for e in eos_ids)
+    eos = sorted(set(int(e) for e in eos_ids))
     out: list[list[int]] = []
     for b, s in enumerate(range(0, len(prompt_ids), batch_size)):
-        chunk = prompt_ids[s:s + batch_size]
-        ids, att, _, _ = pad_batch(chunk, [[]] * len(chunk), pad_id, device)
-        ids, att = ids[:, :-1], att[:, :-1]  # drop the one empty response column
-        kw = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 else dict(do_sample=False)
         torch.manual_seed(seed * 100003 + b)
-        gen = model.generate(input_ids=ids, attention_mask=att, max_new_tokens=max_new_tokens, eos_token_id=sorted(eos),
-                             pad_token_id=pad_id, use_cache=True, num_beams=1, **kw)[:, ids.shape[1]:].tolist()
-        for row in gen:
-            cut = next((j + 1 for j, t in enumerate(row) if t in eos), len(row))
-            out.append(row[:cut])
-    model.train(was_training)
+        gen = generate_left_padded(model, prompt_ids[s:s + batch_size], eos_ids=eos, pad_id=pad_id,
+                                   max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+        lens = gen.response_mask.sum(-1).tolist()  # up to and including the first EOS
+        out.extend(row[:k] for row, k in zip(gen.responses.tolist(), lens))
     return out
 
 
@@ -224,7 +212,7 @@ def token_entropies(model: Any, solutions: Sequence[Solution], *, pad_id: int, t
     """Token entropy of every response token (``[L_i] float32`` per solution, on CPU).
 
     Solutions are sorted by length and fed ``chunk_rows`` at a time to the engine's old-policy pass
-    (:func:`echorl.local.policy.old_policy_pass`), which projects only the response positions onto
+    (:func:`echorl.logprobs.old_policy_pass`), which projects only the response positions onto
     the vocabulary and holds one chunk's ``[chunk_rows, L, V]`` logits at a time.
     """
     device = next(model.parameters()).device

@@ -5,9 +5,10 @@ it ended with EOS), so the rest of the evaluation does not know which one ran.
 
 * :class:`TransformersBackend` wraps an in-memory model (the engine's policy during validation, or
   a loaded checkpoint): prompts are left-padded, each repeated ``n`` times consecutively, and
-  ``model.generate`` runs on ``batch_size`` rows at a time (``temperature=0``: greedy). Sampling is
-  seeded once per ``generate`` call inside ``torch.random.fork_rng``, so the caller's RNG state
-  (a training run's) is untouched and the same seed, model and batch size give the same samples.
+  ``model.generate`` (:func:`echorl.generation.generate_left_padded`) runs on ``batch_size`` rows
+  at a time (``temperature=0``: greedy). Sampling is seeded once per ``generate`` call inside
+  ``torch.random.fork_rng``, so the caller's RNG state (a training run's) is untouched and the
+  same seed, model and batch size give the same samples.
 * :class:`VLLMBackend` (GPU): ``vllm.LLM`` on a Hugging Face folder; vLLM is imported only when
   this backend is built, with an error naming the fix when it is missing.
 """
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from echorl.generation import eos_ids_of, generate_left_padded
 
 __all__ = ["Completion", "SamplingSettings", "TransformersBackend", "VLLMBackend", "make_backend"]
 
@@ -67,8 +70,6 @@ class TransformersBackend:
     name = "transformers"
 
     def __init__(self, model: Any, tokenizer: Any, batch_size: int = 64):
-        from echorl.local.rollout import eos_ids_of
-
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
         self.model, self.tok, self.batch_size = model, tokenizer, batch_size
@@ -77,23 +78,9 @@ class TransformersBackend:
 
     def _generate_rows(self, ids: list[list[int]], s: SamplingSettings) -> list[Completion]:
         """``ids``: ``[b]`` prompt token lists (already repeated) -> ``[b]`` completions."""
-        from echorl.local.rollout import response_mask_from_eos
-
-        dev = next(self.model.parameters()).device
-        P = max(len(x) for x in ids)
-        prompts = torch.full((len(ids), P), self.pad_id, dtype=torch.long)  # [b, P] left-padded
-        pmask = torch.zeros((len(ids), P), dtype=torch.long)
-        for i, x in enumerate(ids):
-            prompts[i, P - len(x):] = torch.tensor(x, dtype=torch.long)
-            pmask[i, P - len(x):] = 1
-        kw: dict[str, Any] = {"do_sample": s.temperature > 0}
-        if s.temperature > 0:
-            kw.update(temperature=s.temperature, top_p=s.top_p, top_k=0)
-        out = self.model.generate(input_ids=prompts.to(dev), attention_mask=pmask.to(dev),
-                                  max_new_tokens=s.max_new_tokens, eos_token_id=list(self.eos_ids),
-                                  pad_token_id=self.pad_id, use_cache=True, num_beams=1, **kw)
-        responses = out[:, P:].cpu()  # [b, L]
-        mask = response_mask_from_eos(responses, self.eos_ids)  # [b, L], 1 up to and including EOS
+        gen = generate_left_padded(self.model, ids, eos_ids=self.eos_ids, pad_id=self.pad_id,
+                                   max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p)
+        responses, mask = gen.responses, gen.response_mask  # [b, L]; mask 1 up to and including EOS
         lens = mask.sum(-1).tolist()
         is_eos = torch.isin(responses, torch.tensor(self.eos_ids))
         texts = self.tok.batch_decode([r[:k] for r, k in zip(responses.tolist(), lens)], skip_special_tokens=True)

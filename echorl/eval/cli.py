@@ -18,6 +18,13 @@ import os
 import sys
 from collections.abc import Sequence
 
+from echorl.eval.backends import SamplingSettings, make_backend
+from echorl.eval.benchmarks import load_benchmark_yaml, load_rows, parse_bench, specs_from_config
+from echorl.eval.compare import compare_samples, format_comparison
+from echorl.eval.export import export_checkpoint
+from echorl.eval.run import evaluate, make_pool, no_answer_warnings, read_samples, write_outputs
+from echorl.models.loading import load_policy
+
 __all__ = ["eval_main", "export_main"]
 
 
@@ -83,8 +90,6 @@ def _compare_parser() -> argparse.ArgumentParser:
 def _specs(args: argparse.Namespace):
     from dataclasses import replace
 
-    from echorl.eval.data import load_benchmark_yaml, parse_bench, specs_from_config
-
     specs = [replace(parse_bench(b), num_rows=args.num_rows, grader=args.grader) for b in args.bench]
     if args.benchmarks:
         specs += load_benchmark_yaml(args.benchmarks)
@@ -100,13 +105,8 @@ def eval_main(argv: Sequence[str]) -> int:
     args = _eval_parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from echorl.eval.backends import SamplingSettings, make_backend
-    from echorl.eval.checkpoints import load_policy
-    from echorl.eval.run import evaluate, make_pool, no_answer_warnings, write_outputs
 
     try:
-        from echorl.eval.data import load_rows
-
         specs = _specs(args)
         benchmarks = [(s, load_rows(s)) for s in specs]  # bad files fail before the model loads
         sampling = SamplingSettings(n=args.n, temperature=args.temperature, top_p=args.top_p,
@@ -136,9 +136,6 @@ def eval_main(argv: Sequence[str]) -> int:
 
 
 def _compare_main(argv: Sequence[str]) -> int:
-    from echorl.eval.compare import compare_samples, format_comparison
-    from echorl.eval.run import read_samples
-
     args = _compare_parser().parse_args(list(argv))
     try:
         res = compare_samples(read_samples(args.a), read_samples(args.b), metric=args.metric,
@@ -159,7 +156,6 @@ def export_main(argv: Sequence[str]) -> int:
     p.add_argument("out_dir")
     args = p.parse_args(list(argv))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from echorl.eval.checkpoints import export_checkpoint
 
     try:
         out = export_checkpoint(args.ckpt, args.out_dir)

@@ -29,6 +29,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from echorl.rewards.boxed import last_boxed
+from echorl.rewards.math import verify_answer
+from echorl.tasks import compute_score, get_task, task_names
 
 __all__ = ["GRADERS", "answer_section", "gold_letter", "grade_sample", "grader_payload", "mc_letter",
            "mc_options", "readable_by", "resolve_grader", "vote_key"]
@@ -106,8 +108,6 @@ def mc_letter(text: str, num_options: int = 10) -> str | None:
 
 # ---------------------------------------------------------------------------- dispatch
 def _task_sources() -> set[str]:
-    from echorl.tasks import get_task, task_names
-
     return {get_task(t).data_source for t in task_names()}
 
 
@@ -145,12 +145,8 @@ def grade_sample(kind: str, response: str, gold: Any, extra: dict[str, Any]) -> 
     """Score of one response (runs in a verifier worker process; module level, so picklable)."""
     sec = answer_section(response)
     if kind == "math":
-        from echorl.rewards.math import verify_answer
-
         return verify_answer(sec, gold)
     if kind == "task":
-        from echorl.tasks import compute_score
-
         return float(compute_score(extra["data_source"], sec, gold, extra.get("extra_info")))
     if kind == "mc":
         return float(mc_letter(sec, int(extra["num_options"])) == gold)

@@ -6,7 +6,7 @@
 time limit per sample; timeouts and crashes score 0 and are counted per benchmark), and returns
 the per-sample records and the summary. :func:`summarize` computes the summary **from the
 per-sample records alone** (plus the pool counts), so ``summary.json`` is always what
-``samples.jsonl`` implies. The engine's validation (``echorl.local.validation``) calls the same
+``samples.jsonl`` implies. The engine's validation (``echorl.local.heldout``) calls the same
 :func:`evaluate`.
 
 Per-sample record (one line of ``samples.jsonl``)::
@@ -30,8 +30,9 @@ from typing import Any
 
 from echorl.eval import metrics as M
 from echorl.eval.backends import SamplingSettings
-from echorl.eval.data import BenchmarkSpec, load_rows, prompt_ids
+from echorl.eval.benchmarks import BenchmarkSpec, load_rows, prompt_ids
 from echorl.eval.graders import grade_sample, grader_payload, readable_by, resolve_grader, vote_key
+from echorl.rewards.pool import VerifierPool
 
 __all__ = ["evaluate", "make_pool", "no_answer_warnings", "summarize", "write_outputs", "read_samples",
            "SUMMARY_FILES"]
@@ -44,8 +45,6 @@ POOL_STATS = ("timeouts", "crashes", "errors")
 
 def make_pool(num_workers: int = 2, timeout_s: float = 10.0):
     """A verifier pool running :func:`grade_sample` (math-verify preloaded in the workers)."""
-    from echorl.rewards.pool import VerifierPool
-
     return VerifierPool(grade_sample, num_workers=num_workers, timeout_s=timeout_s,
                         preload=["echorl.eval.graders", "echorl.rewards.math", "echorl.tasks"],
                         warmup_args=("math", "\\boxed{1}", "1", {}))

@@ -20,6 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from echorl.config.keys import compose_config
 from echorl.core.config import EchoConfig
+from echorl.estimators import check_estimator_name, check_group_size, engine_refusal, registered
+from echorl.methods.config import MethodConfig
 
 RESUME_MODES = ("auto", "disable")
 OVERLONG_MODES = ("error", "skip")
@@ -91,16 +93,12 @@ def build_echo_config(cfg: DictConfig) -> EchoConfig:
 
 def build_method_config(cfg: DictConfig):
     """The ``method:`` node (LUFFY / UFT, :class:`echorl.methods.config.MethodConfig`); absent = GRPO."""
-    from echorl.methods.config import MethodConfig
-
     node = cfg.get("method")
     return MethodConfig.from_dict(OmegaConf.to_container(node, resolve=True) if node is not None else None)
 
 
 def validate(cfg: DictConfig, actor_cfg: Any) -> None:
     """Cross-key rules of the embedded engine; each error names the key(s) and the fix."""
-    from echorl.estimators import check_estimator_name, check_group_size, engine_refusal, registered
-
     if cfg.resume not in RESUME_MODES:
         raise ValueError(f"resume must be one of {list(RESUME_MODES)}, got {cfg.resume!r}")
     if cfg.data.overlong_prompt not in OVERLONG_MODES:

@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from echorl.core.config import EchoConfig
-from echorl.filtering import FilterConfig, plan_rows
-from echorl.local.rollout import RolloutBatch
+from echorl.filtering import FilterConfig, check_filter_groups, plan_rows
+from echorl.local.rollout import RolloutBatch, generate_rollouts
+from echorl.metric_names import timing_name
 
 __all__ = ["Generation", "generate_and_score", "dynamic_sample", "concat_rollouts", "filter_config"]
 
@@ -39,8 +40,6 @@ class Generation:
 
 def filter_config(cfg: Any, echo: EchoConfig, method_active: bool) -> FilterConfig:
     """``algorithm.filter_groups`` of the engine's config, checked against the EchoRL options."""
-    from echorl.filtering import check_filter_groups
-
     filt = FilterConfig.from_node(cfg.algorithm.get("filter_groups"))
     check_filter_groups(filt.enable, echo)
     if filt.enable and method_active:
@@ -52,10 +51,8 @@ def filter_config(cfg: Any, echo: EchoConfig, method_active: bool) -> FilterConf
 
 def generate_and_score(trainer: Any, idx: list[int], t: dict[str, float]) -> Generation:
     """Generate ``rollout.n`` responses for the prompts ``idx`` and score them (the engine's first
-    two phases of a step; ``timing/gen`` and ``timing/reward`` accumulate in ``t``)."""
+    two phases of a step; ``timing_s/gen`` and ``timing_s/reward`` accumulate in ``t``)."""
     import time
-
-    from echorl.local.rollout import generate_rollouts
 
     cfg, ro = trainer.cfg, trainer.cfg.actor_rollout_ref.rollout
     t0 = time.perf_counter()
@@ -66,13 +63,13 @@ def generate_and_score(trainer: Any, idx: list[int], t: dict[str, float]) -> Gen
                            temperature=float(ro.temperature), top_p=float(ro.top_p), top_k=int(ro.top_k),
                            eos_ids=trainer.eos_ids, pad_id=trainer.pad_id)
     rb = trainer.method.after_rollout(rb, rows, prompt_ids)  # LUFFY expert rows / UFT hints (echorl.methods)
-    t["timing/gen"] = t.get("timing/gen", 0.0) + time.perf_counter() - t0
+    t[timing_name("gen")] = t.get(timing_name("gen"), 0.0) + time.perf_counter() - t0
     t1 = time.perf_counter()
-    texts = trainer.method.verifier_texts(rb)  # the decoded responses (UFT: without the hint; echorl.methods.local)
+    texts = trainer.method.verifier_texts(rb)  # the decoded responses (UFT: without the hint; echorl.local.methods)
     args = [(rows[g]["data_source"], texts[i], rows[g]["answer"], rows[g].get("extra_info"))
             for i, g in enumerate(rb.group_index.tolist())]
     score_list, stats = trainer.pool.score(args)
-    t["timing/reward"] = t.get("timing/reward", 0.0) + time.perf_counter() - t1
+    t[timing_name("reward")] = t.get(timing_name("reward"), 0.0) + time.perf_counter() - t1
     return Generation(rows=rows, rb=rb, scores=torch.tensor(score_list, dtype=torch.float32), stats=dict(stats))
 
 

@@ -12,6 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from echorl.analysis.plots import plot_metrics
+from echorl.analysis.viewer import clip_records, write_clip_viewer
+
 
 def write_report(out_dir: str | Path, tokenizer: Any, last: dict[str, Any] | None, max_clips: int = 12) -> dict[str, str]:
     """Write ``<out_dir>/metrics.png``, ``echo_clips.html`` and its records ``echo_clips.json``.
@@ -22,9 +25,6 @@ def write_report(out_dir: str | Path, tokenizer: Any, last: dict[str, Any] | Non
             ``boundary_ids`` and optionally ``success_threshold`` (default 1.0, the group kinds); None
             when no step ran in this process (no HTML page then).
     """
-    from echorl.analysis.plots import plot_metrics
-    from echorl.analysis.viewer import clip_records, write_clip_viewer
-
     out = Path(out_dir)
     res = {"figure": str(plot_metrics(out / "metrics.jsonl", out / "metrics.png"))}
     if last is not None:

@@ -1,8 +1,9 @@
-"""Prompt encoding and rollouts with transformers ``generate``.
+"""The engine's rollouts: :func:`compact_decode` (the default) or transformers ``generate``.
 
-Layout (verl's): prompts left-padded to the batch's longest prompt, responses right-padded;
-``response_mask`` is 1 up to and including the first EOS and 0 after it. Each prompt is repeated
-``n`` times consecutively (``repeat_interleave``, as verl does), so rows of one group are adjacent.
+Layout (verl's, as :mod:`echorl.generation`): prompts left-padded to the batch's longest prompt,
+responses right-padded; ``response_mask`` is 1 up to and including the first EOS and 0 after it.
+Each prompt is repeated ``n`` times consecutively (``repeat_interleave``, as verl does), so rows of
+one group are adjacent.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from typing import Any
 
 import torch
 
-from echorl.local.attention import gqa_attention
+from echorl.generation import generate_left_padded, left_pad, response_mask_from_eos
+from echorl.models.attention import gqa_attention
 
-__all__ = ["RolloutBatch", "format_prompts", "is_chat", "encode_prompts", "generate_rollouts", "response_mask_from_eos",
-           "eos_ids_of", "compact_decode", "compact_decode_supported"]
+__all__ = ["RolloutBatch", "generate_rollouts", "compact_decode", "compact_decode_supported"]
 
 
 @dataclass
@@ -38,96 +39,6 @@ class RolloutBatch:
     attention_mask: torch.Tensor
     response_mask: torch.Tensor
     group_index: torch.Tensor
-
-
-def is_chat(prompt: Any) -> bool:
-    """A prompt in verl's parquet format: a list of ``{"role", "content"}`` messages."""
-    return isinstance(prompt, (list, tuple)) and len(prompt) > 0 and all(
-        isinstance(m, dict) and "role" in m and "content" in m for m in prompt)
-
-
-def format_prompts(tokenizer: Any, prompts: Sequence[Any], chat_template: str | bool, label: str = "prompt") -> list[str]:
-    """The text each prompt is encoded from.
-
-    A prompt is a string (one user message) or a list of chat messages (verl's parquet format,
-    rendered as they are). The chat template applies with ``auto`` when the tokenizer has one and
-    with ``true`` (required); without it a string stays as it is and a chat prompt becomes its
-    last user message.
-
-    Raises:
-        ValueError: ``chat_template`` is true and the tokenizer has none; a prompt is neither a
-            string nor a chat message list, or a chat prompt has no user message (naming it as
-            ``<label> <index>``).
-    """
-    has = bool(getattr(tokenizer, "chat_template", None))
-    mode = str(chat_template).lower()
-    if mode not in ("auto", "true", "false"):
-        raise ValueError(f"data.chat_template must be auto, true or false, got {chat_template!r}")
-    if mode == "true" and not has:
-        raise ValueError(
-            f"data.chat_template=true but the tokenizer ({type(tokenizer).__name__}, "
-            f"{getattr(tokenizer, 'name_or_path', '?')!r}) has no chat template; set data.chat_template=false to "
-            "feed the raw prompt text, or use a model whose tokenizer defines one")
-    templated = mode != "false" and has
-    out = []
-    for i, p in enumerate(prompts):
-        if is_chat(p):
-            messages = [dict(m) for m in p]
-            if not templated:
-                users = [m["content"] for m in messages if m["role"] == "user"]
-                if not users:
-                    raise ValueError(f"{label} {i}: the chat prompt has no user message (roles "
-                                     f"{[m['role'] for m in messages]})")
-                out.append(str(users[-1]))
-                continue
-        elif isinstance(p, str):
-            if not templated:
-                out.append(p)
-                continue
-            messages = [{"role": "user", "content": p}]
-        else:
-            raise ValueError(f"{label} {i}: must be a string or a list of chat messages ({{'role', 'content'}} "
-                             f"dicts), got {type(p).__name__}")
-        out.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-    return out
-
-
-def encode_prompts(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
-    """Token ids of each prompt text (no special tokens added beyond what the text holds)."""
-    return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
-
-
-def _left_pad(ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    P = max(len(x) for x in ids)
-    out = torch.full((len(ids), P), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(ids), P), dtype=torch.long)
-    lens = torch.tensor([len(x) for x in ids])
-    flat = torch.tensor([t for x in ids for t in x], dtype=torch.long)
-    cols = torch.arange(P).expand(len(ids), P)
-    keep = cols >= (P - lens).unsqueeze(1)  # [N, P] valid (right-aligned) positions
-    out[keep] = flat
-    mask[keep] = 1
-    return out, mask
-
-
-def eos_ids_of(tokenizer: Any, model: Any) -> list[int]:
-    """EOS ids: the tokenizer's plus the model generation config's (deduplicated)."""
-    ids: list[int] = []
-    for src in (getattr(tokenizer, "eos_token_id", None), getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
-        if src is None:
-            continue
-        ids.extend(src if isinstance(src, (list, tuple)) else [src])
-    if not ids:
-        raise ValueError(f"the tokenizer {type(tokenizer).__name__} and the model define no EOS token; "
-                         "responses could never end: set tokenizer.eos_token")
-    return sorted(set(int(i) for i in ids))
-
-
-def response_mask_from_eos(responses: torch.Tensor, eos_ids: Sequence[int]) -> torch.Tensor:
-    """``[B, L] long``: 1 up to and including the first EOS of each row, 0 after it."""
-    is_eos = torch.isin(responses, torch.tensor(list(eos_ids), device=responses.device))
-    eos_before = is_eos.long().cumsum(-1) - is_eos.long()  # EOS strictly before position t
-    return (eos_before == 0).long()
 
 
 # Generation-config fields that add a logits processor the compact decode loop does not apply; a
@@ -239,30 +150,27 @@ def generate_rollouts(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequence[
         prompt_ids: token ids of each prompt (``N`` prompts); the batch has ``B = N * n`` rows.
         top_k: ``-1`` or ``0`` disables top-k.
         decode: ``compact`` (:func:`compact_decode`; falls back to ``generate`` for a model whose
-            generation config adds other logits processors) or ``generate`` (``model.generate``).
+            generation config adds other logits processors) or ``generate``
+            (:func:`echorl.generation.generate_left_padded`).
     """
     if decode not in ("compact", "generate"):
         raise ValueError(f"generate_rollouts: decode must be 'compact' or 'generate', got {decode!r}")
-    prompts1, pmask1 = _left_pad(prompt_ids, pad_id)  # [N, P]
-    prompts = prompts1.repeat_interleave(n, dim=0)  # [B, P]
-    pmask = pmask1.repeat_interleave(n, dim=0)
     top_k = top_k if top_k and top_k > 0 else 0
-    was_training = model.training
-    model.eval()
-    dev = next(model.parameters()).device  # sampling runs there; the batch comes back to the CPU
     if decode == "compact" and compact_decode_supported(model) is None:
+        prompts1, pmask1 = left_pad(prompt_ids, pad_id)  # [N, P]
+        prompts, pmask = prompts1.repeat_interleave(n, dim=0), pmask1.repeat_interleave(n, dim=0)  # [B, P]
+        was_training = model.training
+        model.eval()
+        dev = next(model.parameters()).device  # sampling runs there; the batch comes back to the CPU
         with gqa_attention(model):  # no copy of the KV cache per step for GQA models
             out = compact_decode(model, prompts1.to(dev), pmask1.to(dev), n=n, max_new_tokens=max_response_length,
                                  temperature=temperature, top_p=top_p, top_k=top_k, eos_ids=eos_ids, pad_id=pad_id)
+        model.train(was_training)
+        responses = out.cpu()[:, prompts.shape[1]:]  # [B, L'] with L' <= max_response_length
     else:
-        out = model.generate(
-            input_ids=prompts.to(dev), attention_mask=pmask.to(dev), do_sample=True, temperature=temperature,
-            top_p=top_p, top_k=top_k, max_new_tokens=max_response_length, eos_token_id=list(eos_ids),
-            pad_token_id=pad_id, use_cache=True, num_beams=1, min_new_tokens=0)
-    out = out.cpu()
-    model.train(was_training)
-    P = prompts.shape[1]
-    responses = out[:, P:]  # [B, L'] with L' <= max_response_length
+        gen = generate_left_padded(model, prompt_ids, eos_ids=eos_ids, pad_id=pad_id, max_new_tokens=max_response_length,
+                                   temperature=temperature, top_p=top_p, top_k=top_k, n=n, min_new_tokens=0)
+        prompts, pmask, responses = gen.prompts, gen.prompt_mask, gen.responses
     if responses.shape[1] == 0:
         responses = torch.full((prompts.shape[0], 1), pad_id, dtype=torch.long)
     rmask = response_mask_from_eos(responses, eos_ids)

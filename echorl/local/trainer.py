@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import random
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,20 +31,31 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from echorl import checkpoints as ckpt
+from echorl import metric_names as M
 from echorl.core.clips import reset_boundary_warnings
 from echorl.core.steps import check_boundary_ids
 from echorl.filtering import rl_response_mask
-from echorl.local import checkpoint as ckpt
+from echorl.generation import eos_ids_of
 from echorl.local.config import build_actor_config, build_algo_config, build_echo_config, build_method_config, validate
-from echorl.local.data import PromptSampler, prepare_prompts
 from echorl.local.dynamic_sampling import dynamic_sample, filter_config, generate_and_score
+from echorl.local.heldout import make_validator
 from echorl.local.logger import RunLogger
-from echorl.local.policy import old_policy_pass
-from echorl.local.rollout import eos_ids_of
+from echorl.local.methods import LocalMethod
+from echorl.local.report import write_report
+from echorl.local.resume import check_resume_config, set_previous_run_aside
+from echorl.local.train_prompts import PromptSampler, prepare_prompts
 from echorl.local.update import actor_update, compute_advantages, token_level_rewards
+from echorl.logprobs import old_policy_pass
+from echorl.loss import EchoLoss
+from echorl.methods.luffy import MethodLoss
+from echorl.metric_names import timing_name
+from echorl.models.loading import load_model
+from echorl.rewards.inprocess import make_verifier
 from echorl.stage import num_minibatches, run_echo_stage
+from echorl.tasks import compute_score
 
-__all__ = ["LocalTrainer", "load_model", "import_score_fn", "resolve_device"]
+__all__ = ["LocalTrainer", "import_score_fn", "resolve_device"]
 
 
 def import_score_fn(spec: str) -> Callable[..., float]:
@@ -80,61 +90,6 @@ def resolve_device(name: str) -> torch.device:
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"trainer.device={name!r} but only {torch.cuda.device_count()} CUDA device(s) are visible")
     return dev
-
-
-def load_model(name: str, dtype: str = "float32") -> tuple[Any, Any]:
-    """``(model, tokenizer)`` for ``model.name``: ``tiny``, ``tiny-chain`` (the testbed model),
-    ``smollm2`` or a Hugging Face folder."""
-    if name in ("tiny", "tiny-chain"):
-        from echorl.models.tiny import RECIPES, load_tiny_model
-
-        model, tok = load_tiny_model(recipe=RECIPES[name])
-    elif name == "smollm2":
-        from echorl.models.smollm2 import load_smollm2
-
-        model, tok = load_smollm2()
-    else:
-        if not os.path.isdir(name):
-            raise ValueError(f"model.name={name!r} is neither 'tiny', 'tiny-chain', 'smollm2' nor an existing model folder "
-                             "(no hub downloads here: HF_HUB_OFFLINE=1)")
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForCausalLM.from_pretrained(name)
-    tok = _checked_tokenizer(tok)
-    if dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"model.dtype must be float32 or bfloat16, got {dtype!r}")
-    return model.to(getattr(torch, dtype)), tok
-
-
-def _checked_tokenizer(tok: Any) -> Any:
-    """Guard against a tokenizer that silently drops newlines (the step boundary).
-
-    transformers 5 ``AutoTokenizer`` picks the tokenizer class from ``config.json``'s model type: a
-    character-level ``tokenizer.json`` saved beside a Qwen2 config is loaded as ``Qwen2Tokenizer``,
-    whose byte-level pre-tokenizer maps ``"\n"`` and ``" "`` to tokens the char vocabulary lacks, so
-    they vanish. When text does not survive an encode/decode round trip, reload the folder's
-    ``tokenizer.json`` as it was saved (``PreTrainedTokenizerFast``); if that also fails, refuse.
-    """
-    probe = "12+3=15\nAnswer: 15"
-
-    def ok(t: Any) -> bool:
-        return t.decode(t(probe, add_special_tokens=False)["input_ids"]) == probe
-
-    if ok(tok):
-        return tok
-    path = getattr(tok, "name_or_path", "")
-    if path and os.path.exists(os.path.join(path, "tokenizer.json")):
-        from transformers import PreTrainedTokenizerFast
-
-        fixed = PreTrainedTokenizerFast.from_pretrained(path)
-        if ok(fixed):
-            warnings.warn(f"{type(tok).__name__} loaded from {path} does not round-trip text (newlines/spaces lost); "
-                          "using the folder's tokenizer.json as saved (PreTrainedTokenizerFast)", stacklevel=3)
-            return fixed
-    raise ValueError(f"the tokenizer {type(tok).__name__} ({path!r}) does not round-trip {probe!r}: "
-                     f"got {tok.decode(tok(probe, add_special_tokens=False)['input_ids'])!r}; newlines (step boundaries) "
-                     "would be lost")
 
 
 class LocalTrainer:
@@ -183,7 +138,6 @@ class LocalTrainer:
 
         self.optimizer = build_optimizer(self.model.parameters(), self.actor_cfg.optim)
         self.scheduler = self._build_scheduler()
-        from echorl.methods.local import LocalMethod
 
         method_cfg = build_method_config(cfg)
         self.method = LocalMethod(method_cfg, tokenizer, eos_id=self.eos_ids[0], pad_id=self.pad_id,
@@ -191,16 +145,11 @@ class LocalTrainer:
                                   max_response_length=int(cfg.data.max_response_length))
         self.filter_cfg = filter_config(cfg, self.echo_cfg, self.method.active)  # algorithm.filter_groups (DAPO)
         if loss_fn is None and self.method.active:  # LUFFY / UFT: their loss + the EchoRL term
-            from echorl.methods.luffy import MethodLoss
 
             loss_fn = MethodLoss(self.actor_cfg, self.echo_cfg, method_cfg)
         if loss_fn is None:
-            from echorl.loss import EchoLoss
-
             loss_fn = EchoLoss(self.actor_cfg, self.echo_cfg)
         self.loss_fn = loss_fn
-        from echorl.rewards.inprocess import make_verifier
-        from echorl.tasks import compute_score
 
         if score_fn is None and cfg.reward.get("score_fn"):
             score_fn = import_score_fn(str(cfg.reward.score_fn))
@@ -208,7 +157,6 @@ class LocalTrainer:
                                   num_workers=int(cfg.reward.num_workers), timeout_s=float(cfg.reward.timeout_s))
         self.out = Path(str(cfg.output_dir))
         self.ckpt_dir = self.out / "checkpoints"
-        from echorl.local.validation import make_validator
 
         self.validator = make_validator(cfg, self.tok, self.out)  # held-out data.val_files (None: no validation)
         self.global_step = 0
@@ -217,7 +165,6 @@ class LocalTrainer:
         if cfg.resume == "auto":
             self._maybe_resume()
         else:  # resume=disable: a previous run in this folder is moved aside, never mixed with this one
-            from echorl.local.resume import set_previous_run_aside
 
             set_previous_run_aside(self.out)
 
@@ -249,7 +196,6 @@ class LocalTrainer:
         if path is None:
             return
         st = ckpt.load_checkpoint(path)
-        from echorl.local.resume import check_resume_config  # refuses a changed algorithm, warns on the rest
 
         check_resume_config(st.get("config"), OmegaConf.to_container(self.cfg, resolve=True), path)
         self.model.load_state_dict(st["model"])
@@ -286,14 +232,14 @@ class LocalTrainer:
         t2 = time.perf_counter()
         old_lp, entropy = old_policy_pass(self.model, rb.input_ids, rb.attention_mask, rb.responses, temp,
                                           int(ro.log_prob_micro_batch_size_per_gpu))
-        t["timing/old_log_prob"] = time.perf_counter() - t2
+        t[timing_name("old_log_prob")] = time.perf_counter() - t2
 
         t3 = time.perf_counter()
         rl_mask = rl_response_mask(rb.response_mask, echo_only)  # kept rows: no RL gradient (echorl.filtering)
         rewards = token_level_rewards(scores, rl_mask)
         adv = compute_advantages(str(cfg.algorithm.adv_estimator), rewards, rl_mask,
                                  rb.group_index.numpy(), self.algo_cfg)  # group ids of this batch
-        t["timing/adv"] = time.perf_counter() - t3
+        t[timing_name("adv")] = time.perf_counter() - t3
 
         t4 = time.perf_counter()
         n_rl = rb.responses.shape[0] - (int(echo_only.sum()) if echo_only is not None else 0)
@@ -301,7 +247,7 @@ class LocalTrainer:
         echo = run_echo_stage(rb.responses, self.method.echo_response_mask(rb), entropy, scores, rb.group_index,
                               self.echo_cfg,
                               advantages=adv, num_minibatches=n_mini, step=self.global_step, echo_only=echo_only)
-        t["timing/echo"] = time.perf_counter() - t4
+        t[M.TIMING_ECHO] = time.perf_counter() - t4
 
         t5 = time.perf_counter()
         batch = {"prompts": rb.prompts, "responses": rb.responses, "input_ids": rb.input_ids,
@@ -314,8 +260,8 @@ class LocalTrainer:
         self.last_batch = batch
         actor = actor_update(self.model, self.optimizer, self.scheduler, self.loss_fn, batch, self.actor_cfg,
                              n=n, temperature=temp, generator=self.update_gen)
-        t["timing/update"] = time.perf_counter() - t5
-        t["timing/step"] = time.perf_counter() - t0
+        t[timing_name("update_actor")] = time.perf_counter() - t5
+        t[timing_name("step")] = time.perf_counter() - t0
         self.global_step += 1
 
         valid = rb.response_mask.bool()
@@ -329,12 +275,12 @@ class LocalTrainer:
             "response_length/clip_ratio": float((~torch.isin(rb.responses.gather(1, (lens - 1).clamp(min=0)[:, None]),
                                                              torch.tensor(self.eos_ids))).float().mean()),
             "actor/entropy": float(entropy[valid].mean()),
-            "echo/loss": 0.0,
-            "perf/tokens_per_s": float(rb.attention_mask.sum()) / t["timing/step"],
+            "perf/tokens_per_s": float(rb.attention_mask.sum()) / t[timing_name("step")],
             "data/epoch": float(self.sampler.epoch),
             "data/prompts_too_long": float(self.prompts.skipped_too_long),
         }
         metrics.update(echo.metrics)
+        metrics[M.NUM_MINIBATCHES] = float(n_mini)
         metrics.update(filter_metrics)
         metrics.update(self.method.metrics)
         metrics.update(actor)
@@ -387,6 +333,4 @@ class LocalTrainer:
 
     def report(self) -> dict[str, str]:
         """The PNG figure of the run and the HTML page of sample EchoClips (echorl.analysis)."""
-        from echorl.local.report import write_report
-
         return write_report(self.out, self.tok, self.last, int(self.cfg.trainer.report_clips))

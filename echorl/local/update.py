@@ -26,8 +26,9 @@ import torch
 from tensordict import TensorDict
 
 from echorl.filtering import split_minibatches
-from echorl.local.attention import gqa_attention
-from echorl.local.policy import bucketed_logprobs, model_device, pack_for_verl
+from echorl.logprobs import bucketed_logprobs, model_device, pack_for_verl
+from echorl.metric_names import actor_metric_name
+from echorl.models.attention import gqa_attention
 
 __all__ = ["token_level_rewards", "compute_advantages", "actor_update", "build_micro_batch"]
 
@@ -154,9 +155,9 @@ def actor_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sched
                 if isinstance(vals[0], Metric):
                     agg = vals[0].aggregation
                     flat = [x for v in vals for x in v.values]
-                    out[k if "/" in k else f"actor/{k}"] = float(np.sum(flat) if agg == AggregationType.SUM else np.mean(flat))
+                    out[actor_metric_name(k)] = float(np.sum(flat) if agg == AggregationType.SUM else np.mean(flat))
                 elif isinstance(vals[0], (int, float)) or torch.is_tensor(vals[0]):
-                    out[k if "/" in k else f"actor/{k}"] = float(np.mean([float(v) for v in vals]))
+                    out[actor_metric_name(k)] = float(np.mean([float(v) for v in vals]))
             per_mini.append(out)
     scheduler.step()
     res = _mean_metrics(per_mini)

@@ -45,8 +45,8 @@ from verl.workers.utils.padding import no_padding_2_padding
 
 from echorl.core.config import EchoConfig
 from echorl.core.loss import echo_loss_term
-from echorl.methods.config import MethodConfig
 from echorl.loss import ECHO_DENOM, ECHO_LOSS_METRIC, ECHO_MASK, echo_term, padded_response_field
+from echorl.methods.config import MethodConfig
 
 OFF_POLICY = "off_policy"  # [B] bool: the row is an expert trace
 HINT_MASK = "hint_mask"  # [B, L] bool: UFT hint tokens (response-aligned, response_mask 0 there)

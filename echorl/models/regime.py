@@ -1,8 +1,8 @@
 """The sampling regime of a policy on a task: what GRPO and EchoRL will see at the first step.
 
 :func:`rollout_regime` samples ``n`` rollouts per prompt (pure sampling at ``temperature``, as the
-engine does) and reports the success rate, the mean token entropy of the sampled responses (from
-the temperature-scaled logits, ``H = logsumexp(z) - sum softmax(z) z``), how many distinct
+engine does, with :func:`echorl.generation.generate_left_padded`) and reports the success rate, the
+mean token entropy of the sampled responses (from the temperature-scaled logits, ``H = logsumexp(z) - sum softmax(z) z``), how many distinct
 responses a group holds, and the share of all-success, mixed and all-fail groups. The testbed
 model (``tiny-chain``) is tuned and checked with it (``scripts/testbed.py``, docs/engine.md).
 """
@@ -14,12 +14,10 @@ from typing import Any
 
 import torch
 
+from echorl.generation import generate_left_padded
+from echorl.prompts import encode_prompts, format_prompts
+
 __all__ = ["rollout_regime"]
-
-
-def _prompt_text(tokenizer: Any, prompt: str) -> str:
-    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                         add_generation_prompt=True)
 
 
 @torch.no_grad()
@@ -42,40 +40,27 @@ def rollout_regime(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]],
         raise ValueError(f"rollout_regime: need n >= 1 and at least one row (n={n}, rows={len(rows)})")
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-    was_training = model.training
-    model.eval()
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
     eos = tokenizer.eos_token_id
     hits: list[list[float]] = []
     distinct: list[int] = []
     ent_sum, ent_tok = 0.0, 0
-    try:
-        for i in range(0, len(rows), prompts_per_batch):
-            chunk = rows[i: i + prompts_per_batch]
-            texts = [_prompt_text(tokenizer, r["prompt"]) for r in chunk for _ in range(n)]
-            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-            out = model.generate(**enc, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
-                                 max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
-                                 output_scores=True, return_dict_in_generate=True)
-            resp = out.sequences[:, enc["input_ids"].shape[1]:]  # [b, T]
-            # valid: up to and including the first eos
-            is_eos = resp == eos
-            valid = (is_eos.long().cumsum(1) - is_eos.long()) == 0  # [b, T]
-            z = torch.stack(out.scores, 1).float()  # [b, T, V], already divided by the temperature
-            z = z.masked_fill(~torch.isfinite(z), float("-inf"))
-            logp = torch.log_softmax(z, -1)
-            h = -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1)  # [b, T]
-            ent_sum += float(h[valid].sum())
-            ent_tok += int(valid.sum())
-            decoded = tokenizer.batch_decode(resp, skip_special_tokens=True)
-            for j, r in enumerate(chunk):
-                group = decoded[j * n:(j + 1) * n]
-                hits.append([float(score(t, r["answer"]) >= 1.0) for t in group])
-                distinct.append(len(set(group)))
-    finally:
-        tokenizer.padding_side = side
-        model.train(was_training)
+    for i in range(0, len(rows), prompts_per_batch):
+        chunk = rows[i: i + prompts_per_batch]
+        ids = encode_prompts(tokenizer, format_prompts(tokenizer, [r["prompt"] for r in chunk], "true"))
+        gen = generate_left_padded(model, ids, eos_ids=[eos], pad_id=tokenizer.pad_token_id, max_new_tokens=max_new_tokens,
+                                   temperature=temperature, n=n, output_scores=True, return_dict_in_generate=True)
+        resp, valid = gen.responses, gen.response_mask.bool()  # [b, T]; valid: up to and including the first eos
+        z = torch.stack(gen.output.scores, 1).float()  # [b, T, V], already divided by the temperature
+        z = z.masked_fill(~torch.isfinite(z), float("-inf"))
+        logp = torch.log_softmax(z, -1)
+        h = -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1)  # [b, T]
+        ent_sum += float(h[valid].sum())
+        ent_tok += int(valid.sum())
+        decoded = tokenizer.batch_decode(resp, skip_special_tokens=True)
+        for j, r in enumerate(chunk):
+            group = decoded[j * n:(j + 1) * n]
+            hits.append([float(score(t, r["answer"]) >= 1.0) for t in group])
+            distinct.append(len(set(group)))
     k = [sum(h) for h in hits]
     P = len(hits)
     return {

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from echorl.core.config import EchoConfig
 from echorl.models.folder import cache_root, folder_is_current, save_folder_atomic
 
 __all__ = ["GGUF_NAME", "boundary_ids", "convert_smollm2", "default_cache_dir", "gguf_path", "load_smollm2"]
@@ -105,6 +106,4 @@ def load_smollm2(cache_dir: str | os.PathLike | None = None, convert_if_missing:
 
 def boundary_ids(tokenizer: Any) -> tuple[int, ...]:
     """Step boundary ids of SmolLM2's tokenizer via ``EchoConfig(boundary='auto')`` (SPEC 2.1)."""
-    from echorl.core.config import EchoConfig
-
     return EchoConfig(boundary="auto").resolve_boundary(tokenizer).boundary_token_ids

@@ -51,8 +51,11 @@ from typing import Any
 
 import torch
 
+from echorl.generation import generate_left_padded
 from echorl.models.char_tokenizer import build_char_tokenizer
 from echorl.models.folder import cache_root, save_folder_atomic
+from echorl.models.regime import rollout_regime
+from echorl.prompts import encode_prompts, format_prompts
 from echorl.tasks import arithmetic, chain
 
 __all__ = [
@@ -177,7 +180,8 @@ def tiny_config(vocab_size: int, recipe: dict[str, Any] = RECIPE, eos_id: int = 
 
 
 def _prompt_text(tokenizer: Any, prompt: str) -> str:
-    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    """The chat-templated text of one user prompt (:func:`echorl.prompts.format_prompts`)."""
+    return format_prompts(tokenizer, [prompt], "true")[0]
 
 
 def encode_sft_batch(tokenizer: Any, rows: Sequence[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -317,21 +321,14 @@ def sample_success(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], t
     torch.manual_seed(seed)
     model.eval()
     hits: dict[int, list[float]] = {}
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        for i in range(0, len(rows), batch_size):
-            chunk = rows[i: i + batch_size]
-            enc = tokenizer([_prompt_text(tokenizer, r["prompt"]) for r in chunk], return_tensors="pt",
-                            padding=True, add_special_tokens=False)
-            out = model.generate(**enc, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
-                                 max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                                 pad_token_id=tokenizer.pad_token_id)
-            texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-            for r, t in zip(chunk, texts):
-                hits.setdefault(int(r.get("level", 0)), []).append(arithmetic.score(t, r["answer"]))
-    finally:
-        tokenizer.padding_side = side
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i: i + batch_size]
+        ids = encode_prompts(tokenizer, format_prompts(tokenizer, [r["prompt"] for r in chunk], "true"))
+        gen = generate_left_padded(model, ids, eos_ids=[tokenizer.eos_token_id], pad_id=tokenizer.pad_token_id,
+                                   max_new_tokens=max_new_tokens, temperature=temperature)
+        texts = tokenizer.batch_decode(gen.responses, skip_special_tokens=True)
+        for r, t in zip(chunk, texts):
+            hits.setdefault(int(r.get("level", 0)), []).append(arithmetic.score(t, r["answer"]))
     res = {"overall": sum(sum(v) for v in hits.values()) / max(1, sum(len(v) for v in hits.values()))}
     res.update({f"level/{k}": sum(v) / len(v) for k, v in sorted(hits.items())})
     return res
@@ -385,8 +382,6 @@ def finish_build(model: Any, tok: Any, out_dir: str | os.PathLike, recipe: dict[
         "boundary_ids": list(boundary_ids(tok)),
     }
     if recipe.get("task") == "chain" and n_eval:  # groups of 8 at T=1.0: the regime GRPO/EchoRL start from
-        from echorl.models.regime import rollout_regime
-
         meta["regime_T1"] = rollout_regime(model, tok, chain.generate(min(n_eval, 128), split="dev"), chain.score,
                                            n=8, temperature=1.0, seed=recipe["seed"])
     save_folder_atomic(model, tok, Path(out_dir), META_FILE, meta)

@@ -17,7 +17,7 @@ from echorl.analysis.entropy import (
     generate,
     grade,
     profile_solutions,
-    read_rows,
+    rows_with_user_prompts,
     token_entropies,
 )
 
@@ -92,7 +92,7 @@ def _literal(model, tok, rows, sols, profiles, shares, order, seed, include_answ
 @pytest.mark.parametrize("include_answer", [False, True])
 def test_run_deletion_equals_literal_implementation(tiny, include_answer):
     model, tok = tiny
-    rows = read_rows("arithmetic", 4, seed=11, levels=(2, 3, 4))
+    rows = rows_with_user_prompts("arithmetic", 4, seed=11, levels=(2, 3, 4))
     sols = expert_solutions(tok, rows, encode_prompts_of(tok, rows))
     ents = token_entropies(model, sols, pad_id=tok.pad_token_id, temperature=1.0)
     profiles = profile_solutions(sols, ents, (3,))

@@ -18,7 +18,7 @@ from echorl.analysis.entropy import (
     expert_text,
     generate,
     profile_solutions,
-    read_rows,
+    rows_with_user_prompts,
     summarize,
     token_entropies,
 )
@@ -36,7 +36,7 @@ def _full_vocab_entropy(model, sol: Solution, temperature: float) -> torch.Tenso
 
 def test_chunked_entropy_equals_full_vocabulary_reference(tiny):
     model, tok = tiny
-    rows = read_rows("arithmetic", 5, seed=3)  # levels 1..5: prompts and responses of different lengths
+    rows = rows_with_user_prompts("arithmetic", 5, seed=3)  # levels 1..5: prompts and responses of different lengths
     pids = encode_prompts_of(tok, rows)
     sols = expert_solutions(tok, rows, pids)
     sols += [Solution("wrong", pids[0], tok.encode("12+7=1", add_special_tokens=False), 0, 0.0)]  # no EOS
@@ -112,7 +112,7 @@ def test_expert_text_reads_solution_and_verl_target():
 
 def test_batched_generation_equals_literal_greedy_loop(tiny):
     model, tok = tiny
-    rows = read_rows("arithmetic", 4, seed=5)
+    rows = rows_with_user_prompts("arithmetic", 4, seed=5)
     pids = encode_prompts_of(tok, rows)
     got = generate(model, pids, eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id, max_new_tokens=12,
                    temperature=0.0, batch_size=3)  # left padding inside a batch of different prompt lengths

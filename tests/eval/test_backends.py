@@ -17,7 +17,7 @@ def tiny():
 
 
 def _ids(tok, prompts):
-    from echorl.eval.data import prompt_ids
+    from echorl.eval.benchmarks import prompt_ids
 
     return prompt_ids(tok, [{"prompt": p} for p in prompts])
 

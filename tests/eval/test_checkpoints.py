@@ -1,4 +1,4 @@
-"""echorl/eval/checkpoints.py: engine checkpoint -> Hugging Face folder with the same outputs."""
+"""echorl/models/loading.py load_policy and echorl/eval/export.py: engine checkpoint -> Hugging Face folder with the same outputs."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import json
 import pytest
 import torch
 
-from echorl.eval.checkpoints import export_checkpoint, load_policy, resolve_checkpoint
+from echorl.checkpoints import save_checkpoint
 from echorl.eval.cli import export_main
-from echorl.local.checkpoint import save_checkpoint
+from echorl.eval.export import export_checkpoint
+from echorl.models.loading import load_policy, resolve_checkpoint
 from echorl.models.tiny import load_tiny_model
 
 

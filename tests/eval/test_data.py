@@ -1,4 +1,4 @@
-"""echorl/eval/data.py: benchmark specs (strings, mappings, YAML), rows and prompt rendering."""
+"""echorl/eval/benchmarks.py: benchmark specs (strings, mappings, YAML), rows and prompt rendering."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from echorl.eval.data import BenchmarkSpec, load_benchmark_yaml, load_rows, parse_bench, prompt_ids, specs_from_config
+from echorl.eval.benchmarks import BenchmarkSpec, load_benchmark_yaml, load_rows, parse_bench, prompt_ids, specs_from_config
 
 
 def test_parse_bench_forms():

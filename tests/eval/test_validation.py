@@ -1,4 +1,4 @@
-"""echorl/local/validation.py: validation during an engine run equals `echorl eval` of its checkpoint.
+"""echorl/local/heldout.py: validation during an engine run equals `echorl eval` of its checkpoint.
 
 (Tests of the engine hook live beside the evaluation tests: the hook is a thin caller of echorl.eval.)
 """
@@ -15,7 +15,7 @@ from echorl.eval.run import read_samples, summarize
 from echorl.local import load_config
 from echorl.local.logger import read_metrics
 from echorl.local.trainer import LocalTrainer
-from echorl.local.validation import make_validator, validation_metrics
+from echorl.local.heldout import make_validator, validation_metrics
 
 SEED = 3
 VAL = [{"name": "arith", "source": "arithmetic", "group": "id", "num_rows": 6, "task_kwargs": {"levels": [1, 2]}},

@@ -1,13 +1,13 @@
-"""echorl/local/attention.py: GQA attention without repeat_kv equals transformers' sdpa."""
+"""echorl/models/attention.py: GQA attention without repeat_kv equals transformers' sdpa."""
 
 from __future__ import annotations
 
 import torch
 from engine_support import make_model
 
-from echorl.local.attention import GQA_SDPA, gqa_attention
-from echorl.local.policy import old_policy_pass, policy_logprobs
 from echorl.local.rollout import generate_rollouts
+from echorl.logprobs import old_policy_pass, policy_logprobs
+from echorl.models.attention import GQA_SDPA, gqa_attention
 
 
 def _gqa_model():
@@ -48,7 +48,7 @@ def test_outputs_bit_identical_and_gradients_close_to_sdpa():
 
 
 def test_engine_paths_use_it_and_match_plain_sdpa(monkeypatch):
-    import echorl.local.attention as att
+    import echorl.models.attention as att
 
     model, tok = _gqa_model()
     calls = []

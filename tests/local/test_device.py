@@ -10,8 +10,8 @@ import torch
 from engine_support import base_overrides, make_model
 
 from echorl.local import load_config
-from echorl.local.policy import old_policy_pass
 from echorl.local.trainer import LocalTrainer, resolve_device
+from echorl.logprobs import old_policy_pass
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="torch.cuda.is_available() is False: no CUDA device")

@@ -15,9 +15,9 @@ from echorl.filtering import FilterConfig, rl_response_mask
 from echorl.local import load_config
 from echorl.local.config import build_actor_config
 from echorl.local.dynamic_sampling import Generation, concat_rollouts, dynamic_sample
-from echorl.local.policy import old_policy_pass
 from echorl.local.rollout import RolloutBatch
 from echorl.local.update import actor_update
+from echorl.logprobs import old_policy_pass
 
 
 def _rollouts(prompt_lens, resp_lens, n, seed, pad_id=0):

@@ -1,5 +1,5 @@
 """Edges of the engine's run folder: resume=disable in a reused folder, checkpoint pruning, and the
-config check of resume=auto (echorl/local/resume.py, echorl/local/checkpoint.py)."""
+config check of resume=auto (echorl/local/resume.py, echorl/checkpoints.py)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from engine_support import HERE, base_overrides, make_model
 
+from echorl.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from echorl.local import load_config
-from echorl.local.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from echorl.local.logger import read_metrics
 from echorl.local.resume import ResumeWarning, config_changes
 from echorl.local.trainer import LocalTrainer

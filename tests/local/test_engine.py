@@ -87,7 +87,7 @@ def test_all_degenerated_only_clip_tokens_get_gradient(tmp_path, preset):
     assert m["actor/pg_loss"] == 0.0
     clip = b["echo_mask"]
     assert clip.any() and m["echo/clip_tokens"] == float(clip.sum())
-    from echorl.local.policy import policy_logprobs
+    from echorl.logprobs import policy_logprobs
 
     ref, _ = make_model()  # independent reference with the pre-step weights
     ref.load_state_dict(before)
@@ -185,7 +185,7 @@ def test_advantage_mode_puts_adv_coef_on_clip_tokens(tmp_path):
     n = on.sum(dim=1, keepdim=True)
     assert torch.equal(on, valid & (torch.arange(adv.shape[1]) < n))
     assert not b["echo_mask"].any()  # the clips ride the advantages, not the loss term
-    assert "echo/loss" not in m or m["echo/loss"] == 0.0
+    assert "echo/loss" not in m  # logged only when the EchoRL term is trained, as on verl
     assert m["actor/grad_norm"] > 0.0
     init, _ = make_model()
     assert any(not torch.equal(v, init.state_dict()[k]) for k, v in tr.model.state_dict().items())

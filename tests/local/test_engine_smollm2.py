@@ -32,7 +32,7 @@ def test_smollm2_one_step(tmp_path):
     assert len(ids) > 2 and all(tr.tok.decode([i]).endswith("\n") for i in ids)
     assert tr.tok.decode(tr.prompts.ids[0]).startswith("<|im_start|>")  # chat template applied
     assert tr.last_batch["responses"].shape[0] == 4
-    for k in ("actor/pg_loss", "actor/grad_norm", "actor/entropy", "reward/mean", "timing/step"):
+    for k in ("actor/pg_loss", "actor/grad_norm", "actor/entropy", "reward/mean", "timing_s/step"):
         assert math.isfinite(m[k]), k
     assert m["actor/entropy"] > 0
     _check_against_a_plain_forward(tr, m)
@@ -43,7 +43,7 @@ def _check_against_a_plain_forward(tr, m):
     a fresh copy of the same weights (the step changed ``tr.model``)."""
     import torch
 
-    from echorl.local.trainer import load_model
+    from echorl.models.loading import load_model
 
     ref, _ = load_model("smollm2")
     ref.eval()

@@ -9,7 +9,7 @@ from engine_support import base_overrides, make_model
 
 from echorl.data.prepare import convert_rows, write_parquet
 from echorl.local import load_config
-from echorl.local.data import prepare_prompts
+from echorl.local.train_prompts import prepare_prompts
 from echorl.local.trainer import LocalTrainer, import_score_fn
 from echorl.rewards.pool import VerifierPool
 

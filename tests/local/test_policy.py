@@ -1,4 +1,4 @@
-"""echorl/local/policy.py, rollout.py and update.py numerics against naive references."""
+"""echorl/logprobs.py, rollout.py and update.py numerics against naive references."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import pytest
 import torch
 from engine_support import base_overrides, make_model
 
-from echorl.local.policy import old_policy_pass, pack_for_verl, policy_logprobs, position_ids_from_mask
-from echorl.local.rollout import generate_rollouts, response_mask_from_eos
+from echorl.generation import response_mask_from_eos
+from echorl.local.rollout import generate_rollouts
 from echorl.local.update import compute_advantages, token_level_rewards
+from echorl.logprobs import old_policy_pass, pack_for_verl, policy_logprobs, position_ids_from_mask
 
 
 def _batch(tok, model):
@@ -102,7 +103,7 @@ def test_verl_estimators_by_name_give_known_values():
 
 
 def test_trim_padding_cuts_only_all_padding_columns():
-    from echorl.local.policy import trim_padding
+    from echorl.logprobs import trim_padding
 
     am = torch.tensor([[0, 0, 1, 1, 1, 0, 0], [0, 1, 1, 1, 1, 1, 0]])  # P = 4
     assert trim_padding(am, 4) == (1, 6)
@@ -125,7 +126,7 @@ def test_actor_update_in_length_buckets_equals_the_full_width_update(tmp_path, m
     from echorl.core.config import EchoConfig
     from echorl.local import load_config
     from echorl.local.config import build_actor_config
-    from echorl.local.policy import bucketed_logprobs, trim_padding
+    from echorl.logprobs import bucketed_logprobs, trim_padding
     from echorl.loss import EchoLoss
 
     model, tok = make_model(seed=2)
@@ -165,7 +166,7 @@ def test_actor_update_in_length_buckets_equals_the_full_width_update(tmp_path, m
         opt = torch.optim.SGD(m.parameters(), lr=1.0)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
         with monkeypatch.context() as mp:  # 2 buckets of 2 rows per micro-batch of 4
-            mp.setattr("echorl.local.policy.BUCKET_ROWS", 2)
+            mp.setattr("echorl.logprobs.BUCKET_ROWS", 2)
             metrics = upd.actor_update(m, opt, sched, loss_fn, batch, actor_cfg, n=2, temperature=1.0)
         return m.state_dict(), metrics
 

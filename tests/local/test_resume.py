@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from engine_support import HERE, base_overrides, make_model
 
+from echorl.checkpoints import latest_checkpoint, load_checkpoint
 from echorl.local import load_config
-from echorl.local.checkpoint import latest_checkpoint, load_checkpoint
 from echorl.local.trainer import LocalTrainer
 
 ROOT = Path(HERE).parents[1]

@@ -27,8 +27,8 @@ def micro_batch(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: 
                 response_mask: torch.Tensor, prompt_len: int = 2, **fields: torch.Tensor):
     """``(model_output, data)`` for one micro-batch of ``b`` rows: the packed log-probs are a function
     of the leaf ``log_prob [b, L]``; ``batch_num_tokens`` = valid tokens of the micro-batch."""
-    from echorl.local.policy import pack_for_verl
     from echorl.local.update import build_micro_batch
+    from echorl.logprobs import pack_for_verl
 
     b, L = log_prob.shape
     prompts = torch.ones(b, prompt_len, dtype=torch.long)

@@ -46,20 +46,20 @@ def test_luffy_and_uft_steps_with_echorl(tmp_path):
     assert m[0]["luffy/off_policy_rows"] == 4.0  # one expert row in each of the 4 groups
     assert luffy.last_batch["off_policy"].sum() == 4
     assert not (luffy.last_batch["echo_mask"] & luffy.last_batch["off_policy"][:, None]).any()
-    assert torch.isfinite(torch.tensor(m[0]["luffy/off_pg_loss"]))
+    assert torch.isfinite(torch.tensor(m[0]["actor/luffy/off_pg_loss"]))
     uft, m = _train(tmp_path, "uft", 1, **{"method.uft.hint_steps": 4})
     # first step: UFT's t = 1 of 4: 0.05 + 0.45 * (1 + cos(pi / 4))
     assert m[0]["uft/hint_prob"] == pytest.approx(0.818198, abs=1e-6) and m[0]["uft/hint_tokens"] > 0
     hint = uft.last_batch["hint_mask"]
     assert not (hint & uft.last_batch["response_mask"].bool()).any()
     assert not (hint & uft.last_batch["echo_mask"]).any()
-    assert m[0]["uft/hint_nll"] > 0 and torch.isfinite(torch.tensor(m[0]["actor/pg_loss"]))
+    assert m[0]["actor/uft/hint_nll"] > 0 and torch.isfinite(torch.tensor(m[0]["actor/pg_loss"]))
 
 
 @pytest.mark.parametrize("name", ["luffy", "uft"])
 def test_a_step_without_expert_traces_stops_the_run(tmp_path, name):
     from echorl.methods.config import MethodConfig
-    from echorl.methods.local import LocalMethod
+    from echorl.local.methods import LocalMethod
 
     method = LocalMethod(MethodConfig(name=name), None, eos_id=1, pad_id=0, n=4, max_response_length=8)
     with pytest.raises(ValueError, match=rf"method.name={name}: none of the 2 prompts.*scripts/prepare_data.py"):

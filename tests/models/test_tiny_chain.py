@@ -36,7 +36,7 @@ def test_shipped_folder_is_the_build_of_chain_recipe(meta):
 
 
 def test_loads_shipped_model_by_name_without_building(monkeypatch, tmp_path):
-    from echorl.local.trainer import load_model
+    from echorl.models.loading import load_model
 
     monkeypatch.setenv("ECHORL_CACHE", str(tmp_path / "empty"))
 

@@ -9,8 +9,8 @@ from tensordict import TensorDict
 from verl.utils import tensordict_utils as tu
 
 from echorl import EchoConfig
-from echorl.verl.fields import echo_stage_fields
 from echorl.loss import EchoLoss, padded_response_field
+from echorl.verl.fields import echo_stage_fields
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="torch.cuda.is_available() is False: no CUDA device")
 

@@ -26,9 +26,9 @@ from verl.workers.utils.losses import ppo_loss
 
 from echorl import EchoConfig
 from echorl.filtering import rl_response_mask
+from echorl.loss import EchoLoss
 from echorl.verl.fields import echo_stage_fields
 from echorl.verl.keep_filtered import KEPT_TAG, KeepFilteredReplayBuffer, is_kept, kept_layout
-from echorl.loss import EchoLoss
 
 N = 4  # rollouts per group
 

@@ -40,6 +40,8 @@ from verl.utils import normalize_token_ids
 from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, TokenOutput
 
+from echorl.generation import generate_left_padded
+
 logger = logging.getLogger(__name__)
 
 # replica rank -> its server's actor handle, in each trainer worker process (set by HFReplica)
@@ -135,23 +137,13 @@ class HFGenerateServer:
     @torch.no_grad()
     def _sample(self, prompt_ids, max_tokens, temperature, top_k, top_p, repetition_penalty, seed):
         torch.manual_seed(seed)
-        input_ids = torch.tensor([prompt_ids], dtype=torch.long)  # [1, P]
         greedy = temperature <= 0
-        out = self.model.generate(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            max_new_tokens=max_tokens,
-            do_sample=not greedy,
-            temperature=None if greedy else temperature,
-            top_k=None if (greedy or top_k <= 0) else top_k,
-            top_p=None if (greedy or top_p >= 1.0) else top_p,
-            repetition_penalty=repetition_penalty if repetition_penalty != 1.0 else None,
-            eos_token_id=self.eos_ids,
-            pad_token_id=self.pad_id,
-            return_dict_in_generate=True,
-            output_logits=True,
-        )
-        new = out.sequences[0, len(prompt_ids):].tolist()  # [R], ends with EOS unless cut by the budget
+        extra = {"repetition_penalty": repetition_penalty} if repetition_penalty != 1.0 else {}
+        gen = generate_left_padded(self.model, [prompt_ids], eos_ids=self.eos_ids, pad_id=self.pad_id,
+                                   max_new_tokens=max_tokens, temperature=0.0 if greedy else temperature, top_p=top_p,
+                                   top_k=top_k, return_dict_in_generate=True, output_logits=True, **extra)
+        out = gen.output
+        new = gen.responses[0].tolist()  # [R], ends with EOS unless cut by the budget
         logits = torch.stack(out.logits, dim=1)[0, : len(new)].float()  # [R, V] raw logits
         if not greedy:
             logits = logits / temperature

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from echorl.local.attention import gqa_attention
+from echorl.models.attention import gqa_attention
 
 __all__ = ["position_ids_from_mask", "response_logits", "token_logprob_entropy", "old_policy_pass",
            "policy_logprobs", "pack_for_verl", "trim_padding", "bucketed_logprobs", "BUCKET_ROWS"]

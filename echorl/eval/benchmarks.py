@@ -22,6 +22,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from echorl.eval.graders import GRADERS
+from echorl.prompts import encode_prompts, format_prompts
+from echorl.tasks import load_dataset, task_names
 from echorl.tasks.files import DATASET_SUFFIXES
 
 __all__ = ["BenchmarkSpec", "DEFAULT_TASK_ROWS", "load_benchmark_yaml", "load_rows", "parse_bench", "prompt_ids",
@@ -124,8 +126,6 @@ def specs_from_config(entries: Sequence[Any], key: str) -> list[BenchmarkSpec]:
 def load_rows(spec: BenchmarkSpec) -> list[dict[str, Any]]:
     """The benchmark's rows (``prompt``, ``answer``, ``data_source``...), each with a ``problem_id``:
     the row's ``id`` when it has one, else its position."""
-    from echorl.tasks import load_dataset, task_names
-
     if spec.source in task_names():
         rows = load_dataset(spec.source, n=spec.num_rows or DEFAULT_TASK_ROWS, seed=spec.seed, **spec.task_kwargs)
     else:
@@ -150,8 +150,6 @@ def prompt_ids(tokenizer: Any, rows: Sequence[dict[str, Any]], chat_template: st
     Raises:
         ValueError: a prompt is empty or longer than ``max_prompt_length`` (names the row).
     """
-    from echorl.local.rollout import encode_prompts, format_prompts
-
     texts = format_prompts(tokenizer, [r["prompt"] for r in rows], chat_template, label=f"{where}: row")
     ids = encode_prompts(tokenizer, texts)
     for i, x in enumerate(ids):

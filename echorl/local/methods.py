@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from echorl import metric_names as M
 from echorl.local.rollout import RolloutBatch
 from echorl.methods.config import MethodConfig
 from echorl.methods.luffy import (
@@ -110,6 +111,8 @@ class LocalMethod:
             return prompt_ids
         texts = [expert_text(r) for r in rows]
         self.metrics[f"{self.cfg.name}/trace_frac"] = trace_share(texts, self.cfg.name)
+        if self.cfg.is_luffy:
+            self.metrics[M.LUFFY_PROMPTS_WITH_TRACE] = float(sum(t is not None for t in texts))
         if not self.cfg.is_uft:
             return prompt_ids
         hints = sample_hints(texts, step, self.cfg.uft)

@@ -1,4 +1,4 @@
-"""``python -m echorl.methods.compare``: LUFFY and UFT, each with and without EchoRL, on the testbed.
+"""``python -m echorl.study.compare_methods``: LUFFY and UFT, each with and without EchoRL, on the testbed.
 
 Four runs of the embedded engine on ``echorl/config/testbed.yaml`` (the chain task, whose rows
 carry a reference solution that serves as the expert; the warm-started ``tiny-chain`` model), the
@@ -7,7 +7,7 @@ free sampling at the validation temperature, ``val-core`` metrics) before and af
 mean training reward of the first and last 10 steps, and the EchoRL clips. Writes the table's
 numbers to ``<out>/compare.json``.
 
-    python -m echorl.methods.compare [--steps 60] [--out outputs/methods] [extra overrides ...]
+    python -m echorl.study.compare_methods [--steps 60] [--out outputs/methods] [extra overrides ...]
 """
 
 from __future__ import annotations

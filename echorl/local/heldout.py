@@ -31,6 +31,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from echorl.eval.backends import SamplingSettings, TransformersBackend
+from echorl.eval.benchmarks import load_rows, prompt_ids, specs_from_config
+from echorl.eval.run import evaluate, make_pool, write_outputs
+
 __all__ = ["Validator", "make_validator", "validation_metrics"]
 
 
@@ -61,9 +65,6 @@ class Validator:
     """Held-out evaluation of the engine's policy (built by :func:`make_validator`)."""
 
     def __init__(self, cfg: DictConfig, tokenizer: Any, out_dir: str | Path):
-        from echorl.eval.backends import SamplingSettings
-        from echorl.eval.data import load_rows, prompt_ids, specs_from_config
-
         vk = cfg.actor_rollout_ref.rollout.val_kwargs
         top_k = int(vk.get("top_k", -1))
         if top_k not in (-1, 0):
@@ -95,9 +96,6 @@ class Validator:
 
     def run(self, model: Any, step: int) -> dict[str, float]:
         """Evaluate ``model`` now; write ``validation/step_<step>/`` and return the val-* metrics."""
-        from echorl.eval.backends import TransformersBackend
-        from echorl.eval.run import evaluate, make_pool, write_outputs
-
         if self.pool is None:
             self.pool = make_pool(self.num_workers, self.timeout_s)
         backend = TransformersBackend(model, self.tok, batch_size=self.batch_size)

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from echorl.local.rollout import encode_prompts, format_prompts
+from echorl.prompts import encode_prompts, format_prompts
+from echorl.tasks import get_task, load_dataset, task_names, validate_rows
 
 __all__ = ["PromptSet", "PromptSampler", "prepare_prompts"]
 
@@ -47,15 +48,13 @@ def prepare_prompts(cfg_data: Any, tokenizer: Any, rows: list[dict[str, Any]] | 
             the row has none), so the built-in dispatch's sources are not required.
 
     A prompt is a string or a list of chat messages (verl's parquet format); see
-    :func:`echorl.local.rollout.format_prompts`.
+    :func:`echorl.prompts.format_prompts`.
 
     Raises:
         ValueError: a row lacks a field, has an unknown ``data_source`` (built-in verifiers), a
             prompt of the wrong type, or is longer than ``max_prompt_length`` with
             ``overlong_prompt=error``; each message names the row.
     """
-    from echorl.tasks import get_task, load_dataset, task_names, validate_rows
-
     task = str(cfg_data.task)
     if rows is None:
         kw = dict(cfg_data.get("task_kwargs") or {})
