@@ -19,15 +19,20 @@ import echorl
 
 PKG = Path(echorl.__file__).parent
 
-# Lowest first. A module may import its own layer and the layers below it, never one above.
+# Lowest first. A module may import its own layer and the layers below it, never one above. In the
+# tools and hosts layers each package stands alone: it imports no other package of its layer.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("echorl.core",)),
-    ("blocks", ("echorl", "echorl.config", "echorl.errors", "echorl.extras", "echorl.figures", "echorl.metrics_file", "echorl.metric_names",
-                "echorl.stage", "echorl.filtering", "echorl.estimators", "echorl.tasks", "echorl.rewards", "echorl.models",
-                "echorl.data")),
-    ("hosts", ("echorl.local", "echorl.verl", "echorl.trl", "echorl.methods", "echorl.analysis", "echorl.eval")),
+    ("services", ("echorl", "echorl.config", "echorl.errors", "echorl.extras", "echorl.figures", "echorl.metrics_file",
+                  "echorl.metric_names", "echorl.stage", "echorl.filtering", "echorl.estimators", "echorl.tasks",
+                  "echorl.rewards", "echorl.models", "echorl.data", "echorl.methods", "echorl.loss", "echorl.generation",
+                  "echorl.prompts", "echorl.checkpoints", "echorl.logprobs", "echorl.entropy_methods")),
+    ("tools", ("echorl.eval", "echorl.analysis")),
+    ("hosts", ("echorl.local", "echorl.verl", "echorl.trl")),
     ("entry", ("echorl.cli", "echorl.main", "echorl.demo", "echorl.study")),
 ]
+# Layers whose packages must not import one another (a host never imports another host).
+SIBLINGS_APART = {"tools", "hosts"}
 # echorl.core may import these and itself, nothing else (`pip install echorl` gives torch alone).
 CORE_ALLOWED = {"torch", "__future__"} | set(sys.stdlib_module_names)
 
@@ -65,13 +70,13 @@ def _imports(mod: str, path: Path) -> set[str]:
     return names
 
 
-def layer_of(mod: str) -> int:
-    """Index in :data:`LAYERS` of ``mod``'s longest matching prefix; ``__main__`` modules
+def layer_of(mod: str, layers: list[tuple[str, tuple[str, ...]]] = LAYERS) -> int:
+    """Index in ``layers`` of ``mod``'s longest matching prefix; ``__main__`` modules
     (``python -m ...``) are entry points."""
     if mod.endswith(".__main__"):
-        return len(LAYERS) - 1
+        return len(layers) - 1
     best, best_len = None, -1
-    for i, (_, prefixes) in enumerate(LAYERS):
+    for i, (_, prefixes) in enumerate(layers):
         for p in prefixes:
             if (mod == p or (p != "echorl" and mod.startswith(p + "."))) and len(p) > best_len:
                 best, best_len = i, len(p)
@@ -88,10 +93,58 @@ def test_every_module_has_a_layer():
         layer_of(mod)
 
 
-def test_no_module_imports_a_higher_layer():
-    bad = [f"{mod} ({LAYERS[layer_of(mod)][0]}) imports {dep} ({LAYERS[layer_of(dep)][0]})"
-           for mod, deps in sorted(GRAPH.items()) for dep in sorted(deps) if layer_of(dep) > layer_of(mod)]
+def package_of(mod: str, layers: list[tuple[str, tuple[str, ...]]] = LAYERS) -> str:
+    """The prefix of :data:`LAYERS` that places ``mod`` (its package: ``echorl.local``, ``echorl.loss``...)."""
+    if mod.endswith(".__main__"):
+        return mod
+    return max((p for _, ps in layers for p in ps if mod == p or (p != "echorl" and mod.startswith(p + "."))), key=len)
+
+
+def layer_violations(graph: dict[str, set[str]], layers: list[tuple[str, tuple[str, ...]]] = LAYERS) -> list[str]:
+    """Imports that go up a layer, or across packages of a layer in :data:`SIBLINGS_APART`."""
+    bad = []
+    for mod, deps in sorted(graph.items()):
+        lm = layer_of(mod, layers)
+        for dep in sorted(deps):
+            ld = layer_of(dep, layers)
+            if ld > lm:
+                bad.append(f"{mod} ({layers[lm][0]}) imports {dep} ({layers[ld][0]}), a higher layer")
+            elif ld == lm and layers[lm][0] in SIBLINGS_APART and package_of(mod, layers) != package_of(dep, layers):
+                bad.append(f"{mod} imports {dep}: two {layers[lm][0]} ({package_of(mod, layers)}, "
+                           f"{package_of(dep, layers)}); move what both need down to the services")
+    return bad
+
+
+def test_no_module_imports_a_higher_layer_or_a_sibling_host_or_tool():
+    bad = layer_violations(GRAPH)
     assert not bad, "\n".join(bad)
+
+
+# A small package that breaks each rule once: the checks above must name exactly these imports.
+SYNTHETIC_LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("core", ("p.core",)), ("services", ("p.gen",)), ("tools", ("p.eval", "p.plots")),
+    ("hosts", ("p.engine", "p.other")), ("entry", ("p.cli",)),
+]
+
+
+def test_the_layer_checks_fail_on_a_bad_import():
+    graph = {
+        "p.core.a": set(),
+        "p.gen": {"p.core.a"},                      # fine: services -> core
+        "p.eval.run": {"p.gen", "p.engine.model"},  # a tool importing a host's internals
+        "p.plots": {"p.eval.run"},                  # a tool importing another tool
+        "p.engine.model": {"p.gen", "p.eval.run", "p.engine.util"},  # fine: host -> tool, own package
+        "p.engine.util": set(),
+        "p.other": {"p.engine.util"},               # a host importing another host
+        "p.cli": {"p.engine.model", "p.other"},     # fine: entry -> anything
+        "p.core.b": {"p.gen"},                      # core importing a service
+    }
+    assert layer_violations(graph, SYNTHETIC_LAYERS) == [
+        "p.core.b (core) imports p.gen (services), a higher layer",
+        "p.eval.run (tools) imports p.engine.model (hosts), a higher layer",
+        "p.other imports p.engine.util: two hosts (p.other, p.engine); move what both need down to the services",
+        "p.plots imports p.eval.run: two tools (p.plots, p.eval); move what both need down to the services",
+    ]
 
 
 def test_core_imports_torch_and_stdlib_only():
@@ -150,6 +203,27 @@ def test_cycle_finder_sees_a_cycle():
 
 def test_no_import_cycles_between_modules():
     assert _cycles(GRAPH) == []
+
+
+def test_no_import_cycles_between_packages():
+    """Packages (``echorl.tasks``, ``echorl.rewards``...) do not import each other either."""
+    packages: dict[str, set[str]] = {}
+    for mod, deps in GRAPH.items():
+        packages.setdefault(package_of(mod), set()).update(package_of(d) for d in deps if package_of(d) != package_of(mod))
+    assert _cycles(packages) == []
+
+
+def test_a_function_level_import_makes_a_cycle(tmp_path):
+    """An import inside a function counts: two modules that import each other, one lazily, are a cycle."""
+    a, b = tmp_path / "a.py", tmp_path / "b.py"
+    a.write_text("import os\n\nfrom echorl.generation import left_pad\n")
+    b.write_text("def f():\n    from echorl.eval.run import evaluate\n    return evaluate\n")
+    graph = {"echorl.generation": _imports("echorl.generation", a) & set(MODULES) | {"echorl.eval.run"},
+             "echorl.eval.run": _imports("echorl.eval.run", b)}
+    assert graph["echorl.eval.run"] == {"echorl.eval.run"}  # the lazy import was read
+    graph["echorl.eval.run"] = {"echorl.generation"}
+    assert _cycles(graph) == [["echorl.eval.run", "echorl.generation"]]
+    assert layer_violations(graph) == ["echorl.generation (services) imports echorl.eval.run (tools), a higher layer"]
 
 
 BLOCKED = ("verl", "ray", "transformers", "hydra", "omegaconf", "numpy", "tensordict", "pandas", "pyarrow")
@@ -214,4 +288,14 @@ def test_the_blocker_blocks():
 
 @pytest.mark.parametrize("mod", ["echorl.core", "echorl.core.config", "echorl.core.clips"])
 def test_layer_of_core_modules(mod):
-    assert layer_of(mod) == 0 and layer_of("echorl.stage") == 1 and layer_of("echorl.cli") == 3
+    assert layer_of(mod) == 0 and layer_of("echorl.stage") == 1 and layer_of("echorl.cli") == 4
+
+
+@pytest.mark.parametrize(("mod", "layer", "package"), [
+    ("echorl.loss", "services", "echorl.loss"), ("echorl.models.loading", "services", "echorl.models"),
+    ("echorl.eval.run", "tools", "echorl.eval"), ("echorl.local.trainer", "hosts", "echorl.local"),
+    ("echorl.verl.trainer", "hosts", "echorl.verl"), ("echorl.study.runner", "entry", "echorl.study"),
+    ("echorl.local.__main__", "entry", "echorl.local.__main__"),
+])
+def test_layer_and_package_of(mod, layer, package):
+    assert LAYERS[layer_of(mod)][0] == layer and package_of(mod) == package
