@@ -19,6 +19,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from echorl.local import load_config, train
+from echorl.metrics_file import read_metrics
+
 RUNS = [("luffy", "off"), ("luffy", "on"), ("uft", "off"), ("uft", "on")]
 
 
@@ -43,8 +46,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from echorl.local import load_config, train
-    from echorl.metrics_file import read_metrics
 
     out = Path(args.out)
     table = []
