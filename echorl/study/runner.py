@@ -185,7 +185,7 @@ def eval_policy(model: Any, tok: Any, s: Settings, pool: Any,
     (first ``passk_rows`` test problems, ``passk_n`` samples at ``passk_temperature``); ``which``
     picks among them. Returns summaries and per-problem correct counts."""
     from echorl.eval.backends import SamplingSettings, TransformersBackend
-    from echorl.eval.data import BenchmarkSpec
+    from echorl.eval.benchmarks import BenchmarkSpec
     from echorl.eval.run import evaluate
 
     backend = TransformersBackend(model, tok, batch_size=s.eval_batch_size)
