@@ -65,10 +65,11 @@ from verl.workers.utils.padding import no_padding_2_padding
 
 from echorl.core.config import EchoConfig
 from echorl.core.loss import echo_loss_term, rl_agg_scale
+from echorl.metric_names import LOSS
 
 ECHO_MASK = "echo_mask"
 ECHO_DENOM = "echo_denom"
-ECHO_LOSS_METRIC = "echo/loss"
+ECHO_LOSS_METRIC = LOSS  # echo/loss (echorl.metric_names)
 
 
 class EchoLoss:
