@@ -13,9 +13,12 @@ different hosts line up on one dashboard:
 ``echo/loss`` is logged only when the EchoRL term is trained (``echorl.enable``, ``mode=loss``,
 ``coef > 0``), on every host; a step without it did not train the term.
 
-Runs written before the names were unified used a few other names (the engine's ``timing/*``,
-its loss metrics without ``actor/``, TRL's ``timing/echo_stage``): :data:`OLD_NAMES` maps them to
-the current ones and :func:`canonical` renames a ``metrics.jsonl`` row, so readers accept both.
+Engine runs written before the names were unified used a few other names (``timing/*``, the loss
+metrics without ``actor/``): :data:`OLD_NAMES` maps them to the current ones and :func:`canonical`
+renames a ``metrics.jsonl`` row, so readers accept both.
+
+The TRL host logs the same ``echo/*`` names into TRL's own metrics, plus ``echo/entropy_pass`` and
+``echo/entropy_from_generation``; its timings keep TRL-side names (``timing/echo_stage``, ...).
 
 This module is distinct from :mod:`echorl.metrics_file`, which reads a run's ``metrics.jsonl``.
 """
@@ -64,8 +67,8 @@ NUM_MINIBATCHES = "echo/num_minibatches"
 LOSS = "echo/loss"
 KEPT_PADDING_ROWS = "echo/kept_padding_rows"
 ENTROPY_PASS = "echo/entropy_pass"
+ENTROPY_FROM_GENERATION = "echo/entropy_from_generation"
 TIMING_ECHO = "timing_s/echo"
-TIMING_ECHO_ENTROPY_PASS = "timing_s/echo_entropy_pass"
 # ------------------------------------------------------------------ LUFFY / UFT (driver, then actor loss)
 LUFFY_TRACE_FRAC = "luffy/trace_frac"
 UFT_TRACE_FRAC = "uft/trace_frac"
@@ -110,8 +113,8 @@ MEANING: dict[str, str] = {
     NO_BOUNDARY_WARNING: "1 on the step the stage warned that no response holds a boundary token",
     KEPT_PADDING_ROWS: "padding rows added to deal the kept rows over verl's ranks (verl only)",
     ENTROPY_PASS: "1 when the host made an extra no-grad forward for the entropy (TRL only)",
+    ENTROPY_FROM_GENERATION: "1 when the entropies were recorded during generation (TRL only)",
     TIMING_ECHO: "seconds of the EchoRL stage (inputs, selection, write-back)",
-    TIMING_ECHO_ENTROPY_PASS: "seconds of the extra entropy forward (TRL only)",
     LUFFY_TRACE_FRAC: "share of the step's prompts with an expert trace (LUFFY)",
     UFT_TRACE_FRAC: "share of the step's prompts with an expert trace (UFT)",
     LUFFY_PROMPTS_WITH_TRACE: "prompts of the step with an expert trace (LUFFY)",
@@ -140,8 +143,6 @@ OLD_NAMES: dict[str, str] = {
     "timing/echo": TIMING_ECHO,
     "timing/update": "timing_s/update_actor",
     "timing/step": "timing_s/step",
-    "timing/echo_stage": TIMING_ECHO,
-    "timing/echo_entropy_pass": TIMING_ECHO_ENTROPY_PASS,
     LUFFY_OFF_PG_LOSS: ACTOR_PREFIX + LUFFY_OFF_PG_LOSS,
     LUFFY_OFF_PROB_SUM: ACTOR_PREFIX + LUFFY_OFF_PROB_SUM,
     LUFFY_OFF_TOKENS: ACTOR_PREFIX + LUFFY_OFF_TOKENS,

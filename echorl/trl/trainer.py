@@ -49,7 +49,7 @@ from trl.models.utils import disable_gradient_checkpointing
 from echorl.core.config import EchoConfig
 from echorl.core.loss import echo_loss_term
 from echorl.core.steps import check_boundary_ids
-from echorl.metric_names import LOSS
+from echorl.metric_names import ENTROPY_FROM_GENERATION, ENTROPY_PASS, LOSS
 from echorl.trl.config import EchoGRPOConfig
 from echorl.trl.generation import GenerationEntropy, recording_generate
 from echorl.trl.stage import echo_term_scale, minibatches_per_generation, split_echo_stage
@@ -281,8 +281,8 @@ class EchoGRPOTrainer(GRPOTrainer):
             out["advantages"] = res.advantages
         for k, v in res.stage.metrics.items():
             metrics[k].append(v)
-        metrics["echo/entropy_pass"].append(float(source == "forward_pass"))
-        metrics["echo/entropy_from_generation"].append(float(source == "generation"))
+        metrics[ENTROPY_PASS].append(float(source == "forward_pass"))
+        metrics[ENTROPY_FROM_GENERATION].append(float(source == "generation"))
         self._log_entropy_source(source, why if source == "forward_pass" else None,
                                  failed=source == "forward_pass" and blocker is None)
         metrics["timing/echo_entropy_pass"].append(t1 - t0)
