@@ -166,3 +166,18 @@ def test_input_is_not_changed_and_errors_name_the_fix():
         EntropyMethodLoss(partial(ppo_loss, cfg), cfg, forking=ForkingConfig(), echo_adds_term=True)
     with pytest.raises(ValueError, match="needs rl_zvp or forking"):
         EntropyMethodLoss(partial(ppo_loss, cfg), cfg)
+
+
+def test_picklable_with_the_same_result():
+    """verl's driver sends the loss callable to every actor worker (set_loss_fn): it must pickle."""
+    import pickle
+
+    from echorl import EchoConfig
+    from echorl.loss import EchoLoss
+
+    rows, _, data = make_minibatch(4)
+    cfg = _Cfg()
+    loss_fn = EntropyMethodLoss(EchoLoss(cfg, EchoConfig(enable=False)), cfg, rl_zvp=RlZvpConfig(alpha=0.2),
+                                forking=ForkingConfig(rho=0.5))
+    twin = pickle.loads(pickle.dumps(loss_fn))
+    assert run(twin, data, rows, 2) == run(loss_fn, data, rows, 2)
