@@ -3,7 +3,7 @@
 * console: a tqdm bar with live reward, accuracy, share of degenerated (zero-variance) groups and
   the EchoRL loss;
 * ``<output_dir>/metrics.jsonl``: one JSON dict per step (``step``, ``reward/*``, ``echo/*``,
-  ``actor/*``, ``timing/*``, ...); on resume, lines past the checkpoint's step are dropped so the
+  ``actor/*``, ``timing_s/*``, ...); on resume, lines past the checkpoint's step are dropped so the
   file has each step once;
 * tensorboard and wandb through verl's own ``verl.utils.tracking.Tracking`` (tensorboard writes to
   ``<output_dir>/tensorboard``; wandb honours ``WANDB_MODE=offline``).
@@ -18,12 +18,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from echorl.metric_names import LOSS
 from echorl.metrics_file import read_metrics  # re-exported: the one reader of metrics.jsonl
 
 __all__ = ["RunLogger", "read_metrics"]
 
 BAR_KEYS = (("reward/mean", "rew"), ("reward/accuracy", "acc"), ("echo/groups_zero_var_frac", "deg"),
-            ("echo/loss", "echo"))
+            (LOSS, "echo"))
 
 
 class RunLogger:
