@@ -22,13 +22,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from echorl.config.generate import cli_help
+from echorl.errors import bad_settings_exit
+from echorl.extras import missing_extra_exit
+
 __all__ = ["main"]
 
 
 def _train(overrides: Sequence[str], config_name: str = "local", debug: bool = False) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from echorl.errors import bad_settings_exit
+    # each subcommand loads its own modules (the engine imports verl: seconds) after the environment is set
     from echorl.local import load_config
     from echorl.local.trainer import LocalTrainer
 
@@ -44,6 +48,7 @@ def _train(overrides: Sequence[str], config_name: str = "local", debug: bool = F
 
 
 def _analyze(run_dir: str) -> int:
+    # loaded by the subcommand that uses it (matplotlib)
     from echorl.analysis.plots import plot_metrics
     from echorl.analysis.viewer import write_clip_viewer
 
@@ -66,7 +71,7 @@ ANALYZE_TOOLS = ("entropy", "deletion", "clips")
 
 def _analyze_tool(argv: Sequence[str]) -> int:
     """``echorl analyze entropy|deletion|clips ...`` (:mod:`echorl.analysis.commands`)."""
-    from echorl.analysis import commands
+    from echorl.analysis import commands  # loaded by the subcommand that uses it (torch, transformers)
 
     parser = argparse.ArgumentParser(prog="echorl analyze", description="analyses of EchoRL's entropy rule (docs/analysis.md)")
     commands.add_parsers(parser.add_subparsers(dest="analyze_cmd", required=True))
@@ -74,8 +79,6 @@ def _analyze_tool(argv: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from echorl.extras import missing_extra_exit
-
     with missing_extra_exit("echorl"):  # a missing optional extra: one line naming it, exit 3
         return _main(argv)
 
@@ -91,8 +94,6 @@ def _main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="echorl", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
-    from echorl.config.generate import cli_help
-
     p_train = sub.add_parser("train", help="train with the embedded engine (hydra overrides follow)",
                              epilog=cli_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p_train.add_argument("--config-name", default="local",

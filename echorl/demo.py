@@ -38,6 +38,7 @@ def _mean(xs: list[float]) -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # imported once the environment is set: transformers reads HF_HUB_OFFLINE when it loads
     from echorl.local import load_config, train
     from echorl.metrics_file import read_metrics
 

@@ -44,7 +44,7 @@ def _eval_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="echorl eval", description="evaluate a model or checkpoint on benchmarks "
                                 "(`echorl eval compare A B` compares two runs)", epilog=METRICS_HELP,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="tiny | smollm2 | Hugging Face folder | engine checkpoint folder")
+    p.add_argument("model", help="tiny | tiny-chain | smollm2 | Hugging Face folder | engine checkpoint folder")
     p.add_argument("--bench", action="append", default=[], metavar="NAME=SOURCE[:GROUP]",
                    help="a benchmark: SOURCE is a task name or a .jsonl/.json/.parquet file; GROUP a tag (id, ood); repeatable")
     p.add_argument("--benchmarks", metavar="FILE.yaml", help="YAML with a 'benchmarks:' list (strings or mappings)")

@@ -26,13 +26,15 @@ from echorl.checkpoints import latest_checkpoint, load_checkpoint
 from echorl.models.smollm2 import load_smollm2
 from echorl.models.tiny import RECIPES, load_tiny_model
 
-__all__ = ["LoadedPolicy", "load_model", "load_policy", "resolve_checkpoint"]
+__all__ = ["BUILTIN_MODELS", "LoadedPolicy", "load_model", "load_policy", "resolve_checkpoint"]
+
+BUILTIN_MODELS = ("tiny", "tiny-chain", "smollm2")
 
 
 def load_model(name: str, dtype: str = "float32") -> tuple[Any, Any]:
     """``(model, tokenizer)`` for ``model.name``: ``tiny``, ``tiny-chain`` (the testbed model),
     ``smollm2`` or a Hugging Face folder."""
-    if name in ("tiny", "tiny-chain"):
+    if name in ("tiny", "tiny-chain"):  # BUILTIN_MODELS
         model, tok = load_tiny_model(recipe=RECIPES[name])
     elif name == "smollm2":
         model, tok = load_smollm2()
@@ -125,13 +127,14 @@ def load_policy(name: str, dtype: str = "float32", device: str = "cpu", with_mod
         model, tok = load_model(str(base), dtype)
         model.load_state_dict(st["model"])
         pol = LoadedPolicy(model, tok, None, f"engine checkpoint {ckpt} (model.name={base})", int(st["step"]))
-    elif name in ("tiny", "smollm2") or os.path.isfile(os.path.join(name, "config.json")):
+    elif name in BUILTIN_MODELS or os.path.isfile(os.path.join(name, "config.json")):
         model, tok = load_model(name, dtype)
         hf = name if os.path.isdir(name) else getattr(model, "name_or_path", None) or None
         pol = LoadedPolicy(model, tok, hf, f"model {name}")
     else:
-        raise ValueError(f"MODEL {name!r} is not tiny, smollm2, a Hugging Face folder (config.json) or an engine "
-                         "checkpoint (a folder with state.pt, checkpoints/, or latest_checkpointed_iteration.txt)")
+        raise ValueError(f"MODEL {name!r} is not a built-in model ({', '.join(BUILTIN_MODELS)}), a Hugging Face folder "
+                         "(config.json) or an engine checkpoint (a folder with state.pt, checkpoints/, or "
+                         "latest_checkpointed_iteration.txt)")
     pol.model.to(device)
     pol.model.eval()
     return pol

@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from echorl.core.loss import echo_loss_term
+
 __all__ = ["GradShareLoss", "grad_share"]
 
 
@@ -63,9 +65,9 @@ class GradShareLoss:
         if self.every <= 0 or step % self.every != 0 or step == self._done_step or "echo_mask" not in data.keys():
             return loss, metrics
         self._done_step = step
+        # verl (an optional extra) loads only when a share is measured, on the engine's verl-backed loss
         from verl.workers.utils.padding import no_padding_2_padding
 
-        from echorl.core.loss import echo_loss_term
         from echorl.loss import padded_response_field
 
         log_prob = no_padding_2_padding(model_output["log_probs"], data)  # [b, W]

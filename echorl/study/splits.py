@@ -15,6 +15,8 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
+from echorl.tasks import chain
+
 __all__ = ["split_record", "rows_hash"]
 
 
@@ -37,8 +39,6 @@ def split_record(s: Any, seeds: Sequence[int], train_rows: int) -> dict[str, Any
     Raises:
         ValueError: a training row equals a held-out prompt, or ``test`` and ``dev`` share a prompt.
     """
-    from echorl.tasks import chain
-
     ood = getattr(s, "ood_split", "ood")
     sets = {"dev": ("dev", s.dev_rows), "test": ("test", s.test_rows), "ood": (ood, s.ood_rows),
             "passk": ("test", s.passk_rows)}

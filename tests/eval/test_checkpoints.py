@@ -10,7 +10,7 @@ import torch
 from echorl.checkpoints import save_checkpoint
 from echorl.eval.cli import export_main
 from echorl.eval.export import export_checkpoint
-from echorl.models.loading import load_policy, resolve_checkpoint
+from echorl.models.loading import load_model, load_policy, resolve_checkpoint
 from echorl.models.tiny import load_tiny_model
 
 
@@ -60,10 +60,20 @@ def test_load_policy_accepts_run_checkpoints_and_step_folders(engine_run):
 
 
 def test_bad_paths_are_refused(tmp_path):
-    with pytest.raises(ValueError, match="is not tiny, smollm2"):
+    with pytest.raises(ValueError, match=r"is not a built-in model \(tiny, tiny-chain, smollm2\)"):
         load_policy(str(tmp_path))
     with pytest.raises(ValueError, match="model merger"):
         export_checkpoint(tmp_path, tmp_path / "out")
+
+
+def test_every_built_in_model_loads_as_a_policy():
+    """``echorl eval tiny-chain`` evaluates the testbed model: the same weights as the engine loads."""
+    pol = load_policy("tiny-chain")
+    model, _ = load_model("tiny-chain")
+    assert pol.source == "model tiny-chain" and not pol.model.training
+    assert all(torch.equal(pol.model.state_dict()[k], v) for k, v in model.state_dict().items())
+    tiny, _ = load_model("tiny")
+    assert not all(torch.equal(tiny.state_dict()[k], v) for k, v in model.state_dict().items())
 
 
 def test_tokenizer_only_for_vllm_needs_a_hugging_face_folder(engine_run, tmp_path):
