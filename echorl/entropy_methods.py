@@ -34,7 +34,10 @@ import torch
 import torch.nn.functional as F
 from tensordict import TensorDict
 from verl.utils import tensordict_utils as tu
+from verl.utils.metric import AggregationType, Metric
 from verl.workers.utils.padding import no_padding_2_padding
+
+from echorl import metric_names as M
 
 from echorl.core.forking import ForkingConfig, forking_token_mask
 from echorl.core.rl_zvp import RlZvpConfig, rl_zvp_shape, zero_variance_signs
@@ -121,6 +124,7 @@ class EntropyMethodLoss:
         width = ent.shape[1]
         mask = padded_response_field(data, "response_mask", width)  # [b, W] bool
         data = data.copy()
+        extra: dict[str, float] = {}  # the methods' metrics (echorl.metric_names), means over micro-batches
         if self.rl_zvp is not None:
             if ZVP_SIGN not in data.keys():
                 raise KeyError(f"EntropyMethodLoss (RL-ZVP): the micro-batch lacks '{ZVP_SIGN}'; the advantage stage "
@@ -128,12 +132,18 @@ class EntropyMethodLoss:
             adv = _padded(data, "advantages", width)
             shaped = rl_zvp_shape(adv, data[ZVP_SIGN].reshape(-1), ent, mask, self.rl_zvp.alpha)
             data["advantages"] = _as_field(data["advantages"], shaped)
+            sign = data[ZVP_SIGN].reshape(-1)
+            extra[M.RL_ZVP_POS_FRAC] = float((sign > 0).float().mean())
+            extra[M.RL_ZVP_NEG_FRAC] = float((sign < 0).float().mean())
         if self.forking is not None:
             keep = forking_token_mask(ent, mask, self.forking.rho)  # [b, W] bool
             kept, rows = int(keep.sum()), int(keep.shape[0])
+            extra[M.FORKING_KEPT_FRAC] = kept / max(int(mask.sum()), 1)
             data["response_mask"] = _as_field(data["response_mask"], keep)
             global_rows = tu.get_non_tensor_data(data=data, key="global_batch_size", default=None)
             if global_rows is None:
                 raise KeyError("EntropyMethodLoss (forking): the micro-batch lacks global_batch_size")
             tu.assign_non_tensor(data, batch_num_tokens=max(kept, 1) * int(global_rows) / rows)
-        return self.inner(model_output, data, dp_group)
+        loss, metrics = self.inner(model_output, data, dp_group)
+        metrics.update({k: Metric(value=v, aggregation=AggregationType.MEAN) for k, v in extra.items()})
+        return loss, metrics

@@ -81,6 +81,10 @@ LUFFY_OFF_PG_LOSS = "luffy/off_pg_loss"  # as the loss names it; logged as actor
 LUFFY_OFF_PROB_SUM = "luffy/off_prob_sum"
 LUFFY_OFF_TOKENS = "luffy/off_tokens"
 UFT_HINT_NLL = "uft/hint_nll"
+# ------------------------------------------------------------------ RL-ZVP / forking tokens (actor loss)
+RL_ZVP_POS_FRAC = "rl_zvp/pos_frac"  # as the loss names it; logged as actor/rl_zvp/pos_frac
+RL_ZVP_NEG_FRAC = "rl_zvp/neg_frac"
+FORKING_KEPT_FRAC = "forking/kept_frac"
 
 MEANING: dict[str, str] = {
     GROUPS_ALL_SUCCESS_FRAC: "share of groups whose rollouts all reached the success threshold",
@@ -126,6 +130,9 @@ MEANING: dict[str, str] = {
     ACTOR_PREFIX + LUFFY_OFF_PROB_SUM: "sum of the policy's probabilities of the expert tokens",
     ACTOR_PREFIX + LUFFY_OFF_TOKENS: "expert tokens of the update",
     ACTOR_PREFIX + UFT_HINT_NLL: "UFT's NLL of the hint tokens",
+    ACTOR_PREFIX + RL_ZVP_POS_FRAC: "share of the update's rows from all-correct groups (RL-ZVP's alpha * H advantages)",
+    ACTOR_PREFIX + RL_ZVP_NEG_FRAC: "share of the update's rows from all-wrong groups (RL-ZVP's -alpha * (max H - H))",
+    ACTOR_PREFIX + FORKING_KEPT_FRAC: "share of the update's valid response tokens kept by the forking-token rule",
 }
 
 # The stage's keys (echorl.stage.run_echo_stage; the echo/kept_* ones only with keep_filtered rows).

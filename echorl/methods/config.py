@@ -3,12 +3,30 @@
 ::
 
     method:
-      name: grpo          # grpo (no expert data), luffy, uft
+      name: grpo          # grpo (no expert data), luffy, uft, rl_zvp, forking
       luffy: {num_off_policy: 1, gamma: 0.1, max_target_length: 8192, on_policy_clip: false}
       uft: {hint_steps: 300, lower_prob: 0.05, upper_prob: 0.95, max_segments: 5, segments: uft, coef: 0.001,
             seed: 0, echo_hinted: true, score_hint: false}
+      rl_zvp: {alpha: 0.1, positive_above: 0.0, tol: 1.0e-6}
+      forking: {rho: 0.2}
 
 Every default is the authors' (docs/methods.md lists each with its source).
+
+``luffy`` and ``uft`` mix expert data into the rollouts (:attr:`MethodConfig.uses_expert_data`).
+``rl_zvp`` (:class:`echorl.core.rl_zvp.RlZvpConfig`) and ``forking``
+(:class:`echorl.core.forking.ForkingConfig`) change only the actor loss, from the update forward's
+token entropy (:attr:`MethodConfig.needs_entropy`), through :mod:`echorl.methods.entropy`.
+
+How they combine with EchoRL (checked by :func:`echorl.methods.entropy.check_combination`):
+
+* ``rl_zvp`` + EchoRL ``mode=loss``: allowed. RL-ZVP rewrites the advantages of zero-variance
+  rows; the EchoRL term reads ``echo_mask`` / ``echo_denom`` only, so the two add up unchanged.
+* ``rl_zvp`` + EchoRL ``mode=advantage``: refused (EchoRL's bonus sits on the advantages of
+  all-success groups, which RL-ZVP replaces).
+* ``forking`` + EchoRL (active): refused (the term would be trained under the forking mask and
+  normaliser). The study compares the two as separate arms.
+* ``rl_zvp`` + DAPO's dynamic sampling (``algorithm.filter_groups.enable``): refused (the filter
+  drops the zero-variance groups RL-ZVP trains on). ``forking`` + DAPO is the authors' setting.
 
 Every bad value is a ``ValueError`` naming ``method.<key>``.
 """
@@ -19,7 +37,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-METHODS = ("grpo", "luffy", "uft")
+from echorl.core.forking import ForkingConfig
+from echorl.core.rl_zvp import RlZvpConfig
+
+METHODS = ("grpo", "luffy", "uft", "rl_zvp", "forking")
+EXPERT_METHODS = ("luffy", "uft")  # mix expert data into the rollouts
+ENTROPY_METHODS = ("rl_zvp", "forking")  # need the update forward's token entropy
 SEGMENTS = ("uft", "lines")  # method.uft.segments
 
 
@@ -100,11 +123,13 @@ class UftConfig:
 
 @dataclass(frozen=True)
 class MethodConfig:
-    """Which base method runs, with its options (the unused one's options are still validated)."""
+    """Which base method runs, with its options (the unused ones' options are still validated)."""
 
     name: str = "grpo"
     luffy: LuffyConfig = field(default_factory=LuffyConfig)
     uft: UftConfig = field(default_factory=UftConfig)
+    rl_zvp: RlZvpConfig = field(default_factory=RlZvpConfig)
+    forking: ForkingConfig = field(default_factory=ForkingConfig)
 
     def __post_init__(self) -> None:
         if self.name not in METHODS:
@@ -114,12 +139,14 @@ class MethodConfig:
     def from_dict(cls, d: Mapping[str, Any] | None) -> MethodConfig:
         """From a plain mapping (a resolved Hydra ``method:`` node); ``None`` gives plain GRPO."""
         d = dict(d or {})
-        valid = {"name", "luffy", "uft"}
+        valid = {"name", "luffy", "uft", "rl_zvp", "forking"}
         unknown = sorted(set(d) - valid)
         if unknown:
             raise ValueError(f"unknown key(s) {[f'method.{k}' for k in unknown]}; valid keys: {sorted(valid)}")
         return cls(name=str(d.get("name", "grpo")), luffy=_from(LuffyConfig, d.get("luffy"), "method.luffy"),
-                   uft=_from(UftConfig, d.get("uft"), "method.uft"))
+                   uft=_from(UftConfig, d.get("uft"), "method.uft"),
+                   rl_zvp=RlZvpConfig.from_dict(d.get("rl_zvp"), prefix="method.rl_zvp"),
+                   forking=ForkingConfig.from_dict(d.get("forking"), prefix="method.forking"))
 
     @property
     def is_luffy(self) -> bool:
@@ -128,3 +155,23 @@ class MethodConfig:
     @property
     def is_uft(self) -> bool:
         return self.name == "uft"
+
+    @property
+    def uses_expert_data(self) -> bool:
+        """LUFFY or UFT: the run needs expert traces and the host's rollout hooks."""
+        return self.name in EXPERT_METHODS
+
+    @property
+    def needs_entropy(self) -> bool:
+        """RL-ZVP or forking tokens: the actor loss needs the update forward's token entropy."""
+        return self.name in ENTROPY_METHODS
+
+    @property
+    def rl_zvp_on(self) -> RlZvpConfig | None:
+        """RL-ZVP's options when ``name=rl_zvp``, else None."""
+        return self.rl_zvp if self.name == "rl_zvp" else None
+
+    @property
+    def forking_on(self) -> ForkingConfig | None:
+        """The forking-token options when ``name=forking``, else None."""
+        return self.forking if self.name == "forking" else None
