@@ -6,7 +6,8 @@ different hosts line up on one dashboard:
 
 * ``echo/*``: the EchoRL stage and loss, logged by the driver (both hosts, same names and meaning);
 * ``actor/*``: what the actor loss reports, prefixed as verl's ``rename_dict(metrics, "actor/")``
-  does (:func:`actor_metric_name`), except ``echo/loss``, which stays with the stage's metrics;
+  does (:func:`actor_metric_name`), except ``echo/loss``, which stays with the stage's metrics, and
+  the study's gradient measurements ``study/*`` (engine only, :mod:`echorl.study.gradshare`);
 * ``timing_s/*``: seconds per step (verl writes ``timing_raw[name]`` as ``timing_s/<name>``);
 * ``luffy/*``, ``uft/*``: the driver side of LUFFY / UFT.
 
@@ -33,6 +34,7 @@ __all__ = ["ACTOR_PREFIX", "ECHO_PREFIX", "MEANING", "OLD_NAMES", "STAGE", "TIMI
 
 ECHO_PREFIX = "echo/"
 ACTOR_PREFIX = "actor/"
+STUDY_PREFIX = "study/"  # the study's measurements, reported through the engine's loss (never on verl)
 TIMING_PREFIX = "timing_s/"
 
 # ------------------------------------------------------------------ the stage (echorl.stage.run_echo_stage)
@@ -164,8 +166,9 @@ def timing_name(name: str) -> str:
 
 def actor_metric_name(key: str) -> str:
     """The logged name of a metric the actor loss reports: verl's ``rename_dict(metrics, "actor/")``
-    (``actor/`` added unless present), except :data:`LOSS`, which keeps its ``echo/`` name."""
-    if key == LOSS or key.startswith(ACTOR_PREFIX):
+    (``actor/`` added unless present), except :data:`LOSS`, which keeps its ``echo/`` name, and the
+    study's ``study/*`` measurements."""
+    if key == LOSS or key.startswith((ACTOR_PREFIX, STUDY_PREFIX)):
         return key
     return ACTOR_PREFIX + key
 

@@ -46,6 +46,10 @@ def test_actor_names_follow_verls_rename_dict_except_the_echorl_loss(key):
     assert M.actor_metric_name("luffy/off_pg_loss") == "actor/luffy/off_pg_loss"
 
 
+def test_the_studys_gradient_measurements_keep_their_names():
+    assert M.actor_metric_name("study/grad_echo_share") == "study/grad_echo_share"
+
+
 def test_old_rows_read_under_the_current_names():
     old = {"step": 3, "timing/step": 2.5, "timing/echo": 0.25, "timing/update": 1.0, "luffy/off_pg_loss": -0.5,
            "echo/clips": 4.0}
