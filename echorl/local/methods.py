@@ -102,7 +102,7 @@ class LocalMethod:
 
     @property
     def active(self) -> bool:
-        return self.cfg.name != "grpo"
+        return self.cfg.uses_expert_data  # LUFFY / UFT (RL-ZVP and forking change only the loss)
 
     def generation_prompts(self, prompt_ids: list[list[int]], rows: list[dict], step: int) -> list[list[int]]:
         """UFT: ``prompt + hint`` token ids per prompt; otherwise ``prompt_ids`` itself."""

@@ -48,6 +48,7 @@ from echorl.local.train_prompts import PromptSampler, prepare_prompts
 from echorl.local.update import actor_update, compute_advantages, token_level_rewards
 from echorl.logprobs import old_policy_pass
 from echorl.loss import EchoLoss
+from echorl.methods.entropy import check_combination, method_loss, zvp_sign
 from echorl.methods.luffy import MethodLoss
 from echorl.metric_names import timing_name
 from echorl.models.loading import load_model
@@ -149,7 +150,9 @@ class LocalTrainer:
             loss_fn = MethodLoss(self.actor_cfg, self.echo_cfg, method_cfg)
         if loss_fn is None:
             loss_fn = EchoLoss(self.actor_cfg, self.echo_cfg)
-        self.loss_fn = loss_fn
+        check_combination(method_cfg, self.echo_cfg, filter_groups=self.filter_cfg.enable, entropy_in_update=True,
+                          actor_config=self.actor_cfg)
+        self.loss_fn = method_loss(loss_fn, self.actor_cfg, method_cfg, self.echo_cfg)  # RL-ZVP / forking tokens
 
         if score_fn is None and cfg.reward.get("score_fn"):
             score_fn = import_score_fn(str(cfg.reward.score_fn))
@@ -257,6 +260,7 @@ class LocalTrainer:
         if echo_only is not None and bool(echo_only.any()):
             batch["echo_only"] = echo_only  # actor_update spreads them over the RL mini-batches
         batch.update(self.method.batch_fields(rb, n_mini))
+        batch.update(zvp_sign(self.method.cfg, scores, rb.group_index, rl_mask))  # RL-ZVP's signs
         self.last_batch = batch
         actor = actor_update(self.model, self.optimizer, self.scheduler, self.loss_fn, batch, self.actor_cfg,
                              n=n, temperature=temp, generator=self.update_gen)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tensordict import TensorDict
 
+from echorl.entropy_methods import EntropyMethodLoss
 from echorl.filtering import split_minibatches
 from echorl.logprobs import bucketed_logprobs, model_device, pack_for_verl
 from echorl.metric_names import actor_metric_name
@@ -117,7 +118,7 @@ def actor_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sched
     mini = actor_cfg.ppo_mini_batch_size * n
     micro = actor_cfg.ppo_micro_batch_size_per_gpu
     clip = actor_cfg.optim.clip_grad
-    want_entropy = bool(actor_cfg.entropy_coeff)
+    want_entropy = bool(actor_cfg.entropy_coeff) or isinstance(loss_fn, EntropyMethodLoss)  # RL-ZVP / forking tokens
     dev = model_device(model)  # the batch stays on the CPU; each micro-batch goes to the model
     model.train()
     per_mini: list[dict[str, float]] = []
