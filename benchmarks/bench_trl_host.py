@@ -5,21 +5,26 @@ same weights, seed, prompts and GRPOConfig (the engine's testbed: ``n`` rollouts
 token-mean loss, no KL, lr 5e-4); the EchoRL arm adds ``echorl_coef`` (default the paper's 1e-3).
 Rounds interleave the arms, A B, B A, A B, ... (a fresh trainer per arm and round, a warm-up step
 untimed), so load drift on a shared machine hits both; the headline is the median over rounds of
-the per-round ratio of median step times. A "step" is one generation plus its optimizer steps.
+the per-round ratio of median step times, with the spread of those ratios (min .. max, and the
+quartiles in the JSON). A "step" is one generation plus its optimizer steps.
 
 Two settings (``--settings``):
 
 * ``reuse``: ``steps_per_generation=2 > gradient_accumulation_steps=1``: TRL makes its no-grad
   old-policy pass and EchoRL reads the token entropies from it (no extra forward).
 * ``on_policy``: ``steps_per_generation = gradient_accumulation_steps = 1`` (TRL's default): TRL
-  makes no old-policy pass, so EchoRL makes one no-grad pass for the entropies.
+  makes no old-policy pass, so EchoRL records the entropies while ``generate`` samples. With
+  ``--forward-pass-arm`` a third arm runs EchoRL with its own no-grad forward pass instead
+  (``EchoGRPOTrainer.generation_entropy = False``), rotated into the same rounds.
 
-Also recorded: process CPU time per step, and EchoRL's own ``timing/echo_entropy_pass`` and
-``timing/echo_stage`` (median seconds); "own work" is their sum over TRL's median step time, an
-estimate of the overhead that load on a shared machine disturbs less than the ratio of two step
-times (it leaves out the loss term: a masked sum over the micro-batch's ``[b, L]`` log-probs).
+Also recorded: process CPU time per step, and EchoRL's own ``timing/echo_generation_entropy``,
+``timing/echo_entropy_pass`` and ``timing/echo_stage`` (median seconds); "own work" is their sum over
+TRL's median step time, an estimate of the overhead that load on a shared machine disturbs less
+than the ratio of two step times (it leaves out the loss term: a masked sum over the micro-batch's
+``[b, L]`` log-probs).
 
     python benchmarks/bench_trl_host.py [--rounds 6] [--steps 3] [--settings reuse,on_policy] [--threads 1]
+                                        [--forward-pass-arm]
 """
 
 from __future__ import annotations
@@ -37,10 +42,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SETTINGS = {"reuse": 2, "on_policy": 1}  # setting -> steps_per_generation (gradient_accumulation_steps=1)
+ECHO_KEYS = ("timing/echo_generation_entropy", "timing/echo_entropy_pass", "timing/echo_stage")
+SOURCE_KEYS = ("echo/entropy_from_generation", "echo/entropy_pass", "echo/clips")
 
 
-def run_arm(echo: bool, spg: int, args, out_dir: str) -> dict:
-    """Train ``warmup + steps`` steps of one arm; per-step wall and CPU seconds after the warm-up."""
+def _quartiles(xs: list[float]) -> list[float]:
+    return statistics.quantiles(xs, n=4, method="inclusive") if len(xs) > 1 else [xs[0]] * 3
+
+
+def run_arm(arm: str, spg: int, args, out_dir: str) -> dict:
+    """Train ``warmup + steps`` steps of one arm (``trl``, ``echo``, or ``echo_fwd``: EchoRL with its own
+    entropy pass); per-step wall and CPU seconds after the warm-up."""
     import torch
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -58,8 +70,11 @@ def run_arm(echo: bool, spg: int, args, out_dir: str) -> dict:
               warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, max_steps=total * spg, logging_steps=1,
               report_to="none", save_strategy="no", eval_strategy="no", disable_tqdm=True, log_completions=False,
               bf16=False, dataloader_num_workers=0)
+    echo = arm != "trl"
     if echo:
-        cls, args_obj = EchoGRPOTrainer, EchoGRPOConfig(**kw, echorl_coef=args.coef)
+        cls = EchoGRPOTrainer if arm == "echo" else type("ForwardPassTrainer", (EchoGRPOTrainer,),
+                                                          {"generation_entropy": False})
+        args_obj = EchoGRPOConfig(**kw, echorl_coef=args.coef)
     else:
         cls, args_obj = GRPOTrainer, GRPOConfig(**kw)
     times: dict[str, list[float]] = {"wall": [], "cpu": []}
@@ -86,8 +101,8 @@ def run_arm(echo: bool, spg: int, args, out_dir: str) -> dict:
     hist = tr.state.log_history
     out = {"wall": times["wall"], "cpu": times["cpu"]}
     if echo:
-        for k in ("timing/echo_entropy_pass", "timing/echo_stage", "echo/entropy_pass", "echo/clips"):
-            out[k] = [h[k] for h in hist if k in h][args.warmup:]
+        for k in ECHO_KEYS + SOURCE_KEYS:
+            out[k] = [h.get(k, 0.0) for h in hist if "echo/clips" in h][args.warmup:]
     return out
 
 
@@ -103,6 +118,8 @@ def main() -> int:
     p.add_argument("--coef", type=float, default=1e-3, help="echorl_coef of the EchoRL arm")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--forward-pass-arm", action="store_true",
+                   help="on_policy: also run EchoRL with its own entropy forward pass (no generate-time recording)")
     p.add_argument("--out", default="benchmarks/results/bench_trl_host.json")
     args = p.parse_args()
     settings = [s.strip() for s in args.settings.split(",") if s.strip()]
@@ -115,40 +132,47 @@ def main() -> int:
     rows = []
     for s in settings:
         spg = SETTINGS[s]
-        raw: dict[str, list[dict]] = {"trl": [], "echo": []}
+        arms = ["trl", "echo"] + (["echo_fwd"] if args.forward_pass_arm and s == "on_policy" else [])
+        raw: dict[str, list[dict]] = {a: [] for a in arms}
         for r in range(args.rounds):
-            order = ("trl", "echo") if r % 2 == 0 else ("echo", "trl")
+            order = arms[r % len(arms):] + arms[:r % len(arms)]  # rotate: each arm runs first as often
+            if r % 2:
+                order = order[::-1]
             for arm in order:
-                raw[arm].append(run_arm(arm == "echo", spg, args, os.path.join(work, f"{s}_{arm}_{r}")))
+                raw[arm].append(run_arm(arm, spg, args, os.path.join(work, f"{s}_{arm}_{r}")))
                 print(f"{s} round {r} {arm}: median {statistics.median(raw[arm][-1]['wall']):.3f} s/step", flush=True)
         med = {arm: [statistics.median(x["wall"]) for x in raw[arm]] for arm in raw}
         cpu = {arm: [statistics.median(x["cpu"]) for x in raw[arm]] for arm in raw}
-        ratios = [e / t for e, t in zip(med["echo"], med["trl"])]
-        cpu_ratios = [e / t for e, t in zip(cpu["echo"], cpu["trl"])]
-        echo_t = {k: statistics.median(v for x in raw["echo"] for v in x[k])
-                  for k in ("timing/echo_entropy_pass", "timing/echo_stage")}
-        res = {"steps_per_generation": spg, "trl_step_s": statistics.median(med["trl"]),
-               "echo_step_s": statistics.median(med["echo"]), "ratio_median": statistics.median(ratios),
-               "ratio_per_round": ratios, "cpu_ratio_median": statistics.median(cpu_ratios),
-               "trl_cpu_s": statistics.median(cpu["trl"]), "echo_cpu_s": statistics.median(cpu["echo"]),
-               "echo_entropy_pass_s": echo_t["timing/echo_entropy_pass"], "echo_stage_s": echo_t["timing/echo_stage"],
-               "echo_own_work_frac": (echo_t["timing/echo_entropy_pass"] + echo_t["timing/echo_stage"])
-               / statistics.median(med["trl"]),
-               "echo_extra_pass": bool(statistics.median(v for x in raw["echo"] for v in x["echo/entropy_pass"])),
-               "echo_clips_mean": statistics.mean(v for x in raw["echo"] for v in x["echo/clips"]),
-               "raw": raw}
+        res: dict = {"steps_per_generation": spg, "trl_step_s": statistics.median(med["trl"]),
+                     "trl_cpu_s": statistics.median(cpu["trl"]), "arms": {}, "raw": raw}
+        for arm in arms[1:]:
+            ratios = [e / t for e, t in zip(med[arm], med["trl"])]
+            cpu_ratios = [e / t for e, t in zip(cpu[arm], cpu["trl"])]
+            own = {k: statistics.median(v for x in raw[arm] for v in x[k]) for k in ECHO_KEYS}
+            frac = {k: statistics.mean(v for x in raw[arm] for v in x[k]) for k in SOURCE_KEYS}
+            source = ("generation" if frac["echo/entropy_from_generation"] == 1 else
+                      "forward pass" if frac["echo/entropy_pass"] == 1 else
+                      "TRL's pass" if frac["echo/entropy_from_generation"] == frac["echo/entropy_pass"] == 0 else "mixed")
+            a = {"step_s": statistics.median(med[arm]), "cpu_s": statistics.median(cpu[arm]),
+                 "ratio_median": statistics.median(ratios), "ratio_quartiles": _quartiles(ratios),
+                 "ratio_per_round": ratios, "cpu_ratio_median": statistics.median(cpu_ratios),
+                 "cpu_ratio_quartiles": _quartiles(cpu_ratios), "cpu_ratio_per_round": cpu_ratios,
+                 "entropy_source": source, "clips_mean": frac["echo/clips"],
+                 **{k.split("/")[1] + "_s": v for k, v in own.items()},
+                 "own_work_frac": sum(own.values()) / statistics.median(med["trl"])}
+            res["arms"][arm] = a
+            rows.append([s, arm, f"{res['trl_step_s']:.3f}", f"{a['step_s']:.3f}",
+                         f"{(a['ratio_median'] - 1) * 100:+.1f}%",
+                         f"{(min(ratios) - 1) * 100:+.1f} .. {(max(ratios) - 1) * 100:+.1f}",
+                         f"{(a['cpu_ratio_median'] - 1) * 100:+.1f}%",
+                         f"{(min(cpu_ratios) - 1) * 100:+.1f} .. {(max(cpu_ratios) - 1) * 100:+.1f}", source,
+                         " / ".join(f"{own[k] * 1e3:.0f}" for k in ECHO_KEYS), f"{a['own_work_frac'] * 100:.1f}%"])
         report["settings"][s] = res
-        rows.append([s, f"{res['trl_step_s']:.3f}", f"{res['echo_step_s']:.3f}",
-                     f"{(res['ratio_median'] - 1) * 100:+.1f}%", f"{(res['cpu_ratio_median'] - 1) * 100:+.1f}%",
-                     " ".join(f"{(x - 1) * 100:+.1f}" for x in ratios),
-                     "yes" if res["echo_extra_pass"] else "no (TRL's)",
-                     f"{res['echo_entropy_pass_s'] * 1e3:.1f}", f"{res['echo_stage_s'] * 1e3:.1f}",
-                     f"{res['echo_own_work_frac'] * 100:.1f}%"])
     print_table(f"bench_trl_host: tiny-chain, {args.prompts} prompts x {args.n} rollouts, <= {args.max_response_length} "
                 f"tokens, echorl_coef={args.coef}, {args.threads} thread(s), {args.rounds} rounds x {args.steps} steps "
                 f"per arm (medians; load avg {report['machine']['load_avg']})",
-                ["setting", "TRL s/step", "Echo s/step", "wall +", "CPU +", "per round %", "entropy pass",
-                 "pass ms", "stage ms", "own work"], rows)
+                ["setting", "arm", "TRL s/step", "arm s/step", "wall +", "wall rounds %", "CPU +", "CPU rounds %",
+                 "entropies from", "gen / pass / stage ms", "own work"], rows)
     write_json(args.out, report)
     return 0
 
