@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
 from echorl.analysis.dump import DumpConfig, dump_records, write_dump
 from echorl.core.config import EchoConfig
@@ -26,8 +27,6 @@ __all__ = ["dump_config_of", "write_verl_dump"]
 def dump_config_of(config: Any) -> DumpConfig:
     """:class:`DumpConfig` from the composed config's ``echorl_dump`` node; ``dir: null`` becomes
     ``<trainer.default_local_dir>/echo_clips``."""
-    from omegaconf import OmegaConf
-
     node = OmegaConf.select(config, "echorl_dump", default=None)
     d = OmegaConf.to_container(node, resolve=True) if node is not None else {}
     cfg = DumpConfig.from_dict(d)

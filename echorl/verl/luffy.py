@@ -28,8 +28,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
+from verl import DataProto
 from verl.experimental.agent_loop.agent_loop import AgentLoopMetrics, AgentLoopOutput
 from verl.experimental.agent_loop.single_turn_agent_loop import SingleTurnAgentLoop
+from verl.utils.debug.metrics import calculate_debug_metrics
 
 from echorl.methods.config import MethodConfig
 from echorl.methods.luffy import expert_text, expert_trace_ids
@@ -67,9 +70,6 @@ def align_expert_rollout(rollout_log_probs: torch.Tensor, old_log_probs: torch.T
         and verl's ``calculate_debug_metrics`` over the rows that are not expert rows (empty when
         there are none).
     """
-    from verl import DataProto
-    from verl.utils.debug.metrics import calculate_debug_metrics
-
     aligned = torch.where(off[:, None], old_log_probs, rollout_log_probs)
     own = response_mask * (~off)[:, None].to(response_mask.dtype)
     if not bool(own.any()):
@@ -109,6 +109,4 @@ class LuffyAgentLoop(SingleTurnAgentLoop):
 def _plain(node: Any) -> dict | None:
     if node is None:
         return None
-    from omegaconf import DictConfig, OmegaConf
-
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)

@@ -19,18 +19,26 @@ after verl's old-policy pass):
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from tensordict import TensorDict
+from tensordict.tensorclass import NonTensorData, NonTensorStack
+from verl.utils import tensordict_utils as tu
 
 from echorl import metric_names as M
 from echorl.methods.config import MethodConfig
 from echorl.methods.luffy import HINT_DENOM, HINT_MASK, OFF_POLICY, expert_text, trace_share
 from echorl.methods.uft import hint_denominator, hint_probability, sample_hints
+from echorl.verl.fields import _padded, _to_nested, group_ids
+from echorl.verl.luffy import TRAIN_FLAG, align_expert_rollout, off_policy_rows_of
+from echorl.verl.uft import HINT_FIELD, INNER_NAME, INNER_PATH, WRAPPER, hint_mask_of
 
 AGENT_LOOPS_YAML = os.path.join(os.path.dirname(os.path.abspath(__file__)), "agent_loops.yaml")
 _AGENTS = {"luffy": "luffy_agent", "uft": "uft_agent"}
@@ -73,8 +81,6 @@ def configure(config: DictConfig) -> MethodConfig:
 def score_continuations(config: DictConfig) -> None:
     """Make verl's reward function score UFT's generated continuation (not the hint): wrap
     ``reward.custom_reward_function`` in :func:`echorl.verl.uft.continuation_score`."""
-    from echorl.verl.uft import INNER_NAME, INNER_PATH, WRAPPER
-
     manager = OmegaConf.select(config, "reward.reward_manager.name", default="naive")
     if manager not in ("naive", "limited"):
         raise ValueError(f"method.uft.score_hint=false scores the continuation the agent loop passes in extra_info, "
@@ -108,16 +114,11 @@ def trace_columns(path: str) -> set[str] | None:
         return None
     names: set[str] = set()
     if path.endswith(".parquet"):
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
         schema = pq.read_schema(path)
         names = set(schema.names)
         if "extra_info" in names and pa.types.is_struct(schema.field("extra_info").type):
             names |= {f"extra_info.{f.name}" for f in schema.field("extra_info").type}
     elif path.endswith(".jsonl"):
-        import json
-
         with open(path, encoding="utf-8") as f:
             first = json.loads(f.readline() or "{}")
         names = set(first)
@@ -143,8 +144,6 @@ def check_trace_files(files: Sequence[str], method: str) -> None:
 
 def _row_field(batch: TensorDict, key: str, i: int) -> Any:
     """Row ``i`` of a prompt batch's field ``key`` (``None`` when absent)."""
-    from tensordict.tensorclass import NonTensorData, NonTensorStack
-
     if key not in batch.keys():
         return None
     value = batch.get(key)
@@ -169,11 +168,6 @@ class VerlMethod:
 
     def prepare_prompts(self, batch: TensorDict, step: int) -> TensorDict:
         """Training prompts: the train flag, LUFFY's trace bookkeeping, UFT's hints."""
-        from verl.utils import tensordict_utils as tu
-
-        from echorl.verl.luffy import TRAIN_FLAG
-        from echorl.verl.uft import HINT_FIELD
-
         self.metrics = {}
         if not self.active:
             return batch
@@ -206,9 +200,6 @@ class VerlMethod:
             ``fields``: padded ``[B]`` / ``[B, L]`` tensors to store (``off_policy``, or ``hint_mask``
             and ``hint_denom``); ``exclude``: ``[B] bool`` rows EchoRL must treat as empty.
         """
-        from echorl.verl.luffy import off_policy_rows_of
-        from echorl.verl.uft import hint_mask_of
-
         B, L = response_mask.shape
         exclude = torch.zeros(B, dtype=torch.bool)
         if self.cfg.is_luffy:
@@ -230,8 +221,6 @@ class VerlMethod:
         """:meth:`stage_fields` on a batch as verl stores it (``uid``, nested ``responses`` and
         ``response_mask``). Returns the fields to store (response-aligned ones nested like
         ``response_mask``) and ``is_padding`` OR the excluded rows (the rows EchoRL ignores)."""
-        from echorl.verl.fields import _padded, _to_nested, group_ids
-
         nested = data["response_mask"]
         mask = _padded(data, "response_mask")
         lens = nested.offsets().diff() if nested.is_nested else torch.full((mask.shape[0],), mask.shape[1])
@@ -247,9 +236,6 @@ class VerlMethod:
         ``uid``, ``responses``, ``response_mask``, ``rollout_log_probs``, ``old_log_probs`` as verl stores
         them. Nothing to do (``{}, {}``) for other methods, without expert rows or without
         ``rollout_log_probs``."""
-        from echorl.verl.fields import _padded, _to_nested, group_ids
-        from echorl.verl.luffy import align_expert_rollout, off_policy_rows_of
-
         if not self.cfg.is_luffy or "rollout_log_probs" not in data.keys():
             return {}, {}
         off = off_policy_rows_of(keys, group_ids(data["uid"]), self.has_trace, self.cfg.luffy.num_off_policy, is_padding)

@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
 from echorl import metric_names as M
+from echorl.verl.fields import _padded, group_ids
 
 FIELDS = ("uid", "response_mask", "echo_mask", "echo_denom", "old_log_probs")
 METHOD_FIELDS = {"luffy": ("off_policy",)}  # method.name -> its per-row fields, traced when it runs
@@ -38,8 +40,6 @@ def fields_of(method: str) -> list[str]:
 
 def trace_dir_of(config: Any) -> Path | None:
     """``echorl_trace.dir`` of the composed config (None: off)."""
-    from omegaconf import OmegaConf
-
     value = OmegaConf.select(config, "echorl_trace.dir", default=None)
     return Path(str(value)) if value else None
 
@@ -48,8 +48,6 @@ def write_trace(folder: Path, step: int, data: Any, is_padding: Sequence[bool], 
                 kept: Sequence[bool] | None = None) -> Path:
     """Write ``step_<step>.pt`` from the stored fields ``data`` (a TensorDict with :func:`fields_of` the
     run's method, nested ``[B, j]`` as TransferQueue returns them) and the step's metrics."""
-    from echorl.verl.fields import _padded, group_ids
-
     record = {
         "uid": group_ids(data["uid"]),
         "is_padding": torch.as_tensor(list(is_padding), dtype=torch.bool),

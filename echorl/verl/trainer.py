@@ -42,6 +42,7 @@ from transfer_queue import KVBatchMeta
 from verl.trainer.ppo.padding_utils import upsample_batch_to_divisible_size
 from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+from verl.utils.config import omega_conf_to_dataclass
 
 from echorl import metric_names as M
 from echorl.analysis.dump import DumpConfig
@@ -49,6 +50,7 @@ from echorl.core.clips import reset_boundary_warnings
 from echorl.core.config import EchoConfig
 from echorl.core.steps import EchoBoundaryWarning, check_boundary_ids
 from echorl.loss import EchoLoss
+from echorl.methods.luffy import MethodLoss
 from echorl.stage import num_minibatches
 from echorl.verl.config_checks import validate_config
 from echorl.verl.dump import dump_config_of, write_verl_dump
@@ -161,10 +163,6 @@ class EchoPPOTrainerSync(PPOTrainerSync):
     def install_echo_loss(self, method: bool = False) -> EchoLoss:
         """Build :class:`EchoLoss` (or, for LUFFY / UFT, ``MethodLoss``) from the actor config (as the
         worker builds it) and send it to every actor worker (``set_loss_fn`` is dispatched ONE_TO_ALL)."""
-        from verl.utils.config import omega_conf_to_dataclass
-
-        from echorl.methods.luffy import MethodLoss
-
         actor_config = omega_conf_to_dataclass(self.config.actor_rollout_ref.actor)
         loss = MethodLoss(actor_config, self.echo_cfg, self.method.cfg) if method else EchoLoss(actor_config, self.echo_cfg)
         self.actor_rollout_wg.set_loss_fn(loss)

@@ -27,6 +27,8 @@ from uuid import uuid4
 import torch
 from verl.experimental.agent_loop.agent_loop import AgentLoopMetrics, AgentLoopOutput
 from verl.experimental.agent_loop.single_turn_agent_loop import SingleTurnAgentLoop
+from verl.utils.import_utils import load_extern_object
+from verl.utils.reward_score import default_compute_score
 
 from echorl.methods.uft import hint_token_ids
 
@@ -40,11 +42,7 @@ WRAPPER = ("pkg://echorl.verl.uft", "continuation_score")  # reward.custom_rewar
 @functools.lru_cache(maxsize=8)
 def _inner_score_fn(path: str | None, name: str | None):
     if not path:
-        from verl.utils.reward_score import default_compute_score
-
         return default_compute_score
-    from verl.utils.import_utils import load_extern_object
-
     return load_extern_object(module_path=path, object_name=name)
 
 
