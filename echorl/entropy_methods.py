@@ -42,6 +42,7 @@ from echorl import metric_names as M
 from echorl.core.forking import ForkingConfig, forking_token_mask
 from echorl.core.rl_zvp import RlZvpConfig, rl_zvp_shape, zero_variance_signs
 from echorl.loss import padded_response_field
+from echorl.methods.config import check_forking_actor
 
 ZVP_SIGN = "zvp_sign"
 
@@ -99,17 +100,7 @@ class EntropyMethodLoss:
         if rl_zvp is None and forking is None:
             raise ValueError("EntropyMethodLoss needs rl_zvp or forking; without either use the inner loss itself")
         if forking is not None:
-            mode = actor_config.loss_agg_mode
-            if mode != "token-mean":
-                raise ValueError(f"the forking-token rule normalises by the kept tokens (token-mean, as its authors); "
-                                 f"actor_rollout_ref.actor.loss_agg_mode={mode!r}: set it to token-mean")
-            if actor_config.entropy_coeff or actor_config.use_kl_loss:
-                raise ValueError("the forking-token rule masks the policy-gradient term only and its authors train "
-                                 "without entropy bonus and KL loss; set actor_rollout_ref.actor.entropy_coeff=0 and "
-                                 "use_kl_loss=false")
-            if echo_adds_term:
-                raise ValueError("the forking-token rule and the EchoRL term are not combined (the term would see the "
-                                 "forking mask); set echorl.enable=false")
+            check_forking_actor(actor_config, echo_adds_term)
         self.inner, self.actor_config, self.rl_zvp, self.forking = inner, actor_config, rl_zvp, forking
 
     def __repr__(self) -> str:

@@ -151,7 +151,7 @@ class LocalTrainer:
         if loss_fn is None:
             loss_fn = EchoLoss(self.actor_cfg, self.echo_cfg)
         check_combination(method_cfg, self.echo_cfg, filter_groups=self.filter_cfg.enable, entropy_in_update=True,
-                          actor_config=self.actor_cfg)
+                          actor=self.actor_cfg)
         self.loss_fn = method_loss(loss_fn, self.actor_cfg, method_cfg, self.echo_cfg)  # RL-ZVP / forking tokens
 
         if score_fn is None and cfg.reward.get("score_fn"):

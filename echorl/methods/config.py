@@ -17,7 +17,7 @@ Every default is the authors' (docs/methods.md lists each with its source).
 (:class:`echorl.core.forking.ForkingConfig`) change only the actor loss, from the update forward's
 token entropy (:attr:`MethodConfig.needs_entropy`), through :mod:`echorl.methods.entropy`.
 
-How they combine with EchoRL (checked by :func:`echorl.methods.entropy.check_combination`):
+How they combine with EchoRL (checked by :func:`check_combination`, light enough for start-up checks):
 
 * ``rl_zvp`` + EchoRL ``mode=loss``: allowed. RL-ZVP rewrites the advantages of zero-variance
   rows; the EchoRL term reads ``echo_mask`` / ``echo_denom`` only, so the two add up unchanged.
@@ -175,3 +175,52 @@ class MethodConfig:
     def forking_on(self) -> ForkingConfig | None:
         """The forking-token options when ``name=forking``, else None."""
         return self.forking if self.name == "forking" else None
+
+
+def check_forking_actor(actor: Any, echo_adds_term: bool) -> None:
+    """The forking-token rule's requirements on the actor loss, read from verl's actor config (its
+    dataclass or the ``actor_rollout_ref.actor`` node): token-mean (the authors' kept-token mean),
+    no entropy bonus and no KL loss (they mask the policy-gradient term only), no EchoRL term."""
+    mode = actor.loss_agg_mode
+    if mode != "token-mean":
+        raise ValueError(f"the forking-token rule normalises by the kept tokens (token-mean, as its authors); "
+                         f"actor_rollout_ref.actor.loss_agg_mode={mode!r}: set it to token-mean")
+    if actor.entropy_coeff or actor.use_kl_loss:
+        raise ValueError("the forking-token rule masks the policy-gradient term only and its authors train "
+                         "without entropy bonus and KL loss; set actor_rollout_ref.actor.entropy_coeff=0 and "
+                         "use_kl_loss=false")
+    if echo_adds_term:
+        raise ValueError("the forking-token rule and the EchoRL term are not combined (the term would see the "
+                         "forking mask); set echorl.enable=false")
+
+
+def check_combination(method: MethodConfig, echo: Any, *, filter_groups: bool, entropy_in_update: bool,
+                      actor: Any = None) -> None:
+    """Raise ``ValueError`` naming the setting to change when ``method`` cannot run with the rest.
+
+    Args:
+        method: the ``method:`` config; echo: the :class:`echorl.core.config.EchoConfig`.
+        filter_groups: DAPO's dynamic sampling is on (``algorithm.filter_groups.enable``).
+        entropy_in_update: the host computes the token entropy in the update forward (verl:
+            ``actor_rollout_ref.actor.calculate_entropy``; the engine always can).
+        actor: verl's actor config (dataclass or node); when given, forking's loss requirements
+            (:func:`check_forking_actor`) are checked now.
+    """
+    if not method.needs_entropy:
+        return
+    name = method.name
+    if not entropy_in_update:
+        raise ValueError(f"method.name={name} needs the policy's token entropy in the update forward; set "
+                         "actor_rollout_ref.actor.calculate_entropy=true")
+    if name == "rl_zvp" and echo.adds_advantage_bonus:
+        raise ValueError("method.name=rl_zvp replaces the advantages of zero-variance groups, where "
+                         "echorl.mode=advantage puts its bonus; use echorl.mode=loss (the two then add up) or "
+                         "echorl.enable=false")
+    if name == "rl_zvp" and filter_groups:
+        raise ValueError("method.name=rl_zvp trains on the zero-variance groups that DAPO's dynamic sampling drops; "
+                         "set algorithm.filter_groups.enable=false")
+    if name == "forking" and echo.active:
+        raise ValueError("method.name=forking and EchoRL are not combined (the EchoRL term would be trained under the "
+                         "forking mask and normaliser); set echorl.enable=false")
+    if name == "forking" and actor is not None:
+        check_forking_actor(actor, echo.adds_loss_term)

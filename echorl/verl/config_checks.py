@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from echorl.core.config import EchoConfig
 from echorl.filtering import check_filter_groups
+from echorl.verl.entropy_methods import check_entropy_method
 
 SUPPORTED_TRAINER_MODES = ("sync",)
 
@@ -81,6 +82,7 @@ def validate_config(config: DictConfig) -> EchoConfig:
     if echo.keep_filtered and echo.enable:
         check_keep_filtered(config)
     check_filter_groups(filter_on, echo)  # scope=degenerate would select nothing under dynamic sampling
+    check_entropy_method(config, echo)  # method.name=rl_zvp / forking (echorl.verl.entropy_methods)
     if bool(_get(config, "distillation.enabled", False)) and echo.adds_loss_term:
         raise ValueError(
             "distillation.enabled=true is not supported with echorl.mode=loss: EchoLoss wraps verl's ppo_loss "

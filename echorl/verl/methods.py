@@ -53,7 +53,7 @@ def method_config(config: DictConfig) -> MethodConfig:
 def configure(config: DictConfig) -> MethodConfig:
     """Point verl's agent-loop settings at the method's loop; refuse settings it cannot run with."""
     m = method_config(config)
-    if m.name == "grpo":
+    if not m.uses_expert_data:  # grpo, rl_zvp, forking: verl's own agent loop
         return m
     agent = config.actor_rollout_ref.rollout.agent
     want = _AGENTS[m.name]
@@ -164,7 +164,7 @@ class VerlMethod:
 
     @property
     def active(self) -> bool:
-        return self.cfg.name != "grpo"
+        return self.cfg.uses_expert_data  # LUFFY / UFT (RL-ZVP and forking change only the loss)
 
     def prepare_prompts(self, batch: TensorDict, step: int) -> TensorDict:
         """Training prompts: the train flag, LUFFY's trace bookkeeping, UFT's hints."""

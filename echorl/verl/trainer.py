@@ -50,10 +50,12 @@ from echorl.core.clips import reset_boundary_warnings
 from echorl.core.config import EchoConfig
 from echorl.core.steps import EchoBoundaryWarning, check_boundary_ids
 from echorl.loss import EchoLoss
+from echorl.methods.entropy import method_loss
 from echorl.methods.luffy import MethodLoss
 from echorl.stage import num_minibatches
 from echorl.verl.config_checks import validate_config
 from echorl.verl.dump import dump_config_of, write_verl_dump
+from echorl.verl.entropy_methods import zvp_sign_of
 from echorl.verl.fields import READ_FIELDS, echo_stage_fields
 from echorl.verl.internals import actor_dp_size, check_trainer_internals, set_update_mini_batch_size, step_timing
 from echorl.verl.keep_filtered import (
@@ -147,8 +149,9 @@ class EchoPPOTrainerSync(PPOTrainerSync):
         """verl's setup (tokenizer, data, workers, rollout servers), then EchoRL's two installs:
         the boundary ids are checked against the tokenizer, and EchoLoss replaces the actor
         workers' ``partial(ppo_loss, config=actor_config)`` through the public ``set_loss_fn``.
-        EchoLoss is installed only when it adds a term (enabled, mode=loss, coef>0); otherwise the
-        workers keep verl's own loss, so training is verl's, bit for bit."""
+        EchoLoss is installed only when it adds a term (enabled, mode=loss, coef>0) or when
+        ``method.name`` is ``rl_zvp`` / ``forking`` (wrapped in their loss, :mod:`echorl.methods.entropy`);
+        otherwise the workers keep verl's own loss, so training is verl's, bit for bit."""
         super()._setup()
         reset_boundary_warnings()  # each boundary warning once per run
         if self.echo_cfg.boundary != "auto":  # auto ids come from this tokenizer: nothing to check
@@ -157,7 +160,7 @@ class EchoPPOTrainerSync(PPOTrainerSync):
         self.echo_loss = None
         if self.method.active:  # LUFFY / UFT: their loss (+ the EchoRL term), echorl.methods.luffy.MethodLoss
             self.echo_loss = self.install_echo_loss(method=True)
-        elif self.echo_cfg.adds_loss_term:
+        elif self.echo_cfg.adds_loss_term or self.method.cfg.needs_entropy:  # or RL-ZVP / forking tokens
             self.echo_loss = self.install_echo_loss()
 
     def install_echo_loss(self, method: bool = False) -> EchoLoss:
@@ -165,6 +168,7 @@ class EchoPPOTrainerSync(PPOTrainerSync):
         worker builds it) and send it to every actor worker (``set_loss_fn`` is dispatched ONE_TO_ALL)."""
         actor_config = omega_conf_to_dataclass(self.config.actor_rollout_ref.actor)
         loss = MethodLoss(actor_config, self.echo_cfg, self.method.cfg) if method else EchoLoss(actor_config, self.echo_cfg)
+        loss = method_loss(loss, actor_config, self.method.cfg, self.echo_cfg)  # RL-ZVP / forking tokens
         self.actor_rollout_wg.set_loss_fn(loss)
         logger.warning("EchoRL: installed %r on the actor workers", loss)
         return loss
@@ -213,6 +217,7 @@ class EchoPPOTrainerSync(PPOTrainerSync):
             fields, out = echo_stage_fields(data, ignored, self.echo_cfg, num_minibatches=n_mini, step=self.global_steps,
                                             echo_only=echo_only)
         fields.update(method_fields)
+        fields.update(zvp_sign_of(self.method.cfg, data, is_padding))  # RL-ZVP's signs (echorl.verl.entropy_methods)
         for w in caught:  # surface the core's warning in the driver log, not only on stderr (the stage's
             if issubclass(w.category, EchoBoundaryWarning):  # metrics already count it)
                 logger.warning("EchoRL: %s (echorl.boundary=%s, %d boundary ids)", w.message, self.echo_cfg.boundary,

@@ -10,7 +10,8 @@ from echorl.core.forking import ForkingConfig
 from echorl.core.rl_zvp import RlZvpConfig
 from echorl.entropy_methods import EntropyMethodLoss
 from echorl.methods.config import METHODS, MethodConfig
-from echorl.methods.entropy import check_combination, method_loss
+from echorl.methods.config import check_combination
+from echorl.methods.entropy import method_loss
 
 OFF = EchoConfig(enable=False)
 
@@ -54,8 +55,8 @@ def test_combinations():
     loss_mode = EchoConfig(coef=0.01)
     adv_mode = EchoConfig(mode="advantage")
     zvp, fork = MethodConfig(name="rl_zvp"), MethodConfig(name="forking")
-    check_combination(zvp, loss_mode, filter_groups=False, entropy_in_update=True, actor_config=_actor())
-    check_combination(fork, OFF, filter_groups=True, entropy_in_update=True, actor_config=_actor())  # DAPO base
+    check_combination(zvp, loss_mode, filter_groups=False, entropy_in_update=True, actor=_actor())
+    check_combination(fork, OFF, filter_groups=True, entropy_in_update=True, actor=_actor())  # DAPO base
     with pytest.raises(ValueError, match="echorl.mode=loss"):
         check_combination(zvp, adv_mode, filter_groups=False, entropy_in_update=True)
     with pytest.raises(ValueError, match="filter_groups.enable=false"):
@@ -64,7 +65,7 @@ def test_combinations():
         with pytest.raises(ValueError, match="echorl.enable=false"):
             check_combination(fork, echo, filter_groups=False, entropy_in_update=True)
     with pytest.raises(ValueError, match="entropy_coeff=0"):
-        check_combination(fork, OFF, filter_groups=False, entropy_in_update=True, actor_config=_actor(entropy_coeff=0.01))
+        check_combination(fork, OFF, filter_groups=False, entropy_in_update=True, actor=_actor(entropy_coeff=0.01))
 
 
 def test_method_loss_wraps_only_the_entropy_methods():
