@@ -17,7 +17,8 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = ROOT / "recipes"
 CONFIG = ROOT / "echorl" / "config"
-METHODS = ["cispo", "dapo", "drgrpo", "grpo", "gspo", "luffy", "reinforce_pp", "rloo", "uft"]
+METHODS = ["cispo", "dapo", "drgrpo", "forking", "grpo", "gspo", "luffy", "reinforce_pp", "rl_zvp", "rloo", "uft"]
+ECHO_REFUSED = {"forking"}  # recipes whose method is not combined with EchoRL (refused at start-up)
 SEARCHPATH = f"hydra.searchpath=[pkg://verl.trainer.config,file://{RECIPES}]"
 
 # What each recipe must set: dotted key -> value, checked on the composed config and, for actor
@@ -64,6 +65,11 @@ EXPECTED = {
             "method.uft.score_hint": False, "actor_rollout_ref.actor.use_kl_loss": True,
             "actor_rollout_ref.actor.kl_loss_coef": 0.001, "actor_rollout_ref.actor.kl_loss_type": "low_var_kl",
             "actor_rollout_ref.actor.entropy_coeff": 0.001},
+    "rl_zvp": {**CLIP, **VANILLA, "algorithm.adv_estimator": "grpo", "algorithm.norm_adv_by_std_in_grpo": True,
+               "actor_rollout_ref.actor.calculate_entropy": True, "method.name": "rl_zvp", "method.rl_zvp.alpha": 0.1,
+               "method.rl_zvp.positive_above": 0.0},
+    "forking": {**CLIP, **VANILLA, "algorithm.adv_estimator": "grpo", "algorithm.norm_adv_by_std_in_grpo": True,
+                "actor_rollout_ref.actor.calculate_entropy": True, "method.name": "forking", "method.forking.rho": 0.2},
     "cispo": {"algorithm.adv_estimator": "grpo", "actor_rollout_ref.actor.policy_loss.loss_mode": "cispo",
               "actor_rollout_ref.actor.loss_agg_mode": "token-mean",
               "actor_rollout_ref.actor.clip_ratio_low": 1.0, "actor_rollout_ref.actor.clip_ratio_high": 0.2},
@@ -137,7 +143,11 @@ def test_recipe_composes_and_instantiates_verl_dataclasses(method):
                 for part in key.split(".")[2:]:
                     obj = getattr(obj, part)
                 assert obj == want, (method, key, "dataclass")
-        # EchoRL's startup checks accept every recipe, with EchoRL on and off
+        # EchoRL's startup checks accept every recipe, with EchoRL on and off (on: refused where not combined)
+        if method in ECHO_REFUSED and echo == "on":
+            with pytest.raises(ValueError, match="set echorl.enable=false"):
+                validate_config(cfg)
+            continue
         assert validate_config(cfg) == EchoConfig(enable=echo == "on")
 
 
@@ -146,7 +156,8 @@ def test_recipes_pass_verl_validation_and_wiring_check():
     from echorl.main import prepare
 
     for method in METHODS:
-        assert prepare(compose_recipe(method, "on")).enable is True
+        echo = "off" if method in ECHO_REFUSED else "on"
+        assert prepare(compose_recipe(method, echo)).enable is (echo == "on")
 
 
 def test_dapo_reward_manager_reads_the_overlong_settings():
@@ -267,3 +278,10 @@ def test_ray_submit_dry_run():
     assert command[command.index("--") + 1:] == ["bash", "recipes/rloo/run.sh", "trainer.total_epochs=2"]
     r = _dry_run(script, {"RECIPE": "ppo"})
     assert r.returncode == 2 and "unknown recipe 'ppo'" in r.stderr
+
+
+def test_forking_launch_defaults_to_echorl_off():
+    """EchoRL is refused with the forking rule, so its launcher's default is ECHO=off."""
+    r = _dry_run(RECIPES / "forking" / "run.sh", {})
+    assert r.returncode == 0, r.stderr
+    assert "echorl.enable=false" in r.stdout.splitlines() and "+forking=forking" in r.stdout.splitlines()
