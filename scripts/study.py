@@ -10,9 +10,13 @@
     python scripts/study.py --dry-run            # print the plan (runs left, runs done)
     python scripts/study.py --study confirm --jobs 2 --commit   # the confirmatory study (results/confirm/PLAN.md)
     python scripts/study.py --study confirm --report            # results/confirm/report.md
+    python scripts/study.py --study competitors --dry-run --jobs 2   # results/confirm/PLAN_competitors.md
+    python scripts/study.py --study competitors --report        # results/confirm/report_competitors.md
 
-Arms are the table ``echorl.study.arms.ARMS`` (``CONFIRM_ARMS`` for ``--study confirm``; name ->
-overrides of ``echorl/config/testbed.yaml``). ``--jobs N`` runs N (arm, seed) runs at once, each in
+Arms are the table ``echorl.study.arms.ARMS`` (``CONFIRM_ARMS`` for ``--study confirm``,
+``COMPETITOR_ARMS`` for ``--study competitors``: the new arms only, written to results/confirm/ next
+to the confirmatory arms, whose runs are the plan's shared arms; name -> overrides of
+``echorl/config/testbed.yaml``). ``--jobs N`` runs N (arm, seed) runs at once, each in
 its own process with one torch thread (log: ``<run dir>.log``); this process writes the report and
 commits each finished run, one commit at a time (``commit_file`` holds a lock on the repository).
 Each finished (arm, seed) run writes ``<folder>/<arm>/seed<k>.json``; with ``--commit`` that file
@@ -68,6 +72,11 @@ def _report_paths(s, folder: Path) -> tuple[Path, Path]:
 
 
 def report(s, folder: Path) -> list[Path]:
+    if s.name == "competitors":
+        from echorl.study.competitors import write_competitors_report
+
+        write_competitors_report(folder, folder / "report_competitors.md", s)
+        return [folder / "report_competitors.md"]
     if s.name == "confirm":
         from echorl.study.confirm import write_confirm_report
 
@@ -175,7 +184,7 @@ def run_parallel(args, s, folder: Path, runs_dir: Path, todo: list, jobs: int) -
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--study", default="full", choices=("full", "quick", "pilot", "confirm"),
+    ap.add_argument("--study", default="full", choices=("full", "quick", "pilot", "confirm", "competitors"),
                     help="which study: its settings, arm table and results folder (default full)")
     ap.add_argument("--arms", default=None, help="comma-separated arm names (default: every arm of the settings)")
     ap.add_argument("--seeds", default=None, help="comma-separated seeds for every selected arm (default: the table's)")

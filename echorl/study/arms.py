@@ -14,13 +14,14 @@ paired differences of the report pair runs by seed.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from echorl.local import load_config
 
-__all__ = ["ARMS", "Arm", "CONFIRM", "CONFIRM_ARMS", "CONFIRM_SEEDS", "FULL", "PILOT", "QUICK", "STUDIES", "Settings",
-           "arm_overrides", "arms_of", "compose", "get_arms"]
+__all__ = ["ARMS", "Arm", "COMPETITORS", "COMPETITOR_ARMS", "COMPETITOR_SHARED", "CONFIRM", "CONFIRM_ARMS",
+           "CONFIRM_SEEDS", "FULL", "PILOT", "QUICK", "STUDIES", "Settings", "arm_overrides", "arms_of", "compose",
+           "get_arms"]
 
 # DAPO's two changes the engine has (recipes/dapo): dynamic sampling and clip-higher.
 DAPO = ("algorithm.filter_groups.enable=true", "++actor_rollout_ref.actor.clip_ratio_low=0.2",
@@ -150,7 +151,10 @@ CONFIRM = Settings(name="confirm", folder="results/confirm", steps=150, arms=Non
                    dev_rows=200, dev_n=2, test_rows=500, ood_rows=500, eval_n=4, eval_temperature=0.6, passk_rows=64,
                    passk_n=64, passk_temperature=1.0, max_new_tokens=96, grad_share_every=10, eval_steps=(100, 125),
                    ood_split="tail", seed_list=CONFIRM_SEEDS)
-STUDIES = {"full": FULL, "quick": QUICK, "pilot": PILOT, "confirm": CONFIRM}
+# The zero-variance competitors (results/confirm/PLAN_competitors.md): the confirmatory study's
+# settings, seeds and results folder; only the arms differ (COMPETITOR_ARMS below).
+COMPETITORS = replace(CONFIRM, name="competitors")
+STUDIES = {"full": FULL, "quick": QUICK, "pilot": PILOT, "confirm": CONFIRM, "competitors": COMPETITORS}
 
 
 # The confirmatory study (results/confirm/PLAN.md): fresh seeds, a dose-response of the paper preset
@@ -173,6 +177,24 @@ CONFIRM_ARMS: tuple[Arm, ...] = (
 )
 
 
+# The addendum of the zero-variance competitors (results/confirm/PLAN_competitors.md): the new arms only,
+# in the plan's run order (the DAPO pair first, then the two rules; plan_runs interleaves each group
+# seed by seed). They write to results/confirm/ next to the confirmatory arms.
+COMPETITOR_ARMS: tuple[Arm, ...] = (
+    Arm("dapo", DAPO + OFF, None, len(CONFIRM_SEEDS), "dapo", "DAPO: dynamic sampling + clip-higher (0.2/0.28)"),
+    Arm("dapo_echorl_kf", DAPO + ("echorl.coef=0.03", "echorl.keep_filtered=true"), "dapo", len(CONFIRM_SEEDS), "dapo",
+        "DAPO + EchoRL (paper preset, coef 3e-2), all-success groups kept for the EchoRL term"),
+    Arm("rl_zvp", OFF + ("method.name=rl_zvp", "method.rl_zvp.alpha=0.1"), None, len(CONFIRM_SEEDS), "competitors",
+        "RL-ZVP on GRPO (entropy-guided advantages on zero-variance groups, alpha 0.1)"),
+    Arm("forking", OFF + ("method.name=forking", "method.forking.rho=0.2"), None, len(CONFIRM_SEEDS), "competitors",
+        "forking tokens on GRPO (policy gradient of the top 20% tokens by entropy)"),
+)
+# The plan's shared arms: plan name -> the confirmatory arm whose results/confirm/<arm>/seed<k>.json
+# runs it is (same config, same seeds: read, never re-run; positive_nll is rule_nll_full,
+# tests/core/test_presets.py).
+COMPETITOR_SHARED = {"grpo": "grpo", "coef_1e-3": "coef_1e-3", "coef_3e-2": "coef_3e-2", "positive_nll": "rule_nll_full"}
+
+
 def get_arms(names: Sequence[str] | None = None, table: Sequence[Arm] = ARMS) -> list[Arm]:
     """Arms of ``table`` by name in table order (``None``: all). Unknown names are an error listing the
     valid ones."""
@@ -186,8 +208,9 @@ def get_arms(names: Sequence[str] | None = None, table: Sequence[Arm] = ARMS) ->
 
 
 def arms_of(s: Settings) -> tuple[Arm, ...]:
-    """The arm table of a study: :data:`CONFIRM_ARMS` for the confirmatory study, else :data:`ARMS`."""
-    return CONFIRM_ARMS if s.name == "confirm" else ARMS
+    """The arm table of a study: :data:`CONFIRM_ARMS` for the confirmatory study, :data:`COMPETITOR_ARMS`
+    for its competitors addendum, else :data:`ARMS`."""
+    return {"confirm": CONFIRM_ARMS, "competitors": COMPETITOR_ARMS}.get(s.name, ARMS)
 
 
 def arm_overrides(arm: Arm, steps: int) -> list[str]:

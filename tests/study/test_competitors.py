@@ -1,0 +1,130 @@
+"""The zero-variance competitors' addendum (results/confirm/PLAN_competitors.md): its arm table, the
+56 planned runs, the engine's start-up checks of every arm, and the report's families by hand."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from echorl.study.arms import (
+    COMPETITOR_ARMS,
+    COMPETITOR_SHARED,
+    COMPETITORS,
+    CONFIRM,
+    CONFIRM_ARMS,
+    CONFIRM_SEEDS,
+    STUDIES,
+    arms_of,
+    compose,
+    get_arms,
+)
+from echorl.study.competitors import family_rows, write_competitors_report
+from echorl.study.report import load_results
+from echorl.study.runner import SCHEMA, plan_runs, result_path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+EXPECTED = {  # arm -> (echorl enable, coef, keep_filtered, filter_groups, clip high, method, method option)
+    "dapo": (False, 1e-3, False, True, 0.28, "grpo", None),
+    "dapo_echorl_kf": (True, 0.03, True, True, 0.28, "grpo", None),
+    "rl_zvp": (False, 1e-3, False, False, 0.2, "rl_zvp", 0.1),
+    "forking": (False, 1e-3, False, False, 0.2, "forking", 0.2),
+}
+
+
+def test_table_settings_and_the_56_planned_runs():
+    assert [a.name for a in COMPETITOR_ARMS] == list(EXPECTED) and arms_of(COMPETITORS) == COMPETITOR_ARMS
+    assert STUDIES["competitors"] == COMPETITORS
+    assert {**COMPETITORS.to_dict(), "name": "confirm"} == CONFIRM.to_dict()  # the confirmatory settings and folder
+    assert all(a.seeds == len(CONFIRM_SEEDS) for a in COMPETITOR_ARMS)
+    confirm_names = {a.name for a in CONFIRM_ARMS}
+    assert set(COMPETITOR_SHARED.values()) <= confirm_names and not confirm_names & set(EXPECTED)
+    todo, done = plan_runs(COMPETITOR_ARMS, COMPETITORS, "/nonexistent")
+    assert done == [] and len(todo) == 56
+    got = [(a.name, k) for a, k in todo]
+    assert got[:4] == [("dapo", 101), ("dapo_echorl_kf", 101), ("dapo", 102), ("dapo_echorl_kf", 102)]
+    assert got[28:30] == [("rl_zvp", 101), ("forking", 101)] and got[-1] == ("forking", 114)
+
+
+def test_shared_arms_are_the_confirmatory_configs():
+    """positive_nll = rule_nll_full: the preset with the plan's coef composes to the same EchoConfig."""
+    from echorl.local.config import build_echo_config
+    from echorl.local.config import load_config
+
+    rule = get_arms(["rule_nll_full"], CONFIRM_ARMS)[0]
+    a = build_echo_config(compose(rule, 101, CONFIRM, "/tmp/x"))
+    b = build_echo_config(load_config(["echorl.preset=positive_nll", "echorl.coef=0.11"], config_name="testbed"))
+    assert (a.scope, a.per, a.selector, a.loss_agg, a.coef) == (b.scope, b.per, b.selector, b.loss_agg, b.coef)
+
+
+@pytest.mark.parametrize("arm", list(EXPECTED))
+def test_every_arm_passes_the_engines_startup_checks(arm, tmp_path):
+    from echorl.local.config import (
+        build_actor_config,
+        build_algo_config,
+        build_echo_config,
+        build_method_config,
+        validate,
+    )
+    from echorl.local.dynamic_sampling import filter_config
+    from echorl.methods.config import check_combination
+
+    a = get_arms([arm], COMPETITOR_ARMS)[0]
+    cfg = compose(a, 101, COMPETITORS, str(tmp_path / "run"))
+    actor = build_actor_config(cfg)
+    build_algo_config(cfg)
+    validate(cfg, actor)
+    echo = build_echo_config(cfg)
+    method = build_method_config(cfg)
+    filt = filter_config(cfg, echo, method.uses_expert_data)
+    check_combination(method, echo, filter_groups=filt.enable, entropy_in_update=True, actor=actor)
+    option = {"rl_zvp": method.rl_zvp.alpha, "forking": method.forking.rho}.get(method.name)
+    got = (echo.enable, echo.coef, echo.keep_filtered, filt.enable, actor.clip_ratio_high, method.name, option)
+    assert got == EXPECTED[arm]
+    assert (cfg.seed, cfg.data.seed, cfg.trainer.total_training_steps) == (101, 101, 150)
+    assert (cfg.data.train_batch_size, cfg.actor_rollout_ref.rollout.n, cfg.actor_rollout_ref.rollout.temperature) \
+        == (16, 8, 1.0)
+
+
+def test_cli_dry_run_lists_the_56_runs(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("study_script", ROOT / "scripts" / "study.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--study", "competitors", "--dry-run", "--folder", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("0 runs done, 56 to run: dapo/seed101, dapo_echorl_kf/seed101, dapo/seed102")
+
+
+def _fake(folder: Path, arm: str, seed: int, test_ckpt: float):
+    p = result_path(folder, arm, seed)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    f = {"test_avg": test_ckpt, "ood_avg": 0.3, "test_ckpt": test_ckpt, "ood_ckpt": 0.3, "pass@k": {"1": 0.5},
+         "s_per_step": 1.0}
+    p.write_text(json.dumps({"schema": SCHEMA, "arm": arm, "seed": seed, "final": f, "wall_s": 100.0, "threads": 1}))
+
+
+def test_report_families_by_hand(tmp_path):
+    g = {101: 0.80, 102: 0.82, 103: 0.84}
+    for k, v in g.items():
+        _fake(tmp_path, "grpo", k, v)
+        _fake(tmp_path, "coef_3e-2", k, v + 0.02)
+        _fake(tmp_path, "rule_nll_full", k, v + 0.01)  # the plan's positive_nll
+        _fake(tmp_path, "rl_zvp", k, v + {101: .01, 102: .03, 103: .02}[k])  # d vs grpo = 1, 3, 2 points
+    results = load_results(tmp_path)
+    comp = family_rows(results, "competitors", "test_ckpt")
+    assert [(c["arm"], c["vs"]) for c in comp] == [("rl_zvp", "grpo"), ("positive_nll", "grpo")]  # no forking runs
+    # rl_zvp: mean 2, sd 1, t = 2 / (1 / sqrt 3) = 3.4641, df 2 -> p = 0.0741799; positive_nll: d = 1, 1, 1 -> p 0;
+    # Holm m = 2: 2 * 0 and 1 * 0.0742
+    assert comp[0]["d"]["mean"] == pytest.approx(0.02) and comp[0]["d"]["p"] == pytest.approx(0.07417990022744853)
+    assert comp[0]["p_holm"] == pytest.approx(0.07417990022744853) and comp[1]["p_holm"] == 0.0
+    assert [c["verdict"] for c in comp] == ["no detectable difference", "gain"]
+    h2h = family_rows(results, "head_to_head", "test_ckpt")
+    assert [(c["arm"], c["vs"]) for c in h2h] == [("coef_3e-2", "rl_zvp"), ("coef_3e-2", "positive_nll")]
+    assert h2h[1]["d"]["mean"] == pytest.approx(0.01)  # coef_3e-2 - rule_nll_full = 2 - 1 points (as fractions)
+    assert family_rows(results, "dapo", "test_ckpt") == []
+    md = write_competitors_report(tmp_path, tmp_path / "report_competitors.md")
+    assert "| positive_nll | 3/14 | 104,105,106,107,108,109,110,111,112,113,114 |" in md
+    assert "| forking | 0/14 |" in md and "`positive_nll` = `rule_nll_full`" in md
