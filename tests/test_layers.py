@@ -205,14 +205,6 @@ def test_no_import_cycles_between_modules():
     assert _cycles(GRAPH) == []
 
 
-def test_no_import_cycles_between_packages():
-    """Packages (``echorl.tasks``, ``echorl.rewards``...) do not import each other either."""
-    packages: dict[str, set[str]] = {}
-    for mod, deps in GRAPH.items():
-        packages.setdefault(package_of(mod), set()).update(package_of(d) for d in deps if package_of(d) != package_of(mod))
-    assert _cycles(packages) == []
-
-
 def test_a_function_level_import_makes_a_cycle(tmp_path):
     """An import inside a function counts: two modules that import each other, one lazily, are a cycle."""
     a, b = tmp_path / "a.py", tmp_path / "b.py"

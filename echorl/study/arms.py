@@ -17,8 +17,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from echorl.local import load_config
-
 __all__ = ["ARMS", "Arm", "COMPETITORS", "COMPETITOR_ARMS", "COMPETITOR_SHARED", "CONFIRM", "CONFIRM_ARMS",
            "CONFIRM_SEEDS", "FULL", "PILOT", "QUICK", "STUDIES", "Settings", "arm_overrides", "arms_of", "compose",
            "get_arms"]
@@ -233,4 +231,5 @@ def run_overrides(arm: Arm, seed: int, s: Settings, out_dir: str) -> list[str]:
 
 def compose(arm: Arm, seed: int, s: Settings, out_dir: str):
     """The composed engine config of one run (``load_config(..., config_name="testbed")``)."""
+    from echorl.local import load_config  # Hydra loads when a run is composed, not for the report
     return load_config(run_overrides(arm, seed, s, out_dir), config_name="testbed")

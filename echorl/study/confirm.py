@@ -24,6 +24,7 @@ from typing import Any
 
 from echorl.study.arms import CONFIRM, CONFIRM_ARMS, Arm, Settings
 from echorl.study.report import _diff, _p, _pm, _vals, load_results, verdict
+from echorl.study.runner import seeds_for
 from echorl.study.stats import holm, mean_sd, paired_difference
 
 __all__ = ["FAMILIES", "PRIMARY", "SECONDARY", "family_table", "write_confirm_report"]
@@ -66,8 +67,6 @@ def _family_lines(rows: list[dict[str, Any]]) -> list[str]:
 def write_confirm_report(folder: str | os.PathLike, out_md: str | os.PathLike, s: Settings = CONFIRM,
                          command: str = "python scripts/study.py --study confirm --report") -> str:
     """Write the confirmatory report (markdown) from ``folder``; returns its text."""
-    from echorl.study.runner import seeds_for
-
     folder, out_md = Path(folder), Path(out_md)
     results = load_results(folder)
     shown = os.path.relpath(folder)

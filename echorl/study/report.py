@@ -14,7 +14,10 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from echorl.study.arms import ARMS, Settings
+from echorl.figures import pyplot, save_figure
+from echorl.study.arms import ARMS, FULL, Settings
+from echorl.study.power import min_detectable, pooled_sd
+from echorl.study.runner import seeds_for
 from echorl.study.stats import holm, mean_sd, paired_difference
 
 __all__ = ["load_results", "arm_table", "comparisons", "eval_sampling_se", "verdict", "write_report"]
@@ -147,8 +150,6 @@ def _p(p: float | None) -> str:
 def _power_lines(rows: list[dict[str, Any]], results: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
     """The paired seed-to-seed SD of test differences, the evaluation's own sampling noise, and the
     smallest difference a paired t test detects with 80% power at the study's seed counts."""
-    from echorl.study.power import min_detectable, pooled_sd
-
     diffs = {r["arm"]: [100 * x for x in r["d_test_avg"]["diffs"]] for r in rows
              if r.get("d_test_avg") and r["d_test_avg"]["n"] >= 2}
     if not diffs:
@@ -196,8 +197,6 @@ def _finish(ax) -> None:
 
 def _figures(results: dict[str, dict[int, dict[str, Any]]], images: Path, prefix: str,
              initial: dict[str, Any] | None = None) -> dict[str, str]:
-    from echorl.figures import pyplot, save_figure
-
     plt = pyplot()
     images.mkdir(parents=True, exist_ok=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -249,8 +248,6 @@ def _figures(results: dict[str, dict[int, dict[str, Any]]], images: Path, prefix
 
 
 def _not_run(results: dict[str, dict[int, dict[str, Any]]], s: Settings, script: str) -> list[str]:
-    from echorl.study.runner import seeds_for
-
     lines = []
     for a in ARMS:
         want = seeds_for(a, s)
@@ -379,8 +376,6 @@ def write_report(folder: str | os.PathLike, s: Settings, out_md: str | os.PathLi
         missing = _not_run(results, s, script)
         L += ["## Arms not run yet", ""]
     else:
-        from echorl.study.arms import FULL
-
         missing = _not_run(load_results(full_folder), FULL, script)
         L += ["## The full study: arms not run yet", "",
               f"The full study ({FULL.steps} steps, {sum(a.seeds for a in ARMS)} runs over {len(ARMS)} arms, "

@@ -38,6 +38,7 @@ import numpy as np
 
 from echorl import metric_names as M
 from echorl.metric_names import timing_name
+from echorl.metrics_file import read_metrics
 from echorl.study.arms import Arm, Settings, compose, run_overrides
 
 __all__ = ["SCHEMA", "CURVE_KEYS", "CheckpointEval", "FINAL_KEYS", "plan_runs", "result_path", "run_one", "summarize_run",
@@ -184,6 +185,7 @@ def eval_policy(model: Any, tok: Any, s: Settings, pool: Any,
     (avg@``eval_n`` at ``eval_temperature``; ``ood`` is the ``chain`` split ``s.ood_split``), ``passk``
     (first ``passk_rows`` test problems, ``passk_n`` samples at ``passk_temperature``); ``which``
     picks among them. Returns summaries and per-problem correct counts."""
+    # transformers and verl load when a run starts; planning and the report import this module without them
     from echorl.eval.backends import SamplingSettings, TransformersBackend
     from echorl.eval.benchmarks import BenchmarkSpec
     from echorl.eval.run import evaluate
@@ -263,9 +265,9 @@ def run_one(arm: Arm, seed: int, s: Settings, folder: str | os.PathLike, runs_di
     """Train and evaluate one (arm, seed); write and return its result (see the module docstring)."""
     import torch
 
+    # transformers and verl load when a run starts; planning and the report import this module without them
     from echorl.eval.run import make_pool
     from echorl.local.trainer import LocalTrainer
-    from echorl.metrics_file import read_metrics
     from echorl.study.gradshare import GradShareLoss
 
     out_dir = Path(runs_dir) / arm.name / f"seed{seed}"
