@@ -69,7 +69,7 @@ def trl_dataset(tr, n_rows: int):
     """TRL's dataset: the engine's rows in the engine's order; chat messages when the engine applied a template."""
     from datasets import Dataset
 
-    from echorl.local.rollout import format_prompts
+    from echorl.prompts import format_prompts
 
     rows = tr.prompts.rows[:n_rows]
     texts = [str(r["prompt"]) for r in rows]
@@ -126,7 +126,8 @@ def main() -> int:
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from echorl.local.trainer import LocalTrainer, load_model
+    from echorl.local.trainer import LocalTrainer
+    from echorl.models.loading import load_model
     from echorl.tasks import compute_score
 
     torch.set_num_threads(args.threads)

@@ -63,7 +63,7 @@ def test_every_arm_composes_into_a_valid_engine_config(arm, tmp_path):
     (verl actor/algorithm dataclasses, cross-key validation, EchoConfig, method, DAPO filter)."""
     from omegaconf import OmegaConf
 
-    from echorl.eval.data import specs_from_config
+    from echorl.eval.benchmarks import specs_from_config
     from echorl.local.config import (
         build_actor_config,
         build_algo_config,
