@@ -13,9 +13,9 @@ import torch
 from echorl.cli import main as cli_main
 from echorl.eval.run import read_samples, summarize
 from echorl.local import load_config
+from echorl.local.heldout import make_validator, validation_metrics
 from echorl.local.logger import read_metrics
 from echorl.local.trainer import LocalTrainer
-from echorl.local.heldout import make_validator, validation_metrics
 
 SEED = 3
 VAL = [{"name": "arith", "source": "arithmetic", "group": "id", "num_rows": 6, "task_kwargs": {"levels": [1, 2]}},

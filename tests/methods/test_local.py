@@ -58,8 +58,8 @@ def test_luffy_and_uft_steps_with_echorl(tmp_path):
 
 @pytest.mark.parametrize("name", ["luffy", "uft"])
 def test_a_step_without_expert_traces_stops_the_run(tmp_path, name):
-    from echorl.methods.config import MethodConfig
     from echorl.local.methods import LocalMethod
+    from echorl.methods.config import MethodConfig
 
     method = LocalMethod(MethodConfig(name=name), None, eos_id=1, pad_id=0, n=4, max_response_length=8)
     with pytest.raises(ValueError, match=rf"method.name={name}: none of the 2 prompts.*scripts/prepare_data.py"):

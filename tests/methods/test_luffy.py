@@ -12,8 +12,8 @@ from methods_support import micro_batch
 
 from echorl.core.clips import select_echo_clips
 from echorl.core.config import EchoConfig
-from echorl.methods.config import MethodConfig
 from echorl.local.methods import LocalMethod, assemble_batch
+from echorl.methods.config import MethodConfig
 from echorl.methods.luffy import (
     MethodLoss,
     expert_text,

@@ -12,8 +12,8 @@ from methods_support import micro_batch
 
 from echorl.core.clips import select_echo_clips
 from echorl.core.config import EchoConfig
-from echorl.methods.config import MethodConfig, UftConfig
 from echorl.local.methods import LocalMethod, assemble_batch
+from echorl.methods.config import MethodConfig, UftConfig
 from echorl.methods.luffy import MethodLoss
 from echorl.methods.uft import hint_denominator, hint_probability, hint_separations, sample_hint
 

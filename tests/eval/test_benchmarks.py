@@ -6,7 +6,14 @@ import json
 
 import pytest
 
-from echorl.eval.benchmarks import BenchmarkSpec, load_benchmark_yaml, load_rows, parse_bench, prompt_ids, specs_from_config
+from echorl.eval.benchmarks import (
+    BenchmarkSpec,
+    load_benchmark_yaml,
+    load_rows,
+    parse_bench,
+    prompt_ids,
+    specs_from_config,
+)
 
 
 def test_parse_bench_forms():
