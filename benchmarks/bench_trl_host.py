@@ -17,8 +17,8 @@ Two settings (``--settings``):
   ``--forward-pass-arm`` a third arm runs EchoRL with its own no-grad forward pass instead
   (``EchoGRPOTrainer.generation_entropy = False``), rotated into the same rounds.
 
-Also recorded: process CPU time per step, and EchoRL's own ``timing/echo_generation_entropy``,
-``timing/echo_entropy_pass`` and ``timing/echo_stage`` (median seconds); "own work" is their sum over
+Also recorded: process CPU time per step, and EchoRL's own ``timing_s/echo_generation_entropy``,
+``timing_s/echo_entropy_pass`` and ``timing_s/echo`` (median seconds); "own work" is their sum over
 TRL's median step time, an estimate of the overhead that load on a shared machine disturbs less
 than the ratio of two step times (it leaves out the loss term: a masked sum over the micro-batch's
 ``[b, L]`` log-probs).
@@ -38,12 +38,20 @@ import time
 
 from bench_report import machine, print_table, write_json
 
+from echorl.metric_names import (
+    ENTROPY_FROM_GENERATION,
+    ENTROPY_PASS,
+    TIMING_ECHO,
+    TIMING_ECHO_ENTROPY_PASS,
+    TIMING_ECHO_GENERATION_ENTROPY,
+)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SETTINGS = {"reuse": 2, "on_policy": 1}  # setting -> steps_per_generation (gradient_accumulation_steps=1)
-ECHO_KEYS = ("timing/echo_generation_entropy", "timing/echo_entropy_pass", "timing/echo_stage")
-SOURCE_KEYS = ("echo/entropy_from_generation", "echo/entropy_pass", "echo/clips")
+ECHO_KEYS = (TIMING_ECHO_GENERATION_ENTROPY, TIMING_ECHO_ENTROPY_PASS, TIMING_ECHO)
+SOURCE_KEYS = (ENTROPY_FROM_GENERATION, ENTROPY_PASS, "echo/clips")
 
 
 def _quartiles(xs: list[float]) -> list[float]:

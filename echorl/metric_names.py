@@ -18,8 +18,9 @@ Engine runs written before the names were unified used a few other names (``timi
 metrics without ``actor/``): :data:`OLD_NAMES` maps them to the current ones and :func:`canonical`
 renames a ``metrics.jsonl`` row, so readers accept both.
 
-The TRL host logs the same ``echo/*`` names into TRL's own metrics, plus ``echo/entropy_pass`` and
-``echo/entropy_from_generation``; its timings keep TRL-side names (``timing/echo_stage``, ...).
+The TRL host logs the same ``echo/*`` and ``timing_s/echo`` names into TRL's own metrics, plus
+``echo/entropy_pass``, ``echo/entropy_from_generation`` and the timings of its entropy source
+(``timing_s/echo_entropy_pass``, ``timing_s/echo_generation_entropy``).
 
 This module is distinct from :mod:`echorl.metrics_file`, which reads a run's ``metrics.jsonl``.
 """
@@ -71,6 +72,8 @@ KEPT_PADDING_ROWS = "echo/kept_padding_rows"
 ENTROPY_PASS = "echo/entropy_pass"
 ENTROPY_FROM_GENERATION = "echo/entropy_from_generation"
 TIMING_ECHO = "timing_s/echo"
+TIMING_ECHO_ENTROPY_PASS = "timing_s/echo_entropy_pass"
+TIMING_ECHO_GENERATION_ENTROPY = "timing_s/echo_generation_entropy"
 # ------------------------------------------------------------------ LUFFY / UFT (driver, then actor loss)
 LUFFY_TRACE_FRAC = "luffy/trace_frac"
 UFT_TRACE_FRAC = "uft/trace_frac"
@@ -121,6 +124,8 @@ MEANING: dict[str, str] = {
     ENTROPY_PASS: "1 when the host made an extra no-grad forward for the entropy (TRL only)",
     ENTROPY_FROM_GENERATION: "1 when the entropies were recorded during generation (TRL only)",
     TIMING_ECHO: "seconds of the EchoRL stage (inputs, selection, write-back)",
+    TIMING_ECHO_ENTROPY_PASS: "seconds of the host's extra no-grad entropy forward (TRL only)",
+    TIMING_ECHO_GENERATION_ENTROPY: "seconds spent recording entropies during generation (TRL only)",
     LUFFY_TRACE_FRAC: "share of the step's prompts with an expert trace (LUFFY)",
     UFT_TRACE_FRAC: "share of the step's prompts with an expert trace (UFT)",
     LUFFY_PROMPTS_WITH_TRACE: "prompts of the step with an expert trace (LUFFY)",

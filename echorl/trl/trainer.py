@@ -21,7 +21,7 @@ zero weight) the trainer computes exactly what ``GRPOTrainer`` computes (bit-ide
   entropies come from TRL's old-policy pass, else from generation, else (vLLM, continuous
   batching, tools, a generation config that changes the logits before sampling) from one no-grad
   pass over the rows that can be eligible (score >= ``success_threshold``: the selection reads no
-  other row's entropy; ``timing/echo_entropy_pass``), run under a forked RNG so that training stays
+  other row's entropy; ``timing_s/echo_entropy_pass``), run under a forked RNG so that training stays
   bit-identical. The metrics ``echo/entropy_from_generation`` and ``echo/entropy_pass`` and a one-time
   log line say which.
 * ``_compute_loss``: TRL's loss plus ``coef * scale * echo_loss_term(log_probs, echo_mask, echo_denom)``
@@ -49,7 +49,14 @@ from trl.models.utils import disable_gradient_checkpointing
 from echorl.core.config import EchoConfig
 from echorl.core.loss import echo_loss_term
 from echorl.core.steps import check_boundary_ids
-from echorl.metric_names import ENTROPY_FROM_GENERATION, ENTROPY_PASS, LOSS
+from echorl.metric_names import (
+    ENTROPY_FROM_GENERATION,
+    ENTROPY_PASS,
+    LOSS,
+    TIMING_ECHO,
+    TIMING_ECHO_ENTROPY_PASS,
+    TIMING_ECHO_GENERATION_ENTROPY,
+)
 from echorl.trl.config import EchoGRPOConfig
 from echorl.trl.generation import GenerationEntropy, recording_generate
 from echorl.trl.stage import echo_term_scale, minibatches_per_generation, split_echo_stage
@@ -259,7 +266,7 @@ class EchoGRPOTrainer(GRPOTrainer):
             if recorded is not None:
                 source, entropy = "generation", recorded.to(loss_mask.device).masked_fill(loss_mask == 0, 0.0)
             why = self._echo_recorder.refused
-            metrics["timing/echo_generation_entropy"].append(self._echo_recorder.seconds)
+            metrics[TIMING_ECHO_GENERATION_ENTROPY].append(self._echo_recorder.seconds)
         t0 = time.perf_counter()
         if entropy is None:
             source, why = "forward_pass", why or blocker
@@ -285,8 +292,8 @@ class EchoGRPOTrainer(GRPOTrainer):
         metrics[ENTROPY_FROM_GENERATION].append(float(source == "generation"))
         self._log_entropy_source(source, why if source == "forward_pass" else None,
                                  failed=source == "forward_pass" and blocker is None)
-        metrics["timing/echo_entropy_pass"].append(t1 - t0)
-        metrics["timing/echo_stage"].append(time.perf_counter() - t1)
+        metrics[TIMING_ECHO_ENTROPY_PASS].append(t1 - t0)
+        metrics[TIMING_ECHO].append(time.perf_counter() - t1)
         self.echo_last = EchoStepRecord(
             prompt_ids=out["prompt_ids"], prompt_mask=out["prompt_mask"], completion_ids=out["completion_ids"],
             loss_mask=loss_mask, entropy=entropy, advantages=trl_advantages, scores=scores,

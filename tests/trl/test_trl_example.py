@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "trl_grpo_chain.py"
 ECHO_TAGS = ("echo/loss", "echo/clips", "echo/clip_tokens", "echo/groups_all_success_frac", "echo/peak_h",
              "echo/grad_token_frac_echo", "echo/entropy_pass", "echo/entropy_from_generation",
-             "timing/echo_stage")
+             "timing_s/echo")
 
 
 def test_example_logs_echo_metrics_to_tensorboard(tmp_path):
