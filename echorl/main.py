@@ -42,13 +42,15 @@ def check_wiring(echo_cfg=None) -> dict[str, object]:
 
     Checks: the ``verl.plugins`` entry point is installed with the right target; verl imported the
     plugin (entry point or ``VERL_USE_EXTERNAL_MODULES``) and it registered; the trainer subclass
-    overrides verl's sync trainer's advantage step; the loss callable survives pickling (it is
-    shipped to the workers by Ray). Returns what it found (for logs and tests).
+    overrides the verl methods it relies on (``echorl.verl.internals.TRAINER_OVERRIDES``); the loss
+    callable survives pickling (it is shipped to the workers by Ray). Returns what it found (for
+    logs and tests).
     """
     from verl.trainer.ppo.v1 import PPOTrainerSync, get_trainer_cls
 
     from echorl.core.config import EchoConfig
     from echorl.loss import EchoLoss
+    from echorl.verl.internals import not_overridden
     from echorl.verl.trainer import EchoPPOTrainerSync
 
     declared = plugin.declared_entry_point()
@@ -70,8 +72,9 @@ def check_wiring(echo_cfg=None) -> dict[str, object]:
         raise WiringError(f"EchoRL's guard on verl's main_ppo is not installed: {plugin.guard_status()}")
     if get_trainer_cls("sync") is not PPOTrainerSync or not issubclass(EchoPPOTrainerSync, PPOTrainerSync):
         raise WiringError("verl's 'sync' trainer is not PPOTrainerSync: EchoRL's trainer subclass would not match it")
-    if EchoPPOTrainerSync._compute_advantage is PPOTrainerSync._compute_advantage:
-        raise WiringError("EchoPPOTrainerSync does not override _compute_advantage: the EchoRL stage would not run")
+    if not_overridden(EchoPPOTrainerSync):
+        raise WiringError(f"EchoPPOTrainerSync does not override verl's {not_overridden(EchoPPOTrainerSync)}: the EchoRL "
+                          "stage would not run")
     probe = EchoLoss(actor_config=None, echo_cfg=echo_cfg or EchoConfig())
     if pickle.loads(pickle.dumps(probe)).echo_cfg != probe.echo_cfg:
         raise WiringError("EchoLoss does not survive pickling: Ray could not ship it to the actor workers")

@@ -85,6 +85,7 @@ UFT_HINT_TOKENS = "uft/hint_tokens"
 LUFFY_OFF_PG_LOSS = "luffy/off_pg_loss"  # as the loss names it; logged as actor/luffy/off_pg_loss
 LUFFY_OFF_PROB_SUM = "luffy/off_prob_sum"
 LUFFY_OFF_TOKENS = "luffy/off_tokens"
+LUFFY_OFF_PROB = "luffy/off_prob"  # off_prob_sum / off_tokens after aggregation; logged as actor/luffy/off_prob
 UFT_HINT_NLL = "uft/hint_nll"
 # ------------------------------------------------------------------ RL-ZVP / forking tokens (actor loss)
 RL_ZVP_POS_FRAC = "rl_zvp/pos_frac"  # as the loss names it; logged as actor/rl_zvp/pos_frac
@@ -136,6 +137,7 @@ MEANING: dict[str, str] = {
     ACTOR_PREFIX + LUFFY_OFF_PG_LOSS: "LUFFY's off-policy policy-gradient loss",
     ACTOR_PREFIX + LUFFY_OFF_PROB_SUM: "sum of the policy's probabilities of the expert tokens",
     ACTOR_PREFIX + LUFFY_OFF_TOKENS: "expert tokens of the update",
+    ACTOR_PREFIX + LUFFY_OFF_PROB: "mean probability the policy gives the expert tokens (off_prob_sum / off_tokens)",
     ACTOR_PREFIX + UFT_HINT_NLL: "UFT's NLL of the hint tokens",
     ACTOR_PREFIX + RL_ZVP_POS_FRAC: "share of the update's rows from all-correct groups (RL-ZVP's alpha * H advantages)",
     ACTOR_PREFIX + RL_ZVP_NEG_FRAC: "share of the update's rows from all-wrong groups (RL-ZVP's -alpha * (max H - H))",

@@ -1,4 +1,4 @@
-"""EntropyMethodLoss (echorl/entropy_methods.py) around verl's real ``ppo_loss`` on nested micro-batches
+"""EntropyMethodLoss (echorl/methods/entropy_loss.py) around verl's real ``ppo_loss`` on nested micro-batches
 built as verl's v1 trainer stores them, against literal loops of RL-ZVP's Eq. 5 and the forking
 rule's Eq. 6 with its authors' per-micro-batch normaliser.
 
@@ -19,7 +19,7 @@ from verl.workers.utils.losses import ppo_loss
 
 from echorl.core.forking import ForkingConfig
 from echorl.core.rl_zvp import RlZvpConfig
-from echorl.entropy_methods import ZVP_SIGN, EntropyMethodLoss, zvp_sign_field
+from echorl.methods.entropy_loss import ZVP_SIGN, EntropyMethodLoss, zvp_sign_field
 
 B = 8  # rows: 4 groups of 2
 
@@ -46,7 +46,7 @@ def make_minibatch(seed=0):
     """Rows, their response-aligned values as lists, the v1 TensorDict and the packed model output."""
     g = torch.Generator().manual_seed(seed)
     rows = []
-    for i in range(B):
+    for _ in range(B):
         p, r = int(torch.randint(2, 5, (1,), generator=g)), int(torch.randint(3, 9, (1,), generator=g))
         lp = -torch.rand(r, generator=g, dtype=torch.float64) * 2
         rows.append(dict(

@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("services", ("echorl", "echorl.config", "echorl.errors", "echorl.extras", "echorl.figures", "echorl.metrics_file",
                   "echorl.metric_names", "echorl.stage", "echorl.filtering", "echorl.estimators", "echorl.tasks",
                   "echorl.rewards", "echorl.models", "echorl.data", "echorl.methods", "echorl.loss", "echorl.generation",
-                  "echorl.prompts", "echorl.checkpoints", "echorl.logprobs", "echorl.entropy_methods")),
+                  "echorl.prompts", "echorl.checkpoints", "echorl.logprobs")),
     ("tools", ("echorl.eval", "echorl.analysis")),
     ("hosts", ("echorl.local", "echorl.verl", "echorl.trl")),
     ("entry", ("echorl.cli", "echorl.main", "echorl.demo", "echorl.study")),

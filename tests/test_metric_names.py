@@ -32,7 +32,7 @@ def test_the_stage_emits_exactly_the_listed_names():
 
 def test_every_name_has_a_meaning():
     names = {v for k, v in vars(M).items() if k.isupper() and isinstance(v, str) and "/" in v[:-1]}
-    loss_side = {M.LUFFY_OFF_PG_LOSS, M.LUFFY_OFF_PROB_SUM, M.LUFFY_OFF_TOKENS, M.UFT_HINT_NLL, M.RL_ZVP_POS_FRAC,
+    loss_side = {M.LUFFY_OFF_PG_LOSS, M.LUFFY_OFF_PROB_SUM, M.LUFFY_OFF_TOKENS, M.LUFFY_OFF_PROB, M.UFT_HINT_NLL, M.RL_ZVP_POS_FRAC,
                  M.RL_ZVP_NEG_FRAC, M.FORKING_KEPT_FRAC}
     assert names - loss_side <= set(M.MEANING)  # the loss's own names are logged with actor/ (below)
     assert {M.actor_metric_name(k) for k in loss_side} <= set(M.MEANING)

@@ -37,7 +37,9 @@ import torch
 
 from echorl.core.clips import _group_codes
 
-__all__ = ["RlZvpConfig", "rl_zvp_advantages", "rl_zvp_shape", "zero_variance_signs"]
+ZVP_SIGN = "zvp_sign"  # the batch field the hosts write (advantage stage) and the loss reads: [B] in {-1, 0, +1}
+
+__all__ = ["ZVP_SIGN", "RlZvpConfig", "rl_zvp_advantages", "rl_zvp_shape", "zero_variance_signs"]
 
 
 def _help(text: str, **kw: Any) -> Any:

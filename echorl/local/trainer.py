@@ -49,7 +49,7 @@ from echorl.local.update import actor_update, compute_advantages, token_level_re
 from echorl.logprobs import old_policy_pass
 from echorl.loss import EchoLoss
 from echorl.methods.entropy import check_combination, method_loss, zvp_sign
-from echorl.methods.luffy import MethodLoss
+from echorl.methods.luffy import MethodLoss, off_prob_metrics
 from echorl.metric_names import timing_name
 from echorl.models.loading import load_model
 from echorl.rewards.inprocess import make_verifier
@@ -288,6 +288,7 @@ class LocalTrainer:
         metrics.update(filter_metrics)
         metrics.update(self.method.metrics)
         metrics.update(actor)
+        metrics.update(off_prob_metrics(actor, prefix=M.ACTOR_PREFIX))
         metrics.update(t)
         if self.last is None or bool(echo.selection.mask.any()):  # keep the latest step that had clips
             self.last = {"responses": rb.responses, "response_mask": rb.response_mask, "entropy": entropy,

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from tensordict import TensorDict
 
-from echorl.entropy_methods import EntropyMethodLoss
 from echorl.filtering import split_minibatches
 from echorl.logprobs import bucketed_logprobs, model_device, pack_for_verl
+from echorl.methods.entropy_loss import EntropyMethodLoss
 from echorl.metric_names import actor_metric_name
 from echorl.models.attention import gqa_attention
 

@@ -1,7 +1,7 @@
 """RL-ZVP and forking tokens as selectable methods (``method.name=rl_zvp`` / ``forking``), one place for both hosts.
 
 The rules are :mod:`echorl.core.rl_zvp` and :mod:`echorl.core.forking`; the loss wrapper is
-:class:`echorl.entropy_methods.EntropyMethodLoss`. What a host calls:
+:class:`echorl.methods.entropy_loss.EntropyMethodLoss`. What a host calls:
 
 * :func:`echorl.methods.config.check_combination`: refuses the combinations that do not compose
   (the rules and why: :mod:`echorl.methods.config`), before anything is built;
@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from echorl.core.config import EchoConfig
-from echorl.entropy_methods import ZVP_SIGN, EntropyMethodLoss, zvp_sign_field
 from echorl.methods.config import MethodConfig, check_combination
+from echorl.methods.entropy_loss import ZVP_SIGN, EntropyMethodLoss, zvp_sign_field
 
 __all__ = ["ZVP_SIGN", "check_combination", "method_loss", "zvp_sign"]
 

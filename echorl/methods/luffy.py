@@ -47,6 +47,7 @@ from echorl.core.config import EchoConfig
 from echorl.core.loss import echo_loss_term
 from echorl.loss import ECHO_DENOM, ECHO_LOSS_METRIC, ECHO_MASK, echo_term, padded_response_field
 from echorl.methods.config import MethodConfig
+from echorl.metric_names import LUFFY_OFF_PG_LOSS, LUFFY_OFF_PROB, LUFFY_OFF_PROB_SUM, LUFFY_OFF_TOKENS, UFT_HINT_NLL
 
 OFF_POLICY = "off_policy"  # [B] bool: the row is an expert trace
 HINT_MASK = "hint_mask"  # [B, L] bool: UFT hint tokens (response-aligned, response_mask 0 there)
@@ -147,11 +148,12 @@ def unclipped_policy_loss(old_log_prob: torch.Tensor, log_prob: torch.Tensor, ad
     return loss, {"actor/pg_clipfrac": 0.0, "actor/ppo_kl": float(ppo_kl), "actor/pg_clipfrac_lower": 0.0}
 
 
-def off_prob_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
-    """``luffy/off_prob`` (mean policy probability of the expert tokens) from the aggregated
-    ``luffy/off_prob_sum`` and ``luffy/off_tokens``; empty when the step had no expert token."""
-    n = float(metrics.get("luffy/off_tokens", 0.0))
-    return {"luffy/off_prob": float(metrics["luffy/off_prob_sum"]) / n} if n > 0 else {}
+def off_prob_metrics(metrics: Mapping[str, float], prefix: str = "") -> dict[str, float]:
+    """``<prefix>luffy/off_prob`` (mean policy probability of the expert tokens) from the step's
+    aggregated ``<prefix>luffy/off_prob_sum`` and ``<prefix>luffy/off_tokens`` (both hosts call it
+    with ``prefix="actor/"`` after the actor update); empty when the step had no expert token."""
+    n = float(metrics.get(prefix + LUFFY_OFF_TOKENS, 0.0))
+    return {prefix + LUFFY_OFF_PROB: float(metrics[prefix + LUFFY_OFF_PROB_SUM]) / n} if n > 0 else {}
 
 
 def rows_zeroed(mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -230,7 +232,7 @@ class MethodLoss:
             off_loss = agg_loss(loss_mat=off_policy_loss_mat(log_prob, adv, m.luffy.gamma), loss_mask=off_tok,
                                 loss_agg_mode=cfg.loss_agg_mode, **info)
             loss = loss + off_loss
-            metrics["luffy/off_pg_loss"] = Metric(value=off_loss.detach(), aggregation=AggregationType.SUM)
+            metrics[LUFFY_OFF_PG_LOSS] = Metric(value=off_loss.detach(), aggregation=AggregationType.SUM)
             entropy = model_output.get("entropy")
             if entropy is not None and cfg.entropy_coeff and bool(off.any()):
                 ent = no_padding_2_padding(entropy, data)
@@ -238,8 +240,8 @@ class MethodLoss:
                                                            loss_agg_mode=cfg.loss_agg_mode, **info)
             # reported on every micro-batch (0 without expert tokens); x dp_size: verl averages over ranks
             p_sum = (torch.exp(log_prob.detach()) * off_tok).sum()
-            metrics["luffy/off_prob_sum"] = Metric(value=p_sum * dp_size, aggregation=AggregationType.SUM)
-            metrics["luffy/off_tokens"] = Metric(value=float(off_tok.sum()) * dp_size, aggregation=AggregationType.SUM)
+            metrics[LUFFY_OFF_PROB_SUM] = Metric(value=p_sum * dp_size, aggregation=AggregationType.SUM)
+            metrics[LUFFY_OFF_TOKENS] = Metric(value=float(off_tok.sum()) * dp_size, aggregation=AggregationType.SUM)
         if m.is_uft and m.uft.coef > 0:
             if HINT_MASK not in data.keys() or HINT_DENOM not in data.keys():
                 raise KeyError("MethodLoss (method.name=uft): the micro-batch lacks 'hint_mask'/'hint_denom'; the "
@@ -247,7 +249,7 @@ class MethodLoss:
             hint = padded_response_field(data, HINT_MASK, width)
             nll = echo_loss_term(log_prob, hint, data[HINT_DENOM]) * dp_size  # sum -logp / D over hint tokens
             loss = loss + m.uft.coef * nll
-            metrics["uft/hint_nll"] = Metric(value=nll.detach(), aggregation=AggregationType.SUM)
+            metrics[UFT_HINT_NLL] = Metric(value=nll.detach(), aggregation=AggregationType.SUM)
         if self.echo_cfg.adds_loss_term:
             missing = [k for k in (ECHO_MASK, ECHO_DENOM) if k not in data.keys()]
             if missing:

@@ -22,11 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 from tensordict import TensorDict
 
 from echorl.core.config import EchoConfig
-from echorl.core.rl_zvp import zero_variance_signs
+from echorl.core.rl_zvp import ZVP_SIGN, zero_variance_signs
 from echorl.methods.config import MethodConfig, check_combination
 from echorl.verl.fields import _padded, group_ids
-
-ZVP_SIGN = "zvp_sign"  # the field echorl.entropy_methods.EntropyMethodLoss reads
 
 __all__ = ["check_entropy_method", "zvp_sign_of"]
 

@@ -93,6 +93,13 @@ def _check_methods(cls: type, methods: Mapping[str, tuple[str, ...]], owner: str
             raise moved(f"{owner}.{name}", f"takes {got} instead of {params}")
 
 
+def not_overridden(cls: type) -> list[str]:
+    """The :data:`TRAINER_OVERRIDES` methods that ``cls`` (a ``PPOTrainerSync`` subclass) inherits
+    unchanged: EchoRL's stage would not run where one of them is listed."""
+    base = _class(TRAINER_SYNC)
+    return [name for name in TRAINER_OVERRIDES if getattr(cls, name) is getattr(base, name)]
+
+
 def check_trainer_internals(keep_filtered: bool = False) -> dict[str, str]:
     """Check every internal of this module against the installed verl (the start-up check).
 

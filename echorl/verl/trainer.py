@@ -51,7 +51,7 @@ from echorl.core.config import EchoConfig
 from echorl.core.steps import EchoBoundaryWarning, check_boundary_ids
 from echorl.loss import EchoLoss
 from echorl.methods.entropy import method_loss
-from echorl.methods.luffy import MethodLoss
+from echorl.methods.luffy import MethodLoss, off_prob_metrics
 from echorl.stage import num_minibatches
 from echorl.verl.config_checks import validate_config
 from echorl.verl.dump import dump_config_of, write_verl_dump
@@ -259,6 +259,7 @@ class EchoPPOTrainerSync(PPOTrainerSync):
                 wg.update_actor = update
         if M.ACTOR_PREFIX + M.LOSS in metrics:  # verl prefixed the loss's metrics with actor/
             metrics[M.LOSS] = metrics.pop(M.ACTOR_PREFIX + M.LOSS)
+        metrics.update(off_prob_metrics(metrics, prefix=M.ACTOR_PREFIX))
         check_echo_loss_reported(metrics, self.echo_cfg, self.global_steps)
         trace_dir = trace_dir_of(self.config)
         if trace_dir is not None:  # echorl_trace.dir: what this update trained on (echorl.verl.trace)

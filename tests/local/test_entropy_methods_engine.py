@@ -6,12 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 from engine_support import base_overrides, make_model
+from verl.workers.utils.padding import no_padding_2_padding
 
 from echorl.local import load_config
 from echorl.local import trainer as trainer_mod
 from echorl.local.trainer import LocalTrainer
-from verl.workers.utils.padding import no_padding_2_padding
-
 from echorl.logprobs import policy_logprobs
 
 ROWS = [{"prompt": f"Compute {i}+1.", "answer": a, "data_source": "test", "solution": "x"}

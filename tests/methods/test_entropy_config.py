@@ -8,10 +8,9 @@ from verl.workers.config import FSDPActorConfig
 from echorl.core.config import EchoConfig
 from echorl.core.forking import ForkingConfig
 from echorl.core.rl_zvp import RlZvpConfig
-from echorl.entropy_methods import EntropyMethodLoss
-from echorl.methods.config import METHODS, MethodConfig
-from echorl.methods.config import check_combination
+from echorl.methods.config import METHODS, MethodConfig, check_combination
 from echorl.methods.entropy import method_loss
+from echorl.methods.entropy_loss import EntropyMethodLoss
 
 OFF = EchoConfig(enable=False)
 

@@ -47,6 +47,8 @@ def test_luffy_and_uft_steps_with_echorl(tmp_path):
     assert luffy.last_batch["off_policy"].sum() == 4
     assert not (luffy.last_batch["echo_mask"] & luffy.last_batch["off_policy"][:, None]).any()
     assert torch.isfinite(torch.tensor(m[0]["actor/luffy/off_pg_loss"]))
+    assert m[0]["actor/luffy/off_prob"] == pytest.approx(m[0]["actor/luffy/off_prob_sum"] / m[0]["actor/luffy/off_tokens"])
+    assert 0.0 < m[0]["actor/luffy/off_prob"] < 1.0
     uft, m = _train(tmp_path, "uft", 1, **{"method.uft.hint_steps": 4})
     # first step: UFT's t = 1 of 4: 0.05 + 0.45 * (1 + cos(pi / 4))
     assert m[0]["uft/hint_prob"] == pytest.approx(0.818198, abs=1e-6) and m[0]["uft/hint_tokens"] > 0

@@ -167,6 +167,9 @@ def test_luffy_metrics_aggregate_over_ranks_with_different_expert_micro_batches(
     f = lambda p: p / (p + 0.1)  # noqa: E731
     assert agg["luffy/off_pg_loss"] == pytest.approx(-(3 * f(0.5) + 3 * f(0.25) + 2 * f(0.8)) / n_tokens, rel=1e-6)
     assert off_prob_metrics({"luffy/off_prob_sum": 0.0, "luffy/off_tokens": 0.0}) == {}
+    # the hosts read verl's actor/-prefixed names
+    assert off_prob_metrics({"actor/luffy/off_prob_sum": 3.85, "actor/luffy/off_tokens": 8.0}, prefix="actor/") == {
+        "actor/luffy/off_prob": pytest.approx(3.85 / 8)}
 
 
 def test_no_off_policy_rows_is_ppo_loss_bit_for_bit(token_mean_actor):

@@ -51,8 +51,7 @@ def test_table_settings_and_the_56_planned_runs():
 
 def test_shared_arms_are_the_confirmatory_configs():
     """positive_nll = rule_nll_full: the preset with the plan's coef composes to the same EchoConfig."""
-    from echorl.local.config import build_echo_config
-    from echorl.local.config import load_config
+    from echorl.local.config import build_echo_config, load_config
 
     rule = get_arms(["rule_nll_full"], CONFIRM_ARMS)[0]
     a = build_echo_config(compose(rule, 101, CONFIRM, "/tmp/x"))

@@ -15,8 +15,8 @@ from omegaconf import OmegaConf, open_dict
 from test_trainer_stage import G, make_batch
 
 from echorl import EchoConfig
-from echorl.entropy_methods import EntropyMethodLoss
 from echorl.loss import EchoLoss
+from echorl.methods.entropy_loss import EntropyMethodLoss
 from echorl.verl.config_checks import validate_config
 
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

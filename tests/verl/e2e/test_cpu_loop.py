@@ -201,6 +201,7 @@ def test_luffy_on_two_ranks_with_uneven_expert_micro_batches_reports_exact_metri
     expected = float(trace["old_log_probs"].double().exp()[tokens].sum())
     assert logged["actor/luffy/off_prob_sum"] == pytest.approx(expected, rel=1e-4)
     assert 0.0 < expected / float(tokens.sum()) < 1.0
+    assert logged["actor/luffy/off_prob"] == pytest.approx(expected / float(tokens.sum()), rel=1e-4)
     # expert rows are out of verl's rollout-vs-actor check (their rollout log-probs are a placeholder):
     # over the policy's own rows the rollout and the actor agree (0.90 with the expert rows counted)
     assert logged["training/rollout_probs_diff_max"] < 1e-4, logged["training/rollout_probs_diff_max"]

@@ -38,13 +38,10 @@ from verl.utils.metric import AggregationType, Metric
 from verl.workers.utils.padding import no_padding_2_padding
 
 from echorl import metric_names as M
-
 from echorl.core.forking import ForkingConfig, forking_token_mask
-from echorl.core.rl_zvp import RlZvpConfig, rl_zvp_shape, zero_variance_signs
+from echorl.core.rl_zvp import ZVP_SIGN, RlZvpConfig, rl_zvp_shape, zero_variance_signs
 from echorl.loss import padded_response_field
 from echorl.methods.config import check_forking_actor
-
-ZVP_SIGN = "zvp_sign"
 
 __all__ = ["ZVP_SIGN", "EntropyMethodLoss", "zvp_sign_field"]
 
