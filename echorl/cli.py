@@ -34,7 +34,7 @@ def _train(overrides: Sequence[str], config_name: str = "local", debug: bool = F
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # each subcommand loads its own modules (the engine imports verl: seconds) after the environment is set
     from echorl.local import load_config
-    from echorl.local.trainer import LocalTrainer
+    from echorl.local.trainer import LocalTrainer  # imports verl (seconds): only `echorl train` pays for it
 
     with bad_settings_exit("echorl train", debug=debug):  # start-up: a bad setting is one line, exit 2
         cfg = load_config(overrides, config_name=config_name)
@@ -50,7 +50,7 @@ def _train(overrides: Sequence[str], config_name: str = "local", debug: bool = F
 def _analyze(run_dir: str) -> int:
     # loaded by the subcommand that uses it (matplotlib)
     from echorl.analysis.plots import plot_metrics
-    from echorl.analysis.viewer import write_clip_viewer
+    from echorl.analysis.viewer import write_clip_viewer  # matplotlib and the page writer: `echorl analyze` only
 
     run = Path(run_dir)
     jsonl = run / "metrics.jsonl"

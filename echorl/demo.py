@@ -20,6 +20,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+from echorl.metrics_file import read_metrics
+
 # Everything else is the testbed config; the method settings are EchoConfig's defaults (the paper).
 DEMO_OVERRIDES = [
     "output_dir=outputs/demo",
@@ -40,7 +42,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # imported once the environment is set: transformers reads HF_HUB_OFFLINE when it loads
     from echorl.local import load_config, train
-    from echorl.metrics_file import read_metrics
 
     overrides = DEMO_OVERRIDES + list(sys.argv[1:] if argv is None else argv)
     cfg = load_config(overrides, config_name="testbed")

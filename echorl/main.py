@@ -29,8 +29,14 @@ import ray  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from verl.trainer.main_ppo import TaskRunnerV1, run_ppo  # noqa: E402
 
+from echorl.config.keys import UnknownKeyError, compose_config  # noqa: E402
+from echorl.core.config import EchoConfig  # noqa: E402
+from echorl.errors import bad_settings_exit  # noqa: E402
+from echorl.loss import EchoLoss  # noqa: E402
 from echorl.verl import plugin  # noqa: E402
-from echorl.verl.config_checks import validate_config  # noqa: E402
+from echorl.verl.config_checks import check_model_context, validate_config  # noqa: E402
+from echorl.verl.internals import not_overridden  # noqa: E402
+from echorl.verl.launch_env import wandb_offline_fallback  # noqa: E402
 
 
 class WiringError(RuntimeError):
@@ -48,9 +54,7 @@ def check_wiring(echo_cfg=None) -> dict[str, object]:
     """
     from verl.trainer.ppo.v1 import PPOTrainerSync, get_trainer_cls
 
-    from echorl.core.config import EchoConfig
-    from echorl.loss import EchoLoss
-    from echorl.verl.internals import not_overridden
+    # imports verl's engines (seconds, and their warnings): a bad setting is refused before
     from echorl.verl.trainer import EchoPPOTrainerSync
 
     declared = plugin.declared_entry_point()
@@ -105,7 +109,7 @@ class EchoTaskRunner(TaskRunnerV1.__ray_actor_class__):
         import transfer_queue as tq
         from verl.utils.logging_utils import configure_verl_logging
 
-        from echorl.verl.trainer import EchoPPOTrainerSync
+        from echorl.verl.trainer import EchoPPOTrainerSync  # verl's engines: loaded in the Ray task runner
 
         configure_verl_logging()
         config.transfer_queue.enable = True
@@ -144,9 +148,6 @@ def prepare(config: DictConfig):
     from verl.utils.config import validate_config as verl_validate_config
     from verl.utils.device import auto_set_device
 
-    from echorl.verl.config_checks import check_model_context
-    from echorl.verl.launch_env import wandb_offline_fallback
-
     echo_cfg = validate_config(config)
     check_model_context(config)
     wandb_offline_fallback(config)
@@ -159,8 +160,6 @@ def prepare(config: DictConfig):
 
 @hydra.main(config_path="config", config_name="echorl_trainer", version_base=None)
 def main(config: DictConfig) -> None:
-    from echorl.errors import bad_settings_exit
-
     with bad_settings_exit("echorl.main"):  # a bad setting: one line, exit 2 (ECHORL_DEBUG=1: traceback)
         prepare(config)
     run_ppo(config, task_runner_class=EchoTaskRunnerActor)
@@ -170,9 +169,6 @@ def check_override_keys(argv: list[str]) -> None:
     """Compose the config Hydra is about to compose, so that a mistyped key fails with the nearest
     valid key named (:func:`echorl.config.keys.compose_config`) instead of Hydra's "not in struct".
     Skipped when Hydra's own flags (``--config-name``, ``--multirun``, ...) are given."""
-    from echorl.config.keys import UnknownKeyError, compose_config
-    from echorl.errors import bad_settings_exit
-
     if any(a.startswith("-") for a in argv):
         return
     with bad_settings_exit("echorl.main"):

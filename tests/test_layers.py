@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import tokenize
 from pathlib import Path
 
 import pytest
@@ -291,3 +292,59 @@ def test_layer_of_core_modules(mod):
 ])
 def test_layer_and_package_of(mod, layer, package):
     assert LAYERS[layer_of(mod)][0] == layer and package_of(mod) == package
+
+
+def unexplained_lazy_imports(source: str, name: str = "<source>") -> list[str]:
+    """Function-level imports of ``echorl`` modules (or relative ones) with no ``#`` comment on their
+    line or the line above: a lazy import says why it waits (an extra, a cycle, a heavy import)."""
+    commented = {tok.start[0] for tok in tokenize.generate_tokens(iter(source.splitlines(True)).__next__)
+                 if tok.type == tokenize.COMMENT}
+    bad = []
+
+    def visit(node: ast.AST, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if in_function and isinstance(child, (ast.Import, ast.ImportFrom)):
+                if isinstance(child, ast.Import):
+                    ours = any(a.name == "echorl" or a.name.startswith("echorl.") for a in child.names)
+                else:
+                    mod = child.module or ""
+                    ours = bool(child.level) or mod == "echorl" or mod.startswith("echorl.")
+                if ours and not commented & {child.lineno, child.lineno - 1}:
+                    bad.append(f"{name}:{child.lineno}: {ast.get_source_segment(source, child)}")
+            visit(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
+
+    visit(ast.parse(source, name), False)
+    return bad
+
+
+def test_every_function_level_import_of_echorl_says_why():
+    bad = [b for mod, path in sorted(MODULES.items())
+           for b in unexplained_lazy_imports(path.read_text(), str(path.relative_to(PKG.parent)))]
+    assert not bad, ("move these imports to module level, or add a one-line comment on or above each saying why "
+                     "it waits (docs/architecture.md, Layers):\n" + "\n".join(bad))
+
+
+def test_the_lazy_import_check_fails_on_an_unexplained_import():
+    source = textwrap.dedent(
+        """
+        from echorl.core import EchoConfig  # module level: never flagged
+
+        def f():
+            import json
+            from echorl.loss import EchoLoss
+            from . import sibling
+            # imports verl (seconds)
+            from echorl.local.trainer import LocalTrainer
+            from echorl.eval.run import evaluate  # imports transformers
+
+            class C:
+                def g(self):
+                    import echorl.stage
+            return EchoLoss, LocalTrainer, evaluate, sibling
+        """
+    )
+    assert unexplained_lazy_imports(source) == [
+        "<source>:6: from echorl.loss import EchoLoss",
+        "<source>:7: from . import sibling",
+        "<source>:14: import echorl.stage",
+    ]

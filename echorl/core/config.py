@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from echorl.core.registry import LOSS_AGGS, SELECTORS, STEP_AGGS
+from echorl.core.steps import auto_boundary_token_ids
 
 QWEN_NEWLINE_IDS: tuple[int, ...] = (198, 271)  # Qwen2/2.5 "\n", "\n\n": the authors' flags, boundary="fixed"
 
@@ -187,8 +188,6 @@ class EchoConfig:
         from ``tokenizer`` (see :func:`echorl.core.steps.auto_boundary_token_ids`)."""
         if self.boundary != "auto":
             return self
-        from echorl.core.steps import auto_boundary_token_ids
-
         return dataclasses.replace(self, boundary_token_ids=auto_boundary_token_ids(tokenizer))
 
     @classmethod

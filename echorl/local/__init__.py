@@ -21,7 +21,7 @@ __all__ = ["LocalTrainer", "load_config", "train"]
 
 def __getattr__(name: str) -> Any:  # LocalTrainer imports verl (seconds): load it on first use
     if name == "LocalTrainer":
-        from echorl.local.trainer import LocalTrainer
+        from echorl.local.trainer import LocalTrainer  # imports verl (seconds): `import echorl.local` stays light
 
         return LocalTrainer
     raise AttributeError(name)
@@ -29,7 +29,7 @@ def __getattr__(name: str) -> Any:  # LocalTrainer imports verl (seconds): load 
 
 def train(cfg: Any, **kwargs: Any) -> dict[str, Any]:
     """Build a :class:`LocalTrainer` from a composed config and train; returns its summary."""
-    from echorl.local.trainer import LocalTrainer
+    from echorl.local.trainer import LocalTrainer  # imports verl (seconds): `import echorl.local` stays light
 
     return LocalTrainer(cfg, **kwargs).train()
 

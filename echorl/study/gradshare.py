@@ -68,7 +68,7 @@ class GradShareLoss:
         # verl (an optional extra) loads only when a share is measured, on the engine's verl-backed loss
         from verl.workers.utils.padding import no_padding_2_padding
 
-        from echorl.loss import padded_response_field
+        from echorl.loss import padded_response_field  # echorl.loss imports verl, as above
 
         log_prob = no_padding_2_padding(model_output["log_probs"], data)  # [b, W]
         mask = padded_response_field(data, "echo_mask", log_prob.shape[1])  # [b, W] bool

@@ -187,8 +187,8 @@ def eval_policy(model: Any, tok: Any, s: Settings, pool: Any,
     picks among them. Returns summaries and per-problem correct counts."""
     # transformers and verl load when a run starts; planning and the report import this module without them
     from echorl.eval.backends import SamplingSettings, TransformersBackend
-    from echorl.eval.benchmarks import BenchmarkSpec
-    from echorl.eval.run import evaluate
+    from echorl.eval.benchmarks import BenchmarkSpec  # with the backend above: loaded when a run evaluates
+    from echorl.eval.run import evaluate  # with the backend above: loaded when a run evaluates
 
     backend = TransformersBackend(model, tok, batch_size=s.eval_batch_size)
     jobs = {
@@ -267,8 +267,8 @@ def run_one(arm: Arm, seed: int, s: Settings, folder: str | os.PathLike, runs_di
 
     # transformers and verl load when a run starts; planning and the report import this module without them
     from echorl.eval.run import make_pool
-    from echorl.local.trainer import LocalTrainer
-    from echorl.study.gradshare import GradShareLoss
+    from echorl.local.trainer import LocalTrainer  # imports verl (seconds): planning and the report skip it
+    from echorl.study.gradshare import GradShareLoss  # imports torch: planning and the report skip it
 
     out_dir = Path(runs_dir) / arm.name / f"seed{seed}"
     cfg = compose(arm, seed, s, str(out_dir))

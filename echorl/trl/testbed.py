@@ -43,6 +43,6 @@ def chain_reward() -> Callable[..., list[float]]:
 
 def load_chain_model() -> tuple[Any, Any]:
     """``(model, tokenizer)``: the shipped tiny-chain model (float32), a fresh copy on each call."""
-    from echorl.models.tiny import RECIPES, load_tiny_model
+    from echorl.models.tiny import RECIPES, load_tiny_model  # imports torch: the datasets and reward stay light
 
     return load_tiny_model(recipe=RECIPES["tiny-chain"])

@@ -127,9 +127,7 @@ def guard_auto_set_device() -> None:
 
     def auto_set_device(config):
         refuse_plain_verl_launch(config)
-        from echorl.verl.cpu import select_from_config
-
-        select_from_config(config)
+        _cpu.select_from_config(config)  # the package imported at the end of this module
         return original(config)
 
     auto_set_device.__echorl__ = True

@@ -44,7 +44,7 @@ def activate() -> None:
     Modules verl has not imported yet are patched when it imports them; call before verl's
     engine workers are imported (the plugin does, from ``import verl``).
     """
-    from echorl.verl.cpu.internals import install_all
+    from echorl.verl.cpu.internals import install_all  # imports verl, which imports this package (plugin)
 
     install_all()
 
@@ -89,7 +89,7 @@ def select_from_config(config) -> bool:
         )
     os.environ[ENV] = PLATFORM
     activate()
-    from echorl.verl.cpu.internals import check_internals
+    from echorl.verl.cpu.internals import check_internals  # imports verl, which imports this package (plugin)
 
     check_internals()
     from verl.plugin.platform import PlatformRegistry, get_platform, set_platform

@@ -17,6 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from echorl.data.prepare import prepare
+from echorl.tasks import arithmetic
+from echorl.tasks import compute_score as task_score
+
 SYSTEM = "Solve the problem step by step, one step per line, and end with 'Answer: N'."
 
 
@@ -39,9 +43,6 @@ def write_arithmetic_parquets(out_dir: str | Path, n_train: int = 16, n_val: int
     """
     import pandas as pd
 
-    from echorl.data.prepare import prepare
-    from echorl.tasks import arithmetic
-
     out = Path(out_dir)
     (out / "raw").mkdir(parents=True, exist_ok=True)
     paths = {}
@@ -59,6 +60,4 @@ def write_arithmetic_parquets(out_dir: str | Path, n_train: int = 16, n_val: int
 
 def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_info: Any = None, **kwargs: Any) -> float:
     """verl reward function: the task verifier of ``data_source`` (1.0 exact answer, else 0.0)."""
-    from echorl.tasks import compute_score as task_score
-
     return float(task_score(data_source, solution_str, ground_truth, extra_info))

