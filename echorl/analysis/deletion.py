@@ -42,7 +42,7 @@ import numpy as np
 
 from echorl.analysis.entropy import Solution, generate
 
-__all__ = ["ORDERS", "deletion_ranking", "deleted_steps", "num_deleted", "paired_bootstrap", "run_deletion",
+__all__ = ["ORDERS", "deletion_ranking", "num_deleted", "paired_bootstrap", "run_deletion",
            "step_token_spans"]
 
 ORDERS = ("highest", "lowest", "random")
@@ -77,11 +77,6 @@ def deletion_ranking(step_h: Sequence[float], order: str, seed: int = 0, solutio
     if order == "random":
         return [int(i) for i in np.random.default_rng([int(seed), int(solution_index)]).permutation(n)]
     raise ValueError(f"deletion order must be one of {list(ORDERS)}, got {order!r}")
-
-
-def deleted_steps(step_h: Sequence[float], share: float, order: str, seed: int = 0, solution_index: int = 0) -> list[int]:
-    """The pool steps deleted at ``share`` (sorted): the first :func:`num_deleted` of the ranking."""
-    return sorted(deletion_ranking(step_h, order, seed, solution_index)[:num_deleted(share, len(step_h))])
 
 
 def step_token_spans(profile: dict[str, Any]) -> list[tuple[int, int]]:

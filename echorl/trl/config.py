@@ -18,7 +18,7 @@ from trl import GRPOConfig
 
 from echorl.core.config import EchoConfig
 
-__all__ = ["ECHO_PREFIX", "EchoGRPOConfig", "echo_field_names"]
+__all__ = ["ECHO_PREFIX", "EchoGRPOConfig"]
 
 ECHO_PREFIX = "echorl_"
 
@@ -43,11 +43,6 @@ def _field(f: dataclasses.Field) -> tuple[str, Any, dataclasses.Field]:
     else:
         spec = dataclasses.field(default=f.default, metadata=meta)
     return ECHO_PREFIX + f.name, typ, spec
-
-
-def echo_field_names() -> list[str]:
-    """``echorl_<name>`` of every :class:`EchoConfig` field, in EchoConfig's order."""
-    return [ECHO_PREFIX + f.name for f in dataclasses.fields(EchoConfig)]
 
 
 def _post_init(self) -> None:

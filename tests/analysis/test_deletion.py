@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from echorl.analysis.deletion import deleted_steps, deletion_ranking, num_deleted, run_deletion
+from echorl.analysis.deletion import deletion_ranking, num_deleted, run_deletion
 from echorl.analysis.entropy import (
     encode_prompts_of,
     expert_solutions,
@@ -35,6 +35,11 @@ def test_num_deleted_refuses_bad_share():
         num_deleted(1.2, 4)
     with pytest.raises(ValueError, match="share"):
         num_deleted(-0.1, 4)
+
+
+def deleted_steps(step_h, share, order, seed=0, solution_index=0):
+    """The pool steps deleted at ``share`` (sorted): the first num_deleted of the ranking, as run_deletion cuts."""
+    return sorted(deletion_ranking(step_h, order, seed, solution_index)[:num_deleted(share, len(step_h))])
 
 
 def test_orders_on_hand_made_step_entropies():
