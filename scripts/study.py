@@ -95,8 +95,9 @@ def report(s, folder: Path) -> list[Path]:
     return [md, *sorted(images.glob("results_*.png"))]
 
 
-def initial_eval(s, folder: Path) -> Path:
-    """Evaluate the untrained model once with the study's evaluation (``initial.json``)."""
+def initial_eval(s, folder: Path) -> tuple[Path, bool]:
+    """Evaluate the untrained model once with the study's evaluation (``initial.json``); the path and
+    whether this call wrote it."""
     from echorl.eval.run import make_pool
     from echorl.local import load_config
     from echorl.models.loading import load_model
@@ -104,7 +105,7 @@ def initial_eval(s, folder: Path) -> Path:
 
     path = folder / "initial.json"
     if path.exists():
-        return path
+        return path, False
     cfg = load_config([f"model.name={s.model}", *s.extra], config_name="testbed")
     model, tok = load_model(str(cfg.model.name))
     pool = make_pool(int(cfg.reward.num_workers), float(cfg.reward.timeout_s))
@@ -116,7 +117,7 @@ def initial_eval(s, folder: Path) -> Path:
     res = {"model": str(cfg.model.name), "eval_s": round(time.time() - t0, 1), "final": _final_eval_block(ev, s), **ev}
     folder.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(res, indent=1))
-    return path
+    return path, True
 
 
 def _finished(s, folder: Path, arm, seed: int, res: dict, t0: float, commit: bool, write_report: bool) -> None:
@@ -233,8 +234,8 @@ def main(argv=None) -> int:
         (folder / "splits.json").write_text(json.dumps(split_record(s, train_seeds, 4096), indent=1))
         if args.commit:
             commit_file(folder / "splits.json", f"study ({s.name}): held-out and OOD sets fixed before the first run")
-    p = initial_eval(s, folder)
-    if args.commit:
+    p, written = initial_eval(s, folder)
+    if args.commit and written:  # a resumed study finds it committed already
         commit_file(p, f"study ({s.name}): evaluation of the untrained model")
     if args.jobs > 1 and len(todo) > 1:
         return 1 if run_parallel(args, s, folder, runs_dir, todo, args.jobs) else 0
