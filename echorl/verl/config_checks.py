@@ -116,8 +116,11 @@ def check_keep_filtered(config) -> None:
             "rows. Fix: a critic-free estimator (grpo, rloo, ...) or echorl.keep_filtered=false.")
     method = _get(config, "method.name", "grpo")
     if method != "grpo":
-        raise ValueError(f"echorl.keep_filtered=true is not supported with method.name={method!r} "
-                         "(LUFFY / UFT lay out their own rows). Fix: echorl.keep_filtered=false.")
+        why = {"luffy": "LUFFY lays out its own expert rows", "uft": "UFT lays out its own hinted rows",
+               "rl_zvp": "RL-ZVP trains the zero-variance groups DAPO's filter drops",
+               "forking": "forking tokens are not combined with EchoRL"}.get(method, "only GRPO's rows are laid out")
+        raise ValueError(f"echorl.keep_filtered=true is not supported with method.name={method!r} ({why}). Fix: "
+                         "echorl.keep_filtered=false.")
 
 
 # ---------------------------------------------------------------------------- model context

@@ -68,6 +68,9 @@ REFUSALS = [
      r"keep_filtered=true with algorithm\.adv_estimator=gae.*critic"),
     ({"algorithm.filter_groups.enable": True, "echorl.keep_filtered": True, "echorl.mode": "advantage"},
      r"keep_filtered=true with echorl\.mode='advantage'.*echorl\.mode=loss"),
+    ({"algorithm.filter_groups.enable": True, "echorl.keep_filtered": True, "method.name": "uft"},
+     r"keep_filtered=true is not supported with method\.name='uft' \(UFT lays out its own hinted rows\)\. Fix: "
+     r"echorl\.keep_filtered=false"),
     ({"echorl.preset": "abstract"}, r"echorl\.preset must be one of \['paper', 'degenerate', 'positive_nll'\], got 'abstract'"),
     ({"trainer.v1.trainer_mode": "colocate_async"}, r"trainer\.v1\.trainer_mode='colocate_async'.*trainer_mode=sync"),
     ({"trainer.v1.trainer_mode": "separate_async"}, r"trainer_mode='separate_async'"),
