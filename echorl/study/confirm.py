@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from echorl.study.arms import CONFIRM, CONFIRM_ARMS, Arm, Settings
-from echorl.study.report import _diff, _p, _pm, _vals, load_results, verdict
+from echorl.study.report import _diff, _p, _pm, _vals, holm_verdicts, load_results
 from echorl.study.runner import seeds_for
-from echorl.study.stats import holm, mean_sd, paired_difference
+from echorl.study.stats import mean_sd, paired_difference
 
-__all__ = ["FAMILIES", "PRIMARY", "SECONDARY", "family_table", "write_confirm_report"]
+__all__ = ["FAMILIES", "PRIMARY", "SECONDARY", "family_table", "interim_lines", "write_confirm_report"]
 
 PRIMARY = "test_ckpt"
 SECONDARY = (("ood_ckpt", "ood (mean of steps 100/125/150)"), ("test_avg", "test at step 150"))
@@ -36,11 +36,12 @@ SHARE_MATCH = (2 / 3, 3 / 2)  # a rule's gradient share / the peak clip's: match
 
 
 def family_table(results: dict[str, dict[int, dict[str, Any]]], family: str, key: str,
-                 arms: tuple[Arm, ...] = CONFIRM_ARMS) -> list[dict[str, Any]]:
+                 arms: tuple[Arm, ...] = CONFIRM_ARMS, planned: int | None = None) -> list[dict[str, Any]]:
     """The comparisons of one family on ``key`` (a ``final`` field), Holm-corrected together.
 
     Returns one dict per arm of the family with results for it and its base: ``arm``, ``vs``, ``d``
-    (:func:`paired_difference`), ``p_holm`` and ``verdict``."""
+    (:func:`paired_difference`), ``p_holm`` and ``verdict`` (no verdict under ``planned`` pairs:
+    :func:`~echorl.study.report.verdict`)."""
     base = FAMILIES[family]
     out = []
     for a in arms:
@@ -49,10 +50,15 @@ def family_table(results: dict[str, dict[int, dict[str, Any]]], family: str, key
         if results.get(a.name) and results.get(base):
             out.append({"arm": a.name, "vs": base, "d": paired_difference(_vals(results[a.name], key),
                                                                          _vals(results[base], key))})
-    for c, p in zip(out, holm([float(c["d"].get("p", float("nan"))) for c in out])):
-        c["p_holm"] = p
-        c["verdict"] = verdict(c["d"], None if math.isnan(p) else p)
-    return out
+    return holm_verdicts(out, planned)
+
+
+def interim_lines(done: int, total: int) -> list[str]:
+    """The report's warning while a preregistered study is incomplete (nothing once it is)."""
+    if done >= total:
+        return []
+    return [f"**Interim: {done} of {total} planned runs are in.** The plan has no interim analysis: until every "
+            "planned run is in, the tables describe the runs so far and the verdict column gives no verdict.", ""]
 
 
 def _family_lines(rows: list[dict[str, Any]]) -> list[str]:
@@ -75,6 +81,8 @@ def write_confirm_report(folder: str | os.PathLike, out_md: str | os.PathLike, s
          f"`{shown}/PLAN.md`. Accuracies in %, mean ± sd over seeds.", ""]
     planned = {a.name: seeds_for(a, s) for a in CONFIRM_ARMS}
     allruns = [r for runs in results.values() for r in runs.values()]
+    L += interim_lines(sum(len(set(results.get(k, {})) & set(v)) for k, v in planned.items()),
+                       sum(map(len, planned.values())))
     L += ["## Runs", "", "| arm | seeds done / planned | missing | what |", "|---|---|---|---|"]
     for a in CONFIRM_ARMS:
         have = sorted(results.get(a.name, {}))
@@ -108,12 +116,12 @@ def write_confirm_report(folder: str | os.PathLike, out_md: str | os.PathLike, s
     for fam, title in (("dose", "Dose-response: GRPO + EchoRL (paper preset) at each coef minus GRPO"),
                        ("rule", "Clip rule at matched gradient share: each rule minus the highest-entropy clip "
                                 "(coef 3e-2)")):
-        rows = family_table(results, fam, PRIMARY)
+        rows = family_table(results, fam, PRIMARY, planned=len(planned[FAMILIES[fam]]))
         L += [f"**{title}**", ""] + (_family_lines(rows) if rows else ["No paired results yet.", ""])
     L += ["## Secondary endpoints (not confirmatory)", ""]
     for key, lab in SECONDARY:
         for fam in FAMILIES:
-            rows = family_table(results, fam, key)
+            rows = family_table(results, fam, key, planned=len(planned[FAMILIES[fam]]))
             if rows:
                 L += [f"**{fam}, {lab}** (Holm within this table)", ""] + _family_lines(rows)
     peak = results.get(FAMILIES["rule"])

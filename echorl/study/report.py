@@ -57,11 +57,16 @@ def _vals(runs: dict[int, dict[str, Any]], key: str) -> dict[int, float]:
     return {s: v for s, v in vals.items() if v is not None}
 
 
-def verdict(d: dict[str, Any], p_holm: float | None = None, alpha: float = 0.05) -> str:
+def verdict(d: dict[str, Any], p_holm: float | None = None, alpha: float = 0.05, planned: int | None = None) -> str:
     """``gain`` / ``loss`` when the difference survives Holm's correction (``p_holm <= alpha``; without
     ``p_holm``, when the t interval excludes 0), ``nominal gain`` / ``nominal loss`` when the t
     interval excludes 0 but the Holm-adjusted p does not pass, ``no detectable difference``
-    otherwise, ``too few seeds`` under 2 pairs."""
+    otherwise, ``too few seeds`` under 2 pairs.
+
+    ``planned``: the pairs a preregistered plan fixes. Under that count there is no verdict (a plan
+    without an interim analysis decides on its full set only): ``interim: n of planned pairs``."""
+    if planned is not None and d["n"] < planned:
+        return f"interim: {d['n']} of {planned} pairs, no verdict"
     if d["n"] < 2 or math.isnan(d["t_low"]):
         return "too few seeds"
     sign = "gain" if d["mean"] > 0 else "loss"
@@ -85,10 +90,18 @@ def comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 out.append({"arm": r["arm"], "vs": r["base"], "metric": lab, "d": r[f"d_{key}"]})
         if r.get("d_test_avg_vs_echorl"):
             out.append({"arm": r["arm"], "vs": "echorl", "metric": "test", "d": r["d_test_avg_vs_echorl"]})
-    for c, p in zip(out, holm([float(c["d"].get("p", float("nan"))) for c in out])):
+    return holm_verdicts(out)
+
+
+def holm_verdicts(rows: list[dict[str, Any]], planned: int | None = None) -> list[dict[str, Any]]:
+    """Holm-correct one family of comparisons together and give each its :func:`verdict`.
+
+    ``rows``: dicts with ``d`` (:func:`~echorl.study.stats.paired_difference`); each gets ``p_holm``
+    and ``verdict`` (``planned``: as in :func:`verdict`). Returns ``rows``."""
+    for c, p in zip(rows, holm([float(c["d"].get("p", float("nan"))) for c in rows])):
         c["p_holm"] = p
-        c["verdict"] = verdict(c["d"], None if math.isnan(p) else p)
-    return out
+        c["verdict"] = verdict(c["d"], None if math.isnan(p) else p, planned=planned)
+    return rows
 
 
 def eval_sampling_se(per_problem: list[int], k: int) -> float:

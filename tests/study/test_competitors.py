@@ -127,3 +127,6 @@ def test_report_families_by_hand(tmp_path):
     md = write_competitors_report(tmp_path, tmp_path / "report_competitors.md")
     assert "| positive_nll | 3/14 | 104,105,106,107,108,109,110,111,112,113,114 |" in md
     assert "| forking | 0/14 |" in md and "`positive_nll` = `rule_nll_full`" in md
+    # 12 of the plan's 4 new + 4 shared arms x 14 seeds: the comparisons give no verdict yet
+    assert "**Interim: 12 of 112 planned runs are in.**" in md
+    assert "| rl_zvp | grpo | 3 | +2.0 [-0.5, +4.5] | 0.074 | 0.074 | interim: 3 of 14 pairs, no verdict |" in md

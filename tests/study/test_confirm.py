@@ -88,6 +88,22 @@ def test_confirm_report_families_by_hand(tmp_path):
     assert "| rule_full | coef_3e-2 | 3 | +0.0 [-2.5, +2.5] |" in md  # half-width 4.302653 * 1 / sqrt 3
     assert "| rule_full | 9.00 | 1.80 | no: deviation |" in md  # 0.09 / 0.05 is outside [2/3, 3/2]
     assert "Compute: 15 runs, 0.42 h" in md
+    # 15 of the plan's 112 runs: no verdict anywhere, and the report says why
+    assert "**Interim: 15 of 112 planned runs are in.**" in md
+    assert md.count("| interim: 3 of 14 pairs, no verdict |") == 3 * 3 + 1 * 3  # dose 3 arms, rule 1: 3 endpoints
+    assert not any(v in md for v in ("| gain |", "| loss |", "| no detectable difference |", "nominal"))
+
+
+def test_confirm_report_gives_verdicts_once_the_plan_is_complete(tmp_path):
+    from echorl.study.runner import seeds_for
+    for a in CONFIRM_ARMS:
+        for k in seeds_for(a, CONFIRM):
+            # coef_1e-3 is +1 point on every seed (sd 0, p 0): a gain; every other arm equals its base
+            _fake(tmp_path, a.name, k, 0.80 + (k % 3) / 100 + (0.01 if a.name == "coef_1e-3" else 0.0))
+    md = write_confirm_report(tmp_path, tmp_path / "report.md")
+    assert "Interim" not in md and "interim:" not in md
+    assert "| coef_1e-3 | grpo | 14 | +1.0 [+1.0, +1.0] | <0.001 | <0.001 | gain |" in md
+    assert "| coef_3e-3 | grpo | 14 | +0.0 [+0.0, +0.0] | 1.000 | 1.000 | no detectable difference |" in md
 
 
 def test_commit_file_serialises_and_commits_only_its_files(tmp_path):
