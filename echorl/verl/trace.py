@@ -8,6 +8,7 @@ every actor update, ``<folder>/step_<k>.pt`` (``torch.load``-able, tensors on CP
 * ``response_mask``, ``echo_mask`` (bool), ``old_log_probs``: ``[B, L]`` right-padded;
 * ``echo_denom``: ``[B]`` float, the stored normaliser ``D_b``;
 * ``off_policy``: ``[B]`` bool, LUFFY's expert-trace rows (only in LUFFY runs, :data:`METHOD_FIELDS`);
+* ``zvp_sign``: ``[B]`` long, RL-ZVP's +1 / -1 / 0 per row (only in RL-ZVP runs);
 * ``metrics``: the step's ``echo/*`` metrics and ``echo/loss`` (as the workers reported it).
 
 It lets a test recompute the EchoRL loss from exactly what the workers trained on (with one
@@ -30,7 +31,9 @@ from echorl import metric_names as M
 from echorl.verl.fields import _padded, group_ids
 
 FIELDS = ("uid", "response_mask", "echo_mask", "echo_denom", "old_log_probs")
-METHOD_FIELDS = {"luffy": ("off_policy",)}  # method.name -> its per-row fields, traced when it runs
+# method.name -> its per-row ``[B]`` fields, traced when it runs, with the dtype they are saved as
+METHOD_FIELDS: dict[str, dict[str, torch.dtype]] = {"luffy": {"off_policy": torch.bool},
+                                                    "rl_zvp": {"zvp_sign": torch.long}}
 
 
 def fields_of(method: str) -> list[str]:
@@ -58,8 +61,10 @@ def write_trace(folder: Path, step: int, data: Any, is_padding: Sequence[bool], 
         "echo_denom": torch.as_tensor(data["echo_denom"]).float().reshape(-1),
         "metrics": {k: float(v) for k, v in metrics.items() if k.startswith(M.ECHO_PREFIX)},
     }
-    for key in (k for fields in METHOD_FIELDS.values() for k in fields if k in data.keys()):
-        record[key] = torch.as_tensor(data[key]).bool().reshape(-1)
+    for fields in METHOD_FIELDS.values():
+        for key, dtype in fields.items():
+            if key in data.keys():
+                record[key] = torch.as_tensor(data[key]).to(dtype).reshape(-1)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step_{step}.pt"
     torch.save(record, path)

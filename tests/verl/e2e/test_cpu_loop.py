@@ -218,6 +218,29 @@ def test_uft_on_two_ranks_trains_hint_rows(e2e):
     assert logged["actor/uft/hint_nll"] > 0
 
 
+def test_rl_zvp_on_two_ranks_traces_one_sign_per_group(e2e):
+    """recipes/rl_zvp on 2 ranks: the ``zvp_sign`` the update trained on is one of +1 / -1 / 0, one
+    value per group (+1 all-success, -1 all-fail, 0 mixed), and the shares the loss logs are the
+    batch's shares of +1 and -1 rows."""
+    e2e.ok("recipe_rl_zvp")
+    logged = e2e.metrics("recipe_rl_zvp")[1]
+    trace = e2e.trace("recipe_rl_zvp", 1)
+    sign = trace["zvp_sign"]  # [B] long
+    assert sign.dtype == torch.long and sign.shape == trace["is_padding"].shape
+    assert set(sign.tolist()) <= {-1, 0, 1}
+    by_group: dict[str, set[int]] = {}
+    for u, s in zip(trace["uid"], sign.tolist()):
+        by_group.setdefault(u, set()).add(s)
+    assert all(len(v) == 1 for v in by_group.values()), by_group
+    rows = ~trace["is_padding"]
+    assert logged["actor/rl_zvp/pos_frac"] == pytest.approx(float((sign[rows] > 0).float().mean()), abs=1e-6)
+    assert logged["actor/rl_zvp/neg_frac"] == pytest.approx(float((sign[rows] < 0).float().mean()), abs=1e-6)
+    # zero-variance groups of this step: the rows with a sign have scores all 1 or all 0, so the
+    # score mean bounds how many +1 rows there can be
+    n, pos, neg = int(rows.sum()), int((sign[rows] > 0).sum()), int((sign[rows] < 0).sum())
+    assert pos / n <= logged["critic/score/mean"] <= (n - neg) / n
+
+
 def test_workers_that_do_not_report_echo_loss_stop_the_run(e2e):
     res = e2e.results["verl_loss"]
     assert not res["ok"]
