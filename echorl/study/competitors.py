@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from echorl.study.arms import COMPETITOR_ARMS, COMPETITOR_SHARED, COMPETITORS, Settings
-from echorl.study.confirm import PRIMARY, SECONDARY, _family_lines, interim_lines
+from echorl.study.confirm import PRIMARY, SECONDARY, _family_lines, compute_lines, interim_lines
 from echorl.study.report import _pm, _vals, holm_verdicts, load_results
 from echorl.study.runner import seeds_for
 from echorl.study.stats import mean_sd, paired_difference
@@ -82,7 +82,9 @@ def write_competitors_report(folder: str | os.PathLike, out_md: str | os.PathLik
         have = set(_runs(results, name))
         missing = [k for k in planned if k not in have]
         L.append(f"| {name} | {len(have & set(planned))}/{len(planned)} | {','.join(map(str, missing)) or '-'} |")
-    L += ["", "## Per arm", "", "| arm | seeds | test, steps 100/125/150 (primary) | test, step 150 | "
+    new_runs = [r for a in COMPETITOR_ARMS for r in results.get(a.name, {}).values()]
+    L += ["", *compute_lines(new_runs, "Compute of the new arms (the shared arms' is the confirmatory report's)"),
+          "## Per arm", "", "| arm | seeds | test, steps 100/125/150 (primary) | test, step 150 | "
           "ood, steps 100/125/150 | s/step |", "|---|---|---|---|---|---|"]
     for name in names:
         runs = _runs(results, name)

@@ -27,7 +27,7 @@ from echorl.study.report import _diff, _p, _pm, _vals, holm_verdicts, load_resul
 from echorl.study.runner import seeds_for
 from echorl.study.stats import mean_sd, paired_difference
 
-__all__ = ["FAMILIES", "PRIMARY", "SECONDARY", "family_table", "interim_lines", "write_confirm_report"]
+__all__ = ["FAMILIES", "PRIMARY", "SECONDARY", "compute_lines", "family_table", "interim_lines", "write_confirm_report"]
 
 PRIMARY = "test_ckpt"
 SECONDARY = (("ood_ckpt", "ood (mean of steps 100/125/150)"), ("test_avg", "test at step 150"))
@@ -61,6 +61,15 @@ def interim_lines(done: int, total: int) -> list[str]:
             "planned run is in, the tables describe the runs so far and the verdict column gives no verdict.", ""]
 
 
+def compute_lines(runs: list[dict[str, Any]], label: str = "Compute") -> list[str]:
+    """The report's compute line (none without runs): runs, hours of run time, median per run, torch threads."""
+    if not runs:
+        return []
+    wall = [r["wall_s"] for r in runs]
+    return [f"{label}: {len(runs)} runs, {sum(wall) / 3600:.2f} h of run time in all (training + evaluations), "
+            f"median {statistics.median(wall):.0f} s per run, torch threads {sorted({r['threads'] for r in runs})}.", ""]
+
+
 def _family_lines(rows: list[dict[str, Any]]) -> list[str]:
     L = ["| arm | vs | n | Δ [95% t interval] (points) | p | Holm p | verdict |", "|---|---|---|---|---|---|---|"]
     for c in rows:
@@ -91,11 +100,7 @@ def write_confirm_report(folder: str | os.PathLike, out_md: str | os.PathLike, s
         L.append(f"| {a.name} | {len(set(have) & set(planned[a.name]))}/{len(planned[a.name])} | "
                  f"{','.join(map(str, missing)) or '-'}{' (unplanned: ' + ','.join(map(str, extra)) + ')' if extra else ''} "
                  f"| {a.what} |")
-    if allruns:
-        wall = [r["wall_s"] for r in allruns]
-        L += ["", f"Compute: {len(allruns)} runs, {sum(wall) / 3600:.2f} h of run time in all (training + evaluations), "
-              f"median {statistics.median(wall):.0f} s per run, torch threads {sorted({r['threads'] for r in allruns})}.",
-              ""]
+    L += ["", *compute_lines(allruns)]
     L += ["## Per arm", "",
           "| arm | seeds | test, steps 100/125/150 (primary) | test, step 150 | ood, steps 100/125/150 | pass@1 | "
           f"pass@{s.passk_n} | echo grad share (%) | s/step |", "|---|---|---|---|---|---|---|---|---|"]

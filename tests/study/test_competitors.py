@@ -129,4 +129,6 @@ def test_report_families_by_hand(tmp_path):
     assert "| forking | 0/14 |" in md and "`positive_nll` = `rule_nll_full`" in md
     # 12 of the plan's 4 new + 4 shared arms x 14 seeds: the comparisons give no verdict yet
     assert "**Interim: 12 of 112 planned runs are in.**" in md
+    # compute counts only the new arms' runs (rl_zvp's 3 x 100 s); the shared arms' is the confirmatory report's
+    assert "Compute of the new arms (the shared arms' is the confirmatory report's): 3 runs, 0.08 h" in md
     assert "| rl_zvp | grpo | 3 | +2.0 [-0.5, +4.5] | 0.074 | 0.074 | interim: 3 of 14 pairs, no verdict |" in md
