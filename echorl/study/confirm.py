@@ -66,8 +66,10 @@ def compute_lines(runs: list[dict[str, Any]], label: str = "Compute") -> list[st
     if not runs:
         return []
     wall = [r["wall_s"] for r in runs]
+    resumed = sum(bool(r.get("resumed")) for r in runs)
     return [f"{label}: {len(runs)} runs, {sum(wall) / 3600:.2f} h of run time in all (training + evaluations), "
-            f"median {statistics.median(wall):.0f} s per run, torch threads {sorted({r['threads'] for r in runs})}.", ""]
+            f"median {statistics.median(wall):.0f} s per run, torch threads {sorted({r['threads'] for r in runs})}"
+            + (f"; {resumed} resumed run(s) count only the time after their resume" if resumed else "") + ".", ""]
 
 
 def _family_lines(rows: list[dict[str, Any]]) -> list[str]:
