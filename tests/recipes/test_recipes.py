@@ -17,8 +17,11 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = ROOT / "recipes"
 CONFIG = ROOT / "echorl" / "config"
-METHODS = ["cispo", "dapo", "drgrpo", "forking", "grpo", "gspo", "luffy", "reinforce_pp", "rl_zvp", "rloo", "uft"]
+METHODS = ["cispo", "dapo", "drgrpo", "forking", "grpo", "gspo", "luffy", "positive_nll", "reinforce_pp", "rl_zvp",
+           "rloo", "uft"]
 ECHO_REFUSED = {"forking"}  # recipes whose method is not combined with EchoRL (refused at start-up)
+# recipes that set EchoRL options of their own (the rest keep EchoConfig's defaults)
+ECHO_OPTIONS = {"positive_nll": {"preset": "positive_nll", "loss_agg": "clip_token_mean", "coef": 0.1}}
 SEARCHPATH = f"hydra.searchpath=[pkg://verl.trainer.config,file://{RECIPES}]"
 
 # What each recipe must set: dotted key -> value, checked on the composed config and, for actor
@@ -70,6 +73,8 @@ EXPECTED = {
                "method.rl_zvp.positive_above": 0.0},
     "forking": {**CLIP, **VANILLA, "algorithm.adv_estimator": "grpo", "algorithm.norm_adv_by_std_in_grpo": True,
                 "actor_rollout_ref.actor.calculate_entropy": True, "method.name": "forking", "method.forking.rho": 0.2},
+    "positive_nll": {**CLIP, **VANILLA, "algorithm.adv_estimator": "grpo", "algorithm.norm_adv_by_std_in_grpo": True,
+                     "echorl.preset": "positive_nll", "echorl.loss_agg": "clip_token_mean", "echorl.coef": 0.1},
     "cispo": {"algorithm.adv_estimator": "grpo", "actor_rollout_ref.actor.policy_loss.loss_mode": "cispo",
               "actor_rollout_ref.actor.loss_agg_mode": "token-mean",
               "actor_rollout_ref.actor.clip_ratio_low": 1.0, "actor_rollout_ref.actor.clip_ratio_high": 0.2},
@@ -148,7 +153,7 @@ def test_recipe_composes_and_instantiates_verl_dataclasses(method):
             with pytest.raises(ValueError, match="set echorl.enable=false"):
                 validate_config(cfg)
             continue
-        assert validate_config(cfg) == EchoConfig(enable=echo == "on")
+        assert validate_config(cfg) == EchoConfig(enable=echo == "on", **ECHO_OPTIONS.get(method, {}))
 
 
 def test_recipes_pass_verl_validation_and_wiring_check():

@@ -9,6 +9,8 @@ must equal the core's selection.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -129,6 +131,32 @@ def test_mask_equals_core_selection(per):
     # GRPO made groups A and D advantage-degenerate: every advantage there is 0
     assert float(padded["advantages"][:4].abs().sum()) == 0.0
     assert out.metrics["echo/grad_token_frac_echo"] > out.metrics["echo/grad_token_frac_base"]
+
+
+def test_positive_nll_recipe_echoes_every_success_whole_with_one_token_denominator():
+    """recipes/positive_nll as composed for a launch (VAPO's term): every successful rollout's whole
+    response is a clip, and every row's ``D_b`` is the batch's success tokens per mini-batch."""
+    import dataclasses
+
+    from hydra import compose, initialize_config_module
+
+    from echorl.verl.config_checks import validate_config
+
+    recipes = Path(__file__).resolve().parents[2] / "recipes"
+    with initialize_config_module(config_module="echorl.config", version_base=None):
+        composed = compose(config_name="echorl_trainer", overrides=[
+            f"hydra.searchpath=[pkg://verl.trainer.config,file://{recipes}]", "+positive_nll=positive_nll"])
+    cfg = dataclasses.replace(validate_config(composed), boundary="fixed", boundary_token_ids=(NL, NLNL))
+    assert (cfg.scope, cfg.per, cfg.selector, cfg.loss_agg, cfg.coef) == ("success", "rollout", "full",
+                                                                          "clip_token_mean", 0.1)
+    data, is_padding, padded, uids = make_batch(seed=2)
+    fields, out = echo_stage_fields(data, is_padding, cfg, num_minibatches=2, step=1)
+    valid = padded["response_mask"].bool() & ~torch.tensor(is_padding)[:, None]
+    success = padded["rm_scores"].sum(-1) >= 1.0  # groups A and D, and 2 of B's 4
+    assert int(success[~torch.tensor(is_padding)].sum()) == 10
+    written = torch.nested.to_padded_tensor(fields["echo_mask"], False)
+    assert torch.equal(written, valid & success[:, None])
+    assert torch.equal(fields["echo_denom"], torch.full((len(uids),), float(written.sum()) / 2))
 
 
 def test_padding_rows_are_excluded_even_with_a_mask_and_score():

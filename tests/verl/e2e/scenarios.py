@@ -45,6 +45,10 @@ NOT_RUN_END_TO_END = {
                 "(recipe_rl_zvp runs them on 2 ranks); its token mask and kept-token normaliser run through verl's "
                 "real ppo_loss on nested micro-batches in these tests",
                 ("tests/test_entropy_methods.py", "tests/verl/test_entropy_methods_verl.py")),
+    "positive_nll": ("recipe_grpo's run with other EchoRL options (every success whole, clip_token_mean, coef 0.1): "
+                     "the recipe as launched through the verl stage on verl's stored layout, the term against "
+                     "VAPO's formula on micro-batch splits, and clip_token_mean through verl's loop in the echo3 run",
+                     ("tests/verl/test_trainer_stage.py", "tests/core/test_presets.py")),
 }
 
 
