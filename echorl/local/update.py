@@ -27,7 +27,6 @@ from tensordict import TensorDict
 
 from echorl.filtering import split_minibatches
 from echorl.logprobs import bucketed_logprobs, model_device, pack_for_verl
-from echorl.methods.entropy_loss import EntropyMethodLoss
 from echorl.metric_names import actor_metric_name
 from echorl.models.attention import gqa_attention
 
@@ -118,7 +117,9 @@ def actor_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sched
     mini = actor_cfg.ppo_mini_batch_size * n
     micro = actor_cfg.ppo_micro_batch_size_per_gpu
     clip = actor_cfg.optim.clip_grad
-    want_entropy = bool(actor_cfg.entropy_coeff) or isinstance(loss_fn, EntropyMethodLoss)  # RL-ZVP / forking tokens
+    # the update forward's token entropy: for verl's entropy bonus, or for a loss that reads it (RL-ZVP,
+    # forking tokens: EntropyMethodLoss.needs_entropy, which wrappers such as the study's forward)
+    want_entropy = bool(actor_cfg.entropy_coeff) or bool(getattr(loss_fn, "needs_entropy", False))
     dev = model_device(model)  # the batch stays on the CPU; each micro-batch goes to the model
     model.train()
     per_mini: list[dict[str, float]] = []

@@ -42,7 +42,7 @@ from echorl.metrics_file import read_metrics
 from echorl.study.arms import Arm, Settings, compose, run_overrides
 
 __all__ = ["SCHEMA", "CURVE_KEYS", "CheckpointEval", "FINAL_KEYS", "plan_runs", "result_path", "run_one", "summarize_run",
-           "commit_file", "eval_policy", "seeds_for"]
+           "commit_file", "eval_policy", "seeds_for", "study_trainer"]
 
 SCHEMA = 1
 # training metric -> short name (curves and the "final" block, mean of the last `tail` steps); rows are read
@@ -260,6 +260,21 @@ def _checkpoint_block(at_steps: dict[str, Any], final_step: int, final_ev: dict[
             "ood_avg": [e["eval"]["ood"][f"avg@{s.eval_n}"] for _, e in evs]}
 
 
+def study_trainer(arm: Arm, seed: int, s: Settings, out_dir: str | os.PathLike) -> tuple[Any, Any]:
+    """The engine's trainer of one (arm, seed) run as the study trains it (its loss wrapped by
+    :class:`~echorl.study.gradshare.GradShareLoss`), resumed from ``out_dir`` when it holds a
+    checkpoint. Returns ``(trainer, composed config)``."""
+    from echorl.local.trainer import LocalTrainer  # imports verl (seconds): planning and the report skip it
+    from echorl.study.gradshare import GradShareLoss  # imports torch: planning and the report skip it
+
+    cfg = compose(arm, seed, s, str(out_dir))
+    tr = LocalTrainer(cfg)
+    ec = tr.echo_cfg
+    coef = ec.coef if ec.adds_loss_term else 0.0
+    tr.loss_fn = GradShareLoss(tr.loss_fn, tr.model, lambda: tr.global_step, s.grad_share_every, coef)
+    return tr, cfg
+
+
 def run_one(arm: Arm, seed: int, s: Settings, folder: str | os.PathLike, runs_dir: str | os.PathLike,
             window: int = 10) -> dict[str, Any]:
     """Train and evaluate one (arm, seed); write and return its result (see the module docstring)."""
@@ -267,17 +282,11 @@ def run_one(arm: Arm, seed: int, s: Settings, folder: str | os.PathLike, runs_di
 
     # transformers and verl load when a run starts; planning and the report import this module without them
     from echorl.eval.run import make_pool
-    from echorl.local.trainer import LocalTrainer  # imports verl (seconds): planning and the report skip it
-    from echorl.study.gradshare import GradShareLoss  # imports torch: planning and the report skip it
 
     out_dir = Path(runs_dir) / arm.name / f"seed{seed}"
-    cfg = compose(arm, seed, s, str(out_dir))
     t0 = time.time()
-    tr = LocalTrainer(cfg)
+    tr, cfg = study_trainer(arm, seed, s, out_dir)
     resumed = tr.global_step > 0
-    ec = tr.echo_cfg
-    coef = ec.coef if ec.adds_loss_term else 0.0
-    tr.loss_fn = GradShareLoss(tr.loss_fn, tr.model, lambda: tr.global_step, s.grad_share_every, coef)
     ckpt_eval = None
     if s.eval_steps:
         def evaluate(model):

@@ -88,6 +88,26 @@ def test_every_arm_passes_the_engines_startup_checks(arm, tmp_path):
         == (16, 8, 1.0)
 
 
+@pytest.mark.parametrize("arm", ["rl_zvp", "forking"])
+def test_the_entropy_arms_train_a_step_as_the_study_runs_them(arm, tmp_path):
+    """The study wraps the engine's loss to measure gradient shares: the wrapper must still have the
+    update forward compute the token entropy RL-ZVP and the forking rule read (one step, measured)."""
+    import dataclasses
+
+    from echorl.study.runner import study_trainer
+
+    s = dataclasses.replace(COMPETITORS, steps=1, eval_steps=(), grad_share_every=1)
+    tr, _ = study_trainer(get_arms([arm], COMPETITOR_ARMS)[0], 101, s, tmp_path / "run")
+    try:
+        assert tr.loss_fn.needs_entropy is True and type(tr.loss_fn.inner).__name__ == "EntropyMethodLoss"
+        m = tr.step()
+    finally:
+        tr.pool.close()
+    key = {"rl_zvp": "actor/rl_zvp/pos_frac", "forking": "actor/forking/kept_frac"}[arm]
+    assert key in m and 0.0 <= m[key] <= 1.0
+    assert m["actor/pg_loss"] == m["actor/pg_loss"]  # a number, not NaN
+
+
 def test_cli_dry_run_lists_the_56_runs(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("study_script", ROOT / "scripts" / "study.py")
     mod = importlib.util.module_from_spec(spec)
