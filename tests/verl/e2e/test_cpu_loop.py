@@ -128,7 +128,11 @@ def test_echorl_off_trains_like_verl_main_ppo(e2e):
         assert ma[s]["echo/active"] == 0.0 and "echo/loss" not in ma[s]
         for key in ORDER_FREE:
             assert ma[s][key] == mb[s][key], (s, key)
-        assert ma[s]["actor/grad_norm"] == pytest.approx(mb[s]["actor/grad_norm"], rel=1e-5), s
+        # step 1: the same weights, gradients equal up to summation order; step 2: the weights after one
+        # AdamW step from those gradients, whose first step is about lr * sign(g), so components with
+        # |g| near eps move differently (bounded by the weights check below). Measured: step 1 equal,
+        # step 2 up to 1.3e-5 relative (a run with the machine's 2 cores shared by 3 jobs).
+        assert ma[s]["actor/grad_norm"] == pytest.approx(mb[s]["actor/grad_norm"], rel=1e-5 if s == 1 else 1e-4), s
         # GRPO's policy loss at ratio 1 is a sum of advantages (zero up to float noise of ~1e-8)
         assert ma[s]["actor/pg_loss"] == pytest.approx(mb[s]["actor/pg_loss"], rel=1e-5, abs=1e-6), s
         for key in ("actor/entropy", "critic/advantages/mean"):
