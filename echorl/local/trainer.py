@@ -263,7 +263,8 @@ class LocalTrainer:
         batch.update(zvp_sign(self.method.cfg, scores, rb.group_index, rl_mask))  # RL-ZVP's signs
         self.last_batch = batch
         actor = actor_update(self.model, self.optimizer, self.scheduler, self.loss_fn, batch, self.actor_cfg,
-                             n=n, temperature=temp, generator=self.update_gen)
+                             n=n, temperature=temp, generator=self.update_gen,
+                             with_entropy=self.method.cfg.needs_entropy)
         t[timing_name("update_actor")] = time.perf_counter() - t5
         t[timing_name("step")] = time.perf_counter() - t0
         self.global_step += 1

@@ -89,7 +89,7 @@ def _mean_metrics(per_mini: list[dict[str, float]]) -> dict[str, float]:
 
 def actor_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, loss_fn: Callable,
                  batch: dict[str, torch.Tensor], actor_cfg: Any, *, n: int, temperature: float,
-                 generator: torch.Generator | None = None) -> dict[str, float]:
+                 generator: torch.Generator | None = None, with_entropy: bool = False) -> dict[str, float]:
     """One training step's actor update over the whole batch.
 
     Args:
@@ -102,6 +102,9 @@ def actor_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sched
         actor_cfg: verl's ``FSDPActorConfig`` (``ppo_mini_batch_size`` in prompts, as in verl).
         n: rollouts per prompt (mini-batch rows = ``ppo_mini_batch_size * n``).
         generator: shuffles the rows of each epoch when ``actor.shuffle`` is true.
+        with_entropy: the loss reads the update forward's token entropy (``MethodConfig.needs_entropy``:
+            RL-ZVP, forking tokens), as verl's ``calculate_entropy``; it is also computed for a
+            nonzero ``entropy_coeff``.
 
     Returns:
         ``actor/*`` metrics averaged over mini-batches (``actor/pg_loss`` and the EchoRL loss summed
@@ -117,9 +120,7 @@ def actor_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sched
     mini = actor_cfg.ppo_mini_batch_size * n
     micro = actor_cfg.ppo_micro_batch_size_per_gpu
     clip = actor_cfg.optim.clip_grad
-    # the update forward's token entropy: for verl's entropy bonus, or for a loss that reads it (RL-ZVP,
-    # forking tokens: EntropyMethodLoss.needs_entropy, which wrappers such as the study's forward)
-    want_entropy = bool(actor_cfg.entropy_coeff) or bool(getattr(loss_fn, "needs_entropy", False))
+    want_entropy = bool(actor_cfg.entropy_coeff) or with_entropy
     dev = model_device(model)  # the batch stays on the CPU; each micro-batch goes to the model
     model.train()
     per_mini: list[dict[str, float]] = []

@@ -92,8 +92,6 @@ class EntropyMethodLoss:
     ``model_output["entropy"]`` (packed like ``log_probs``).
     """
 
-    needs_entropy = True  # hosts compute the policy's token entropy in the update forward for this loss
-
     def __init__(self, inner: Callable, actor_config: Any, *, rl_zvp: RlZvpConfig | None = None,
                  forking: ForkingConfig | None = None, echo_adds_term: bool = False):
         if rl_zvp is None and forking is None:

@@ -59,11 +59,6 @@ class GradShareLoss:
         self.inner, self.model, self.step_of, self.every, self.coef = inner, model, step_of, int(every), float(coef)
         self._done_step = -1
 
-    @property
-    def needs_entropy(self) -> bool:
-        """Whether ``inner`` reads the update forward's token entropy (the host computes it then)."""
-        return bool(getattr(self.inner, "needs_entropy", False))
-
     def __call__(self, model_output: dict, data: Any, dp_group=None):
         loss, metrics = self.inner(model_output, data, dp_group)
         step = self.step_of()

@@ -99,7 +99,7 @@ def test_the_entropy_arms_train_a_step_as_the_study_runs_them(arm, tmp_path):
     s = dataclasses.replace(COMPETITORS, steps=1, eval_steps=(), grad_share_every=1)
     tr, _ = study_trainer(get_arms([arm], COMPETITOR_ARMS)[0], 101, s, tmp_path / "run")
     try:
-        assert tr.loss_fn.needs_entropy is True and type(tr.loss_fn.inner).__name__ == "EntropyMethodLoss"
+        assert tr.method.cfg.needs_entropy is True and type(tr.loss_fn.inner).__name__ == "EntropyMethodLoss"
         m = tr.step()
     finally:
         tr.pool.close()
