@@ -24,7 +24,7 @@ from typing import Any
 
 from echorl.study.arms import CONFIRM, CONFIRM_ARMS, Arm, Settings
 from echorl.study.report import _diff, _p, _pm, _vals, holm_verdicts, load_results
-from echorl.study.runner import seeds_for
+from echorl.study.runner import run_wall_s, seeds_for
 from echorl.study.stats import mean_sd, paired_difference
 
 __all__ = ["FAMILIES", "PRIMARY", "SECONDARY", "compute_lines", "family_table", "interim_lines", "write_confirm_report"]
@@ -65,11 +65,13 @@ def compute_lines(runs: list[dict[str, Any]], label: str = "Compute") -> list[st
     """The report's compute line (none without runs): runs, hours of run time, median per run, torch threads."""
     if not runs:
         return []
-    wall = [r["wall_s"] for r in runs]
-    resumed = sum(bool(r.get("resumed")) for r in runs)
-    return [f"{label}: {len(runs)} runs, {sum(wall) / 3600:.2f} h of run time in all (training + evaluations), "
+    wall = [run_wall_s(r) for r in runs]
+    # runs from before RunClock kept only their last attempt's time
+    partial = sum(bool(r.get("resumed")) and r.get("wall_s_attempts") is None for r in runs)
+    return [f"{label}: {len(runs)} runs, {sum(wall) / 3600:.2f} h of run time in all (training + evaluations, "
+            "every attempt of a resumed run), "
             f"median {statistics.median(wall):.0f} s per run, torch threads {sorted({r['threads'] for r in runs})}"
-            + (f"; {resumed} resumed run(s) count only the time after their resume" if resumed else "") + ".", ""]
+            + (f"; {partial} resumed run(s) count only the time after their resume" if partial else "") + ".", ""]
 
 
 def _family_lines(rows: list[dict[str, Any]]) -> list[str]:

@@ -17,7 +17,7 @@ from typing import Any
 from echorl.figures import pyplot, save_figure
 from echorl.study.arms import ARMS, FULL, Settings
 from echorl.study.power import min_detectable, pooled_sd
-from echorl.study.runner import seeds_for
+from echorl.study.runner import run_wall_s, seeds_for
 from echorl.study.stats import holm, mean_sd, paired_difference
 
 __all__ = ["load_results", "arm_table", "comparisons", "eval_sampling_se", "verdict", "write_report"]
@@ -322,7 +322,7 @@ def write_report(folder: str | os.PathLike, s: Settings, out_md: str | os.PathLi
         L += ["", f"Training rows ({splits['train_rows']} per seed) overlap `dev`/`test`/`ood` in 0 prompts for seeds "
               f"{sorted(int(k) for k in splits['train_overlap'])}; `dev` and `test` share none.", ""]
     if allruns:
-        wall = sum(r["wall_s"] for r in allruns)
+        wall = sum(run_wall_s(r) for r in allruns)
         sps = sorted(r["s_per_step"] for r in allruns if r.get("s_per_step"))
         med = sps[len(sps) // 2] if sps else float("nan")
         threads = sorted({r["threads"] for r in allruns})

@@ -7,7 +7,7 @@ a killed run continues from its last checkpoint), validates on ``dev`` during tr
 ``echorl eval``). The result is one JSON file, ``<folder>/<arm>/seed<k>.json`` (:data:`SCHEMA`):
 
     {"schema", "arm", "seed", "overrides", "settings", "git_commit", "git_dirty", "threads",
-     "steps", "wall_s", "train_s", "eval_s", "s_per_step", "resumed",
+     "steps", "wall_s", "train_s", "eval_s", "s_per_step", "resumed", "wall_s_attempts", "attempts",
      "final": {"test_avg", "ood_avg", "dev_avg", "pass@k": {k: v}, "entropy", "reward",
                "test_ckpt", "ood_ckpt",                    # with Settings.eval_steps only
                "all_success_frac", "mixed_frac", "all_fail_frac", "clips", "clip_len_frac",
@@ -22,6 +22,10 @@ a killed run continues from its last checkpoint), validates on ``dev`` during tr
 With ``Settings.eval_steps`` the engine's validator is wrapped (:class:`CheckpointEval`): at those
 steps the policy is also evaluated on ``test`` and ``ood`` (same sampling as the final evaluation),
 each result kept in ``<run dir>/checkpoint_eval.json`` so that a resumed run keeps them.
+
+``wall_s`` is the time of the attempt that finished; ``wall_s_attempts`` adds every earlier attempt of
+the run (one killed and resumed), work lost after its last checkpoint included, as :class:`RunClock`
+recorded it in ``<run dir>/run_time.json``.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,8 +46,8 @@ from echorl.metric_names import timing_name
 from echorl.metrics_file import read_metrics
 from echorl.study.arms import Arm, Settings, compose, run_overrides
 
-__all__ = ["SCHEMA", "CURVE_KEYS", "CheckpointEval", "FINAL_KEYS", "plan_runs", "result_path", "run_one", "summarize_run",
-           "commit_file", "eval_policy", "seeds_for", "study_trainer"]
+__all__ = ["SCHEMA", "CURVE_KEYS", "CheckpointEval", "RunClock", "FINAL_KEYS", "plan_runs", "result_path", "run_one", "summarize_run",
+           "commit_file", "eval_policy", "run_wall_s", "seeds_for", "study_trainer"]
 
 SCHEMA = 1
 # training metric -> short name (curves and the "final" block, mean of the last `tail` steps); rows are read
@@ -253,6 +258,60 @@ class CheckpointEval:
             self.inner.close()
 
 
+class RunClock:
+    """Wall time of a run over all its attempts, kept in ``path`` (JSON ``{"attempts": [seconds, ...]}``).
+
+    Each clock is one attempt: it appends its entry to those already in ``path`` and rewrites it every
+    ``every`` seconds from a daemon thread (and at :meth:`stop`), so a killed attempt's time is on disk
+    to within ``every`` seconds. Use as a context manager around the attempt.
+    """
+
+    def __init__(self, path: str | os.PathLike, every: float = 30.0):
+        self.path, self.every = Path(path), float(every)
+        self.earlier: list[float] = json.loads(self.path.read_text())["attempts"] if self.path.exists() else []
+        self.t0 = time.time()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True, name="run-clock")
+
+    def __enter__(self) -> RunClock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._write()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.every):
+            self._write()
+
+    def _write(self) -> None:
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({"attempts": [*self.earlier, round(time.time() - self.t0, 1)]}))
+        tmp.replace(self.path)
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._stop.set()
+            self._thread.join()
+            self._write()
+
+    @property
+    def attempts(self) -> int:
+        return len(self.earlier) + 1
+
+    def total(self) -> float:
+        """Seconds over every attempt, this one up to now."""
+        return sum(self.earlier) + time.time() - self.t0
+
+
+def run_wall_s(res: dict[str, Any]) -> float:
+    """A result's run time in seconds: every attempt's (``wall_s_attempts``) where it was recorded, else
+    the last attempt's (``wall_s``)."""
+    return res["wall_s_attempts"] if res.get("wall_s_attempts") is not None else res["wall_s"]
+
+
 def _checkpoint_block(at_steps: dict[str, Any], final_step: int, final_ev: dict[str, Any], s: Settings) -> dict[str, Any]:
     """``{"step", "test_avg", "ood_avg"}`` over ``s.eval_steps`` and the last step."""
     evs = [(int(k), at_steps[str(k)]) for k in s.eval_steps if str(k) in at_steps] + [(final_step, final_ev)]
@@ -278,12 +337,23 @@ def study_trainer(arm: Arm, seed: int, s: Settings, out_dir: str | os.PathLike) 
 def run_one(arm: Arm, seed: int, s: Settings, folder: str | os.PathLike, runs_dir: str | os.PathLike,
             window: int = 10) -> dict[str, Any]:
     """Train and evaluate one (arm, seed); write and return its result (see the module docstring)."""
+    out_dir = Path(runs_dir) / arm.name / f"seed{seed}"
+    with RunClock(out_dir / "run_time.json") as clock:
+        res = _train_and_evaluate(arm, seed, s, out_dir, window, clock)
+    path = result_path(folder, arm.name, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(res, indent=1))
+    tmp.replace(path)
+    return res
+
+
+def _train_and_evaluate(arm: Arm, seed: int, s: Settings, out_dir: Path, window: int, clock: RunClock) -> dict[str, Any]:
     import torch
 
     # transformers and verl load when a run starts; planning and the report import this module without them
     from echorl.eval.run import make_pool
 
-    out_dir = Path(runs_dir) / arm.name / f"seed{seed}"
     t0 = time.time()
     tr, cfg = study_trainer(arm, seed, s, out_dir)
     resumed = tr.global_step > 0
@@ -318,18 +388,15 @@ def run_one(arm: Arm, seed: int, s: Settings, folder: str | os.PathLike, runs_di
         extra["checkpoints"] = _checkpoint_block(ckpt_eval.results, int(tr.global_step), ev, s)
         final["test_ckpt"] = float(np.mean(extra["checkpoints"]["test_avg"]))
         final["ood_ckpt"] = float(np.mean(extra["checkpoints"]["ood_avg"]))
-    res = {
+    return {
         "schema": SCHEMA, "arm": arm.name, "seed": seed, "what": arm.what, "base": arm.base,
         "overrides": run_overrides(arm, seed, s, str(out_dir)), "settings": s.to_dict(),
         "git_commit": _git("rev-parse", "HEAD"), "git_dirty": bool(_git("status", "--porcelain", "--", "echorl")),
         "threads": torch.get_num_threads(), "steps": int(tr.global_step), "resumed": resumed,
         "wall_s": round(time.time() - t0, 1), "train_s": round(train_s, 1), "eval_s": round(eval_s, 1),
+        # a run resumed from a checkpoint written before run_time.json existed: its earlier time is unknown
+        "wall_s_attempts": round(clock.total(), 1) if clock.earlier or not resumed else None,
+        "attempts": clock.attempts,
         "s_per_step": final.get("s_per_step"), "load_avg": os.getloadavg()[0],
         "final": final, "curves": summ["curves"], "val": summ["val"], **ev, **extra,
     }
-    path = result_path(folder, arm.name, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(res, indent=1))
-    tmp.replace(path)
-    return res

@@ -14,7 +14,7 @@ import torch
 from echorl.study.arms import ARMS, FULL, QUICK, compose, get_arms, run_overrides
 from echorl.study.gradshare import grad_share
 from echorl.study.report import arm_table, comparisons, eval_sampling_se, load_results, verdict, write_report
-from echorl.study.runner import SCHEMA, plan_runs, result_path, run_one, summarize_run
+from echorl.study.runner import SCHEMA, RunClock, plan_runs, result_path, run_one, run_wall_s, summarize_run
 from echorl.study.stats import mean_sd, paired_difference, t_quantile
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -278,6 +278,43 @@ TINY = dataclasses.replace(
            "reward.num_workers=1"))
 
 
+def test_run_clock_keeps_a_killed_attempts_time(tmp_path):
+    """An attempt killed with SIGKILL leaves its time on disk (to within the clock's period); the next
+    attempt adds its own to it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "run" / "run_time.json"
+    code = ("import sys, time; from echorl.study.runner import RunClock; "
+            f"c = RunClock({str(path)!r}, every=0.1).__enter__(); print('up', flush=True); time.sleep(60)")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "up"
+    t0 = time.time()
+    time.sleep(1.0)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    lived = time.time() - t0
+    (killed,) = json.loads(path.read_text())["attempts"]
+    assert lived - 0.35 <= killed <= lived + 0.35
+    with RunClock(path, every=0.05) as clock:
+        time.sleep(0.3)
+        # while the attempt runs, its entry grows beside the killed one's
+        assert json.loads(path.read_text())["attempts"][0] == killed
+        assert 0.1 <= json.loads(path.read_text())["attempts"][1] <= 0.35
+    assert clock.attempts == 2
+    first, second = json.loads(path.read_text())["attempts"]
+    assert first == killed and 0.3 <= second < 0.6
+    assert clock.total() == pytest.approx(killed + second, abs=0.15)
+
+
+def test_run_wall_s_prefers_every_attempts_time():
+    assert run_wall_s({"wall_s": 10.0, "wall_s_attempts": 25.5}) == 25.5
+    assert run_wall_s({"wall_s": 10.0, "wall_s_attempts": None}) == 10.0  # resumed before the clock existed
+    assert run_wall_s({"wall_s": 10.0}) == 10.0
+
+
 @pytest.mark.slow
 def test_real_two_step_run_writes_the_result_file(tmp_path):
     """Two real training steps of the `echorl` arm (tiny model on level-1 arithmetic, where groups
@@ -288,6 +325,10 @@ def test_real_two_step_run_writes_the_result_file(tmp_path):
     assert {"schema", "arm", "seed", "overrides", "settings", "git_commit", "steps", "wall_s", "train_s", "eval_s",
             "s_per_step", "final", "curves", "val", "eval", "per_problem"} <= set(res)
     assert (res["schema"], res["arm"], res["seed"], res["steps"]) == (SCHEMA, "echorl", 1, 2)
+    # one attempt: its time is the run's, to within the clock's last write after the result was built
+    assert res["attempts"] == 1 and res["resumed"] is False
+    assert res["wall_s"] <= res["wall_s_attempts"] <= res["wall_s"] + 5
+    assert json.loads((tmp_path / "runs/echorl/seed1/run_time.json").read_text())["attempts"][0] >= res["wall_s_attempts"]
     assert res["val"]["step"] == [0, 1, 2] and res["curves"]["step"] == [1, 2]
     f = res["final"]
     for k in ("test_avg", "ood_avg", "dev_avg", "entropy", "all_success_frac", "clips", "grad_echo_share", "s_per_step"):

@@ -87,7 +87,8 @@ def test_confirm_report_families_by_hand(tmp_path):
     assert "| grpo | 3/14 | 104,105,106,107,108,109,110,111,112,113,114 |" in md
     assert "| rule_full | coef_3e-2 | 3 | +0.0 [-2.5, +2.5] |" in md  # half-width 4.302653 * 1 / sqrt 3
     assert "| rule_full | 9.00 | 1.80 | no: deviation |" in md  # 0.09 / 0.05 is outside [2/3, 3/2]
-    assert "Compute: 15 runs, 0.42 h of run time in all (training + evaluations), median 100 s per run, torch threads [1]." in md
+    assert "Compute: 15 runs, 0.42 h of run time in all (training + evaluations, every attempt of a resumed run), " \
+           "median 100 s per run, torch threads [1]." in md
     # 15 of the plan's 112 runs: no verdict anywhere, and the report says why
     assert "**Interim: 15 of 112 planned runs are in.**" in md
     assert md.count("| interim: 3 of 14 pairs, no verdict |") == 3 * 3 + 1 * 3  # dose 3 arms, rule 1: 3 endpoints
@@ -100,12 +101,15 @@ def test_confirm_report_gives_verdicts_once_the_plan_is_complete(tmp_path):
         for k in seeds_for(a, CONFIRM):
             # coef_1e-3 is +1 point on every seed (sd 0, p 0): a gain; every other arm equals its base
             _fake(tmp_path, a.name, k, 0.80 + (k % 3) / 100 + (0.01 if a.name == "coef_1e-3" else 0.0))
-    one = result_path(tmp_path, "grpo", 101)  # a run stopped once and resumed: its time counts from the resume
+    one = result_path(tmp_path, "grpo", 101)  # resumed, from before the run clock: its time counts from the resume
     one.write_text(json.dumps({**json.loads(one.read_text()), "resumed": True}))
+    two = result_path(tmp_path, "grpo", 102)  # resumed, every attempt timed: 100 s + 260 s before
+    two.write_text(json.dumps({**json.loads(two.read_text()), "resumed": True, "wall_s_attempts": 360.0, "attempts": 2}))
     md = write_confirm_report(tmp_path, tmp_path / "report.md")
     assert "Interim" not in md and "interim:" not in md
-    assert "Compute: 112 runs, 3.11 h of run time in all (training + evaluations), median 100 s per run, torch " \
-           "threads [1]; 1 resumed run(s) count only the time after their resume." in md
+    # (111 * 100 + 360) s = 3.18 h
+    assert "Compute: 112 runs, 3.18 h of run time in all (training + evaluations, every attempt of a resumed run), " \
+           "median 100 s per run, torch threads [1]; 1 resumed run(s) count only the time after their resume." in md
     assert "| coef_1e-3 | grpo | 14 | +1.0 [+1.0, +1.0] | <0.001 | <0.001 | gain |" in md
     assert "| coef_3e-3 | grpo | 14 | +0.0 [+0.0, +0.0] | 1.000 | 1.000 | no detectable difference |" in md
 
