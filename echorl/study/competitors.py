@@ -14,21 +14,34 @@ Families (Holm within each, family-wise 0.05; each comparison ``arm - vs``):
 * ``paper_coef`` (descriptive): ``coef_1e-3`` minus each competitor.
 
 Primary endpoint ``final.test_ckpt``; ``ood_ckpt`` and the last step's test accuracy are secondary.
+As the confirmatory report, it gives the observed paired SD per family and, once every planned run
+is in, the plan's "What would count for and against" (:func:`criteria_lines`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 from echorl.study.arms import COMPETITOR_ARMS, COMPETITOR_SHARED, COMPETITORS, Settings
-from echorl.study.confirm import PRIMARY, SECONDARY, _family_lines, compute_lines, interim_lines
+from echorl.study.confirm import (
+    DELTA,
+    PRIMARY,
+    SECONDARY,
+    _family_lines,
+    compute_lines,
+    family_table,
+    interim_lines,
+    interval,
+    observed_sd_lines,
+)
 from echorl.study.report import _pm, _vals, holm_verdicts, load_results
 from echorl.study.runner import seeds_for
 from echorl.study.stats import mean_sd, paired_difference
 
-__all__ = ["FAMILIES", "family_rows", "write_competitors_report"]
+__all__ = ["FAMILIES", "criteria_lines", "family_rows", "write_competitors_report"]
 
 RIVALS = ("rl_zvp", "forking", "positive_nll")
 FAMILIES: dict[str, tuple[tuple[str, str], ...]] = {  # family -> (arm, vs) pairs, plan names
@@ -63,6 +76,64 @@ def family_rows(results: dict[str, dict[int, dict[str, Any]]], family: str, key:
     return holm_verdicts(out, planned)
 
 
+def criteria_lines(fams: dict[str, list[dict[str, Any]]], dose: list[dict[str, Any]],
+                   rule: list[dict[str, Any]], complete: bool) -> list[str]:
+    """The plan's "What would count for and against", read off the primary endpoint's families
+    (``fams``: family -> :func:`family_rows`; ``dose`` and ``rule``: PLAN.md's families, rows of
+    :func:`~echorl.study.confirm.family_table`); only once every planned run is in."""
+    L = ["## The plan's criteria", ""]
+    if not complete:
+        return L + ["Read once every planned run is in.", ""]
+    for c in fams["competitors"]:
+        if c["verdict"] == "gain":
+            out = "a Holm-significant gain over GRPO"
+        elif c["d"]["t_high"] < DELTA:
+            out = "no gain of 2 points or more over GRPO on this testbed"
+        else:
+            out = "no significant gain, inconclusive at 2 points (the interval's upper end is at or above +2)"
+        if c["verdict"] == "loss":
+            out += " (a Holm-significant loss)"
+        L.append(f"- **`{c['arm']}` over GRPO** ({interval(c)}): {out}.")
+    h2h = fams["head_to_head"]
+    better = [c for c in h2h if c["verdict"] == "loss"]  # coef_3e-2 minus the competitor < 0
+    inside = len(h2h) == len(RIVALS) and all(c["d"]["t_low"] > -DELTA and c["d"]["t_high"] < DELTA for c in h2h)
+    echo_gain = any(c["verdict"] == "gain" for c in dose)
+    dose_done = len(dose) == len(FAMILIES["competitors"]) + 1 and not any(c["verdict"].startswith("interim") for c in dose)
+    if better:
+        out = "holds: " + ", ".join(f"`{c['vs']}` ({interval(c)})" for c in better) + \
+              " Holm-significantly better than `coef_3e-2`"
+    elif inside and not dose_done:
+        out = "every head-to-head interval lies inside (-2, +2); the reading waits for PLAN.md's dose family"
+    elif inside and not echo_gain:
+        out = ("holds: every head-to-head interval lies inside (-2, +2) and PLAN.md's dose family finds no EchoRL "
+               "gain over GRPO: EchoRL does no better than the alternatives here, and none is measurably useful")
+    else:
+        out = "does not hold: no competitor is better than `coef_3e-2`" + \
+              ("" if inside else ", and not every head-to-head interval lies inside (-2, +2)") + \
+              (", and PLAN.md's dose family finds an EchoRL gain" if echo_gain else "")
+    L.append(f"- **Against EchoRL's premise**: {out}.")
+    wins = [f"`{c['vs']}` ({interval(c)})" for c in h2h if c["verdict"] == "gain"]
+    L.append(f"- **For EchoRL over a competitor** (`coef_3e-2` Holm-significantly better): "
+             f"{', '.join(wins) if wins else 'none'}.")
+    nll = [c for c in h2h if c["vs"] == "positive_nll"]
+    rule_nll = [c for c in rule if c["arm"] == "rule_nll_full"]
+    if nll and rule_nll:
+        L.append(f"- **Positive NLL, both families side by side**: `head_to_head` (`coef_3e-2 - positive_nll`) "
+                 f"{interval(nll[0])}, {nll[0]['verdict']}; PLAN.md's `rule` (`rule_nll_full - coef_3e-2`) "
+                 f"{interval(rule_nll[0])}, {rule_nll[0]['verdict']}.")
+    for c in fams["dapo"]:
+        if c["verdict"] == "gain":
+            out = "counts for EchoRL on all-success groups under dynamic sampling (a Holm-significant gain)"
+        elif c["verdict"] == "loss":
+            out = "counts against using `keep_filtered` (a Holm-significant loss)"
+        elif c["d"]["t_low"] > -DELTA and c["d"]["t_high"] < DELTA:
+            out = "no effect of 2 points (the interval lies inside (-2, +2))"
+        else:
+            out = "no significant difference, inconclusive at 2 points"
+        L.append(f"- **DAPO** (`dapo_echorl_kf - dapo`, {interval(c)}): {out}.")
+    return L + ["- OOD and pass@k: described with intervals, not counted.", ""]
+
+
 def write_competitors_report(folder: str | os.PathLike, out_md: str | os.PathLike, s: Settings = COMPETITORS,
                              command: str = "python scripts/study.py --study competitors --report") -> str:
     """Write the competitors' report (markdown) from ``folder``; returns its text."""
@@ -76,7 +147,7 @@ def write_competitors_report(folder: str | os.PathLike, out_md: str | os.PathLik
          f"Generated by `{command}` from `{shown}/` alone; the plan, fixed before the first run, is "
          f"`{shown}/PLAN_competitors.md`. Accuracies in %, mean ± sd over seeds. Shared arms are the "
          "confirmatory study's runs: " + ", ".join(f"`{k}` = `{v}`" for k, v in COMPETITOR_SHARED.items()) + ".", "",
-         *interim_lines(done, len(names) * len(planned)),
+         *(interim := interim_lines(done, len(names) * len(planned))),
          "## Runs", "", "| arm | seeds done / planned | missing |", "|---|---|---|"]
     for name in names:
         have = set(_runs(results, name))
@@ -95,9 +166,15 @@ def write_competitors_report(folder: str | os.PathLike, out_md: str | os.PathLik
                      f"{_pm(mean_sd(_vals(runs, 's_per_step').values()), 1, 2)} |")
     L += ["", "## Comparisons (primary endpoint: test, mean of steps 100/125/150)", "",
           "Two-sided paired t tests over seeds, Holm within each family at family-wise level 0.05.", ""]
+    primary = {}
     for fam in FAMILIES:
-        rows = family_rows(results, fam, PRIMARY, planned=len(planned))
+        rows = primary[fam] = family_rows(results, fam, PRIMARY, planned=len(planned))
         L += [f"**{fam}: {TITLES[fam]}**", ""] + (_family_lines(rows) if rows else ["No paired results yet.", ""])
+    power = json.loads((folder / "power.json").read_text()) if (folder / "power.json").exists() else {}
+    L += observed_sd_lines({k: v for k, v in primary.items() if k != "paper_coef"},
+                           {k: len(v) for k, v in FAMILIES.items()}, len(planned), power.get("sigma_plan"))
+    L += criteria_lines(primary, family_table(results, "dose", PRIMARY, planned=len(planned)),
+                        family_table(results, "rule", PRIMARY, planned=len(planned)), complete=not interim)
     L += ["## Secondary endpoints (not confirmatory)", ""]
     for key, lab in SECONDARY:
         for fam in FAMILIES:

@@ -12,10 +12,15 @@ paired t test), Holm-corrected within its family (:func:`echorl.study.stats.holm
 The primary endpoint is ``final.test_ckpt`` (mean test accuracy at steps 100, 125 and 150). The same
 families on ``ood_ckpt`` and on the last step's test accuracy are secondary (each family
 Holm-corrected on its own) and are reported, not used for the verdicts.
+
+The report also gives each family's observed paired SD with the difference it can detect
+(:func:`observed_sd_lines`) and, once every planned run is in, the plan's "What counts against
+EchoRL (and for it)" read off the verdicts (:func:`criteria_lines`).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import statistics
@@ -23,16 +28,19 @@ from pathlib import Path
 from typing import Any
 
 from echorl.study.arms import CONFIRM, CONFIRM_ARMS, Arm, Settings
+from echorl.study.power import min_detectable, pooled_sd
 from echorl.study.report import _diff, _p, _pm, _vals, holm_verdicts, load_results
 from echorl.study.runner import run_wall_s, seeds_for
 from echorl.study.stats import mean_sd, paired_difference
 
-__all__ = ["FAMILIES", "PRIMARY", "SECONDARY", "compute_lines", "family_table", "interim_lines", "write_confirm_report"]
+__all__ = ["FAMILIES", "PRIMARY", "SECONDARY", "compute_lines", "criteria_lines", "family_sizes", "family_table",
+           "interim_lines", "interval", "observed_sd_lines", "write_confirm_report"]
 
 PRIMARY = "test_ckpt"
 SECONDARY = (("ood_ckpt", "ood (mean of steps 100/125/150)"), ("test_avg", "test at step 150"))
 FAMILIES = {"dose": "grpo", "rule": "coef_3e-2"}  # family -> the base every arm of it is compared with
 SHARE_MATCH = (2 / 3, 3 / 2)  # a rule's gradient share / the peak clip's: matched inside this range
+DELTA = 0.02  # the plan's difference of interest (2 points), as a fraction
 
 
 def family_table(results: dict[str, dict[int, dict[str, Any]]], family: str, key: str,
@@ -74,6 +82,90 @@ def compute_lines(runs: list[dict[str, Any]], label: str = "Compute") -> list[st
             + (f"; {partial} resumed run(s) count only the time after their resume" if partial else "") + ".", ""]
 
 
+def family_sizes(arms: tuple[Arm, ...] = CONFIRM_ARMS) -> dict[str, int]:
+    """family -> the number of comparisons the plan puts in it (Holm's ``m``)."""
+    return {fam: sum(a.group == fam and a.base == base and a.name != base for a in arms) for fam, base in FAMILIES.items()}
+
+
+def observed_sd_lines(tables: dict[str, list[dict[str, Any]]], sizes: dict[str, int], n: int,
+                      sigma_plan: float | None, alpha: float = 0.05, power: float = 0.8) -> list[str]:
+    """The primary endpoint's observed paired SD per family (pooled over its comparisons,
+    :func:`~echorl.study.power.pooled_sd`) and the difference detectable with ``power`` at ``n`` pairs
+    and Holm's strictest level ``alpha / m`` (``sizes``: family -> the plan's ``m``), beside the plan's
+    planning SD (points)."""
+    rows = []
+    for fam, table in tables.items():
+        groups = [[100 * x for x in c["d"]["diffs"]] for c in table if c["d"]["n"] >= 2]
+        if groups:
+            sd, df = pooled_sd(groups)
+            level = alpha / sizes[fam]
+            detectable = min_detectable(n, sd, level, power) if sd > 0 else 0.0
+            rows.append(f"| {fam} | {len(groups)} | {sd:.2f} | {df} | {level:.4f} | {detectable:.1f} |")
+    if not rows:
+        return []
+    plan = f"{sigma_plan:.2f} points" if sigma_plan is not None else "not found (`power.json` missing)"
+    return ["## Observed paired SD", "",
+            f"The primary endpoint's paired SD pooled over each family's comparisons, and the true difference "
+            f"the paired t test detects with {power:.0%} power at {n} seeds and Holm's strictest level. The plan's "
+            f"planning SD: {plan}.", "",
+            "| family | comparisons | paired SD (points) | df | level | detectable difference (points) |",
+            "|---|---|---|---|---|---|", *rows, ""]
+
+
+def interval(c: dict[str, Any]) -> str:
+    """A comparison's difference and 95% t interval in points: ``+1.0 [-0.5, +2.5]``."""
+    return _diff(c["d"]).rsplit(" (n=", 1)[0]
+
+
+def criteria_lines(dose: list[dict[str, Any]], rule: list[dict[str, Any]], complete: bool) -> list[str]:
+    """The plan's "What counts against EchoRL (and for it)", read off the primary endpoint's families
+    (rows of :func:`family_table`); only once every planned run is in."""
+    L = ["## The plan's criteria", ""]
+    if not complete:
+        return L + ["Read once every planned run is in.", ""]
+    by = {c["arm"]: c for c in dose + rule}
+    iv = interval
+    if "coef_1e-3" in by:
+        c = by["coef_1e-3"]
+        if c["verdict"] == "gain":
+            out = "does not hold: a Holm-significant gain"
+        elif c["d"]["t_high"] < DELTA:
+            out = "holds: at the paper's coef EchoRL gives no gain of 2 points or more on this testbed"
+        else:
+            out = "inconclusive at 2 points (the interval's upper end is at or above +2)"
+        L.append(f"- **Against the paper's setting** (`coef_1e-3` minus `grpo`, {iv(c)}): {out}.")
+    if "coef_1e-2" in by:
+        c = by["coef_1e-2"]
+        out = "replicated: a Holm-significant gain" if c["verdict"] == "gain" else \
+            "did not replicate: not a Holm-significant gain"
+        L.append(f"- **Against the exploratory lead** (`coef_1e-2` minus `grpo`, {iv(c)}; +3.5 in the exploratory "
+                 f"study): {out}.")
+    losses = [f"`{c['arm']}` ({iv(c)})" for c in dose if c["verdict"] == "loss"]
+    L.append(f"- **Against EchoRL at a coef** (a Holm-significant loss vs `grpo`): "
+             f"{', '.join(losses) if losses else 'none'}.")
+    if rule:
+        worse = [c for c in rule if c["verdict"] == "loss"]  # rule minus the peak clip < 0: the alternative is worse
+        better = [c for c in rule if c["verdict"] == "gain"]
+        far = [c for c in rule if not c["d"]["t_low"] > -DELTA]
+        if better:
+            out = ("counts against the rule outright: " + ", ".join(f"`{c['arm']}` ({iv(c)})" for c in better)
+                   + " Holm-significantly better than the highest-entropy clip")
+        elif not worse and not far:
+            out = ("holds: at matched gradient share the highest-entropy clip is not 2 points better than a random "
+                   "cut, the whole response or NLL on every success")
+        else:
+            out = ("does not hold: " + ", ".join(f"`{c['arm']}` ({iv(c)}, {c['verdict']})" for c in worse + [
+                c for c in far if c not in worse]) + " (Holm-significantly worse, or an interval reaching -2)")
+        L.append(f"- **Against the entropy rule** (each rule minus the highest-entropy clip): {out}.")
+    gains = [f"`{c['arm']}` ({iv(c)})" for c in dose if c["verdict"] == "gain"]
+    L.append(f"- **For EchoRL, dose** (a Holm-significant gain at some coef): {', '.join(gains) if gains else 'none'}.")
+    if rule:
+        beats_all = len(rule) == 3 and all(c["verdict"] == "loss" for c in rule)
+        L.append("- **For EchoRL, rule** (the highest-entropy clip Holm-significantly better than each alternative): "
+                 + ("yes" if beats_all else "no") + ".")
+    return L + ["- Out of distribution (secondary): described with its interval, not counted for or against.", ""]
+
+
 def _family_lines(rows: list[dict[str, Any]]) -> list[str]:
     L = ["| arm | vs | n | Δ [95% t interval] (points) | p | Holm p | verdict |", "|---|---|---|---|---|---|---|"]
     for c in rows:
@@ -94,8 +186,9 @@ def write_confirm_report(folder: str | os.PathLike, out_md: str | os.PathLike, s
          f"`{shown}/PLAN.md`. Accuracies in %, mean ± sd over seeds.", ""]
     planned = {a.name: seeds_for(a, s) for a in CONFIRM_ARMS}
     allruns = [r for runs in results.values() for r in runs.values()]
-    L += interim_lines(sum(len(set(results.get(k, {})) & set(v)) for k, v in planned.items()),
-                       sum(map(len, planned.values())))
+    interim = interim_lines(sum(len(set(results.get(k, {})) & set(v)) for k, v in planned.items()),
+                            sum(map(len, planned.values())))
+    L += interim
     L += ["## Runs", "", "| arm | seeds done / planned | missing | what |", "|---|---|---|---|"]
     for a in CONFIRM_ARMS:
         have = sorted(results.get(a.name, {}))
@@ -122,11 +215,15 @@ def write_confirm_report(folder: str | os.PathLike, out_md: str | os.PathLike, s
     L += ["", "## Confirmatory comparisons (primary endpoint: test, mean of steps 100/125/150)", "",
           "Two-sided paired t tests over seeds, Holm within each family at family-wise level 0.05. "
           "Gain or loss: Holm-adjusted p <= 0.05.", ""]
+    primary = {}
     for fam, title in (("dose", "Dose-response: GRPO + EchoRL (paper preset) at each coef minus GRPO"),
                        ("rule", "Clip rule at matched gradient share: each rule minus the highest-entropy clip "
                                 "(coef 3e-2)")):
-        rows = family_table(results, fam, PRIMARY, planned=len(planned[FAMILIES[fam]]))
+        rows = primary[fam] = family_table(results, fam, PRIMARY, planned=len(planned[FAMILIES[fam]]))
         L += [f"**{title}**", ""] + (_family_lines(rows) if rows else ["No paired results yet.", ""])
+    power = json.loads((folder / "power.json").read_text()) if (folder / "power.json").exists() else {}
+    L += observed_sd_lines(primary, family_sizes(), max(map(len, planned.values())), power.get("sigma_plan"))
+    L += criteria_lines(primary["dose"], primary["rule"], complete=not interim)
     L += ["## Secondary endpoints (not confirmatory)", ""]
     for key, lab in SECONDARY:
         for fam in FAMILIES:

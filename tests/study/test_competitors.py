@@ -21,7 +21,7 @@ from echorl.study.arms import (
     compose,
     get_arms,
 )
-from echorl.study.competitors import family_rows, write_competitors_report
+from echorl.study.competitors import criteria_lines, family_rows, write_competitors_report
 from echorl.study.report import load_results
 from echorl.study.runner import SCHEMA, plan_runs, result_path
 
@@ -152,3 +152,65 @@ def test_report_families_by_hand(tmp_path):
     # compute counts only the new arms' runs (rl_zvp's 3 x 100 s); the shared arms' is the confirmatory report's
     assert "Compute of the new arms (the shared arms' is the confirmatory report's): 3 runs, 0.08 h" in md
     assert "| rl_zvp | grpo | 3 | +2.0 [-0.5, +4.5] | 0.074 | 0.074 | interim: 3 of 14 pairs, no verdict |" in md
+    # observed paired SD: competitors d = [1,3,2] (rl_zvp) and [1,1,1] (positive_nll) -> ss 2 / df 4 -> 0.71;
+    # head_to_head d = [1,-1,0] and [1,1,1] -> 0.71; m = 3 in both
+    assert "| competitors | 2 | 0.71 | 4 | 0.0167 |" in md and "| head_to_head | 2 | 0.71 | 4 | 0.0167 |" in md
+    assert "## The plan's criteria\n\nRead once every planned run is in." in md
+
+
+def test_report_reads_the_plans_criteria_once_complete(tmp_path):
+    """Every planned run in: rl_zvp is +1 point over GRPO on every seed, every other arm equals GRPO."""
+    from echorl.study.runner import seeds_for
+    for a in CONFIRM_ARMS + COMPETITOR_ARMS:
+        for k in seeds_for(a, CONFIRM):
+            _fake(tmp_path, a.name, k, 0.80 + (k % 3) / 100 + (0.01 if a.name == "rl_zvp" else 0.0))
+    md = write_competitors_report(tmp_path, tmp_path / "report_competitors.md")
+    assert "Interim" not in md
+    assert "- **`rl_zvp` over GRPO** (+1.0 [+1.0, +1.0]): a Holm-significant gain over GRPO." in md
+    assert "- **`forking` over GRPO** (+0.0 [+0.0, +0.0]): no gain of 2 points or more over GRPO on this testbed." in md
+    assert "- **Against EchoRL's premise**: holds: `rl_zvp` (-1.0 [-1.0, -1.0]) Holm-significantly better than " \
+           "`coef_3e-2`." in md
+    assert "- **For EchoRL over a competitor** (`coef_3e-2` Holm-significantly better): none." in md
+    assert "`head_to_head` (`coef_3e-2 - positive_nll`) +0.0 [+0.0, +0.0], no detectable difference; PLAN.md's " \
+           "`rule` (`rule_nll_full - coef_3e-2`) +0.0 [+0.0, +0.0], no detectable difference." in md
+    assert "- **DAPO** (`dapo_echorl_kf - dapo`, +0.0 [+0.0, +0.0]): no effect of 2 points" in md
+
+
+def _row(arm: str, vs: str, mean: float, lo: float, hi: float, verdict: str) -> dict:
+    return {"arm": arm, "vs": vs, "d": {"n": 14, "mean": mean, "t_low": lo, "t_high": hi}, "verdict": verdict}
+
+
+def test_plan_criteria_by_hand():
+    nd = "no detectable difference"
+    fams = {"competitors": [_row("rl_zvp", "grpo", 0.01, -0.01, 0.03, nd),
+                            _row("forking", "grpo", -0.03, -0.05, -0.01, "loss")],
+            "head_to_head": [_row("coef_3e-2", r, 0.0, -0.015, 0.015, nd) for r in ("rl_zvp", "forking", "positive_nll")],
+            "dapo": [_row("dapo_echorl_kf", "dapo", 0.03, 0.01, 0.05, "gain")]}
+    dose = [_row(a, "grpo", 0.0, -0.01, 0.01, nd) for a in ("coef_1e-3", "coef_3e-3", "coef_1e-2", "coef_3e-2")]
+
+    def read(dose):
+        return "\n".join(criteria_lines(fams, dose, [], complete=True))
+
+    md = read(dose)
+    assert "- **`rl_zvp` over GRPO** (+1.0 [-1.0, +3.0]): no significant gain, inconclusive at 2 points" in md
+    assert "- **`forking` over GRPO** (-3.0 [-5.0, -1.0]): no gain of 2 points or more over GRPO on this testbed " \
+           "(a Holm-significant loss)." in md
+    # every head-to-head interval inside (-2, +2) and no EchoRL gain in the dose family
+    assert "- **Against EchoRL's premise**: holds: every head-to-head interval lies inside (-2, +2) and PLAN.md's " \
+           "dose family finds no EchoRL gain" in md
+    assert "Positive NLL" not in md  # PLAN.md's rule family has no row
+    assert "+3.0 [+1.0, +5.0]): counts for EchoRL on all-success groups under dynamic sampling" in md
+    dose[3] = _row("coef_3e-2", "grpo", 0.03, 0.01, 0.05, "gain")
+    assert "does not hold: no competitor is better than `coef_3e-2`, and PLAN.md's dose family finds an EchoRL " \
+           "gain." in read(dose)
+    dose[3] = _row("coef_3e-2", "grpo", 0.03, 0.01, 0.05, "interim: 9 of 14 pairs, no verdict")
+    assert "the reading waits for PLAN.md's dose family" in read(dose)
+    fams["head_to_head"][2] = _row("coef_3e-2", "positive_nll", 0.03, 0.01, 0.05, "gain")
+    fams["dapo"] = [_row("dapo_echorl_kf", "dapo", -0.03, -0.05, -0.01, "loss")]
+    md = read(dose)
+    assert "- **For EchoRL over a competitor** (`coef_3e-2` Holm-significantly better): `positive_nll` " \
+           "(+3.0 [+1.0, +5.0])." in md
+    assert "does not hold: no competitor is better than `coef_3e-2`, and not every head-to-head interval" in md
+    assert "counts against using `keep_filtered` (a Holm-significant loss)." in md
+    fams["dapo"] = [_row("dapo_echorl_kf", "dapo", 0.01, -0.01, 0.03, nd)]
+    assert "no significant difference, inconclusive at 2 points." in read(dose)

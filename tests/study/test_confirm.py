@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from echorl.study.arms import ARMS, CONFIRM, CONFIRM_ARMS, CONFIRM_SEEDS, FULL, Settings, arms_of, compose, get_arms
-from echorl.study.confirm import family_table, write_confirm_report
+from echorl.study.confirm import criteria_lines, family_sizes, family_table, write_confirm_report
 from echorl.study.runner import SCHEMA, commit_file, plan_runs, result_path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,6 +93,13 @@ def test_confirm_report_families_by_hand(tmp_path):
     assert "**Interim: 15 of 112 planned runs are in.**" in md
     assert md.count("| interim: 3 of 14 pairs, no verdict |") == 3 * 3 + 1 * 3  # dose 3 arms, rule 1: 3 endpoints
     assert not any(v in md for v in ("| gain |", "| loss |", "| no detectable difference |", "nominal"))
+    # observed paired SD (points), pooled: dose d = [1,1,1], [1,3,2], [2,2,2] -> ss 2 over df 6 -> 0.577;
+    # rule d = [-1,1,0] -> ss 2 over df 2 -> 1.000. The detectable difference scales with the SD
+    # (min_detectable(14, 1, 0.0125) = 1.017, at 0.05 / 3: 0.975; tests/study/test_power.py checks it)
+    assert family_sizes() == {"dose": 4, "rule": 3}
+    assert "| dose | 3 | 0.58 | 6 | 0.0125 | 0.6 |" in md
+    assert "| rule | 1 | 1.00 | 2 | 0.0167 | 1.0 |" in md
+    assert "## The plan's criteria\n\nRead once every planned run is in." in md
 
 
 def test_confirm_report_gives_verdicts_once_the_plan_is_complete(tmp_path):
@@ -112,6 +119,49 @@ def test_confirm_report_gives_verdicts_once_the_plan_is_complete(tmp_path):
            "median 100 s per run, torch threads [1]; 1 resumed run(s) count only the time after their resume." in md
     assert "| coef_1e-3 | grpo | 14 | +1.0 [+1.0, +1.0] | <0.001 | <0.001 | gain |" in md
     assert "| coef_3e-3 | grpo | 14 | +0.0 [+0.0, +0.0] | 1.000 | 1.000 | no detectable difference |" in md
+    assert "- **Against the paper's setting** (`coef_1e-3` minus `grpo`, +1.0 [+1.0, +1.0]): does not hold: a " \
+           "Holm-significant gain." in md
+    assert "(`coef_1e-2` minus `grpo`, +0.0 [+0.0, +0.0]; +3.5 in the exploratory study): did not replicate" in md
+    assert "- **Against EchoRL at a coef** (a Holm-significant loss vs `grpo`): none." in md
+    assert "(each rule minus the highest-entropy clip): holds: at matched gradient share" in md
+    assert "- **For EchoRL, dose** (a Holm-significant gain at some coef): `coef_1e-3` (+1.0 [+1.0, +1.0])." in md
+    assert "better than each alternative): no." in md
+
+
+def _row(arm: str, mean: float, lo: float, hi: float, verdict: str) -> dict:
+    return {"arm": arm, "d": {"n": 14, "mean": mean, "t_low": lo, "t_high": hi}, "verdict": verdict}
+
+
+def test_plan_criteria_by_hand():
+    """Each branch of the plan's "What counts against EchoRL (and for it)" on hand-made comparisons."""
+    def read(dose, rule):
+        return "\n".join(criteria_lines(dose, rule, complete=True))
+
+    nd = "no detectable difference"
+    dose = [_row("coef_1e-3", 0.005, -0.015, 0.025, nd), _row("coef_3e-3", -0.03, -0.05, -0.01, "loss"),
+            _row("coef_1e-2", 0.01, -0.005, 0.025, "nominal gain, not significant after Holm"),
+            _row("coef_3e-2", 0.0, -0.01, 0.01, nd)]
+    rule = [_row("rule_random_prefix", -0.03, -0.05, -0.01, "loss"), _row("rule_full", -0.01, -0.025, 0.005, nd),
+            _row("rule_nll_full", 0.0, -0.01, 0.01, nd)]
+    md = read(dose, rule)
+    # upper end +2.5 >= +2: inconclusive at that size
+    assert "(`coef_1e-3` minus `grpo`, +0.5 [-1.5, +2.5]): inconclusive at 2 points" in md
+    assert "did not replicate: not a Holm-significant gain." in md
+    assert "- **Against EchoRL at a coef** (a Holm-significant loss vs `grpo`): `coef_3e-3` (-3.0 [-5.0, -1.0])." in md
+    # random prefix worse, whole response's interval reaching -2.5: the rule's claim is not shown
+    assert ("does not hold: `rule_random_prefix` (-3.0 [-5.0, -1.0], loss), `rule_full` (-1.0 [-2.5, +0.5], "
+            "no detectable difference)") in md
+    assert "- **For EchoRL, dose** (a Holm-significant gain at some coef): none." in md
+    assert "better than each alternative): no." in md
+    dose[0] = _row("coef_1e-3", 0.0, -0.015, 0.015, nd)
+    rule = [_row(a, -0.03, -0.05, -0.01, "loss") for a in ("rule_random_prefix", "rule_full", "rule_nll_full")]
+    md = read(dose, rule)
+    assert "(`coef_1e-3` minus `grpo`, +0.0 [-1.5, +1.5]): holds: at the paper's coef EchoRL gives no gain of 2 " \
+           "points or more on this testbed." in md
+    assert "better than each alternative): yes." in md
+    rule[1] = _row("rule_full", 0.03, 0.01, 0.05, "gain")
+    assert "counts against the rule outright: `rule_full` (+3.0 [+1.0, +5.0]) Holm-significantly better" in read(dose, rule)
+    assert criteria_lines(dose, rule, complete=False) == ["## The plan's criteria", "", "Read once every planned run is in.", ""]
 
 
 def test_commit_file_serialises_and_commits_only_its_files(tmp_path):
