@@ -47,7 +47,7 @@ from echorl.metrics_file import read_metrics
 from echorl.study.arms import Arm, Settings, compose, run_overrides
 
 __all__ = ["SCHEMA", "CURVE_KEYS", "CheckpointEval", "RunClock", "FINAL_KEYS", "plan_runs", "result_path", "run_one", "summarize_run",
-           "commit_file", "eval_policy", "run_wall_s", "seeds_for", "study_trainer"]
+           "commit_file", "eval_policy", "first_window_diffs", "replay_steps", "run_wall_s", "seeds_for", "study_trainer"]
 
 SCHEMA = 1
 # training metric -> short name (curves and the "final" block, mean of the last `tail` steps); rows are read
@@ -332,6 +332,47 @@ def study_trainer(arm: Arm, seed: int, s: Settings, out_dir: str | os.PathLike) 
     coef = ec.coef if ec.adds_loss_term else 0.0
     tr.loss_fn = GradShareLoss(tr.loss_fn, tr.model, lambda: tr.global_step, s.grad_share_every, coef)
     return tr, cfg
+
+
+def replay_steps(arm: Arm, seed: int, s: Settings, out_dir: str | os.PathLike, steps: int) -> list[dict[str, Any]]:
+    """The first ``steps`` training steps of a study run as :meth:`LocalTrainer.train` takes them (the
+    validation before training and when due, in the same order), without checkpoints or the final
+    evaluation. Returns the metric rows (``step`` included; step 0 is the validation before training)."""
+    tr, _ = study_trainer(arm, seed, s, out_dir)
+    if tr.global_step:
+        raise ValueError(f"replay_steps: {out_dir} holds a checkpoint (step {tr.global_step}); give an empty folder")
+    rows: list[dict[str, Any]] = []
+    try:
+        if tr.validator is not None and tr.validator.before_train:
+            rows.append({"step": 0, **tr.validator.run(tr.model, 0)})
+        while tr.global_step < steps:
+            m = tr.step()
+            if tr.validator is not None and tr.validator.due(tr.global_step, s.steps):
+                m.update(tr.validator.run(tr.model, tr.global_step))
+            rows.append({"step": tr.global_step, **m})
+    finally:
+        tr.pool.close()
+        if tr.validator is not None:
+            tr.validator.close()
+    return rows
+
+
+def first_window_diffs(committed: dict[str, Any], rows: list[dict[str, Any]], window: int = 10) -> list[dict[str, Any]]:
+    """Compare a committed result's first curve window (means over steps 1..``window``) and its
+    validation before training with the same numbers from ``rows`` (:func:`replay_steps`). One dict per
+    number: ``key``, ``committed``, ``now``, ``abs_diff`` (timings are left out: they are the machine's)."""
+    now = summarize_run(rows, window=window)
+    out = []
+    for key, vals in committed["curves"].items():
+        if key in ("step", "s_per_step") or key not in now["curves"] or not vals:
+            continue
+        a, b = vals[0], now["curves"][key][0]
+        diff = None if a is None or b is None else abs(float(a) - float(b))
+        out.append({"key": key, "committed": a, "now": b, "abs_diff": diff})
+    if committed.get("val", {}).get("step", [None])[0] == 0 and now["val"]["step"][:1] == [0]:
+        a, b = committed["val"]["dev"][0], now["val"]["dev"][0]
+        out.append({"key": "val dev @0", "committed": a, "now": b, "abs_diff": abs(a - b)})
+    return out
 
 
 def run_one(arm: Arm, seed: int, s: Settings, folder: str | os.PathLike, runs_dir: str | os.PathLike,

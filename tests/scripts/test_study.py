@@ -14,7 +14,17 @@ import torch
 from echorl.study.arms import ARMS, FULL, QUICK, compose, get_arms, run_overrides
 from echorl.study.gradshare import grad_share
 from echorl.study.report import arm_table, comparisons, eval_sampling_se, load_results, verdict, write_report
-from echorl.study.runner import SCHEMA, RunClock, plan_runs, result_path, run_one, run_wall_s, summarize_run
+from echorl.study.runner import (
+    SCHEMA,
+    RunClock,
+    first_window_diffs,
+    plan_runs,
+    replay_steps,
+    result_path,
+    run_one,
+    run_wall_s,
+    summarize_run,
+)
 from echorl.study.stats import mean_sd, paired_difference, t_quantile
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -309,6 +319,19 @@ def test_run_clock_keeps_a_killed_attempts_time(tmp_path):
     assert clock.total() == pytest.approx(killed + second, abs=0.15)
 
 
+def test_first_window_diffs_by_hand():
+    committed = {"curves": {"step": [2], "reward": [0.5], "entropy": [0.25], "s_per_step": [9.0], "clips": [None]},
+                 "val": {"step": [0, 2], "dev": [0.4, 0.6]}}
+    rows = [{"step": 0, "val-core/dev/reward/mean@2": 0.4},
+            {"step": 1, "reward/mean": 0.25, "actor/entropy": 0.25, "timing_s/step": 1.0},
+            {"step": 2, "reward/mean": 0.75, "actor/entropy": 0.35, "timing_s/step": 3.0}]
+    got = {d["key"]: d for d in first_window_diffs(committed, rows, window=2)}
+    assert set(got) == {"reward", "entropy", "val dev @0"}  # timings and keys the replay lacks are left out
+    assert got["reward"]["now"] == 0.5 and got["reward"]["abs_diff"] == 0.0
+    assert got["entropy"]["now"] == pytest.approx(0.3) and got["entropy"]["abs_diff"] == pytest.approx(0.05)
+    assert got["val dev @0"]["abs_diff"] == 0.0
+
+
 def test_run_wall_s_prefers_every_attempts_time():
     assert run_wall_s({"wall_s": 10.0, "wall_s_attempts": 25.5}) == 25.5
     assert run_wall_s({"wall_s": 10.0, "wall_s_attempts": None}) == 10.0  # resumed before the clock existed
@@ -340,6 +363,14 @@ def test_real_two_step_run_writes_the_result_file(tmp_path):
     metrics = [json.loads(x) for x in (tmp_path / "runs/echorl/seed1/metrics.jsonl").read_text().splitlines()]
     assert [m["study/grad_norm_echo"] > 0 for m in metrics if "study/grad_norm_echo" in m] == [True, True]
     assert res["curves"]["clips"] == [m["echo/clips"] for m in metrics if m["step"] >= 1]
+    # the same two steps replayed (scripts/study_reproduce.py) give every curve and validation exactly,
+    # validations after each step included (TINY validates at every step)
+    rows = replay_steps(get_arms(["echorl"])[0], 1, TINY, tmp_path / "replay", 2)
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    diffs = first_window_diffs(res, rows, window=1)
+    assert {d["key"] for d in diffs} >= {"reward", "entropy", "clips", "grad_norm", "echo_loss", "val dev @0"}
+    assert [d["key"] for d in diffs if d["abs_diff"] != 0.0] == []
+    assert summarize_run(rows, window=1)["val"]["dev"] == res["val"]["dev"]
 
 
 @pytest.mark.slow
