@@ -24,7 +24,8 @@ Each finished (arm, seed) run writes ``<folder>/<arm>/seed<k>.json``; with ``--c
 touched). Before the first run the held-out sets are checked and written to ``<folder>/splits.json``,
 and the untrained model is evaluated once (``<folder>/initial.json``). Run folders (checkpoints,
 ``metrics.jsonl``, validation samples) go to ``outputs/study/<study>/<arm>/seed<k>/``;
-an interrupted run resumes from its last checkpoint.
+an interrupted run resumes from its last checkpoint. ``scripts/study_reproduce.py`` checks that a
+later checkout still reproduces committed runs (their first steps, number for number).
 """
 
 from __future__ import annotations
