@@ -32,7 +32,9 @@ from echorl.study.confirm import (
     SECONDARY,
     _family_lines,
     compute_lines,
+    criteria_head,
     family_table,
+    gain_size,
     interim_lines,
     interval,
     observed_sd_lines,
@@ -81,16 +83,14 @@ def criteria_lines(fams: dict[str, list[dict[str, Any]]], dose: list[dict[str, A
     """The plan's "What would count for and against", read off the primary endpoint's families
     (``fams``: family -> :func:`family_rows`; ``dose`` and ``rule``: PLAN.md's families, rows of
     :func:`~echorl.study.confirm.family_table`); only once every planned run is in."""
-    L = ["## The plan's criteria", ""]
+    L = criteria_head(complete)
     if not complete:
-        return L + ["Read once every planned run is in.", ""]
+        return L
     for c in fams["competitors"]:
-        if c["verdict"] == "gain":
-            out = "a Holm-significant gain over GRPO"
-        elif c["d"]["t_high"] < DELTA:
-            out = "no gain of 2 points or more over GRPO on this testbed"
-        else:
-            out = "no significant gain, inconclusive at 2 points (the interval's upper end is at or above +2)"
+        out = {"gain": "a Holm-significant gain over GRPO",
+               "below": "no gain of 2 points or more over GRPO on this testbed",
+               "inconclusive": "no significant gain, inconclusive at 2 points (the interval's upper end is at or "
+                               "above +2)"}[gain_size(c)]
         if c["verdict"] == "loss":
             out += " (a Holm-significant loss)"
         L.append(f"- **`{c['arm']}` over GRPO** ({interval(c)}): {out}.")

@@ -33,8 +33,8 @@ from echorl.study.report import _diff, _p, _pm, _vals, holm_verdicts, load_resul
 from echorl.study.runner import run_wall_s, seeds_for
 from echorl.study.stats import mean_sd, paired_difference
 
-__all__ = ["FAMILIES", "PRIMARY", "SECONDARY", "compute_lines", "criteria_lines", "family_sizes", "family_table",
-           "interim_lines", "interval", "observed_sd_lines", "write_confirm_report"]
+__all__ = ["FAMILIES", "PRIMARY", "SECONDARY", "compute_lines", "criteria_head", "criteria_lines", "family_sizes", "family_table",
+           "gain_size", "interim_lines", "interval", "observed_sd_lines", "write_confirm_report"]
 
 PRIMARY = "test_ckpt"
 SECONDARY = (("ood_ckpt", "ood (mean of steps 100/125/150)"), ("test_avg", "test at step 150"))
@@ -117,22 +117,32 @@ def interval(c: dict[str, Any]) -> str:
     return _diff(c["d"]).rsplit(" (n=", 1)[0]
 
 
+def gain_size(c: dict[str, Any]) -> str:
+    """How a comparison reads against a gain of the plan's size: ``gain`` (Holm-significant), else
+    ``below`` (the interval's upper end is under +2 points), else ``inconclusive``."""
+    if c["verdict"] == "gain":
+        return "gain"
+    return "below" if c["d"]["t_high"] < DELTA else "inconclusive"
+
+
+def criteria_head(complete: bool) -> list[str]:
+    """The criteria section's heading (and, before every planned run is in, its only line)."""
+    return ["## The plan's criteria", ""] + ([] if complete else ["Read once every planned run is in.", ""])
+
+
 def criteria_lines(dose: list[dict[str, Any]], rule: list[dict[str, Any]], complete: bool) -> list[str]:
     """The plan's "What counts against EchoRL (and for it)", read off the primary endpoint's families
     (rows of :func:`family_table`); only once every planned run is in."""
-    L = ["## The plan's criteria", ""]
+    L = criteria_head(complete)
     if not complete:
-        return L + ["Read once every planned run is in.", ""]
+        return L
     by = {c["arm"]: c for c in dose + rule}
     iv = interval
     if "coef_1e-3" in by:
         c = by["coef_1e-3"]
-        if c["verdict"] == "gain":
-            out = "does not hold: a Holm-significant gain"
-        elif c["d"]["t_high"] < DELTA:
-            out = "holds: at the paper's coef EchoRL gives no gain of 2 points or more on this testbed"
-        else:
-            out = "inconclusive at 2 points (the interval's upper end is at or above +2)"
+        out = {"gain": "does not hold: a Holm-significant gain",
+               "below": "holds: at the paper's coef EchoRL gives no gain of 2 points or more on this testbed",
+               "inconclusive": "inconclusive at 2 points (the interval's upper end is at or above +2)"}[gain_size(c)]
         L.append(f"- **Against the paper's setting** (`coef_1e-3` minus `grpo`, {iv(c)}): {out}.")
     if "coef_1e-2" in by:
         c = by["coef_1e-2"]
