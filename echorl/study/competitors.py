@@ -34,6 +34,7 @@ from echorl.study.confirm import (
     compute_lines,
     criteria_head,
     family_table,
+    forest_figure,
     gain_size,
     interim_lines,
     interval,
@@ -170,6 +171,11 @@ def write_competitors_report(folder: str | os.PathLike, out_md: str | os.PathLik
     for fam in FAMILIES:
         rows = primary[fam] = family_rows(results, fam, PRIMARY, planned=len(planned))
         L += [f"**{fam}: {TITLES[fam]}**", ""] + (_family_lines(rows) if rows else ["No paired results yet.", ""])
+    state = interim[0].split(".**")[0].strip("*").lower() + ", no verdict" if interim else "all planned runs"
+    if forest_figure([(f"{fam}: {TITLES[fam]}", primary[fam]) for fam in FAMILIES],
+                     folder / "images" / "competitors_primary.png",
+                     f"Primary endpoint: test, mean of steps 100/125/150\n(grey: +-2 points; {state})"):
+        L += ["![The primary endpoint's paired differences](images/competitors_primary.png)", ""]
     power = json.loads((folder / "power.json").read_text()) if (folder / "power.json").exists() else {}
     L += observed_sd_lines({k: v for k, v in primary.items() if k != "paper_coef"},
                            {k: len(v) for k, v in FAMILIES.items()}, len(planned), power.get("sigma_plan"))

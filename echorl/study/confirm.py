@@ -33,8 +33,9 @@ from echorl.study.report import _diff, _p, _pm, _vals, holm_verdicts, load_resul
 from echorl.study.runner import run_wall_s, seeds_for
 from echorl.study.stats import mean_sd, paired_difference
 
-__all__ = ["FAMILIES", "PRIMARY", "SECONDARY", "compute_lines", "criteria_head", "criteria_lines", "family_sizes", "family_table",
-           "gain_size", "interim_lines", "interval", "observed_sd_lines", "write_confirm_report"]
+__all__ = ["FAMILIES", "PRIMARY", "SECONDARY", "compute_lines", "criteria_head", "criteria_lines", "family_sizes",
+           "family_table", "forest_figure", "gain_size", "interim_lines", "interval", "observed_sd_lines",
+           "write_confirm_report"]
 
 PRIMARY = "test_ckpt"
 SECONDARY = (("ood_ckpt", "ood (mean of steps 100/125/150)"), ("test_avg", "test at step 150"))
@@ -176,6 +177,41 @@ def criteria_lines(dose: list[dict[str, Any]], rule: list[dict[str, Any]], compl
     return L + ["- Out of distribution (secondary): described with its interval, not counted for or against.", ""]
 
 
+def forest_figure(panels: list[tuple[str, list[dict[str, Any]]]], path: str | os.PathLike,
+                  title: str) -> list[list[tuple[str, float, float, float]]]:
+    """One forest panel per family: each comparison's paired difference (points) with its 95% t
+    interval, 0 marked and the plans' +-2-point size shaded. ``panels``: (title, rows of
+    :func:`family_table`). Writes the PNG to ``path``; returns each panel's plotted
+    ``(label, mean, low, high)`` in points, top to bottom."""
+    from echorl.figures import pyplot, save_figure  # matplotlib: loaded when a report draws
+
+    plt = pyplot()
+    panels = [(t, [c for c in rows if c["d"]["n"] >= 2]) for t, rows in panels]
+    panels = [(t, rows) for t, rows in panels if rows]
+    drawn: list[list[tuple[str, float, float, float]]] = []
+    if not panels:
+        return drawn
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 0.5 + 0.55 * max(len(r) for _, r in panels) + 1.2),
+                             squeeze=False)
+    for ax, (t, rows) in zip(axes[0], panels):
+        pts = [(f"{c['arm']} - {c['vs']} (n={c['d']['n']})", 100 * c["d"]["mean"], 100 * c["d"]["t_low"],
+                100 * c["d"]["t_high"]) for c in rows]
+        ys = list(range(len(pts)))[::-1]
+        ax.axvspan(-100 * DELTA, 100 * DELTA, color="0.9", zorder=0)
+        ax.axvline(0, color="0.4", lw=0.8)
+        for y, (_, m, lo, hi) in zip(ys, pts):
+            ax.errorbar(m, y, xerr=[[m - lo], [hi - m]], fmt="o", color="C0", capsize=3)
+        ax.set_yticks(ys, [p[0] for p in pts], fontsize=8)
+        ax.set_ylim(-0.7, len(pts) - 0.3)
+        ax.set_xlabel("difference (points): mean, 95% t interval")
+        ax.set_title(t, fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+        drawn.append(pts)
+    fig.suptitle(title, fontsize=10)
+    save_figure(fig, path, dpi=110)
+    return drawn
+
+
 def _family_lines(rows: list[dict[str, Any]]) -> list[str]:
     L = ["| arm | vs | n | Δ [95% t interval] (points) | p | Holm p | verdict |", "|---|---|---|---|---|---|---|"]
     for c in rows:
@@ -231,6 +267,12 @@ def write_confirm_report(folder: str | os.PathLike, out_md: str | os.PathLike, s
                                 "(coef 3e-2)")):
         rows = primary[fam] = family_table(results, fam, PRIMARY, planned=len(planned[FAMILIES[fam]]))
         L += [f"**{title}**", ""] + (_family_lines(rows) if rows else ["No paired results yet.", ""])
+    state = interim[0].split(".**")[0].strip("*").lower() + ", no verdict" if interim else "all planned runs"
+    if forest_figure([("dose: GRPO + EchoRL at each coef - GRPO", primary["dose"]),
+                      ("rule: each clip rule - the highest-entropy clip (coef 3e-2)", primary["rule"])],
+                     folder / "images" / "confirm_primary.png",
+                     f"Primary endpoint: test, mean of steps 100/125/150\n(grey: +-2 points; {state})"):
+        L += ["![The primary endpoint's paired differences](images/confirm_primary.png)", ""]
     power = json.loads((folder / "power.json").read_text()) if (folder / "power.json").exists() else {}
     L += observed_sd_lines(primary, family_sizes(), max(map(len, planned.values())), power.get("sigma_plan"))
     L += criteria_lines(primary["dose"], primary["rule"], complete=not interim)

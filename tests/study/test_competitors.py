@@ -174,6 +174,8 @@ def test_report_reads_the_plans_criteria_once_complete(tmp_path):
     assert "`head_to_head` (`coef_3e-2 - positive_nll`) +0.0 [+0.0, +0.0], no detectable difference; PLAN.md's " \
            "`rule` (`rule_nll_full - coef_3e-2`) +0.0 [+0.0, +0.0], no detectable difference." in md
     assert "- **DAPO** (`dapo_echorl_kf - dapo`, +0.0 [+0.0, +0.0]): no effect of 2 points" in md
+    assert "![The primary endpoint's paired differences](images/competitors_primary.png)" in md
+    assert (tmp_path / "images" / "competitors_primary.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def _row(arm: str, vs: str, mean: float, lo: float, hi: float, verdict: str) -> dict:

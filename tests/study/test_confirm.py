@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from echorl.study.arms import ARMS, CONFIRM, CONFIRM_ARMS, CONFIRM_SEEDS, FULL, Settings, arms_of, compose, get_arms
-from echorl.study.confirm import criteria_lines, family_sizes, family_table, write_confirm_report
+from echorl.study.confirm import criteria_lines, family_sizes, family_table, forest_figure, write_confirm_report
 from echorl.study.runner import SCHEMA, commit_file, plan_runs, result_path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -100,6 +100,17 @@ def test_confirm_report_families_by_hand(tmp_path):
     assert "| dose | 3 | 0.58 | 6 | 0.0125 | 0.6 |" in md
     assert "| rule | 1 | 1.00 | 2 | 0.0167 | 1.0 |" in md
     assert "## The plan's criteria\n\nRead once every planned run is in." in md
+    assert "![The primary endpoint's paired differences](images/confirm_primary.png)" in md
+    assert (tmp_path / "images" / "confirm_primary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_forest_figure_draws_each_comparison_in_points(tmp_path):
+    row = {"arm": "coef_1e-2", "vs": "grpo", "d": {"n": 3, "mean": 0.02, "t_low": -0.005, "t_high": 0.045}}
+    one = {"arm": "coef_3e-2", "vs": "grpo", "d": {"n": 1, "mean": 0.01, "t_low": float("nan"), "t_high": float("nan")}}
+    drawn = forest_figure([("dose", [row, one]), ("rule", [])], tmp_path / "f.png", "t")
+    assert drawn == [[("coef_1e-2 - grpo (n=3)", 2.0, -0.5, 4.5)]]  # a single pair has no interval: left out
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+    assert forest_figure([("rule", [one])], tmp_path / "g.png", "t") == [] and not (tmp_path / "g.png").exists()
 
 
 def test_confirm_report_gives_verdicts_once_the_plan_is_complete(tmp_path):
