@@ -34,7 +34,7 @@ from echorl.study.runner import run_wall_s, seeds_for
 from echorl.study.stats import mean_sd, paired_difference
 
 __all__ = ["FAMILIES", "PRIMARY", "SECONDARY", "compute_lines", "criteria_head", "criteria_lines", "family_sizes",
-           "family_table", "forest_figure", "gain_size", "interim_lines", "interval", "observed_sd_lines",
+           "curves_figure", "family_table", "forest_figure", "gain_size", "interim_lines", "interval", "observed_sd_lines",
            "write_confirm_report"]
 
 PRIMARY = "test_ckpt"
@@ -212,6 +212,40 @@ def forest_figure(panels: list[tuple[str, list[dict[str, Any]]]], path: str | os
     return drawn
 
 
+def curves_figure(results: dict[str, dict[int, dict[str, Any]]], path: str | os.PathLike, title: str) -> list[str]:
+    """Training curves per family (rows: the dose arms, the rule arms with the highest-entropy clip):
+    ``dev`` accuracy at each validation, ``test`` at the checkpoint evaluations, and the EchoRL share
+    of the gradient norm; line: seed mean, band: min-max over seeds. Writes the PNG to ``path``;
+    returns the arms drawn."""
+    from echorl.figures import pyplot, save_figure  # matplotlib: loaded when a report draws
+    from echorl.study.report import _band
+
+    plt = pyplot()
+    rows = [[a for a in CONFIRM_ARMS if (a.group == "dose" or a.name == FAMILIES["rule"]) and results.get(a.name)],
+            [a for a in CONFIRM_ARMS if (a.group == "rule" or a.name == FAMILIES["rule"]) and results.get(a.name)]]
+    rows = [r for i, r in enumerate(rows) if r and (i == 0 or any(a.group == "rule" for a in r))]
+    if not rows:
+        return []
+    fig, axes = plt.subplots(len(rows), 3, figsize=(16, 3.8 * len(rows)), squeeze=False)
+    for axs, arms in zip(axes, rows):
+        for i, a in enumerate(arms):
+            runs, col = results[a.name], f"C{i}"
+            _band(axs[0], runs, "step", "dev", "val", a.name, col)
+            _band(axs[1], runs, "step", "test_avg", "checkpoints", a.name, col)
+            _band(axs[2], runs, "step", "grad_echo_share", "curves", a.name, col)
+        axs[2].set_yscale("log")  # a measurement whose RL gradient is ~0 reads ~1: the report takes medians
+        for ax, t in zip(axs, ("dev accuracy (validation)", "test accuracy (checkpoint evaluations)",
+                               "EchoRL share of the gradient norm (log)")):
+            ax.set_title(t, fontsize=9)
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+        if axs[0].get_legend_handles_labels()[0]:
+            axs[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    save_figure(fig, path, dpi=100)
+    return [a.name for r in rows for a in r]
+
+
 def _family_lines(rows: list[dict[str, Any]]) -> list[str]:
     L = ["| arm | vs | n | Δ [95% t interval] (points) | p | Holm p | verdict |", "|---|---|---|---|---|---|---|"]
     for c in rows:
@@ -273,6 +307,9 @@ def write_confirm_report(folder: str | os.PathLike, out_md: str | os.PathLike, s
                      folder / "images" / "confirm_primary.png",
                      f"Primary endpoint: test, mean of steps 100/125/150\n(grey: +-2 points; {state})"):
         L += ["![The primary endpoint's paired differences](images/confirm_primary.png)", ""]
+    if curves_figure(results, folder / "images" / "confirm_curves.png",
+                     f"Curves per arm (line: seed mean, band: min-max over seeds; {state})"):
+        L += ["![Curves per arm](images/confirm_curves.png)", ""]
     power = json.loads((folder / "power.json").read_text()) if (folder / "power.json").exists() else {}
     L += observed_sd_lines(primary, family_sizes(), max(map(len, planned.values())), power.get("sigma_plan"))
     L += criteria_lines(primary["dose"], primary["rule"], complete=not interim)

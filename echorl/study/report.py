@@ -191,7 +191,8 @@ def _power_lines(rows: list[dict[str, Any]], results: dict[str, dict[int, dict[s
 def _band(ax: Any, runs: dict[int, dict[str, Any]], xkey: str, ykey: str, where: str, label: str, color: str) -> None:
     import numpy as np
 
-    series = [(r[where][xkey], r[where][ykey]) for r in runs.values() if r[where].get(ykey)]
+    series = [(r[where][xkey], r[where][ykey]) for r in runs.values()
+              if r.get(where, {}).get(ykey) and r[where].get(xkey)]
     if not series:
         return
     m = min(len(y) for _, y in series)

@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 
 from echorl.study.arms import ARMS, CONFIRM, CONFIRM_ARMS, CONFIRM_SEEDS, FULL, Settings, arms_of, compose, get_arms
-from echorl.study.confirm import criteria_lines, family_sizes, family_table, forest_figure, write_confirm_report
+from echorl.study.confirm import (
+    criteria_lines,
+    curves_figure,
+    family_sizes,
+    family_table,
+    forest_figure,
+    write_confirm_report,
+)
+from echorl.study.report import load_results
 from echorl.study.runner import SCHEMA, commit_file, plan_runs, result_path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,6 +110,14 @@ def test_confirm_report_families_by_hand(tmp_path):
     assert "## The plan's criteria\n\nRead once every planned run is in." in md
     assert "![The primary endpoint's paired differences](images/confirm_primary.png)" in md
     assert (tmp_path / "images" / "confirm_primary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # curves: the dose arms in one row, the rule arms beside the highest-entropy clip in the other
+    assert "![Curves per arm](images/confirm_curves.png)" in md
+    assert curves_figure(load_results(tmp_path), tmp_path / "c.png", "t") == \
+        ["grpo", "coef_1e-3", "coef_1e-2", "coef_3e-2", "coef_3e-2", "rule_full"]
+    result_path(tmp_path, "rule_full", 101).unlink()
+    for k in (102, 103):
+        result_path(tmp_path, "rule_full", k).unlink()
+    assert curves_figure(load_results(tmp_path), tmp_path / "c.png", "t") == ["grpo", "coef_1e-3", "coef_1e-2", "coef_3e-2"]
 
 
 def test_forest_figure_draws_each_comparison_in_points(tmp_path):
