@@ -44,7 +44,7 @@ from echorl.study.report import _pm, _vals, holm_verdicts, load_results
 from echorl.study.runner import seeds_for
 from echorl.study.stats import mean_sd, paired_difference
 
-__all__ = ["FAMILIES", "criteria_lines", "family_rows", "write_competitors_report"]
+__all__ = ["FAMILIES", "criteria_lines", "family_rows", "write_competitors_report", "zero_variance_share"]
 
 RIVALS = ("rl_zvp", "forking", "positive_nll")
 FAMILIES: dict[str, tuple[tuple[str, str], ...]] = {  # family -> (arm, vs) pairs, plan names
@@ -77,6 +77,15 @@ def family_rows(results: dict[str, dict[int, dict[str, Any]]], family: str, key:
         if a and b:
             out.append({"arm": arm, "vs": vs, "d": paired_difference(_vals(a, key), _vals(b, key))})
     return holm_verdicts(out, planned)
+
+
+def zero_variance_share(run: dict[str, Any]) -> float | None:
+    """A run's share of zero-variance groups (all-success + all-fail) over all its steps: the mean of its
+    equal-width curve windows (None without those curves)."""
+    c = run.get("curves", {})
+    pairs = [(a, b) for a, b in zip(c.get("all_success_frac", []), c.get("all_fail_frac", []))
+             if a is not None and b is not None]
+    return sum(a + b for a, b in pairs) / len(pairs) if pairs else None
 
 
 def criteria_lines(fams: dict[str, list[dict[str, Any]]], dose: list[dict[str, Any]],
@@ -156,14 +165,20 @@ def write_competitors_report(folder: str | os.PathLike, out_md: str | os.PathLik
         L.append(f"| {name} | {len(have & set(planned))}/{len(planned)} | {','.join(map(str, missing)) or '-'} |")
     new_runs = [r for a in COMPETITOR_ARMS for r in results.get(a.name, {}).values()]
     L += ["", *compute_lines(new_runs, "Compute of the new arms (the shared arms' is the confirmatory report's)"),
-          "## Per arm", "", "| arm | seeds | test, steps 100/125/150 (primary) | test, step 150 | "
-          "ood, steps 100/125/150 | s/step |", "|---|---|---|---|---|---|"]
+          "## Per arm", "", "Zero-variance groups: the share of groups whose rollouts all got the same reward, over "
+          "every step of the run (before DAPO's filter); generation batches: DAPO's per step (1 without dynamic "
+          "sampling).", "", "| arm | seeds | test, steps 100/125/150 (primary) | test, step 150 | "
+          "ood, steps 100/125/150 | zero-variance groups (%) | generation batches / step | s/step |",
+          "|---|---|---|---|---|---|---|---|"]
     for name in names:
         runs = _runs(results, name)
         if runs:
+            zv = {k: v for k, v in ((k, zero_variance_share(r)) for k, r in runs.items()) if v is not None}
+            gen = _vals(runs, "gen_batches")
             L.append(f"| {name} | {len(runs)} | {_pm(mean_sd(_vals(runs, PRIMARY).values()))} | "
                      f"{_pm(mean_sd(_vals(runs, 'test_avg').values()))} | "
-                     f"{_pm(mean_sd(_vals(runs, 'ood_ckpt').values()))} | "
+                     f"{_pm(mean_sd(_vals(runs, 'ood_ckpt').values()))} | {_pm(mean_sd(zv.values()))} | "
+                     f"{_pm(mean_sd(gen.values()), 1, 2) if gen else '1'} | "
                      f"{_pm(mean_sd(_vals(runs, 's_per_step').values()), 1, 2)} |")
     L += ["", "## Comparisons (primary endpoint: test, mean of steps 100/125/150)", "",
           "Two-sided paired t tests over seeds, Holm within each family at family-wise level 0.05.", ""]

@@ -21,7 +21,7 @@ from echorl.study.arms import (
     compose,
     get_arms,
 )
-from echorl.study.competitors import criteria_lines, family_rows, write_competitors_report
+from echorl.study.competitors import criteria_lines, family_rows, write_competitors_report, zero_variance_share
 from echorl.study.report import load_results
 from echorl.study.runner import SCHEMA, plan_runs, result_path
 
@@ -216,3 +216,21 @@ def test_plan_criteria_by_hand():
     assert "counts against using `keep_filtered` (a Holm-significant loss)." in md
     fams["dapo"] = [_row("dapo_echorl_kf", "dapo", 0.01, -0.01, 0.03, nd)]
     assert "no significant difference, inconclusive at 2 points." in read(dose)
+
+
+def test_zero_variance_share_by_hand(tmp_path):
+    run = {"curves": {"all_success_frac": [0.5, 0.25, None], "all_fail_frac": [0.1, 0.15, 0.2]}}
+    assert zero_variance_share(run) == pytest.approx((0.6 + 0.4) / 2)  # the window without both is left out
+    assert zero_variance_share({"curves": {}}) is None
+    # in the report: DAPO's generation batches per step, 1 for an arm without dynamic sampling
+    for k, (zv, gen) in {101: (0.5, 1.5), 102: (0.7, 2.5)}.items():
+        _fake(tmp_path, "dapo", k, 0.8)
+        p = result_path(tmp_path, "dapo", k)
+        r = json.loads(p.read_text())
+        r["curves"] = {"all_success_frac": [zv / 2, zv / 2], "all_fail_frac": [zv / 2, zv / 2]}
+        r["final"]["gen_batches"] = gen
+        p.write_text(json.dumps(r))
+        _fake(tmp_path, "grpo", k, 0.8)
+    md = write_competitors_report(tmp_path, tmp_path / "r.md")
+    assert "| dapo | 2 | 80.0 ± 0.0 | 80.0 ± 0.0 | 30.0 ± 0.0 | 60.0 ± 14.1 | 2.00 ± 0.71 | 1.00 ± 0.00 |" in md
+    assert "| grpo | 2 | 80.0 ± 0.0 | 80.0 ± 0.0 | 30.0 ± 0.0 | - | 1 | 1.00 ± 0.00 |" in md
