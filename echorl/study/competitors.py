@@ -80,8 +80,8 @@ def family_rows(results: dict[str, dict[int, dict[str, Any]]], family: str, key:
 
 
 def zero_variance_share(run: dict[str, Any]) -> float | None:
-    """A run's share of zero-variance groups (all-success + all-fail) over all its steps: the mean of its
-    equal-width curve windows (None without those curves)."""
+    """A run's share of zero-variance groups (all-success + all-fail) in its trained batches over all its
+    steps: the mean of its equal-width curve windows (None without those curves)."""
     c = run.get("curves", {})
     pairs = [(a, b) for a, b in zip(c.get("all_success_frac", []), c.get("all_fail_frac", []))
              if a is not None and b is not None]
@@ -165,9 +165,10 @@ def write_competitors_report(folder: str | os.PathLike, out_md: str | os.PathLik
         L.append(f"| {name} | {len(have & set(planned))}/{len(planned)} | {','.join(map(str, missing)) or '-'} |")
     new_runs = [r for a in COMPETITOR_ARMS for r in results.get(a.name, {}).values()]
     L += ["", *compute_lines(new_runs, "Compute of the new arms (the shared arms' is the confirmatory report's)"),
-          "## Per arm", "", "Zero-variance groups: the share of groups whose rollouts all got the same reward, over "
-          "every step of the run (before DAPO's filter); generation batches: DAPO's per step (1 without dynamic "
-          "sampling).", "", "| arm | seeds | test, steps 100/125/150 (primary) | test, step 150 | "
+          "## Per arm", "", "Zero-variance groups: the share of the trained batch's groups whose rollouts all got the "
+          "same reward, over every step of the run (under DAPO's dynamic sampling the batch is the filtered one: "
+          "none for `dapo`, the kept groups for `dapo_echorl_kf`); generation batches: DAPO's per step (1 "
+          "without dynamic sampling).", "", "| arm | seeds | test, steps 100/125/150 (primary) | test, step 150 | "
           "ood, steps 100/125/150 | zero-variance groups (%) | generation batches / step | s/step |",
           "|---|---|---|---|---|---|---|---|"]
     for name in names:
