@@ -7,7 +7,7 @@
     python scripts/study.py --quick              # reduced study (2 arms, 1 seed, 30 steps), results/study_quick/
     python scripts/study.py --pilot --model DIR  # grpo/echorl, 2 seeds, 60 steps, results/study_pilot/
     python scripts/study.py --report             # docs/results.md + docs/images/results_*.png from results/study/
-    python scripts/study.py --dry-run            # print the plan (runs left, runs done)
+    python scripts/study.py --dry-run            # print the plan (runs left, runs done) and the time left
     python scripts/study.py --study confirm --jobs 2 --commit   # the confirmatory study (results/confirm/PLAN.md)
     python scripts/study.py --study confirm --report            # results/confirm/report.md
     python scripts/study.py --study competitors --dry-run --jobs 2   # results/confirm/PLAN_competitors.md
@@ -211,7 +211,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads or 1))
     os.chdir(ROOT)
     from echorl.study.arms import arms_of, get_arms
-    from echorl.study.runner import commit_file, plan_runs, run_one
+    from echorl.study.runner import commit_file, estimate_left, plan_runs, run_one
 
     s = _settings(args)
     folder = ROOT / s.folder
@@ -224,9 +224,14 @@ def main(argv=None) -> int:
     seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
     todo, done = plan_runs(arms, s, folder, seeds)
     print(f"{len(done)} runs done, {len(todo)} to run: " + ", ".join(f"{a.name}/seed{k}" for a, k in todo), flush=True)
-    if args.dry_run:
-        return 0
     runs_dir = Path(args.runs_dir or f"outputs/study/{s.name}")
+    if args.dry_run:
+        est = estimate_left(todo, done, s, folder, runs_dir)
+        if todo and est["median_s"] == est["median_s"]:  # not NaN: some run has finished
+            print(f"Estimate: {est['seconds_left'] / 3600:.1f} h of run time left ({est['median_s']:.0f} s per finished "
+                  f"run, median; {est['partly_done']:.0f} run(s) resume from a checkpoint), about "
+                  f"{est['seconds_left'] / 3600 / args.jobs:.1f} h of wall time at --jobs {args.jobs} on free cores.")
+        return 0
     if not (folder / "splits.json").exists():
         from echorl.study.splits import split_record
 

@@ -47,7 +47,7 @@ from echorl.metrics_file import read_metrics
 from echorl.study.arms import Arm, Settings, compose, run_overrides
 
 __all__ = ["SCHEMA", "CURVE_KEYS", "CheckpointEval", "RunClock", "FINAL_KEYS", "plan_runs", "result_path", "run_one", "summarize_run",
-           "commit_file", "eval_policy", "first_window_diffs", "replay_steps", "run_wall_s", "seeds_for", "study_trainer"]
+           "commit_file", "estimate_left", "eval_policy", "first_window_diffs", "replay_steps", "run_wall_s", "seeds_for", "study_trainer"]
 
 SCHEMA = 1
 # training metric -> short name (curves and the "final" block, mean of the last `tail` steps); rows are read
@@ -103,6 +103,22 @@ def plan_runs(arms: Sequence[Arm], s: Settings, folder: str | os.PathLike,
     todo = [(a, k) for a, k in order if not result_path(folder, a.name, k).exists()]
     done = [(a, k) for a, k in order if result_path(folder, a.name, k).exists()]
     return todo, done
+
+
+def estimate_left(todo: Sequence[tuple[Arm, int]], done: Sequence[tuple[Arm, int]], s: Settings,
+                  folder: str | os.PathLike, runs_dir: str | os.PathLike) -> dict[str, float]:
+    """Run time left for ``todo`` from the finished runs' median (:func:`run_wall_s`), each run counted
+    by the share of its steps not yet checkpointed in ``<runs_dir>/<arm>/seed<k>/checkpoints``.
+    Returns ``{"median_s", "runs_left", "partly_done", "seconds_left"}`` (NaN without a finished run)."""
+    walls = [run_wall_s(json.loads(result_path(folder, a.name, k).read_text())) for a, k in done]
+    median = float(np.median(walls)) if walls else float("nan")
+    left, partly = 0.0, 0
+    for a, k in todo:
+        marker = Path(runs_dir) / a.name / f"seed{k}" / "checkpoints" / "latest_checkpointed_iteration.txt"
+        step = int(marker.read_text().strip()) if marker.exists() else 0
+        partly += step > 0
+        left += 1.0 - min(step, s.steps) / s.steps
+    return {"median_s": median, "runs_left": float(len(todo)), "partly_done": float(partly), "seconds_left": left * median}
 
 
 def _git(*args: str) -> str:

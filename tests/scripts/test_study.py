@@ -17,6 +17,7 @@ from echorl.study.report import arm_table, comparisons, eval_sampling_se, load_r
 from echorl.study.runner import (
     SCHEMA,
     RunClock,
+    estimate_left,
     first_window_diffs,
     plan_runs,
     replay_steps,
@@ -330,6 +331,21 @@ def test_first_window_diffs_by_hand():
     assert got["reward"]["now"] == 0.5 and got["reward"]["abs_diff"] == 0.0
     assert got["entropy"]["now"] == pytest.approx(0.3) and got["entropy"]["abs_diff"] == pytest.approx(0.05)
     assert got["val dev @0"]["abs_diff"] == 0.0
+
+
+def test_estimate_left_by_hand(tmp_path):
+    s = dataclasses.replace(QUICK, steps=150)
+    a, b = get_arms(["grpo", "echorl"])
+    for k, wall in ((1, 100.0), (2, 300.0)):  # finished: median 200 s (one of them timed over two attempts)
+        p = result_path(tmp_path / "res", "grpo", k)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps({"wall_s": 50.0, "wall_s_attempts": wall} if k == 2 else {"wall_s": wall}))
+    ck = tmp_path / "runs" / "echorl" / "seed1" / "checkpoints"
+    ck.mkdir(parents=True)
+    (ck / "latest_checkpointed_iteration.txt").write_text("75\n")  # half done
+    est = estimate_left([(b, 1), (b, 2), (a, 3)], [(a, 1), (a, 2)], s, tmp_path / "res", tmp_path / "runs")
+    assert est == {"median_s": 200.0, "runs_left": 3.0, "partly_done": 1.0, "seconds_left": 2.5 * 200.0}
+    assert math.isnan(estimate_left([(a, 3)], [], s, tmp_path / "res", tmp_path / "runs")["seconds_left"])
 
 
 def test_run_wall_s_prefers_every_attempts_time():
