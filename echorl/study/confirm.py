@@ -21,7 +21,6 @@ EchoRL (and for it)" read off the verdicts (:func:`criteria_lines`).
 from __future__ import annotations
 
 import json
-import math
 import os
 import statistics
 from pathlib import Path
@@ -35,7 +34,7 @@ from echorl.study.stats import mean_sd, paired_difference
 
 __all__ = ["FAMILIES", "PRIMARY", "SECONDARY", "compute_lines", "criteria_head", "criteria_lines", "family_sizes",
            "curves_figure", "family_table", "forest_figure", "gain_size", "interim_lines", "interval", "observed_sd_lines",
-           "write_confirm_report"]
+           "share_matching", "write_confirm_report"]
 
 PRIMARY = "test_ckpt"
 SECONDARY = (("ood_ckpt", "ood (mean of steps 100/125/150)"), ("test_avg", "test at step 150"))
@@ -131,9 +130,11 @@ def criteria_head(complete: bool) -> list[str]:
     return ["## The plan's criteria", ""] + ([] if complete else ["Read once every planned run is in.", ""])
 
 
-def criteria_lines(dose: list[dict[str, Any]], rule: list[dict[str, Any]], complete: bool) -> list[str]:
+def criteria_lines(dose: list[dict[str, Any]], rule: list[dict[str, Any]], complete: bool,
+                   shares: dict[str, dict[str, Any]] | None = None) -> list[str]:
     """The plan's "What counts against EchoRL (and for it)", read off the primary endpoint's families
-    (rows of :func:`family_table`); only once every planned run is in."""
+    (rows of :func:`family_table`); only once every planned run is in. ``shares``
+    (:func:`share_matching`) names the rules not at matched gradient share."""
     L = criteria_head(complete)
     if not complete:
         return L
@@ -168,6 +169,10 @@ def criteria_lines(dose: list[dict[str, Any]], rule: list[dict[str, Any]], compl
             out = ("does not hold: " + ", ".join(f"`{c['arm']}` ({iv(c)}, {c['verdict']})" for c in worse + [
                 c for c in far if c not in worse]) + " (Holm-significantly worse, or an interval reaching -2)")
         L.append(f"- **Against the entropy rule** (each rule minus the highest-entropy clip): {out}.")
+        off = [f"`{k}` (ratio {v['ratio']:.2f})" for k, v in (shares or {}).items() if not v["matched"]]
+        if off:
+            L.append(f"  Not at matched gradient share, a deviation from the plan: {', '.join(off)}; its comparison "
+                     "answers the question at a different share.")
     gains = [f"`{c['arm']}` ({iv(c)})" for c in dose if c["verdict"] == "gain"]
     L.append(f"- **For EchoRL, dose** (a Holm-significant gain at some coef): {', '.join(gains) if gains else 'none'}.")
     if rule:
@@ -175,6 +180,25 @@ def criteria_lines(dose: list[dict[str, Any]], rule: list[dict[str, Any]], compl
         L.append("- **For EchoRL, rule** (the highest-entropy clip Holm-significantly better than each alternative): "
                  + ("yes" if beats_all else "no") + ".")
     return L + ["- Out of distribution (secondary): described with its interval, not counted for or against.", ""]
+
+
+def share_matching(results: dict[str, dict[int, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """rule arm -> ``{"share", "peak", "ratio", "matched"}``: its EchoRL gradient share (median per run,
+    mean over seeds) over the highest-entropy clip's, matched inside :data:`SHARE_MATCH` (the plan's
+    range). Empty until both sides have runs."""
+    peak = results.get(FAMILIES["rule"])
+    pv = _vals(peak, "grad_echo_share") if peak else {}
+    if not pv:
+        return {}
+    ps = statistics.mean(pv.values())
+    out = {}
+    for a in CONFIRM_ARMS:
+        v = _vals(results.get(a.name, {}), "grad_echo_share") if a.group == "rule" else {}
+        if v:
+            rs = statistics.mean(v.values())
+            ratio = rs / ps if ps else float("nan")
+            out[a.name] = {"share": rs, "peak": ps, "ratio": ratio, "matched": SHARE_MATCH[0] <= ratio <= SHARE_MATCH[1]}
+    return out
 
 
 def forest_figure(panels: list[tuple[str, list[dict[str, Any]]]], path: str | os.PathLike,
@@ -312,27 +336,22 @@ def write_confirm_report(folder: str | os.PathLike, out_md: str | os.PathLike, s
         L += ["![Curves per arm](images/confirm_curves.png)", ""]
     power = json.loads((folder / "power.json").read_text()) if (folder / "power.json").exists() else {}
     L += observed_sd_lines(primary, family_sizes(), max(map(len, planned.values())), power.get("sigma_plan"))
-    L += criteria_lines(primary["dose"], primary["rule"], complete=not interim)
+    L += criteria_lines(primary["dose"], primary["rule"], complete=not interim, shares=share_matching(results))
     L += ["## Secondary endpoints (not confirmatory)", ""]
     for key, lab in SECONDARY:
         for fam in FAMILIES:
             rows = family_table(results, fam, key, planned=len(planned[FAMILIES[fam]]))
             if rows:
                 L += [f"**{fam}, {lab}** (Holm within this table)", ""] + _family_lines(rows)
-    peak = results.get(FAMILIES["rule"])
-    rule_arms = [a for a in CONFIRM_ARMS if a.group == "rule" and results.get(a.name)]
-    if peak and rule_arms:
-        ps = statistics.mean(_vals(peak, "grad_echo_share").values()) if _vals(peak, "grad_echo_share") else float("nan")
+    shares = share_matching(results)
+    if shares:
+        ps = next(iter(shares.values()))["peak"]
         L += ["## Gradient share matching", "",
               f"Echo grad share (median per run, mean over seeds) of each rule over that of `{FAMILIES['rule']}` "
               f"({100 * ps:.2f}%); the plan counts a ratio in [{SHARE_MATCH[0]:.2f}, {SHARE_MATCH[1]:.2f}] as matched "
               "and reports any other as a deviation.", "", "| arm | share (%) | ratio | matched |", "|---|---|---|---|"]
-        for a in rule_arms:
-            v = _vals(results[a.name], "grad_echo_share")
-            rs = statistics.mean(v.values()) if v else float("nan")
-            ratio = rs / ps if ps and not math.isnan(ps) else float("nan")
-            ok = SHARE_MATCH[0] <= ratio <= SHARE_MATCH[1]
-            L.append(f"| {a.name} | {100 * rs:.2f} | {ratio:.2f} | {'yes' if ok else 'no: deviation'} |")
+        for name, m in shares.items():
+            L.append(f"| {name} | {100 * m['share']:.2f} | {m['ratio']:.2f} | {'yes' if m['matched'] else 'no: deviation'} |")
         L.append("")
     if (folder / "notes.md").exists():
         L += [(folder / "notes.md").read_text().strip(), ""]

@@ -186,6 +186,10 @@ def test_plan_criteria_by_hand():
     assert "(`coef_1e-3` minus `grpo`, +0.0 [-1.5, +1.5]): holds: at the paper's coef EchoRL gives no gain of 2 " \
            "points or more on this testbed." in md
     assert "better than each alternative): yes." in md
+    shares = {"rule_full": {"ratio": 1.2, "matched": True}, "rule_nll_full": {"ratio": 0.5, "matched": False}}
+    assert "  Not at matched gradient share, a deviation from the plan: `rule_nll_full` (ratio 0.50); its " \
+           "comparison answers the question at a different share." in criteria_lines(dose, rule, True, shares)
+    assert "Not at matched" not in md
     rule[1] = _row("rule_full", 0.03, 0.01, 0.05, "gain")
     assert "counts against the rule outright: `rule_full` (+3.0 [+1.0, +5.0]) Holm-significantly better" in read(dose, rule)
     assert criteria_lines(dose, rule, complete=False) == ["## The plan's criteria", "", "Read once every planned run is in.", ""]
