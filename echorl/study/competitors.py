@@ -33,6 +33,8 @@ from echorl.study.confirm import (
     _family_lines,
     compute_lines,
     criteria_head,
+    family_done,
+    family_sizes,
     family_table,
     forest_figure,
     gain_size,
@@ -76,7 +78,7 @@ def family_rows(results: dict[str, dict[int, dict[str, Any]]], family: str, key:
         a, b = _runs(results, arm), _runs(results, vs)
         if a and b:
             out.append({"arm": arm, "vs": vs, "d": paired_difference(_vals(a, key), _vals(b, key))})
-    return holm_verdicts(out, planned)
+    return holm_verdicts(out, planned, len(FAMILIES[family]))
 
 
 def zero_variance_share(run: dict[str, Any]) -> float | None:
@@ -108,7 +110,7 @@ def criteria_lines(fams: dict[str, list[dict[str, Any]]], dose: list[dict[str, A
     better = [c for c in h2h if c["verdict"] == "loss"]  # coef_3e-2 minus the competitor < 0
     inside = len(h2h) == len(RIVALS) and all(c["d"]["t_low"] > -DELTA and c["d"]["t_high"] < DELTA for c in h2h)
     echo_gain = any(c["verdict"] == "gain" for c in dose)
-    dose_done = len(dose) == len(FAMILIES["competitors"]) + 1 and not any(c["verdict"].startswith("interim") for c in dose)
+    dose_done = family_done(dose, family_sizes()["dose"])
     if better:
         out = "holds: " + ", ".join(f"`{c['vs']}` ({interval(c)})" for c in better) + \
               " Holm-significantly better than `coef_3e-2`"

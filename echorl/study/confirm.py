@@ -33,7 +33,7 @@ from echorl.study.runner import run_wall_s, seeds_for
 from echorl.study.stats import mean_sd, paired_difference
 
 __all__ = ["FAMILIES", "PRIMARY", "SECONDARY", "compute_lines", "criteria_head", "criteria_lines", "family_sizes",
-           "curves_figure", "family_table", "forest_figure", "gain_size", "interim_lines", "interval", "observed_sd_lines",
+           "curves_figure", "family_done", "family_table", "forest_figure", "gain_size", "interim_lines", "interval", "observed_sd_lines",
            "share_matching", "write_confirm_report"]
 
 PRIMARY = "test_ckpt"
@@ -58,15 +58,17 @@ def family_table(results: dict[str, dict[int, dict[str, Any]]], family: str, key
         if results.get(a.name) and results.get(base):
             out.append({"arm": a.name, "vs": base, "d": paired_difference(_vals(results[a.name], key),
                                                                          _vals(results[base], key))})
-    return holm_verdicts(out, planned)
+    return holm_verdicts(out, planned, family_sizes(arms)[family])
 
 
 def interim_lines(done: int, total: int) -> list[str]:
     """The report's warning while a preregistered study is incomplete (nothing once it is)."""
     if done >= total:
         return []
-    return [f"**Interim: {done} of {total} planned runs are in.** The plan has no interim analysis: until every "
-            "planned run is in, the tables describe the runs so far and the verdict column gives no verdict.", ""]
+    return [f"**Interim: {done} of {total} planned runs are in.** The plan has no interim analysis: a family's "
+            "verdicts appear once every planned pair of every comparison in it is in (Holm's correction needs the "
+            "whole family); until then its tables describe the runs so far and its verdict column gives no verdict.",
+            ""]
 
 
 def compute_lines(runs: list[dict[str, Any]], label: str = "Compute") -> list[str]:
@@ -130,32 +132,43 @@ def criteria_head(complete: bool) -> list[str]:
     return ["## The plan's criteria", ""] + ([] if complete else ["Read once every planned run is in.", ""])
 
 
-def criteria_lines(dose: list[dict[str, Any]], rule: list[dict[str, Any]], complete: bool,
+def family_done(rows: list[dict[str, Any]], m: int) -> bool:
+    """Every one of the family's ``m`` comparisons is in, each with a verdict (:func:`holm_verdicts`)."""
+    return len(rows) == m and not any(c["verdict"].startswith("interim") for c in rows)
+
+
+def criteria_lines(dose: list[dict[str, Any]], rule: list[dict[str, Any]],
                    shares: dict[str, dict[str, Any]] | None = None) -> list[str]:
     """The plan's "What counts against EchoRL (and for it)", read off the primary endpoint's families
-    (rows of :func:`family_table`); only once every planned run is in. ``shares``
-    (:func:`share_matching`) names the rules not at matched gradient share."""
-    L = criteria_head(complete)
-    if not complete:
+    (rows of :func:`family_table`), each family's once all its planned runs are in
+    (:func:`family_done`). ``shares`` (:func:`share_matching`) names the rules not at matched
+    gradient share."""
+    sizes = family_sizes()
+    dose_done, rule_done = family_done(dose, sizes["dose"]), family_done(rule, sizes["rule"])
+    L = criteria_head(dose_done or rule_done)
+    if not (dose_done or rule_done):
         return L
     by = {c["arm"]: c for c in dose + rule}
     iv = interval
-    if "coef_1e-3" in by:
+    if dose_done:
         c = by["coef_1e-3"]
         out = {"gain": "does not hold: a Holm-significant gain",
                "below": "holds: at the paper's coef EchoRL gives no gain of 2 points or more on this testbed",
                "inconclusive": "inconclusive at 2 points (the interval's upper end is at or above +2)"}[gain_size(c)]
         L.append(f"- **Against the paper's setting** (`coef_1e-3` minus `grpo`, {iv(c)}): {out}.")
-    if "coef_1e-2" in by:
         c = by["coef_1e-2"]
         out = "replicated: a Holm-significant gain" if c["verdict"] == "gain" else \
             "did not replicate: not a Holm-significant gain"
         L.append(f"- **Against the exploratory lead** (`coef_1e-2` minus `grpo`, {iv(c)}; +3.5 in the exploratory "
                  f"study): {out}.")
-    losses = [f"`{c['arm']}` ({iv(c)})" for c in dose if c["verdict"] == "loss"]
-    L.append(f"- **Against EchoRL at a coef** (a Holm-significant loss vs `grpo`): "
-             f"{', '.join(losses) if losses else 'none'}.")
-    if rule:
+        losses = [f"`{c['arm']}` ({iv(c)})" for c in dose if c["verdict"] == "loss"]
+        L.append(f"- **Against EchoRL at a coef** (a Holm-significant loss vs `grpo`): "
+                 f"{', '.join(losses) if losses else 'none'}.")
+        gains = [f"`{c['arm']}` ({iv(c)})" for c in dose if c["verdict"] == "gain"]
+        L.append(f"- **For EchoRL, dose** (a Holm-significant gain at some coef): {', '.join(gains) if gains else 'none'}.")
+    else:
+        L.append("- The dose family's criteria: read once its planned runs are all in.")
+    if rule_done:
         worse = [c for c in rule if c["verdict"] == "loss"]  # rule minus the peak clip < 0: the alternative is worse
         better = [c for c in rule if c["verdict"] == "gain"]
         far = [c for c in rule if not c["d"]["t_low"] > -DELTA]
@@ -173,12 +186,11 @@ def criteria_lines(dose: list[dict[str, Any]], rule: list[dict[str, Any]], compl
         if off:
             L.append(f"  Not at matched gradient share, a deviation from the plan: {', '.join(off)}; its comparison "
                      "answers the question at a different share.")
-    gains = [f"`{c['arm']}` ({iv(c)})" for c in dose if c["verdict"] == "gain"]
-    L.append(f"- **For EchoRL, dose** (a Holm-significant gain at some coef): {', '.join(gains) if gains else 'none'}.")
-    if rule:
-        beats_all = len(rule) == 3 and all(c["verdict"] == "loss" for c in rule)
+        beats_all = all(c["verdict"] == "loss" for c in rule)
         L.append("- **For EchoRL, rule** (the highest-entropy clip Holm-significantly better than each alternative): "
                  + ("yes" if beats_all else "no") + ".")
+    else:
+        L.append("- The rule family's criteria: read once its planned runs are all in.")
     return L + ["- Out of distribution (secondary): described with its interval, not counted for or against.", ""]
 
 
@@ -336,7 +348,7 @@ def write_confirm_report(folder: str | os.PathLike, out_md: str | os.PathLike, s
         L += ["![Curves per arm](images/confirm_curves.png)", ""]
     power = json.loads((folder / "power.json").read_text()) if (folder / "power.json").exists() else {}
     L += observed_sd_lines(primary, family_sizes(), max(map(len, planned.values())), power.get("sigma_plan"))
-    L += criteria_lines(primary["dose"], primary["rule"], complete=not interim, shares=share_matching(results))
+    L += criteria_lines(primary["dose"], primary["rule"], shares=share_matching(results))
     L += ["## Secondary endpoints (not confirmatory)", ""]
     for key, lab in SECONDARY:
         for fam in FAMILIES:

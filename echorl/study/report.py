@@ -93,14 +93,20 @@ def comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return holm_verdicts(out)
 
 
-def holm_verdicts(rows: list[dict[str, Any]], planned: int | None = None) -> list[dict[str, Any]]:
+def holm_verdicts(rows: list[dict[str, Any]], planned: int | None = None, m: int | None = None) -> list[dict[str, Any]]:
     """Holm-correct one family of comparisons together and give each its :func:`verdict`.
 
     ``rows``: dicts with ``d`` (:func:`~echorl.study.stats.paired_difference`); each gets ``p_holm``
-    and ``verdict`` (``planned``: as in :func:`verdict`). Returns ``rows``."""
+    and ``verdict`` (``planned``: as in :func:`verdict`). ``m``: the comparisons a plan puts in the
+    family. Holm's correction depends on all of them, so while fewer than ``m`` rows have their
+    ``planned`` pairs no row gets a verdict (a complete row reads ``interim: family incomplete``).
+    Returns ``rows``."""
+    complete = planned is None or (sum(c["d"]["n"] >= planned for c in rows) >= (m if m is not None else len(rows)))
     for c, p in zip(rows, holm([float(c["d"].get("p", float("nan"))) for c in rows])):
         c["p_holm"] = p
         c["verdict"] = verdict(c["d"], None if math.isnan(p) else p, planned=planned)
+        if not complete and not c["verdict"].startswith("interim"):
+            c["verdict"] = f"interim: family incomplete ({c['d']['n']} of {planned} pairs here), no verdict"
     return rows
 
 

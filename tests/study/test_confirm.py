@@ -162,7 +162,7 @@ def _row(arm: str, mean: float, lo: float, hi: float, verdict: str) -> dict:
 def test_plan_criteria_by_hand():
     """Each branch of the plan's "What counts against EchoRL (and for it)" on hand-made comparisons."""
     def read(dose, rule):
-        return "\n".join(criteria_lines(dose, rule, complete=True))
+        return "\n".join(criteria_lines(dose, rule))
 
     nd = "no detectable difference"
     dose = [_row("coef_1e-3", 0.005, -0.015, 0.025, nd), _row("coef_3e-3", -0.03, -0.05, -0.01, "loss"),
@@ -188,11 +188,36 @@ def test_plan_criteria_by_hand():
     assert "better than each alternative): yes." in md
     shares = {"rule_full": {"ratio": 1.2, "matched": True}, "rule_nll_full": {"ratio": 0.5, "matched": False}}
     assert "  Not at matched gradient share, a deviation from the plan: `rule_nll_full` (ratio 0.50); its " \
-           "comparison answers the question at a different share." in criteria_lines(dose, rule, True, shares)
+           "comparison answers the question at a different share." in criteria_lines(dose, rule, shares)
     assert "Not at matched" not in md
     rule[1] = _row("rule_full", 0.03, 0.01, 0.05, "gain")
     assert "counts against the rule outright: `rule_full` (+3.0 [+1.0, +5.0]) Holm-significantly better" in read(dose, rule)
-    assert criteria_lines(dose, rule, complete=False) == ["## The plan's criteria", "", "Read once every planned run is in.", ""]
+    interim = [{**c, "verdict": "interim: 9 of 14 pairs, no verdict"} for c in rule]
+    md = read(dose, interim)
+    assert "- **For EchoRL, dose**" in md and "- The rule family's criteria: read once its planned runs are all in." in md
+    assert "entropy rule" not in md
+    assert criteria_lines(dose[:3], interim) == ["## The plan's criteria", "", "Read once every planned run is in.", ""]
+
+
+def test_a_complete_family_gets_its_verdicts_before_the_others(tmp_path):
+    """Every planned dose run in, no rule run: the dose family's verdicts and criteria are read, the
+    rule family's wait; and a family whose other comparisons are incomplete gives no verdict (Holm
+    needs the whole family)."""
+    from echorl.study.report import holm_verdicts
+    from echorl.study.runner import seeds_for
+    for a in CONFIRM_ARMS:
+        if a.group == "dose":
+            for k in seeds_for(a, CONFIRM):
+                _fake(tmp_path, a.name, k, 0.80 + (k % 3) / 100 + (0.01 if a.name == "coef_1e-2" else 0.0))
+    md = write_confirm_report(tmp_path, tmp_path / "report.md")
+    assert "**Interim: 70 of 112 planned runs are in.**" in md
+    assert "| coef_1e-2 | grpo | 14 | +1.0 [+1.0, +1.0] | <0.001 | <0.001 | gain |" in md
+    assert "(`coef_1e-2` minus `grpo`, +1.0 [+1.0, +1.0]; +3.5 in the exploratory study): replicated" in md
+    assert "- The rule family's criteria: read once its planned runs are all in." in md
+    d = {"n": 14, "mean": 0.01, "sd": 0.0, "t_low": 0.01, "t_high": 0.01, "p": 0.0}
+    rows = holm_verdicts([{"d": dict(d)}, {"d": dict(d)}], planned=14, m=3)
+    assert [r["verdict"] for r in rows] == ["interim: family incomplete (14 of 14 pairs here), no verdict"] * 2
+    assert [r["verdict"] for r in holm_verdicts([{"d": dict(d)}] * 3, planned=14, m=3)] == ["gain"] * 3
 
 
 def test_commit_file_serialises_and_commits_only_its_files(tmp_path):
