@@ -34,7 +34,7 @@ from echorl.study.stats import mean_sd, paired_difference
 
 __all__ = ["FAMILIES", "PRIMARY", "SECONDARY", "compute_lines", "criteria_head", "criteria_lines", "family_sizes",
            "curves_figure", "family_done", "family_table", "forest_figure", "gain_size", "interim_lines", "interval", "observed_sd_lines",
-           "share_matching", "write_confirm_report"]
+           "planning_sd", "run_state", "share_matching", "write_confirm_report"]
 
 PRIMARY = "test_ckpt"
 SECONDARY = (("ood_ckpt", "ood (mean of steps 100/125/150)"), ("test_avg", "test at step 150"))
@@ -59,6 +59,17 @@ def family_table(results: dict[str, dict[int, dict[str, Any]]], family: str, key
             out.append({"arm": a.name, "vs": base, "d": paired_difference(_vals(results[a.name], key),
                                                                          _vals(results[base], key))})
     return holm_verdicts(out, planned, family_sizes(arms)[family])
+
+
+def run_state(done: int, total: int) -> str:
+    """A figure title's account of the runs: ``interim: 43 of 112 planned runs are in, no verdict``."""
+    return "all planned runs" if done >= total else f"interim: {done} of {total} planned runs are in, no verdict"
+
+
+def planning_sd(folder: Path) -> float | None:
+    """The plan's planning SD (points) from ``<folder>/power.json``; None without it."""
+    p = folder / "power.json"
+    return json.loads(p.read_text()).get("sigma_plan") if p.exists() else None
 
 
 def interim_lines(done: int, total: int) -> list[str]:
@@ -302,9 +313,8 @@ def write_confirm_report(folder: str | os.PathLike, out_md: str | os.PathLike, s
          f"`{shown}/PLAN.md`. Accuracies in %, mean ± sd over seeds.", ""]
     planned = {a.name: seeds_for(a, s) for a in CONFIRM_ARMS}
     allruns = [r for runs in results.values() for r in runs.values()]
-    interim = interim_lines(sum(len(set(results.get(k, {})) & set(v)) for k, v in planned.items()),
-                            sum(map(len, planned.values())))
-    L += interim
+    done, total = sum(len(set(results.get(k, {})) & set(v)) for k, v in planned.items()), sum(map(len, planned.values()))
+    L += interim_lines(done, total)
     L += ["## Runs", "", "| arm | seeds done / planned | missing | what |", "|---|---|---|---|"]
     for a in CONFIRM_ARMS:
         have = sorted(results.get(a.name, {}))
@@ -337,7 +347,7 @@ def write_confirm_report(folder: str | os.PathLike, out_md: str | os.PathLike, s
                                 "(coef 3e-2)")):
         rows = primary[fam] = family_table(results, fam, PRIMARY, planned=len(planned[FAMILIES[fam]]))
         L += [f"**{title}**", ""] + (_family_lines(rows) if rows else ["No paired results yet.", ""])
-    state = interim[0].split(".**")[0].strip("*").lower() + ", no verdict" if interim else "all planned runs"
+    state = run_state(done, total)
     if forest_figure([("dose: GRPO + EchoRL at each coef - GRPO", primary["dose"]),
                       ("rule: each clip rule - the highest-entropy clip (coef 3e-2)", primary["rule"])],
                      folder / "images" / "confirm_primary.png",
@@ -346,8 +356,7 @@ def write_confirm_report(folder: str | os.PathLike, out_md: str | os.PathLike, s
     if curves_figure(results, folder / "images" / "confirm_curves.png",
                      f"Curves per arm (line: seed mean, band: min-max over seeds; {state})"):
         L += ["![Curves per arm](images/confirm_curves.png)", ""]
-    power = json.loads((folder / "power.json").read_text()) if (folder / "power.json").exists() else {}
-    L += observed_sd_lines(primary, family_sizes(), max(map(len, planned.values())), power.get("sigma_plan"))
+    L += observed_sd_lines(primary, family_sizes(), max(map(len, planned.values())), planning_sd(folder))
     L += criteria_lines(primary["dose"], primary["rule"], shares=share_matching(results))
     L += ["## Secondary endpoints (not confirmatory)", ""]
     for key, lab in SECONDARY:
