@@ -298,10 +298,17 @@ class LocalTrainer:
         return metrics
 
     # ------------------------------------------------------------------ the loop
-    def train(self) -> dict[str, Any]:
-        """Train to ``trainer.total_training_steps``; returns a summary (first/last metrics, paths)."""
+    def train(self, until_step: int | None = None) -> dict[str, Any]:
+        """Train to ``trainer.total_training_steps``; returns a summary (first/last metrics, paths).
+
+        ``until_step`` stops after that step instead, with a checkpoint there: the first part of the
+        same run (validation and checkpoints fall where the full run has them), which a later
+        ``train()`` resumes."""
         cfg = self.cfg
         total = int(cfg.trainer.total_training_steps)
+        stop = total if until_step is None else int(until_step)
+        if not 0 < stop <= total:
+            raise ValueError(f"train(until_step={until_step}): give a step in 1..trainer.total_training_steps ({total})")
         save_freq = int(cfg.trainer.save_freq)
         log = RunLogger(self.out, list(cfg.trainer.logger), total, self.global_step,
                         OmegaConf.to_container(cfg, resolve=True), str(cfg.trainer.project_name),
@@ -315,13 +322,13 @@ class LocalTrainer:
                 log.log(0, self.validator.run(self.model, 0))  # verl logs validation before training at step 0
                 if log.bar is not None:
                     log.bar.update(-1)  # step 0 is not a training step
-            while self.global_step < total:
+            while self.global_step < stop:
                 metrics = self.step()
                 if self.validator is not None and self.validator.due(self.global_step, total):
                     metrics.update(self.validator.run(self.model, self.global_step))
                 log.log(self.global_step, metrics)
                 out_of_time = deadline is not None and time.monotonic() > deadline
-                if (save_freq > 0 and self.global_step % save_freq == 0) or self.global_step == total or out_of_time:
+                if (save_freq > 0 and self.global_step % save_freq == 0) or self.global_step in (stop, total) or out_of_time:
                     self.save()
                 if out_of_time:
                     log.write(f"trainer.time_limit_min={limit_s} reached at step {self.global_step}; "

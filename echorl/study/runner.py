@@ -351,26 +351,17 @@ def study_trainer(arm: Arm, seed: int, s: Settings, out_dir: str | os.PathLike) 
 
 
 def replay_steps(arm: Arm, seed: int, s: Settings, out_dir: str | os.PathLike, steps: int) -> list[dict[str, Any]]:
-    """The first ``steps`` training steps of a study run as :meth:`LocalTrainer.train` takes them (the
-    validation before training and when due, in the same order), without checkpoints or the final
-    evaluation. Returns the metric rows (``step`` included; step 0 is the validation before training)."""
+    """The first ``steps`` training steps of a study run (:meth:`LocalTrainer.train` with ``until_step``:
+    validation where the full run has it), without the checkpoint evaluations or the final evaluation.
+    Returns the run's metric rows (``step`` included; step 0 is the validation before training)."""
     tr, _ = study_trainer(arm, seed, s, out_dir)
     if tr.global_step:
-        raise ValueError(f"replay_steps: {out_dir} holds a checkpoint (step {tr.global_step}); give an empty folder")
-    rows: list[dict[str, Any]] = []
-    try:
-        if tr.validator is not None and tr.validator.before_train:
-            rows.append({"step": 0, **tr.validator.run(tr.model, 0)})
-        while tr.global_step < steps:
-            m = tr.step()
-            if tr.validator is not None and tr.validator.due(tr.global_step, s.steps):
-                m.update(tr.validator.run(tr.model, tr.global_step))
-            rows.append({"step": tr.global_step, **m})
-    finally:
         tr.pool.close()
         if tr.validator is not None:
             tr.validator.close()
-    return rows
+        raise ValueError(f"replay_steps: {out_dir} holds a checkpoint (step {tr.global_step}); give an empty folder")
+    tr.train(until_step=steps)
+    return read_metrics(Path(out_dir) / "metrics.jsonl")
 
 
 def first_window_diffs(committed: dict[str, Any], rows: list[dict[str, Any]], window: int = 10) -> list[dict[str, Any]]:

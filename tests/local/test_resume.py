@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from engine_support import HERE, base_overrides, make_model
 
@@ -85,3 +86,40 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     (out / "metrics.png").unlink()
     assert main(["analyze", str(out)]) == 0  # `echorl analyze RUN_DIR` rebuilds the figure and the page
     assert (out / "metrics.png").stat().st_size > 0
+
+
+def test_train_until_step_is_the_first_part_of_the_run(tmp_path):
+    """``train(until_step=2)`` stops after step 2 with a checkpoint there (save_freq 4 would not write
+    one), its metric rows are the full run's first two, and ``train()`` then resumes to the same final
+    weights as an uninterrupted run."""
+    model, tok = make_model()
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+
+    def config(out):
+        return load_config(base_overrides(out, steps=STEPS, **{
+            "model.name": str(model_dir), "resume": "auto", "trainer.save_freq": 4,
+            "reward.score_fn": "local_scorers:len_mod4", "actor_rollout_ref.actor.optim.lr_warmup_steps": 3}))
+
+    LocalTrainer(config(tmp_path / "ref")).train()
+    out = tmp_path / "part"
+    part = LocalTrainer(config(out))
+    with pytest.raises(ValueError, match="until_step=6"):
+        part.train(until_step=STEPS + 1)
+    summary = part.train(until_step=2)
+    assert summary["steps"] == part.global_step == 2
+    assert latest_checkpoint(out / "checkpoints").name == "global_step_2"
+    ra = [json.loads(x) for x in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
+    rb = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in rb] == [1, 2]
+    assert [m["reward/mean"] for m in rb] == [m["reward/mean"] for m in ra[:2]]
+
+    rest = LocalTrainer(config(out))
+    assert rest.global_step == 2
+    assert rest.train()["steps"] == STEPS
+    a = load_checkpoint(latest_checkpoint(tmp_path / "ref" / "checkpoints"))
+    b = load_checkpoint(latest_checkpoint(out / "checkpoints"))
+    assert a["step"] == b["step"] == STEPS
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
