@@ -14,8 +14,8 @@ Families (Holm within each, family-wise 0.05; each comparison ``arm - vs``):
 * ``paper_coef`` (descriptive): ``coef_1e-3`` minus each competitor.
 
 Primary endpoint ``final.test_ckpt``; ``ood_ckpt`` and the last step's test accuracy are secondary.
-As the confirmatory report, it gives the observed paired SD per family and, once every planned run
-is in, the plan's "What would count for and against" (:func:`criteria_lines`).
+As the confirmatory report, it gives the observed paired SD per family and the plan's "What would
+count for and against" (:func:`criteria_lines`), each criterion once the families it reads are complete.
 """
 
 from __future__ import annotations
@@ -92,58 +92,71 @@ def zero_variance_share(run: dict[str, Any]) -> float | None:
 
 
 def criteria_lines(fams: dict[str, list[dict[str, Any]]], dose: list[dict[str, Any]],
-                   rule: list[dict[str, Any]], complete: bool) -> list[str]:
+                   rule: list[dict[str, Any]]) -> list[str]:
     """The plan's "What would count for and against", read off the primary endpoint's families
     (``fams``: family -> :func:`family_rows`; ``dose`` and ``rule``: PLAN.md's families, rows of
-    :func:`~echorl.study.confirm.family_table`); only once every planned run is in."""
-    L = criteria_head(complete)
-    if not complete:
+    :func:`~echorl.study.confirm.family_table`), each criterion once the families it reads are
+    complete (:func:`~echorl.study.confirm.family_done`)."""
+    done = {fam: family_done(fams.get(fam, []), len(pairs)) for fam, pairs in FAMILIES.items()}
+    any_done = any(done[f] for f in ("competitors", "head_to_head", "dapo"))
+    L = criteria_head(any_done)
+    if not any_done:
         return L
-    for c in fams["competitors"]:
-        out = {"gain": "a Holm-significant gain over GRPO",
-               "below": "no gain of 2 points or more over GRPO on this testbed",
-               "inconclusive": "no significant gain, inconclusive at 2 points (the interval's upper end is at or "
-                               "above +2)"}[gain_size(c)]
-        if c["verdict"] == "loss":
-            out += " (a Holm-significant loss)"
-        L.append(f"- **`{c['arm']}` over GRPO** ({interval(c)}): {out}.")
-    h2h = fams["head_to_head"]
-    better = [c for c in h2h if c["verdict"] == "loss"]  # coef_3e-2 minus the competitor < 0
-    inside = len(h2h) == len(RIVALS) and all(c["d"]["t_low"] > -DELTA and c["d"]["t_high"] < DELTA for c in h2h)
-    echo_gain = any(c["verdict"] == "gain" for c in dose)
-    dose_done = family_done(dose, family_sizes()["dose"])
-    if better:
-        out = "holds: " + ", ".join(f"`{c['vs']}` ({interval(c)})" for c in better) + \
-              " Holm-significantly better than `coef_3e-2`"
-    elif inside and not dose_done:
-        out = "every head-to-head interval lies inside (-2, +2); the reading waits for PLAN.md's dose family"
-    elif inside and not echo_gain:
-        out = ("holds: every head-to-head interval lies inside (-2, +2) and PLAN.md's dose family finds no EchoRL "
-               "gain over GRPO: EchoRL does no better than the alternatives here, and none is measurably useful")
+    if done["competitors"]:
+        for c in fams["competitors"]:
+            out = {"gain": "a Holm-significant gain over GRPO",
+                   "below": "no gain of 2 points or more over GRPO on this testbed",
+                   "inconclusive": "no significant gain, inconclusive at 2 points (the interval's upper end is at "
+                                   "or above +2)"}[gain_size(c)]
+            if c["verdict"] == "loss":
+                out += " (a Holm-significant loss)"
+            L.append(f"- **`{c['arm']}` over GRPO** ({interval(c)}): {out}.")
     else:
-        out = "does not hold: no competitor is better than `coef_3e-2`" + \
-              ("" if inside else ", and not every head-to-head interval lies inside (-2, +2)") + \
-              (", and PLAN.md's dose family finds an EchoRL gain" if echo_gain else "")
-    L.append(f"- **Against EchoRL's premise**: {out}.")
-    wins = [f"`{c['vs']}` ({interval(c)})" for c in h2h if c["verdict"] == "gain"]
-    L.append(f"- **For EchoRL over a competitor** (`coef_3e-2` Holm-significantly better): "
-             f"{', '.join(wins) if wins else 'none'}.")
-    nll = [c for c in h2h if c["vs"] == "positive_nll"]
-    rule_nll = [c for c in rule if c["arm"] == "rule_nll_full"]
-    if nll and rule_nll:
-        L.append(f"- **Positive NLL, both families side by side**: `head_to_head` (`coef_3e-2 - positive_nll`) "
-                 f"{interval(nll[0])}, {nll[0]['verdict']}; PLAN.md's `rule` (`rule_nll_full - coef_3e-2`) "
-                 f"{interval(rule_nll[0])}, {rule_nll[0]['verdict']}.")
-    for c in fams["dapo"]:
-        if c["verdict"] == "gain":
-            out = "counts for EchoRL on all-success groups under dynamic sampling (a Holm-significant gain)"
-        elif c["verdict"] == "loss":
-            out = "counts against using `keep_filtered` (a Holm-significant loss)"
-        elif c["d"]["t_low"] > -DELTA and c["d"]["t_high"] < DELTA:
-            out = "no effect of 2 points (the interval lies inside (-2, +2))"
+        L.append("- Each competitor over GRPO: read once the `competitors` family's planned runs are all in.")
+    if done["head_to_head"]:
+        h2h = fams["head_to_head"]
+        better = [c for c in h2h if c["verdict"] == "loss"]  # coef_3e-2 minus the competitor < 0
+        inside = all(c["d"]["t_low"] > -DELTA and c["d"]["t_high"] < DELTA for c in h2h)
+        echo_gain = any(c["verdict"] == "gain" for c in dose)
+        if better:
+            out = "holds: " + ", ".join(f"`{c['vs']}` ({interval(c)})" for c in better) + \
+                  " Holm-significantly better than `coef_3e-2`"
+        elif inside and not family_done(dose, family_sizes()["dose"]):
+            out = "every head-to-head interval lies inside (-2, +2); the reading waits for PLAN.md's dose family"
+        elif inside and not echo_gain:
+            out = ("holds: every head-to-head interval lies inside (-2, +2) and PLAN.md's dose family finds no "
+                   "EchoRL gain over GRPO: EchoRL does no better than the alternatives here, and none is measurably "
+                   "useful")
         else:
-            out = "no significant difference, inconclusive at 2 points"
-        L.append(f"- **DAPO** (`dapo_echorl_kf - dapo`, {interval(c)}): {out}.")
+            out = "does not hold: no competitor is better than `coef_3e-2`" + \
+                  ("" if inside else ", and not every head-to-head interval lies inside (-2, +2)") + \
+                  (", and PLAN.md's dose family finds an EchoRL gain" if echo_gain else "")
+        L.append(f"- **Against EchoRL's premise**: {out}.")
+        wins = [f"`{c['vs']}` ({interval(c)})" for c in h2h if c["verdict"] == "gain"]
+        L.append(f"- **For EchoRL over a competitor** (`coef_3e-2` Holm-significantly better): "
+                 f"{', '.join(wins) if wins else 'none'}.")
+        nll = [c for c in h2h if c["vs"] == "positive_nll"]
+        rule_nll = [c for c in rule if c["arm"] == "rule_nll_full"]
+        if family_done(rule, family_sizes()["rule"]) and rule_nll:
+            L.append(f"- **Positive NLL, both families side by side**: `head_to_head` (`coef_3e-2 - positive_nll`) "
+                     f"{interval(nll[0])}, {nll[0]['verdict']}; PLAN.md's `rule` (`rule_nll_full - coef_3e-2`) "
+                     f"{interval(rule_nll[0])}, {rule_nll[0]['verdict']}.")
+    else:
+        L.append("- EchoRL's premise and EchoRL over a competitor: read once the `head_to_head` family's planned runs "
+                 "are all in.")
+    if done["dapo"]:
+        for c in fams["dapo"]:
+            if c["verdict"] == "gain":
+                out = "counts for EchoRL on all-success groups under dynamic sampling (a Holm-significant gain)"
+            elif c["verdict"] == "loss":
+                out = "counts against using `keep_filtered` (a Holm-significant loss)"
+            elif c["d"]["t_low"] > -DELTA and c["d"]["t_high"] < DELTA:
+                out = "no effect of 2 points (the interval lies inside (-2, +2))"
+            else:
+                out = "no significant difference, inconclusive at 2 points"
+            L.append(f"- **DAPO** (`dapo_echorl_kf - dapo`, {interval(c)}): {out}.")
+    else:
+        L.append("- DAPO: read once the `dapo` family's planned runs are all in.")
     return L + ["- OOD and pass@k: described with intervals, not counted.", ""]
 
 
@@ -198,7 +211,7 @@ def write_competitors_report(folder: str | os.PathLike, out_md: str | os.PathLik
     L += observed_sd_lines({k: v for k, v in primary.items() if k != "paper_coef"},
                            {k: len(v) for k, v in FAMILIES.items()}, len(planned), planning_sd(folder))
     L += criteria_lines(primary, family_table(results, "dose", PRIMARY, planned=len(planned)),
-                        family_table(results, "rule", PRIMARY, planned=len(planned)), complete=done >= len(names) * len(planned))
+                        family_table(results, "rule", PRIMARY, planned=len(planned)))
     L += ["## Secondary endpoints (not confirmatory)", ""]
     for key, lab in SECONDARY:
         for fam in FAMILIES:

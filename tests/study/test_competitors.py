@@ -185,13 +185,14 @@ def _row(arm: str, vs: str, mean: float, lo: float, hi: float, verdict: str) -> 
 def test_plan_criteria_by_hand():
     nd = "no detectable difference"
     fams = {"competitors": [_row("rl_zvp", "grpo", 0.01, -0.01, 0.03, nd),
-                            _row("forking", "grpo", -0.03, -0.05, -0.01, "loss")],
+                            _row("forking", "grpo", -0.03, -0.05, -0.01, "loss"),
+                            _row("positive_nll", "grpo", 0.0, -0.01, 0.01, nd)],
             "head_to_head": [_row("coef_3e-2", r, 0.0, -0.015, 0.015, nd) for r in ("rl_zvp", "forking", "positive_nll")],
             "dapo": [_row("dapo_echorl_kf", "dapo", 0.03, 0.01, 0.05, "gain")]}
     dose = [_row(a, "grpo", 0.0, -0.01, 0.01, nd) for a in ("coef_1e-3", "coef_3e-3", "coef_1e-2", "coef_3e-2")]
 
     def read(dose):
-        return "\n".join(criteria_lines(fams, dose, [], complete=True))
+        return "\n".join(criteria_lines(fams, dose, []))
 
     md = read(dose)
     assert "- **`rl_zvp` over GRPO** (+1.0 [-1.0, +3.0]): no significant gain, inconclusive at 2 points" in md
@@ -216,6 +217,24 @@ def test_plan_criteria_by_hand():
     assert "counts against using `keep_filtered` (a Holm-significant loss)." in md
     fams["dapo"] = [_row("dapo_echorl_kf", "dapo", 0.01, -0.01, 0.03, nd)]
     assert "no significant difference, inconclusive at 2 points." in read(dose)
+
+
+def test_plan_criteria_read_family_by_family():
+    """The DAPO pairs run first: their criterion is read while the other families are still incomplete;
+    a family with a comparison still interim (or missing) is not read; none complete, nothing is read."""
+    nd = "no detectable difference"
+    interim = "interim: 9 of 14 pairs, no verdict"
+    fams = {"competitors": [_row(a, "grpo", 0.0, -0.01, 0.01, interim) for a in ("rl_zvp", "forking", "positive_nll")],
+            "head_to_head": [_row("coef_3e-2", "rl_zvp", 0.0, -0.01, 0.01, nd)],  # two comparisons missing
+            "dapo": [_row("dapo_echorl_kf", "dapo", 0.005, -0.01, 0.015, nd)]}
+    md = "\n".join(criteria_lines(fams, [], []))
+    assert "Read once every planned run is in." not in md
+    assert "- **DAPO** (`dapo_echorl_kf - dapo`, +0.5 [-1.0, +1.5]): no effect of 2 points" in md
+    assert "- Each competitor over GRPO: read once the `competitors` family's planned runs are all in." in md
+    assert "- EchoRL's premise and EchoRL over a competitor: read once the `head_to_head` family's" in md
+    assert "over GRPO** (" not in md and "Against EchoRL's premise**" not in md
+    fams["dapo"][0]["verdict"] = interim
+    assert criteria_lines(fams, [], []) == ["## The plan's criteria", "", "Read once every planned run is in.", ""]
 
 
 def test_zero_variance_share_by_hand(tmp_path):
