@@ -9,7 +9,8 @@ retrained for ``--window`` steps with this checkout's code and the study's own t
 steps 1..window) and the validation before training are compared with the committed ones. A study
 whose later arms pair with runs made at an older commit (``results/confirm/PLAN_competitors.md``'s
 shared arms) needs these to agree. Prints a table, writes JSON, exits 1 when a number differs by more
-than ``--tol``.
+than ``--tol``. Bit-for-bit equality needs the same torch build and CPU kernels (results record them as
+``machine``); on another CPU the continuous numbers may differ by ~1e-7 while every count agrees.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main(argv: list[str] | None = None) -> int:
     from echorl.study.arms import STUDIES, arms_of, get_arms
-    from echorl.study.runner import first_window_diffs, replay_steps, result_path
+    from echorl.study.runner import first_window_diffs, machine_info, replay_steps, result_path
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--study", default="confirm", choices=sorted(STUDIES))
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     s = STUDIES[args.study]
     folder = Path(args.folder or ROOT / s.folder)
     report, bad = {}, 0
+    here = machine_info()
+    print(f"this machine: {here}")
     for arm in get_arms(args.arms.split(","), arms_of(s)):
         committed = json.loads(result_path(folder, arm.name, args.seed).read_text())
         t0 = time.time()
@@ -49,9 +52,11 @@ def main(argv: list[str] | None = None) -> int:
         diffs = first_window_diffs(committed, rows, args.window)
         worst = max((d["abs_diff"] for d in diffs if d["abs_diff"] is not None), default=0.0)
         bad += sum(d["abs_diff"] is not None and d["abs_diff"] > args.tol for d in diffs)
-        report[arm.name] = {"committed_at": committed.get("git_commit"), "seconds": round(time.time() - t0, 1),
-                            "max_abs_diff": worst, "numbers": diffs}
-        print(f"\n{arm.name} seed {args.seed} (committed at {str(committed.get('git_commit'))[:7]}; "
+        then = committed.get("machine")  # absent from runs made before results recorded it
+        report[arm.name] = {"committed_at": committed.get("git_commit"), "committed_on": then,
+                            "seconds": round(time.time() - t0, 1), "max_abs_diff": worst, "numbers": diffs}
+        print(f"\n{arm.name} seed {args.seed} (committed at {str(committed.get('git_commit'))[:7]} on "
+              f"{'the same kind of machine' if then == here else then or 'an unrecorded machine'}; "
               f"{args.window} steps retrained in {time.time() - t0:.0f} s)")
         print(f"| {'number':<22} | {'committed':>14} | {'now':>14} | {'|diff|':>9} |")
         for d in diffs:

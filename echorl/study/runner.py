@@ -6,7 +6,7 @@ a killed run continues from its last checkpoint), validates on ``dev`` during tr
 (avg@n) and pass@k on a ``test`` subset with :func:`echorl.eval.run.evaluate` (the code of
 ``echorl eval``). The result is one JSON file, ``<folder>/<arm>/seed<k>.json`` (:data:`SCHEMA`):
 
-    {"schema", "arm", "seed", "overrides", "settings", "git_commit", "git_dirty", "threads",
+    {"schema", "arm", "seed", "overrides", "settings", "git_commit", "git_dirty", "threads", "machine",
      "steps", "wall_s", "train_s", "eval_s", "s_per_step", "resumed", "wall_s_attempts", "attempts",
      "final": {"test_avg", "ood_avg", "dev_avg", "pass@k": {k: v}, "entropy", "reward",
                "test_ckpt", "ood_ckpt",                    # with Settings.eval_steps only
@@ -22,6 +22,9 @@ a killed run continues from its last checkpoint), validates on ``dev`` during tr
 With ``Settings.eval_steps`` the engine's validator is wrapped (:class:`CheckpointEval`): at those
 steps the policy is also evaluated on ``test`` and ``ood`` (same sampling as the final evaluation),
 each result kept in ``<run dir>/checkpoint_eval.json`` so that a resumed run keeps them.
+
+``machine`` (:func:`machine_info`) names what computed the run: float results equal bit for bit only
+on the same torch build and CPU kernels (a run replayed elsewhere may differ by ~1e-7 and then part).
 
 ``wall_s`` is the time of the attempt that finished; ``wall_s_attempts`` adds every earlier attempt of
 the run (one killed and resumed), work lost after its last checkpoint included, as :class:`RunClock`
@@ -47,7 +50,8 @@ from echorl.metrics_file import read_metrics
 from echorl.study.arms import Arm, Settings, compose, run_overrides
 
 __all__ = ["SCHEMA", "CURVE_KEYS", "CheckpointEval", "RunClock", "FINAL_KEYS", "plan_runs", "result_path", "run_one", "summarize_run",
-           "commit_file", "estimate_left", "eval_policy", "first_window_diffs", "replay_steps", "run_wall_s", "seeds_for", "study_trainer"]
+           "commit_file", "estimate_left", "eval_policy", "first_window_diffs", "machine_info",
+           "replay_steps", "run_wall_s", "seeds_for", "study_trainer"]
 
 SCHEMA = 1
 # training metric -> short name (curves and the "final" block, mean of the last `tail` steps); rows are read
@@ -126,6 +130,22 @@ def _git(*args: str) -> str:
         return subprocess.run(["git", *args], capture_output=True, text=True, check=True, timeout=60).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
+
+
+def machine_info() -> dict[str, str]:
+    """What computed a run: ``torch`` (version), ``cpu_capability`` (the SIMD kernels torch dispatches
+    to: ``AVX2``, ``AVX512``, ...) and ``cpu`` (the processor's model name)."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu": cpu}
 
 
 def _git_dir(cwd: Path) -> Path | None:
@@ -440,7 +460,7 @@ def _train_and_evaluate(arm: Arm, seed: int, s: Settings, out_dir: Path, window:
         "schema": SCHEMA, "arm": arm.name, "seed": seed, "what": arm.what, "base": arm.base,
         "overrides": run_overrides(arm, seed, s, str(out_dir)), "settings": s.to_dict(),
         "git_commit": _git("rev-parse", "HEAD"), "git_dirty": bool(_git("status", "--porcelain", "--", "echorl")),
-        "threads": torch.get_num_threads(), "steps": int(tr.global_step), "resumed": resumed,
+        "threads": torch.get_num_threads(), "machine": machine_info(), "steps": int(tr.global_step), "resumed": resumed,
         "wall_s": round(time.time() - t0, 1), "train_s": round(train_s, 1), "eval_s": round(eval_s, 1),
         # a run resumed from a checkpoint written before run_time.json existed: its earlier time is unknown
         "wall_s_attempts": round(clock.total(), 1) if clock.earlier or not resumed else None,

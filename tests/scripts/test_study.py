@@ -364,6 +364,10 @@ def test_real_two_step_run_writes_the_result_file(tmp_path):
     assert {"schema", "arm", "seed", "overrides", "settings", "git_commit", "steps", "wall_s", "train_s", "eval_s",
             "s_per_step", "final", "curves", "val", "eval", "per_problem"} <= set(res)
     assert (res["schema"], res["arm"], res["seed"], res["steps"]) == (SCHEMA, "echorl", 1, 2)
+    import torch
+    assert res["machine"]["torch"] == torch.__version__
+    assert res["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability() != ""
+    assert res["machine"]["cpu"]  # the processor's name
     # one attempt: its time is the run's, to within the clock's last write after the result was built
     assert res["attempts"] == 1 and res["resumed"] is False
     assert res["wall_s"] <= res["wall_s_attempts"] <= res["wall_s"] + 5
