@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -251,7 +252,7 @@ def forest_figure(panels: list[tuple[str, list[dict[str, Any]]]], path: str | os
         ax.set_yticks(ys, [p[0] for p in pts], fontsize=8)
         ax.set_ylim(-0.7, len(pts) - 0.3)
         ax.set_xlabel("difference (points): mean, 95% t interval")
-        ax.set_title(t, fontsize=9)
+        ax.set_title("\n".join(textwrap.wrap(t, 52)), fontsize=9)  # long family titles fit their panel
         ax.grid(axis="x", alpha=0.3)
         drawn.append(pts)
     fig.suptitle(title, fontsize=10)
