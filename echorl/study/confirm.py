@@ -24,6 +24,7 @@ import json
 import os
 import statistics
 import textwrap
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -84,16 +85,23 @@ def interim_lines(done: int, total: int) -> list[str]:
 
 
 def compute_lines(runs: list[dict[str, Any]], label: str = "Compute") -> list[str]:
-    """The report's compute line (none without runs): runs, hours of run time, median per run, torch threads."""
+    """The report's compute line (none without runs): runs, hours of run time, median per run, torch
+    threads, and, where results record it (``machine``), how many runs each kind of machine made."""
     if not runs:
         return []
     wall = [run_wall_s(r) for r in runs]
     # runs from before RunClock kept only their last attempt's time
     partial = sum(bool(r.get("resumed")) and r.get("wall_s_attempts") is None for r in runs)
+    kinds = Counter(f"{m['cpu']} (torch {m['torch']}, {m['cpu_capability']} kernels)" if m else "not recorded"
+                    for m in (r.get("machine") for r in runs))
+    machines = "" if set(kinds) == {"not recorded"} else \
+        "; machines: " + ", ".join(f"{n} on {k}" if k != "not recorded" else f"{n} not recorded"
+                                   for k, n in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))
     return [f"{label}: {len(runs)} runs, {sum(wall) / 3600:.2f} h of run time in all (training + evaluations, "
             "every attempt of a resumed run), "
             f"median {statistics.median(wall):.0f} s per run, torch threads {sorted({r['threads'] for r in runs})}"
-            + (f"; {partial} resumed run(s) count only the time after their resume" if partial else "") + ".", ""]
+            + (f"; {partial} resumed run(s) count only the time after their resume" if partial else "")
+            + machines + ".", ""]
 
 
 def family_sizes(arms: tuple[Arm, ...] = CONFIRM_ARMS) -> dict[str, int]:

@@ -12,6 +12,7 @@ import pytest
 
 from echorl.study.arms import ARMS, CONFIRM, CONFIRM_ARMS, CONFIRM_SEEDS, FULL, Settings, arms_of, compose, get_arms
 from echorl.study.confirm import (
+    compute_lines,
     criteria_lines,
     curves_figure,
     family_sizes,
@@ -73,6 +74,26 @@ def _fake(folder: Path, arm: str, seed: int, test_ckpt: float, ood_ckpt: float =
          "pass@k": {"1": 0.5, "64": 0.9}, "s_per_step": 1.0, "grad_echo_share": share}
     p.write_text(json.dumps({"schema": SCHEMA, "arm": arm, "seed": seed, "final": f, "wall_s": 100.0, "threads": 1,
                              "curves": {"grad_echo_share": [share]}}))
+
+
+def test_compute_lines_count_the_machines():
+    """Time over every attempt; runs of each recorded kind of machine counted, most first; results from
+    before ``machine`` was recorded counted as such; no machine clause when none is recorded."""
+    a = {"cpu": "Xeon A", "torch": "2.13.0+cpu", "cpu_capability": "AVX512"}
+    b = {"cpu": "EPYC B", "torch": "2.13.0+cpu", "cpu_capability": "AVX2"}
+    runs = [{"wall_s": 100.0, "wall_s_attempts": 300.0, "threads": 1, "machine": a},
+            {"wall_s": 200.0, "threads": 1, "machine": a},
+            {"wall_s": 400.0, "threads": 1, "machine": b},
+            {"wall_s": 500.0, "threads": 1, "resumed": True}]
+    assert compute_lines(runs) == [
+        "Compute: 4 runs, 0.39 h of run time in all (training + evaluations, every attempt of a resumed run), "
+        "median 350 s per run, torch threads [1]; 1 resumed run(s) count only the time after their resume; "
+        "machines: 2 on Xeon A (torch 2.13.0+cpu, AVX512 kernels), 1 on EPYC B (torch 2.13.0+cpu, AVX2 kernels), "
+        "1 not recorded.", ""]
+    assert compute_lines(runs[3:], "X") == [
+        "X: 1 runs, 0.14 h of run time in all (training + evaluations, every attempt of a resumed run), median 500 s "
+        "per run, torch threads [1]; 1 resumed run(s) count only the time after their resume.", ""]
+    assert compute_lines([]) == []
 
 
 def test_confirm_report_families_by_hand(tmp_path):
