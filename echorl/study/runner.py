@@ -374,12 +374,12 @@ def replay_steps(arm: Arm, seed: int, s: Settings, out_dir: str | os.PathLike, s
     """The first ``steps`` training steps of a study run (:meth:`LocalTrainer.train` with ``until_step``:
     validation where the full run has it), without the checkpoint evaluations or the final evaluation.
     Returns the run's metric rows (``step`` included; step 0 is the validation before training)."""
+    from echorl.checkpoints import latest_checkpoint  # imports torch: planning and the report skip it
+
+    held = latest_checkpoint(Path(out_dir) / "checkpoints")
+    if held is not None:  # checked before the trainer starts (and resumes from it)
+        raise ValueError(f"replay_steps: {out_dir} holds a checkpoint ({held.name}); give an empty folder")
     tr, _ = study_trainer(arm, seed, s, out_dir)
-    if tr.global_step:
-        tr.pool.close()
-        if tr.validator is not None:
-            tr.validator.close()
-        raise ValueError(f"replay_steps: {out_dir} holds a checkpoint (step {tr.global_step}); give an empty folder")
     tr.train(until_step=steps)
     return read_metrics(Path(out_dir) / "metrics.jsonl")
 
